@@ -1,0 +1,8 @@
+"""Exit statuses of the training child. The daemon judges a run by these."""
+
+OK = 0
+BAD_INPUT = 2  # the job cannot run as written: retrying will not help
+INTERRUPTED = 75  # EX_TEMPFAIL: stopped on request with a checkpoint; resume later
+OUT_OF_MEMORY = 76  # out of memory even at the smallest micro-batch; checkpoint kept
+
+NAMES = {OK: "succeeded", BAD_INPUT: "bad_input", INTERRUPTED: "interrupted", OUT_OF_MEMORY: "out_of_memory"}
