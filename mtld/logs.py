@@ -1,0 +1,277 @@
+"""Structured logs: JSON lines written with structlog, and fast readers for them.
+
+Every line is one JSON object whose first keys are `ts` (ISO 8601, UTC),
+`level`, `event`, then `job_id` / `run_id` when known, then the event's own
+fields. Each line reaches the file in a single `write(2)` on an `O_APPEND`
+descriptor, so a line is never torn, even when a CLI command appends a
+`job.submitted` line while the daemon writes its own.
+
+Readers never load a whole file: `tail_events` reads backwards in blocks and
+`read_events` can stop at a time bound, so `mtld status` stays fast on
+gigabyte logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+from structlog.tracebacks import ExceptionDictTransformer
+
+FIRST_KEYS = ("ts", "level", "event", "job_id", "run_id")
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class AppendWriter:
+    """A structlog logger that appends each rendered line with one write(2)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def msg(self, message: str) -> None:
+        os.write(self.fd, (message + "\n").encode("utf-8"))
+
+    log = debug = info = warning = warn = error = critical = exception = msg
+
+
+class NullWriter:
+    def msg(self, message: str) -> None:
+        pass
+
+    log = debug = info = warning = warn = error = critical = exception = msg
+
+
+def configure(
+    path: Path | None,
+    *,
+    level: str = "info",
+    console: TextIO | None = None,
+    bind: Mapping[str, Any] | None = None,
+) -> None:
+    """Send structlog (and the stdlib loggers of transformers, apscheduler, ...) to `path`.
+
+    `console`, when given, also gets a short human-readable line per event.
+    `bind` adds fields to every line from every thread (contextvars would not
+    cross into the memory sampler thread).
+    """
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+    ]
+    if bind:
+        processors.append(_DefaultFields(dict(bind)))
+    if console is not None:
+        processors.append(_ConsoleEcho(console))
+    processors += [_first_keys_first, structlog.processors.JSONRenderer(serializer=_dumps)]
+    writer = AppendWriter(path) if path is not None else NullWriter()
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=lambda *args: writer,
+        cache_logger_on_first_use=False,
+    )
+    _route_stdlib_logging(LEVELS[level])
+
+
+def get_logger(**fields: Any) -> structlog.typing.FilteringBoundLogger:
+    return structlog.get_logger().bind(**fields)
+
+
+def _dumps(obj: Any, **kwargs: Any) -> str:
+    kwargs.setdefault("default", str)
+    return json.dumps(obj, ensure_ascii=False, **kwargs)
+
+
+def _first_keys_first(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    ordered = {k: event.pop(k) for k in FIRST_KEYS if k in event}
+    ordered.update(event)
+    return ordered
+
+
+class _DefaultFields:
+    def __init__(self, fields: dict[str, Any]):
+        self.fields = fields
+
+    def __call__(self, _: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        for key, value in self.fields.items():
+            event.setdefault(key, value)
+        return event
+
+
+class _ConsoleEcho:
+    """Print `HH:MM:SS event key=value ...` for a person watching the terminal."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def __call__(self, _: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        self.stream.write(format_event(event) + "\n")
+        self.stream.flush()
+        return event
+
+
+def format_event(event: Mapping[str, Any]) -> str:
+    """One readable line for an event (used by the console echo and `mtld logs`)."""
+    ts = str(event.get("ts", ""))
+    clock = ts[11:19] if len(ts) >= 19 else ts
+    level = event.get("level", "info")
+    mark = "" if level in ("info", "debug") else f"{level.upper()} "
+    fields = " ".join(
+        f"{k}={_short(v)}" for k, v in event.items() if k not in ("ts", "level", "event", "exception")
+    )
+    line = f"{clock} {mark}{event.get('event', '?')} {fields}".rstrip()
+    exc = event.get("exception")
+    if isinstance(exc, list) and exc:
+        last = exc[-1]
+        line += f"\n    {last.get('exc_type')}: {last.get('exc_value')}"
+    return line
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return _dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+class _ToStructlog(logging.Handler):
+    """Carry stdlib log records (transformers, apscheduler, ...) into structlog."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            log = structlog.get_logger().bind(logger=record.name)
+            method = getattr(log, record.levelname.lower(), log.info)
+            method("library.log", message=record.getMessage(), exc_info=record.exc_info or False)
+        except Exception:  # logging must never take the process down
+            self.handleError(record)
+
+
+def _route_stdlib_logging(level: int) -> None:
+    root = logging.getLogger()
+    root.handlers[:] = [_ToStructlog()]
+    root.setLevel(max(level, logging.WARNING))
+    logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
+
+
+# ---------------------------------------------------------------- reading
+
+
+def parse_ts(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        event = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a line still being written, or damage: skip it
+    return event if isinstance(event, dict) else None
+
+
+def reversed_lines(path: Path, block_size: int = 1 << 16) -> Iterator[bytes]:
+    """Lines of a file from the last to the first, reading blocks from the end."""
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return
+    with f:
+        f.seek(0, os.SEEK_END)
+        position = f.tell()
+        tail = b""
+        while position > 0:
+            step = min(block_size, position)
+            position -= step
+            f.seek(position)
+            lines = (f.read(step) + tail).split(b"\n")
+            tail = lines.pop(0)
+            for line in reversed(lines):
+                if line.strip():
+                    yield line
+        if tail.strip():
+            yield tail
+
+
+def tail_events(path: Path, limit: int, *, match: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The last `limit` events (oldest first) whose fields equal `match`."""
+    found: list[dict[str, Any]] = []
+    for line in reversed_lines(path):
+        event = _parse(line)
+        if event is not None and _matches(event, match):
+            found.append(event)
+            if len(found) >= limit:
+                break
+    found.reverse()
+    return found
+
+
+def last_event(path: Path, names: set[str], *, match: Mapping[str, Any] | None = None, scan_limit: int = 5000) -> dict[str, Any] | None:
+    """The most recent event named in `names`, looking at most `scan_limit` lines back."""
+    for i, line in enumerate(reversed_lines(path)):
+        if i >= scan_limit:
+            return None
+        event = _parse(line)
+        if event is not None and event.get("event") in names and _matches(event, match):
+            return event
+    return None
+
+
+def read_events(path: Path, *, match: Mapping[str, Any] | None = None, since: float | None = None) -> list[dict[str, Any]]:
+    """Events in file order, newer than `since` (epoch), read from the end backwards.
+
+    Logs are appended in time order, so the scan stops at the first older line.
+    """
+    found: list[dict[str, Any]] = []
+    for line in reversed_lines(path):
+        event = _parse(line)
+        if event is None:
+            continue
+        if since is not None and "ts" in event and parse_ts(event["ts"]) < since:
+            break
+        if _matches(event, match):
+            found.append(event)
+    found.reverse()
+    return found
+
+
+def follow(path: Path, *, poll_s: float = 0.5, start_at_end: bool = True, stop: Any = None) -> Iterator[dict[str, Any]]:
+    """Yield events appended to `path` as they arrive (`tail -f`). `stop()` ends it."""
+    while not path.exists():
+        if stop is not None and stop():
+            return
+        time.sleep(poll_s)
+    with path.open("rb") as f:
+        if start_at_end:
+            f.seek(0, os.SEEK_END)
+        pending = b""
+        while True:
+            chunk = f.read()
+            if chunk:
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    event = _parse(line)
+                    if event is not None:
+                        yield event
+            elif stop is not None and stop():
+                return
+            else:
+                time.sleep(poll_s)
+
+
+def _matches(event: Mapping[str, Any], match: Mapping[str, Any] | None) -> bool:
+    return not match or all(event.get(k) == v for k, v in match.items())

@@ -1,0 +1,111 @@
+"""The run directory: the contract between whoever launches a run and the child.
+
+One folder per job holds everything about it across attempts:
+
+    job.json        the resolved job spec (written at launch; the child reads it)
+    launch.json     how to run this attempt: micro-batch, device, ids, knobs
+    run.jsonl       the run log (one writer at a time: the current child)
+    result.json     the child's summary at exit: outcome, figures
+    checkpoints/    step-NNNNNNNN.pt, newest last; resuming starts from the newest
+    model/  best/   the final and the best model (encoder, heads, tokenizer, labels)
+    metrics.json    per-task metrics of every evaluation
+
+Torch-free: the daemon and the CLI use it without importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from mtld.jobspec import JobSpec, spec_from_json, spec_to_json
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to run one attempt. Written by the launcher, read by the child."""
+
+    micro_batch: int
+    device: str = "auto"
+    job_id: int | None = None
+    run_id: int | None = None
+    memory_fraction: float = 0.8  # share of the device's memory the run may use
+    progress_every_s: float = 5.0  # seconds between step.progress events
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Launch:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=2, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+class RunDir:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    job_file = property(lambda self: self.path / "job.json")
+    launch_file = property(lambda self: self.path / "launch.json")
+    log_file = property(lambda self: self.path / "run.jsonl")
+    result_file = property(lambda self: self.path / "result.json")
+    metrics_file = property(lambda self: self.path / "metrics.json")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    model_dir = property(lambda self: self.path / "model")
+    best_dir = property(lambda self: self.path / "best")
+
+    def write_job(self, spec: JobSpec) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.job_file, json.loads(spec_to_json(spec)))
+
+    def read_job(self) -> JobSpec:
+        return spec_from_json(self.job_file.read_text(encoding="utf-8"))
+
+    def write_launch(self, launch: Launch) -> None:
+        write_json_atomic(self.launch_file, asdict(launch))
+
+    def read_launch(self) -> Launch:
+        data = _read_json(self.launch_file)
+        if data is None:
+            raise FileNotFoundError(f"{self.launch_file} is missing")
+        return Launch.from_dict(data)
+
+    def write_result(self, result: dict[str, Any]) -> None:
+        write_json_atomic(self.result_file, result)
+
+    def read_result(self) -> dict[str, Any] | None:
+        return _read_json(self.result_file)
+
+    def checkpoint_files(self) -> list[Path]:
+        """Complete checkpoints, oldest first (temporary files are never listed)."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(self.checkpoints.glob("step-*.pt"))
+
+    def latest_checkpoint(self) -> Path | None:
+        files = self.checkpoint_files()
+        return files[-1] if files else None
