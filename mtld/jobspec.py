@@ -177,9 +177,29 @@ def check_semantics(spec: JobSpec, shown: str) -> list[Problem]:
             problems.append(Problem(shown, f"{key}.text_pair_field", "token classification takes no sentence pair"))
         if task.labels is not None and len(set(task.labels)) != len(task.labels):
             problems.append(Problem(shown, f"{key}.labels", "the label list has duplicates"))
-    if looks_like_path(spec.model) and not Path(spec.model).is_dir():
-        problems.append(Problem(shown, "model", f"model folder not found: {spec.model}"))
+    for key in ("model", "tokenizer"):
+        name = getattr(spec, key)
+        if name is None or Path(name).is_dir():
+            continue
+        if looks_like_path(name):
+            problems.append(Problem(shown, key, f"model folder not found: {name}"))
+        elif not in_hub_cache(name):
+            problems.append(
+                Problem(shown, key, f"{name!r} is neither a folder next to the job file nor in the local Hugging Face cache "
+                        "(mtld never downloads at run time: download it first, or give a folder)")
+            )
     return problems
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """Whether a hub model is already downloaded (runs load models offline)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a valid repo id
+        return False
+    return isinstance(found, str)
 
 
 def check_data_files(spec: JobSpec, shown: str, max_rows: int = ROWS_CHECKED_AT_SUBMIT) -> list[Problem]:

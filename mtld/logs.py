@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
@@ -248,29 +248,38 @@ def read_events(path: Path, *, match: Mapping[str, Any] | None = None, since: fl
     return found
 
 
-def follow(path: Path, *, poll_s: float = 0.5, start_at_end: bool = True, stop: Any = None) -> Iterator[dict[str, Any]]:
-    """Yield events appended to `path` as they arrive (`tail -f`). `stop()` ends it."""
-    while not path.exists():
-        if stop is not None and stop():
-            return
-        time.sleep(poll_s)
-    with path.open("rb") as f:
-        if start_at_end:
-            f.seek(0, os.SEEK_END)
-        pending = b""
-        while True:
-            chunk = f.read()
-            if chunk:
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                for line in complete:
-                    event = _parse(line)
-                    if event is not None:
-                        yield event
-            elif stop is not None and stop():
+def follow_files(
+    paths: list[Path], *, poll_s: float = 0.5, stop: Callable[[], bool] | None = None
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Yield (path, event) for lines appended to any of `paths` from now on (`tail -f`).
+
+    Files that do not exist yet are picked up when they appear. `stop()` is
+    asked whenever nothing new has arrived; it ends the loop after a last read.
+    """
+    offsets = {p: (p.stat().st_size if p.exists() else 0) for p in paths}
+    pending = {p: b"" for p in paths}
+    while True:
+        got_any = False
+        for path in paths:
+            try:
+                with path.open("rb") as f:
+                    f.seek(offsets[path])
+                    chunk = f.read()
+            except FileNotFoundError:
+                continue
+            if not chunk:
+                continue
+            got_any = True
+            offsets[path] += len(chunk)
+            *complete, pending[path] = (pending[path] + chunk).split(b"\n")
+            for line in complete:
+                event = _parse(line)
+                if event is not None:
+                    yield path, event
+        if not got_any:
+            if stop is not None and stop():
                 return
-            else:
-                time.sleep(poll_s)
+            time.sleep(poll_s)
 
 
 def _matches(event: Mapping[str, Any], match: Mapping[str, Any] | None) -> bool:

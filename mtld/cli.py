@@ -1,0 +1,267 @@
+"""The `mtld` command: parse, call a function, render a table or JSON. Nothing else."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mtld import __version__, jobs
+from mtld.jobspec import JobFileError, spec_from_json
+from mtld.logs import configure, follow_files, format_event, iso, read_events
+from mtld.settings import Settings, SettingsError, load_settings
+from mtld.store import InvalidTransition, Job, Store, UnknownJob
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+app = typer.Typer(
+    help="Train multi-task BERT-style encoders overnight, one job at a time.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+
+
+class Context:
+    """What every command needs: settings, and the store opened on first use."""
+
+    def __init__(self, config: Path | None):
+        self.config = config
+        self._settings: Settings | None = None
+        self._store: Store | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = load_settings(self.config)
+            except SettingsError as e:
+                fail(str(e), code=2)
+            configure(self._settings.daemon_log, level=self._settings.log_level)
+        return self._settings
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.settings.db_path)
+        return self._store
+
+
+def fail(message: str, code: int = 1) -> None:
+    sys.stderr.write(message.rstrip("\n") + "\n")  # never wrapped: one problem, one line
+    raise typer.Exit(code)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"mtld {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    config: Annotated[Optional[Path], typer.Option("--config", envvar="MTLD_CONFIG", help="Config file (TOML).")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True)] = False,
+) -> None:
+    ctx.obj = Context(config)
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+# ------------------------------------------------------------------ jobs
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    job_file: Annotated[Path, typer.Argument(help="The job file (TOML).")],
+    priority: Annotated[Optional[int], typer.Option(help="Higher runs first (default: the file's, else 0).")] = None,
+    not_before: Annotated[Optional[str], typer.Option(help="Do not start before: 2026-11-28T01:30 or 01:30.")] = None,
+    batch_size: Annotated[Optional[str], typer.Option(help="auto, 2, 4 or 8 (pins the micro-batch).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Validate a job file and queue it. Prints the job id."""
+    c: Context = ctx.obj
+    now = datetime.now(timezone.utc)
+    try:
+        start = jobs.parse_not_before(not_before, now=now) if not_before else None
+        size = jobs.parse_batch_size(batch_size) if batch_size else None
+    except jobs.BadOption as e:
+        fail(f"{job_file}: {'--not-before' if not_before and 'time' in str(e) else '--batch-size'} - {e}", code=2)
+    try:
+        job = jobs.submit(c.settings, c.store, job_file, now=now, priority=priority, not_before=start, batch_size=size)
+    except JobFileError as e:
+        fail(str(e), code=2)
+    if as_json:
+        emit_json(job_view(job))
+    else:
+        out.print(job.id)
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """The queue: running, queued and recent jobs."""
+    c: Context = ctx.obj
+    all_jobs = c.store.list_jobs()
+    views = [job_view(j) for j in all_jobs]
+    if as_json:
+        emit_json({"counts": c.store.counts(), "jobs": views})
+        return
+    if not views:
+        out.print("No jobs. Queue one with: mtld submit JOB.toml")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("ID", "NAME", "STATE", "PRI", "BATCH", "SUBMITTED", "NOT BEFORE", "NOTE"):
+        table.add_column(column, no_wrap=column != "NOTE")
+    for j in sorted(all_jobs, key=_status_order):
+        table.add_row(
+            str(j.id), j.name, j.state, str(j.priority), j.batch_size, _local(j.submitted_at),
+            _local(j.not_before) if j.not_before else "", j.last_error or ("cancel requested" if j.cancel_requested else ""),
+        )
+    out.print(table)
+
+
+@app.command()
+def show(ctx: typer.Context, job_id: int, as_json: JsonFlag = False) -> None:
+    """One job: its spec, runs and state history."""
+    c: Context = ctx.obj
+    job = _get(c, job_id)
+    runs = [r.to_dict() for r in c.store.runs_for(job_id)]
+    history = [t.to_dict() for t in c.store.transitions_for(job_id)]
+    spec = json.loads(spec_from_json(job.spec_json).model_dump_json())
+    if as_json:
+        emit_json({**job_view(job), "spec": spec, "runs": runs, "transitions": history})
+        return
+    view = job_view(job)
+    for key in ("id", "name", "state", "priority", "batch_size", "submitted_at", "not_before", "attempts", "run_dir", "job_file", "last_error"):
+        if view.get(key) not in (None, ""):
+            out.print(f"[bold]{key:>12}[/]  {view[key]}")
+    out.print(f"[bold]{'tasks':>12}[/]  " + ", ".join(f"{t['name']} ({t['type']})" for t in spec["tasks"]))
+    for r in runs:
+        out.print(f"[bold]{'run ' + str(r['attempt']):>12}[/]  {r['outcome'] or 'running'}  micro-batch {r['micro_batch']}")
+    for t in history:
+        out.print(f"{'':>12}  {_local(t['at'])}  {t['from_state'] or '-'} -> {t['to_state']}  ({t['reason']})")
+
+
+@app.command()
+def cancel(ctx: typer.Context, job_id: int) -> None:
+    """Cancel a job. A running job checkpoints first, then ends cancelled."""
+    c: Context = ctx.obj
+    try:
+        job = jobs.cancel(c.settings, c.store, job_id, now=datetime.now(timezone.utc))
+    except (UnknownJob, InvalidTransition) as e:
+        fail(str(e))
+    out.print(f"job {job.id}: {'cancelled' if job.state == 'cancelled' else 'cancel requested (it stops at its next checkpoint)'}")
+
+
+@app.command()
+def retry(ctx: typer.Context, job_id: int) -> None:
+    """Queue a failed or cancelled job again (it resumes from its last checkpoint)."""
+    c: Context = ctx.obj
+    try:
+        job = jobs.retry(c.settings, c.store, job_id, now=datetime.now(timezone.utc))
+    except (UnknownJob, InvalidTransition) as e:
+        fail(str(e))
+    out.print(f"job {job.id}: queued")
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    job_id: int,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing until the job ends.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """A job's events from the daemon log and its run log, oldest first."""
+    c: Context = ctx.obj
+    job = _get(c, job_id)
+    paths = [c.settings.daemon_log, Path(job.run_dir) / "run.jsonl"]
+    events = read_events(paths[0], match={"job_id": job_id}, since=job.submitted_at - 1)
+    events += read_events(paths[1])
+    events.sort(key=lambda e: e.get("ts", ""))
+    for event in events:
+        _print_event(event, as_json)
+    if not follow:
+        return
+
+    def job_over() -> bool:
+        return _get(c, job_id).state in TERMINAL
+
+    for path, event in follow_files(paths, stop=job_over):
+        if path == paths[1] or event.get("job_id") == job_id:
+            _print_event(event, as_json)
+
+
+def _print_event(event: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
+    else:
+        out.print(format_event(event), markup=False)
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """The stable JSON form of a job (documented in the README)."""
+    return {
+        "id": job.id,
+        "name": job.name,
+        "state": job.state,
+        "priority": job.priority,
+        "batch_size": job.batch_size,
+        "submitted_at": iso(job.submitted_at),
+        "not_before": iso(job.not_before) if job.not_before else None,
+        "updated_at": iso(job.updated_at),
+        "finished_at": iso(job.finished_at) if job.finished_at else None,
+        "attempts": job.attempts,
+        "cancel_requested": job.cancel_requested,
+        "last_error": job.last_error,
+        "run_dir": job.run_dir,
+        "job_file": job.job_file,
+    }
+
+
+def _get(c: Context, job_id: int) -> Job:
+    job = c.store.get(job_id)
+    if job is None:
+        fail(f"no job {job_id}")
+    return job
+
+
+def _status_order(job: Job) -> tuple[int, float, float]:
+    """Running first, then the queue in the order it will run, then the newest others."""
+    if job.state == "running":
+        return 0, 0, -job.updated_at
+    if job.state == "queued":
+        return 1, -job.priority, job.submitted_at
+    return 2, 0, -job.updated_at
+
+
+def _local(epoch: float | None) -> str:
+    if epoch is None:
+        return ""
+    return datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""What users do to jobs: submit, cancel, retry. The CLI and the tests call these.
+
+Each operation changes the store, then writes its event to the daemon log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from datetime import datetime, time, timedelta
+from pathlib import Path
+
+from mtld.jobspec import MICRO_BATCH_SIZES, JobSpec, load_job, spec_to_json
+from mtld.logs import get_logger, iso
+from mtld.settings import Settings
+from mtld.store import Job, Store
+
+
+class BadOption(ValueError):
+    """A command-line value that cannot be used (reported like a job file problem)."""
+
+
+def parse_not_before(text: str, *, now: datetime) -> datetime:
+    """`2026-11-28T01:30` (local unless it has an offset) or `01:30` (its next occurrence)."""
+    now = now.astimezone()
+    if re.fullmatch(r"\d{1,2}:\d{2}", text):
+        try:
+            at = time.fromisoformat(text.zfill(5))
+        except ValueError:
+            raise BadOption(f"not a time of day: {text!r}") from None
+        candidate = now.replace(hour=at.hour, minute=at.minute, second=0, microsecond=0)
+        return candidate if candidate > now else candidate + timedelta(days=1)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadOption(f"not a time: {text!r} (use 2026-11-28T01:30 or 01:30)") from None
+    return when.astimezone() if when.tzinfo is None else when
+
+
+def parse_batch_size(text: str) -> str:
+    if text == "auto" or (text.isdigit() and int(text) in MICRO_BATCH_SIZES):
+        return text
+    raise BadOption(f"batch size must be auto, 2, 4 or 8, not {text!r}")
+
+
+def with_overrides(spec: JobSpec, *, priority: int | None, not_before: datetime | None, batch_size: str | None) -> JobSpec:
+    """The spec as it will run: command-line options win over the job file."""
+    schedule = spec.schedule.model_copy(
+        update={k: v for k, v in (("priority", priority), ("not_before", not_before)) if v is not None}
+    )
+    train = spec.train
+    if batch_size is not None:
+        train = train.model_copy(update={"batch_size": batch_size if batch_size == "auto" else int(batch_size)})
+    return spec.model_copy(update={"schedule": schedule, "train": train})
+
+
+def submit(
+    settings: Settings,
+    store: Store,
+    job_file: Path,
+    *,
+    now: datetime,
+    priority: int | None = None,
+    not_before: datetime | None = None,
+    batch_size: str | None = None,
+) -> Job:
+    """Validate the job file and queue it. Raises JobFileError; nothing is queued then."""
+    spec = with_overrides(load_job(job_file), priority=priority, not_before=not_before, batch_size=batch_size)
+    start_after = spec.schedule.not_before
+    if start_after is not None and start_after.tzinfo is None:
+        start_after = start_after.astimezone()  # a TOML local date-time means local time
+    job = store.submit(
+        name=spec.name,
+        spec_json=spec_to_json(spec),
+        job_file=str(job_file.resolve()),
+        priority=spec.schedule.priority,
+        not_before=start_after.timestamp() if start_after else None,
+        batch_size=str(spec.train.batch_size),
+        run_root=str(spec.output or settings.runs_dir),
+        now=now.timestamp(),
+    )
+    get_logger(job_id=job.id).info(
+        "job.submitted",
+        name=job.name,
+        priority=job.priority,
+        not_before=iso(job.not_before) if job.not_before else None,
+        batch_size=job.batch_size,
+        tasks=[t.name for t in spec.tasks],
+        job_file=job.job_file,
+    )
+    wake_daemon(settings)
+    return job
+
+
+def cancel(settings: Settings, store: Store, job_id: int, *, now: datetime) -> Job:
+    """Cancel a queued job now; ask the daemon to stop a running one (it checkpoints first)."""
+    job = store.cancel(job_id, now=now.timestamp())
+    log = get_logger(job_id=job.id)
+    if job.state == "cancelled":
+        log.info("job.cancelled", reason="user")
+    else:
+        log.info("job.cancel_requested", state=job.state)
+        wake_daemon(settings)
+    return job
+
+
+def retry(settings: Settings, store: Store, job_id: int, *, now: datetime) -> Job:
+    """Queue a failed or cancelled job again; it resumes from its last checkpoint."""
+    job = store.retry(job_id, now=now.timestamp())
+    get_logger(job_id=job.id).info("job.retried")
+    wake_daemon(settings)
+    return job
+
+
+def daemon_pid(settings: Settings) -> int | None:
+    """The pid of the running daemon, or None (no pid file, or a stale one)."""
+    try:
+        pid = int(settings.pid_file.read_text().split()[0])
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, IndexError, ProcessLookupError):
+        return None
+    except PermissionError:  # alive, owned by someone else: not our daemon
+        return None
+    return pid
+
+
+def wake_daemon(settings: Settings) -> bool:
+    """Poke the daemon (SIGUSR1) so it looks at the queue now instead of at its next tick."""
+    pid = daemon_pid(settings)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,175 @@
+"""The CLI end to end: submit, status, show, cancel, retry, logs, settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mtld import __version__
+from mtld.cli import app
+from mtld.jobs import BadOption, parse_not_before
+from mtld.settings import Settings, SettingsError, load_settings, platform_dirs
+from tests.test_jobspec import write_job
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTLD_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MTLD_CONFIG", raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def job_file(tmp_path):
+    folder = tmp_path / "job"
+    folder.mkdir()
+    return write_job(folder)
+
+
+def mtld(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_submit_status_cancel_and_the_log(home, job_file):
+    code, stdout, _ = mtld("submit", str(job_file))
+    assert code == 0
+    job_id = int(stdout)
+
+    status = json.loads(mtld("status", "--json")[1])
+    [job] = status["jobs"]
+    assert (job["id"], job["name"], job["state"]) == (job_id, "demo", "queued")
+    assert status["counts"]["queued"] == 1
+
+    assert mtld("cancel", str(job_id))[0] == 0
+    [job] = json.loads(mtld("status", "--json")[1])["jobs"]
+    assert job["state"] == "cancelled"
+
+    lines = (home / "logs" / "mtld.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["event"] for e in events] == ["job.submitted", "job.cancelled"]
+    assert all(e["job_id"] == job_id and e["level"] == "info" for e in events)
+    assert events[0]["tasks"] == ["sentiment", "score", "entities"]
+    assert datetime.fromisoformat(events[0]["ts"].replace("Z", "+00:00")).tzinfo is not None
+
+    code, stdout, _ = mtld("logs", str(job_id), "--json")
+    assert [json.loads(line)["event"] for line in stdout.splitlines()] == ["job.submitted", "job.cancelled"]
+
+    assert mtld("retry", str(job_id))[0] == 0
+    assert json.loads(mtld("show", str(job_id), "--json")[1])["state"] == "queued"
+
+
+def test_the_stored_spec_does_not_change_when_the_file_does(home, job_file):
+    job_id = mtld("submit", str(job_file))[1].strip()
+    job_file.write_text(job_file.read_text().replace("epochs = 2", "epochs = 9"))
+    shown = json.loads(mtld("show", job_id, "--json")[1])
+    assert shown["spec"]["train"]["epochs"] == 2
+    assert [t["to_state"] for t in shown["transitions"]] == ["queued"]
+
+
+def test_options_override_the_job_file(home, job_file):
+    out = json.loads(mtld("submit", str(job_file), "--priority", "5", "--batch-size", "2", "--not-before", "2031-01-02T03:04", "--json")[1])
+    assert (out["priority"], out["batch_size"]) == (5, "2")
+    assert out["not_before"] == datetime(2031, 1, 2, 3, 4).astimezone().astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    spec = json.loads(mtld("show", str(out["id"]), "--json")[1])["spec"]
+    assert spec["train"]["batch_size"] == 2
+
+
+@pytest.mark.parametrize("option", [("--batch-size", "3"), ("--not-before", "tomorrow")])
+def test_bad_options_are_refused(home, job_file, option):
+    code, _, stderr = mtld("submit", str(job_file), *option)
+    assert code == 2 and option[0] in stderr
+    assert json.loads(mtld("status", "--json")[1])["jobs"] == []
+
+
+def test_unknown_ids_and_impossible_moves_are_clear_errors(home, job_file):
+    assert mtld("cancel", "42") == (1, "", "no job 42\n")
+    job_id = mtld("submit", str(job_file))[1].strip()
+    code, _, stderr = mtld("retry", job_id)
+    assert code == 1 and "queued" in stderr
+
+
+def test_status_table_lists_the_queue_in_run_order(home, job_file):
+    low = mtld("submit", str(job_file), "--priority", "1")[1].strip()
+    high = mtld("submit", str(job_file), "--priority", "9")[1].strip()
+    table = mtld("status")[1]
+    assert table.index(f"\n{high} ") < table.index(f"\n{low} ")
+
+
+def test_version():
+    assert mtld("--version")[1].strip() == f"mtld {__version__}"
+
+
+def test_the_console_script_runs_in_a_real_process(home, job_file):
+    env = {**os.environ, "MTLD_HOME": str(home)}
+    mtld_bin = Path(sys.executable).parent / "mtld"
+    submitted = subprocess.run([mtld_bin, "submit", str(job_file)], env=env, capture_output=True, text=True, check=True)
+    status = subprocess.run([mtld_bin, "status", "--json"], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(status.stdout)["jobs"][0]["id"] == int(submitted.stdout)
+
+
+# ------------------------------------------------------------------ settings
+
+
+def test_settings_from_file_and_environment(tmp_path, monkeypatch):
+    config = tmp_path / "config.toml"
+    config.write_text('log_level = "debug"\n[train]\ndevice = "cpu"\nstart_batch_size = 2\n')
+    monkeypatch.setenv("MTLD_TRAIN__START_BATCH_SIZE", "8")
+    monkeypatch.setenv("MTLD_HOME", str(tmp_path / "h"))
+    settings = load_settings(config)
+    assert (settings.log_level, settings.train.device, settings.train.start_batch_size) == ("debug", "cpu", 8)
+    assert settings.db_path == tmp_path / "h" / "state.db"
+    assert settings.daemon_log == tmp_path / "h" / "logs" / "mtld.jsonl"
+
+
+def test_the_repository_config_is_the_defaults(monkeypatch):
+    for name in [n for n in os.environ if n.startswith("MTLD_")]:
+        monkeypatch.delenv(name)
+    documented = load_settings(Path(__file__).parent.parent / "config.toml")
+    assert documented.model_dump() == Settings().model_dump()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("colour = 1\n", "colour - unknown key"),
+        ("[train]\nstart_batch_size = 3\n", "train.start_batch_size - Input should be 2, 4 or 8"),
+        ("log_level = \n", "Invalid value"),
+    ],
+)
+def test_bad_config_files(tmp_path, text, message):
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    with pytest.raises(SettingsError, match=message):
+        load_settings(config)
+
+
+def test_a_named_config_file_must_exist(tmp_path, home, job_file):
+    code, _, stderr = mtld("--config", str(tmp_path / "missing.toml"), "status")
+    assert code == 2 and "config file not found" in stderr
+
+
+def test_platform_folders():
+    assert platform_dirs("darwin", {"HOME": "/Users/a"}) == (
+        Path("/Users/a/Library/Application Support/mtld"),
+        Path("/Users/a/Library/Logs/mtld"),
+    )
+    assert platform_dirs("linux", {"HOME": "/home/a"})[0] == Path("/home/a/.local/state/mtld")
+    assert platform_dirs("linux", {"HOME": "/home/a", "XDG_STATE_HOME": "/s"})[1] == Path("/s/mtld/logs")
+
+
+def test_not_before_parsing():
+    now = datetime(2026, 11, 27, 23, 0).astimezone()
+    assert parse_not_before("01:30", now=now) == (now + timedelta(days=1)).replace(hour=1, minute=30)
+    assert parse_not_before("23:30", now=now) == now.replace(minute=30)
+    with pytest.raises(BadOption):
+        parse_not_before("25:00", now=now)
