@@ -15,7 +15,7 @@ from rich.table import Table
 
 from mtld import __version__, jobs
 from mtld.jobspec import JobFileError, spec_from_json
-from mtld.logs import configure, follow_files, format_event, iso, read_events
+from mtld.logs import configure, follow_files, format_event, get_logger, iso, read_events
 from mtld.settings import Settings, SettingsError, load_settings
 from mtld.store import InvalidTransition, Job, Store, UnknownJob
 
@@ -212,6 +212,54 @@ def _print_event(event: dict[str, Any], as_json: bool) -> None:
     else:
         out.print(format_event(event), markup=False)
     sys.stdout.flush()
+
+
+# ------------------------------------------------------------------ the daemon
+
+
+@app.command()
+def daemon(
+    ctx: typer.Context,
+    exit_when_idle: Annotated[bool, typer.Option("--exit-when-idle", help="Stop when nothing is queued or running.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No event lines on stderr (the log file has them all).")] = False,
+) -> None:
+    """Run the queue in the foreground (launchd and systemd run it like this)."""
+    from mtld.daemon import serve
+    from mtld.pidfile import AlreadyRunning
+
+    c: Context = ctx.obj
+    configure(c.settings.daemon_log, level=c.settings.log_level, console=None if quiet else sys.stderr)
+    try:
+        code = serve(c.settings, exit_when_idle=exit_when_idle, console=None if quiet else sys.stderr)
+    except AlreadyRunning as e:
+        fail(str(e))
+    raise typer.Exit(code)
+
+
+@app.command()
+def pause(
+    ctx: typer.Context,
+    now: Annotated[bool, typer.Option("--now", help="Also checkpoint and requeue the running job.")] = False,
+) -> None:
+    """Stop taking new jobs (the running one finishes, unless --now)."""
+    c: Context = ctx.obj
+    c.store.set_flag("paused", "1")
+    if now:
+        c.store.set_flag("pause_now", "1")
+    get_logger().info("daemon.paused", now=now)
+    jobs.wake_daemon(c.settings)
+    out.print("paused" + (": the running job checkpoints and goes back to the queue" if now else ""))
+
+
+@app.command()
+def resume(ctx: typer.Context) -> None:
+    """Take new jobs again after `mtld pause`."""
+    c: Context = ctx.obj
+    c.store.set_flag("paused", None)
+    c.store.set_flag("pause_now", None)
+    get_logger().info("daemon.resumed")
+    jobs.wake_daemon(c.settings)
+    out.print("resumed")
 
 
 # ------------------------------------------------------------------ helpers

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mtld.jobspec import MICRO_BATCH_SIZES, JobSpec, load_job, spec_to_json
 from mtld.logs import get_logger, iso
+from mtld.pidfile import running_pid
 from mtld.settings import Settings
 from mtld.store import Job, Store
 
@@ -113,21 +114,9 @@ def retry(settings: Settings, store: Store, job_id: int, *, now: datetime) -> Jo
     return job
 
 
-def daemon_pid(settings: Settings) -> int | None:
-    """The pid of the running daemon, or None (no pid file, or a stale one)."""
-    try:
-        pid = int(settings.pid_file.read_text().split()[0])
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, IndexError, ProcessLookupError):
-        return None
-    except PermissionError:  # alive, owned by someone else: not our daemon
-        return None
-    return pid
-
-
 def wake_daemon(settings: Settings) -> bool:
     """Poke the daemon (SIGUSR1) so it looks at the queue now instead of at its next tick."""
-    pid = daemon_pid(settings)
+    pid = running_pid(settings.pid_file)
     if pid is None:
         return False
     try:

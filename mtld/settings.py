@@ -40,12 +40,23 @@ class TrainSettings(_Section):
     progress_every_s: float = Field(default=5.0, ge=0)
 
 
+class DaemonSettings(_Section):
+    poll_interval_s: float = Field(default=2.0, gt=0, le=60)
+    stop_timeout_s: float = Field(default=15.0, gt=0, le=600)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    retry_backoff_s: float = Field(default=60.0, ge=0)
+    prevent_sleep: bool = True
+    hold_on_battery: bool = False
+    notify: bool = True
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MTLD_", env_nested_delimiter="__", extra="forbid")
 
     home: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     train: TrainSettings = TrainSettings()
+    daemon: DaemonSettings = DaemonSettings()
 
     @classmethod
     def settings_customise_sources(

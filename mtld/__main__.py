@@ -1,0 +1,3 @@
+from mtld.cli import main
+
+main()

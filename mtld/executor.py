@@ -1,0 +1,143 @@
+"""Executors start, signal and watch one run. The first one: a local child process.
+
+The daemon talks to a run only through `RunHandle` (pid, signal, poll), so a
+later executor can hand the same `python -m mtld.train RUN_DIR` entry point to
+a cluster engine instead. A run is judged by how it exits (mtld.exitcodes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+
+CHILD_MODULE = "mtld.train"
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a run ended: an exit code, or the signal that killed it, or unknown (lost)."""
+
+    code: int | None = None
+    signal: int | None = None
+    max_rss_bytes: int | None = None
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            name = signal.Signals(self.signal).name if self.signal in signal.valid_signals() else str(self.signal)
+            return f"killed by signal {self.signal} ({name})"
+        if self.code is not None:
+            return f"exit status {self.code}"
+        return "ended while no daemon was watching"
+
+
+class RunHandle(Protocol):
+    pid: int
+
+    def signal(self, signum: int) -> None: ...
+
+    def poll(self) -> ExitStatus | None: ...
+
+
+class ChildProcess:
+    """A run child this process started: reaped with wait4 for status and rusage."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+        self.pid = popen.pid
+        self.status: ExitStatus | None = None
+
+    def signal(self, signum: int) -> None:
+        if self.status is None:
+            _signal_group(self.pid, signum)
+
+    def poll(self) -> ExitStatus | None:
+        if self.status is None:
+            pid, raw, rusage = os.wait4(self.pid, os.WNOHANG)
+            if pid == 0:
+                return None
+            self.popen.returncode = os.waitstatus_to_exitcode(raw)  # keep Popen from reaping again
+            max_rss = rusage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
+            if os.WIFSIGNALED(raw):
+                self.status = ExitStatus(signal=os.WTERMSIG(raw), max_rss_bytes=max_rss)
+            else:
+                self.status = ExitStatus(code=os.WEXITSTATUS(raw), max_rss_bytes=max_rss)
+        return self.status
+
+
+class AdoptedProcess:
+    """A run child left behind by an earlier daemon: not ours to wait for, so watch it."""
+
+    def __init__(self, process: psutil.Process):
+        self.process = process
+        self.pid = process.pid
+
+    def signal(self, signum: int) -> None:
+        if self.process.is_running():
+            _signal_group(self.pid, signum)
+
+    def poll(self) -> ExitStatus | None:
+        if self.process.is_running() and self.process.status() != psutil.STATUS_ZOMBIE:
+            return None
+        return ExitStatus()  # its status went to its real parent; the run's result.json tells more
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    """Signal the child's whole process group (it leads one), so helpers it forked stop too."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, signum)
+
+
+class LocalExecutor:
+    """Runs each attempt as `python -m mtld.train RUN_DIR` in its own session."""
+
+    def __init__(self, python: str = sys.executable):
+        self.python = python
+
+    def start(self, run_dir: Path) -> ChildProcess:
+        output = open(run_dir / "child.log", "ab")  # tracebacks from before logging starts, fatal errors
+        try:
+            popen = subprocess.Popen(
+                [self.python, "-m", CHILD_MODULE, str(run_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: a signal to the daemon's group misses it
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                close_fds=True,
+            )
+        finally:
+            output.close()
+        return ChildProcess(popen)
+
+    def adopt(self, pid: int, run_dir: Path, started_at: float) -> AdoptedProcess | None:
+        """The still-running child of an earlier daemon, if `pid` really is that run."""
+        try:
+            process = psutil.Process(pid)
+            cmdline = process.cmdline()
+            created = process.create_time()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return None
+        is_that_run = CHILD_MODULE in cmdline and str(run_dir) in cmdline and created <= started_at + 60
+        return AdoptedProcess(process) if is_that_run else None
+
+
+def wait_for_exit(handle: RunHandle, timeout_s: float, poll_s: float = 0.05) -> ExitStatus | None:
+    """Poll until the run exits or the timeout passes (bounded waits on shutdown)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = handle.poll()
+        if status is not None or time.monotonic() >= deadline:
+            return status
+        time.sleep(poll_s)

@@ -1,0 +1,297 @@
+"""`mtld agent install|uninstall|status`: run `mtld daemon` under the user's service manager.
+
+Planning is pure: `plan_install` / `plan_uninstall` turn settings and the
+facts of this machine (platform, interpreter, uid, home, environment) into an
+`AgentPlan` of files to write or remove and commands to run. `describe` prints
+a plan (`--dry-run`); `apply` carries it out through a Runner. So everything
+but the service manager's own behaviour is checked on any machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+from mtld.platform import launchd, systemd
+from mtld.platform.runner import RecordingRunner, Result, Runner, SubprocessRunner
+from mtld.settings import Settings, platform_dirs
+
+__all__ = [
+    "AgentError", "AgentPlan", "Command", "Runner", "SubprocessRunner", "RecordingRunner", "Result",
+    "plan_install", "plan_uninstall", "agent_status", "apply", "describe", "stop_grace_s",
+]
+
+# Settings the agent must share with the shell that installed it, so both see the same state.
+CARRIED_ENV = ("MTLD_HOME", "MTLD_CONFIG")
+
+EXAMPLE_HOME = Path("/Users/you")  # the placeholder user of launchd/io.mtld.daemon.plist
+EXAMPLE_PYTHON = "/Users/you/.venv/bin/python"
+
+
+class AgentError(Exception):
+    """The agent cannot be installed, removed or queried; the message says what failed."""
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: list[str]
+    check: bool = True  # False: a failure is expected and ignored (bootout of an agent not loaded)
+    before_files: bool = False  # run before files are written or removed (stop the old agent first)
+    retries: int = 0  # extra tries after a failure, `retry_delay_s` apart
+    retry_delay_s: float = 0.0
+
+
+@dataclass
+class AgentPlan:
+    files: dict[Path, bytes] = field(default_factory=dict)
+    remove: list[Path] = field(default_factory=list)
+    commands: list[Command] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    dirs: list[Path] = field(default_factory=list)  # created first; launchd does not create log folders
+
+
+def stop_grace_s(settings: Settings) -> int:
+    """Seconds the service manager waits after SIGTERM: the daemon's own bound plus 5."""
+    return math.ceil(settings.daemon.stop_timeout_s) + 5
+
+
+# ------------------------------------------------------------------ planning
+
+
+def plan_install(
+    settings: Settings,
+    *,
+    platform: str = sys.platform,
+    python: str | None = None,
+    uid: int | None = None,
+    home: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    config: Path | None = None,
+) -> AgentPlan:
+    """What installing (or reinstalling) the agent writes and runs; None means this process's value.
+
+    `config` is a config file named with --config; it is carried as MTLD_CONFIG.
+    """
+    manager = _manager(platform)
+    python = _interpreter(python)
+    uid, home, env = _where(uid, home, env)
+    program = [python, "-m", "mtld", "daemon"]
+    service_env = _service_env(python, platform, env, config)
+    grace = stop_grace_s(settings)
+    if manager == "launchd":
+        log_dir = _places(settings, platform, home, env)[1]
+        plist = launchd.plist_path(home)
+        return AgentPlan(
+            dirs=[log_dir],
+            files={plist: launchd.render_plist(program, service_env, log_dir, grace)},
+            commands=[
+                Command(launchd.bootout_argv(uid), check=False, before_files=True),
+                # launchd may still be tearing the old agent down ("Bootstrap failed: 5").
+                Command(launchd.bootstrap_argv(uid, plist), retries=3, retry_delay_s=2.0),
+                Command(launchd.kickstart_argv(uid)),
+            ],
+            notes=[
+                f"mtld daemon starts at login and again after a crash; its output goes to {log_dir}.",
+                "Remove it with `mtld agent uninstall`.",
+            ],
+        )
+    unit = systemd.unit_path(home, env)
+    return AgentPlan(
+        files={unit: systemd.render_unit(program, service_env, grace).encode()},
+        commands=[
+            Command(systemd.systemctl("daemon-reload")),
+            Command(systemd.systemctl("enable", systemd.UNIT)),
+            Command(systemd.systemctl("restart", systemd.UNIT)),  # starts it, or picks up a changed unit
+        ],
+        notes=[
+            "systemd stops user services when you log out and starts them only when you log in. To keep "
+            "mtld training while you are logged out, and to start it at boot, run once: loginctl enable-linger",
+            f"Its output goes to the journal: journalctl --user -u {systemd.UNIT}",
+            "Remove it with `mtld agent uninstall`.",
+        ],
+    )
+
+
+def plan_uninstall(
+    settings: Settings,
+    *,
+    platform: str = sys.platform,
+    uid: int | None = None,
+    home: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> AgentPlan:
+    """Stop the agent (it checkpoints a running job) and remove its file; state and logs stay."""
+    manager = _manager(platform)
+    uid, home, env = _where(uid, home, env)
+    state, logs = _places(settings, platform, home, env)
+    kept = f"Jobs and checkpoints stay in {state}, logs in {logs}."
+    if manager == "launchd":
+        return AgentPlan(
+            commands=[Command(launchd.bootout_argv(uid), check=False, before_files=True)],
+            remove=[launchd.plist_path(home)],
+            notes=[kept],
+        )
+    return AgentPlan(
+        commands=[
+            Command(systemd.systemctl("disable", "--now", systemd.UNIT), check=False, before_files=True),
+            Command(systemd.systemctl("daemon-reload")),
+        ],
+        remove=[systemd.unit_path(home, env)],
+        notes=[kept],
+    )
+
+
+def agent_status(
+    runner: Runner,
+    *,
+    platform: str = sys.platform,
+    uid: int | None = None,
+    home: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict:
+    """Is the agent's file there, is it loaded, is the daemon running (and its pid)."""
+    manager = _manager(platform)
+    uid, home, env = _where(uid, home, env)
+    if manager == "launchd":
+        path, name = launchd.plist_path(home), launchd.LABEL
+        result = runner.run(launchd.print_argv(uid))
+        facts = launchd.parse_print(result.returncode, result.stdout)
+        quiet = {0, 113}  # 113: launchctl's "Could not find service"
+    else:
+        path, name = systemd.unit_path(home, env), systemd.UNIT
+        result = runner.run(systemd.show_argv())
+        facts = systemd.parse_show(result.returncode, result.stdout)
+        quiet = {0}
+    error = None if result.returncode in quiet else (result.stderr.strip() or f"exit status {result.returncode}")
+    return {"manager": manager, "name": name, "file": str(path), "installed": path.is_file(), **facts,
+            "error": error}
+
+
+def _manager(platform: str) -> str:
+    if platform == "darwin":
+        return "launchd"
+    if platform.startswith("linux"):
+        return "systemd"
+    raise AgentError(f"mtld agent supports macOS (launchd) and Linux (systemd), not {platform}")
+
+
+def _where(uid, home, env) -> tuple[int, Path, Mapping[str, str]]:
+    return (
+        os.getuid() if uid is None else uid,
+        Path.home() if home is None else home,
+        os.environ if env is None else env,
+    )
+
+
+def _interpreter(python: str | None) -> str:
+    python = sys.executable if python is None else python
+    if not python:
+        raise AgentError("cannot tell which Python runs mtld (sys.executable is empty)")
+    # abspath, not resolve(): a virtualenv's python is a symlink, and following
+    # it would start the base interpreter without the environment's packages.
+    return os.path.abspath(python)
+
+
+def _places(settings: Settings, platform: str, home: Path, env: Mapping[str, str]) -> tuple[Path, Path]:
+    """(state, logs) as the agent will see them: settings.state_dir/log_dir, for `platform` and `home`."""
+    if settings.home:
+        return Path(os.path.abspath(settings.home)), Path(os.path.abspath(settings.home / "logs"))
+    return platform_dirs(platform, {**env, "HOME": str(home)})
+
+
+def _service_env(python: str, platform: str, env: Mapping[str, str], config: Path | None) -> dict[str, str]:
+    """PATH for the tools the daemon runs (caffeinate, systemd-inhibit, notify-send…), unbuffered
+    output, and the MTLD_* locations of the installing shell, made absolute."""
+    dirs = [os.path.dirname(python)]
+    if platform == "darwin":
+        dirs.append("/opt/homebrew/bin")
+    dirs += ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+    out = {"PATH": ":".join(dict.fromkeys(dirs)), "PYTHONUNBUFFERED": "1"}
+    for key in CARRIED_ENV:
+        if env.get(key):
+            out[key] = os.path.abspath(os.path.expanduser(env[key]))
+    if config is not None:
+        out["MTLD_CONFIG"] = os.path.abspath(config)
+    return out
+
+
+# ------------------------------------------------------------------ carrying out
+
+
+def apply(plan: AgentPlan, runner: Runner, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Create folders, run the stop commands, write and remove files, then run the rest.
+
+    A failing command with check=True raises AgentError after its retries; the
+    steps before it stay done (running install again is safe).
+    """
+    for folder in plan.dirs:
+        folder.mkdir(parents=True, exist_ok=True)
+    for command in plan.commands:
+        if command.before_files:
+            _run(command, runner, sleep)
+    for path, content in plan.files.items():
+        write_atomic(path, content)
+    for path in plan.remove:
+        path.unlink(missing_ok=True)
+    for command in plan.commands:
+        if not command.before_files:
+            _run(command, runner, sleep)
+
+
+def _run(command: Command, runner: Runner, sleep: Callable[[float], None]) -> None:
+    for attempt in range(command.retries + 1):
+        if attempt:
+            sleep(command.retry_delay_s)
+        result = runner.run(command.argv)
+        if result.returncode == 0 or not command.check:
+            return
+    detail = (result.stderr or result.stdout).strip() or "no output"
+    raise AgentError(f"`{shlex.join(command.argv)}` failed (exit status {result.returncode}): {detail}")
+
+
+def write_atomic(path: Path, content: bytes, mode: int = 0o644) -> None:
+    """Write to a temporary file beside `path`, then rename: launchd/systemd never read half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # launchd refuses a plist that others may write
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def describe(plan: AgentPlan) -> str:
+    """The plan as `--dry-run` prints it, in the order `apply` would carry it out."""
+    lines: list[str] = []
+    lines += [f"mkdir -p {shlex.quote(str(d))}" for d in plan.dirs]
+    lines += [_shell_line(c) for c in plan.commands if c.before_files]
+    for path, content in plan.files.items():
+        lines += [f"write {path}:", *("    " + line for line in content.decode().splitlines())]
+    lines += [f"rm -f {shlex.quote(str(p))}" for p in plan.remove]
+    lines += [_shell_line(c) for c in plan.commands if not c.before_files]
+    if plan.notes:
+        lines += ["", *plan.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _shell_line(command: Command) -> str:
+    return shlex.join(command.argv) + ("  # failure ignored" if not command.check else "")
+
+
+def example_plist() -> bytes:
+    """launchd/io.mtld.daemon.plist: default settings for the placeholder user /Users/you."""
+    plan = plan_install(Settings.model_construct(), platform="darwin", python=EXAMPLE_PYTHON, uid=501,
+                        home=EXAMPLE_HOME, env={})
+    return plan.files[launchd.plist_path(EXAMPLE_HOME)]

@@ -1,0 +1,87 @@
+"""The LaunchAgent: its plist (built as a dict, written by plistlib) and its launchctl lines.
+
+The dict in `plist_dict` is the single source of truth; `launchd/io.mtld.daemon.plist`
+in the repository is this module's output for a placeholder user (regenerate it
+with `python -m mtld.platform.launchd > launchd/io.mtld.daemon.plist`).
+"""
+
+from __future__ import annotations
+
+import plistlib
+import re
+from pathlib import Path
+
+LABEL = "io.mtld.daemon"
+THROTTLE_INTERVAL_S = 10  # launchd's minimum gap between two starts of the daemon
+
+def plist_path(home: Path) -> Path:
+    return home / "Library/LaunchAgents" / f"{LABEL}.plist"
+
+
+def plist_dict(program: list[str], env: dict[str, str], log_dir: Path, exit_timeout_s: int) -> dict:
+    """The LaunchAgent's keys; see launchd/README.md for why each is there."""
+    return {
+        "Label": LABEL,
+        "ProgramArguments": list(program),
+        "RunAtLoad": True,
+        # Restart after a crash, not after a clean exit (someone asked it to
+        # stop), like systemd's Restart=on-failure.
+        "KeepAlive": {"SuccessfulExit": False},
+        # The default (Standard) tier lets the system throttle CPU and I/O of
+        # background agents, which makes overnight training crawl.
+        "ProcessType": "Interactive",
+        # launchd sends SIGTERM, then SIGKILL after this many seconds: longer
+        # than the daemon's own wait for its child to checkpoint.
+        "ExitTimeOut": exit_timeout_s,
+        "ThrottleInterval": THROTTLE_INTERVAL_S,
+        "StandardOutPath": str(log_dir / "daemon.stdout.log"),
+        "StandardErrorPath": str(log_dir / "daemon.stderr.log"),
+        "EnvironmentVariables": dict(env),
+        "Umask": 0o077,  # state and logs are private to the user
+    }
+
+
+def render_plist(program: list[str], env: dict[str, str], log_dir: Path, exit_timeout_s: int) -> bytes:
+    return plistlib.dumps(plist_dict(program, env, log_dir, exit_timeout_s), sort_keys=False)
+
+
+def service_target(uid: int) -> str:
+    return f"gui/{uid}/{LABEL}"
+
+
+def bootout_argv(uid: int) -> list[str]:
+    return ["launchctl", "bootout", service_target(uid)]
+
+
+def bootstrap_argv(uid: int, plist: Path) -> list[str]:
+    return ["launchctl", "bootstrap", f"gui/{uid}", str(plist)]
+
+
+def kickstart_argv(uid: int) -> list[str]:
+    return ["launchctl", "kickstart", "-k", service_target(uid)]
+
+
+def print_argv(uid: int) -> list[str]:
+    return ["launchctl", "print", service_target(uid)]
+
+
+def parse_print(returncode: int, stdout: str) -> dict:
+    """Loaded, running and pid from `launchctl print gui/UID/LABEL` (exit 113: not loaded).
+
+    Only the service's own top-level lines count (one tab deep); nested blocks
+    such as `endpoints` have `state` lines of their own.
+    """
+    if returncode != 0:
+        return {"loaded": False, "running": False, "pid": None, "state": None}
+    fields = dict(re.findall(r"^\t(state|pid) = (.+)$", stdout, flags=re.MULTILINE))
+    state = fields.get("state")
+    pid = int(fields["pid"]) if fields.get("pid", "").isdigit() else None
+    return {"loaded": True, "running": state == "running", "pid": pid, "state": state}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from mtld.platform.agent import example_plist
+
+    sys.stdout.buffer.write(example_plist())

@@ -1,0 +1,105 @@
+"""Pure decisions: records and numbers in, a decision out. No clock, no OS, no torch.
+
+- `after_exit`: what a run's exit means for its job (done, retry when, fail why).
+- `start_micro_batch`: the micro-batch the next attempt of a job starts at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mtld import exitcodes
+from mtld.jobspec import MICRO_BATCH_SIZES
+
+# Outcomes that count against a job's attempts. Interruptions (checkpointed on
+# request) and runs lost with a dead daemon are not the job's fault.
+FAILED_OUTCOMES = frozenset({"out_of_memory", "killed", "crashed"})
+SIGKILL = 9
+
+
+@dataclass(frozen=True)
+class ExitDecision:
+    outcome: str  # recorded on the run: succeeded, interrupted, out_of_memory, bad_input, killed, crashed, lost, cancelled
+    job_state: str  # where the job goes: succeeded, queued, failed, cancelled
+    reason: str  # said in the log, the store and `mtld show`
+    retry_at: float | None = None  # a backed-off retry starts no earlier than this
+
+
+def after_exit(
+    *,
+    exit_code: int | None,
+    signal: int | None,
+    earlier_failures: int,
+    max_attempts: int,
+    backoff_s: float,
+    cancel_requested: bool,
+    stop_reason: str | None,
+    message: str | None,
+    now: float,
+) -> ExitDecision:
+    """Classify a finished run.
+
+    `earlier_failures` counts this job's earlier runs whose outcome is in
+    FAILED_OUTCOMES; `stop_reason` is why the daemon asked the child to stop
+    (cancel, pause, shutdown), if it did.
+    """
+    if exit_code == exitcodes.OK:
+        return ExitDecision("succeeded", "succeeded", "the run finished")
+    if cancel_requested:
+        return ExitDecision("cancelled", "cancelled", "cancelled by the user")
+    if exit_code == exitcodes.INTERRUPTED:
+        why = stop_reason or (message or "the run stopped itself")
+        return ExitDecision("interrupted", "queued", f"interrupted with a checkpoint: {why}; it resumes")
+    if exit_code == exitcodes.BAD_INPUT:
+        return ExitDecision("bad_input", "failed", f"bad input: {message or 'see the run log'}")
+    if exit_code is None and signal is None:
+        return ExitDecision("lost", "queued", "the run ended while no daemon was watching; it resumes from its checkpoint")
+
+    if exit_code == exitcodes.OUT_OF_MEMORY:
+        outcome, what = "out_of_memory", "out of memory even at micro-batch 2"
+    elif signal == SIGKILL:
+        outcome, what = "killed", "killed by signal 9 (the usual mark of the out-of-memory killer)"
+    elif signal is not None:
+        outcome, what = "crashed", f"killed by signal {signal}"
+    else:
+        outcome, what = "crashed", f"exited with status {exit_code}"
+    failures = earlier_failures + 1
+    if failures >= max_attempts:
+        return ExitDecision(outcome, "failed", f"{what}; gave up after {failures} attempts")
+    if outcome == "killed":  # a smaller micro-batch may well fit: no need to wait
+        return ExitDecision(outcome, "queued", f"{what}; retrying one micro-batch size down", retry_at=now)
+    delay = backoff_s * 2 ** (failures - 1)
+    return ExitDecision(outcome, "queued", f"{what}; retrying in {delay:.0f} s", retry_at=now + delay)
+
+
+@dataclass(frozen=True)
+class EarlierRun:
+    """What the next attempt needs to know about the job's previous run."""
+
+    outcome: str | None
+    micro_batch: int
+    micro_batch_end: int | None
+
+
+def one_size_down(size: int) -> int:
+    smaller = [s for s in MICRO_BATCH_SIZES if s < size]
+    return smaller[-1] if smaller else MICRO_BATCH_SIZES[0]
+
+
+def start_micro_batch(pinned: int | None, default: int, earlier: Sequence[EarlierRun]) -> tuple[int, str]:
+    """(micro-batch, reason) for the next attempt of one job.
+
+    A pinned size (job file or --batch-size) always wins. Otherwise an attempt
+    continues from where the previous one left off: the size that worked, one
+    size down after an out-of-memory kill.
+    """
+    if pinned is not None:
+        return pinned, "pinned by the job"
+    if not earlier or earlier[-1].outcome is None:
+        return default, "first attempt: the configured start size"
+    last = earlier[-1]
+    worked = last.micro_batch_end or last.micro_batch
+    if last.outcome == "killed":
+        return one_size_down(worked), f"the last attempt was killed at {worked}: one size down"
+    return worked, f"the size the last attempt ended at ({last.outcome})"

@@ -1,0 +1,483 @@
+"""The SQLite store: the single source of truth for jobs, runs and their history.
+
+Only this module writes SQL. The CLI and the daemon are separate processes that
+open the same file, so the file is in WAL mode (readers never wait for the
+writer) and every write is one short `BEGIN IMMEDIATE` transaction: the write
+lock is taken up front, so two writers never deadlock trying to upgrade a read
+lock, and the busy timeout makes the second one wait instead of failing.
+
+A job moves only along these edges (`ALLOWED_MOVES`):
+
+    (submit)  -> queued
+    queued    -> running                       start_run: an attempt begins
+    queued    -> cancelled                     cancel before it ever ran
+    running   -> succeeded | failed | cancelled    the attempt ended
+    running   -> queued                        interrupted, lost, or backing off
+    failed    -> queued                        retry
+    cancelled -> queued                        retry
+
+`succeeded` is final. Each move is checked and made inside one transaction and
+recorded in `transitions` with its reason. A running job is cancelled in two
+steps: `cancel` sets `cancel_requested`; the daemon stops the child and then
+moves the job to `cancelled`.
+
+Times are REAL unix epoch seconds passed in by the caller as `now`; nothing
+here reads the clock, so tests and the daemon decide what "now" is. The module
+imports only the standard library: the CLI opens it on every command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+ALLOWED_MOVES: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({RUNNING, CANCELLED}),
+    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLED, QUEUED}),
+    SUCCEEDED: frozenset(),
+    FAILED: frozenset({QUEUED}),
+    CANCELLED: frozenset({QUEUED}),
+}
+BATCH_SIZES = ("auto", "2", "4", "8")
+BUSY_TIMEOUT_S = 30.0
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # same rule as the job file: the name is a folder name
+
+# Schema version N is MIGRATIONS[:N] applied in order. Only ever append.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: an id is never reused
+        name TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+        priority INTEGER NOT NULL DEFAULT 0,
+        not_before REAL,
+        submitted_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        finished_at REAL,
+        batch_size TEXT NOT NULL CHECK (batch_size IN ('auto', '2', '4', '8')),
+        spec_json TEXT NOT NULL,
+        job_file TEXT NOT NULL,
+        run_dir TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE INDEX jobs_by_state ON jobs (state, priority DESC, submitted_at, id);
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL REFERENCES jobs (id),
+        attempt INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        pid INTEGER,
+        micro_batch INTEGER NOT NULL,
+        micro_batch_end INTEGER,
+        family TEXT,
+        outcome TEXT,
+        exit_code INTEGER,
+        signal INTEGER,
+        figures TEXT NOT NULL DEFAULT '{}',
+        UNIQUE (job_id, attempt)
+    );
+    CREATE INDEX runs_active ON runs (ended_at) WHERE ended_at IS NULL;
+    CREATE TABLE transitions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL REFERENCES jobs (id),
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        at REAL NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX transitions_by_job ON transitions (job_id, id);
+    CREATE TABLE flags (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+]
+
+
+class StoreError(Exception):
+    """Base of the errors this module raises on purpose."""
+
+
+class UnknownJob(StoreError, LookupError):
+    def __init__(self, job_id: int):
+        self.job_id = job_id
+        super().__init__(f"no job {job_id}")
+
+
+class UnknownRun(StoreError, LookupError):
+    def __init__(self, run_id: int):
+        self.run_id = run_id
+        super().__init__(f"no run {run_id}")
+
+
+class InvalidTransition(StoreError):
+    """The job (or run) is not in a state that allows what was asked."""
+
+
+class SchemaTooNew(StoreError):
+    """The file was written by a newer mtld; refusing beats silently misreading it."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    name: str
+    state: str
+    priority: int
+    not_before: float | None
+    submitted_at: float
+    updated_at: float
+    finished_at: float | None
+    batch_size: str
+    spec_json: str
+    job_file: str
+    run_dir: str
+    attempts: int  # runs started since submit or the last retry (for giving up / backoff)
+    next_attempt_at: float | None
+    cancel_requested: bool
+    last_error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    job_id: int
+    attempt: int  # 1-based over the job's whole life; a retry does not restart it
+    started_at: float
+    ended_at: float | None
+    pid: int | None
+    micro_batch: int
+    micro_batch_end: int | None
+    family: str | None
+    outcome: str | None
+    exit_code: int | None
+    signal: int | None
+    figures: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Transition:
+    id: int
+    job_id: int
+    from_state: str | None
+    to_state: str
+    at: float
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _columns(cls: type) -> str:
+    # Name columns explicitly: a later migration that adds a column must not break the dataclasses.
+    return ", ".join(f.name for f in fields(cls))
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(**{**dict(row), "cancel_requested": bool(row["cancel_requested"])})
+
+
+def _run(row: sqlite3.Row) -> Run:
+    return Run(**{**dict(row), "figures": json.loads(row["figures"])})
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinity are not JSON (`jq` refuses them): such a figure is stored as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements: `executescript` would COMMIT our transaction."""
+    buffer = ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):  # a `;` inside a string, comment or trigger is not an end
+            if buffer.strip(" \t\n;"):
+                yield buffer.strip()
+            buffer = ""
+
+
+class Store:
+    """One connection to the state file. Safe to share between the threads of one process."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Create the file private before SQLite does; its -wal and -shm files copy this mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._enter_wal()
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, tuple(params)).fetchall()
+
+    def _enter_wal(self) -> None:
+        """Switch the file to WAL (it stays so). When several processes switch a brand-new
+        file together, SQLite answers "database is locked" at once instead of using the busy
+        timeout, so wait here the way the timeout would."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if not e.sqlite_errorname.startswith("SQLITE_BUSY") or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _migrate(self) -> None:
+        """Bring the schema to len(MIGRATIONS). Many processes may open a brand-new file at
+        once, so the version is read again under the write lock: each migration runs once."""
+        target = len(MIGRATIONS)
+        if self._rows("PRAGMA user_version")[0][0] == target:
+            return
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > target:
+                raise SchemaTooNew(f"{self.path} has schema version {version}; this mtld knows up to {target}")
+            for script in MIGRATIONS[version:]:
+                for statement in _statements(script):
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {target}")
+
+    def _job(self, job_id: int) -> Job:
+        rows = self._rows(f"SELECT {_columns(Job)} FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise UnknownJob(job_id)
+        return _job(rows[0])
+
+    def _run(self, run_id: int) -> Run:
+        rows = self._rows(f"SELECT {_columns(Run)} FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise UnknownRun(run_id)
+        return _run(rows[0])
+
+    def _move(self, db: sqlite3.Connection, job: Job, to_state: str, *, verb: str, reason: str, now: float,
+              **columns: Any) -> Job:
+        """The one place a job changes state: check the edge, make the move, record it.
+
+        Every move clears `cancel_requested` (it only means something while running) and
+        sets `finished_at` exactly when the job lands in a terminal state."""
+        if to_state not in ALLOWED_MOVES[job.state]:
+            raise InvalidTransition(f"job {job.id} is {job.state}; cannot {verb}")
+        columns |= {"state": to_state, "updated_at": now, "cancel_requested": 0,
+                    "finished_at": now if to_state in TERMINAL else None}
+        assignments = ", ".join(f"{name} = ?" for name in columns)  # names come from this module only
+        changed = db.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ?",
+                             (*columns.values(), job.id, job.state)).rowcount
+        if changed != 1:  # cannot happen under BEGIN IMMEDIATE; kept so a broken lock fails loudly
+            raise InvalidTransition(f"job {job.id} changed state while being moved to {to_state}")
+        db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) VALUES (?, ?, ?, ?, ?)",
+                   (job.id, job.state, to_state, now, reason))
+        return self._job(job.id)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def submit(self, *, name: str, spec_json: str, job_file: str, run_root: str | os.PathLike[str], now: float,
+               priority: int = 0, not_before: float | None = None, batch_size: str | int = "auto") -> Job:
+        """Queue a job. The spec text is copied: editing the job file later changes nothing."""
+        if not _SAFE_NAME.fullmatch(name):
+            raise ValueError(f"job name {name!r} is not a safe folder name")
+        if str(batch_size) not in BATCH_SIZES:
+            raise ValueError(f"batch_size must be one of {', '.join(BATCH_SIZES)}, not {batch_size!r}")
+        with self._write() as db:
+            job_id = db.execute(
+                "INSERT INTO jobs (name, state, priority, not_before, submitted_at, updated_at, batch_size,"
+                " spec_json, job_file, run_dir) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '')",
+                (name, QUEUED, priority, not_before, now, now, str(batch_size), spec_json, str(job_file)),
+            ).lastrowid
+            db.execute("UPDATE jobs SET run_dir = ? WHERE id = ?", (f"{run_root}/{job_id}-{name}", job_id))
+            db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) VALUES (?, NULL, ?, ?, ?)",
+                       (job_id, QUEUED, now, "submitted"))
+            return self._job(job_id)
+
+    def get(self, job_id: int) -> Job | None:
+        try:
+            return self._job(job_id)
+        except UnknownJob:
+            return None
+
+    def list_jobs(self, states: Iterable[str] | None = None) -> list[Job]:
+        if states is None:
+            return [_job(r) for r in self._rows(f"SELECT {_columns(Job)} FROM jobs ORDER BY id")]
+        wanted = list(states)
+        if unknown := set(wanted) - set(STATES):
+            raise ValueError(f"unknown state(s): {', '.join(sorted(unknown))}")
+        marks = ", ".join("?" * len(wanted))
+        rows = self._rows(f"SELECT {_columns(Job)} FROM jobs WHERE state IN ({marks}) ORDER BY id", wanted)
+        return [_job(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state; every state is present, zero included."""
+        found = dict(self._rows("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        return {state: found.get(state, 0) for state in STATES}
+
+    def next_eligible(self, *, now: float) -> Job | None:
+        """The queued job to run next: due now, highest priority, then oldest, then lowest id."""
+        rows = self._rows(
+            f"SELECT {_columns(Job)} FROM jobs WHERE state = ?"
+            " AND (not_before IS NULL OR not_before <= ?) AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+            " ORDER BY priority DESC, submitted_at, id LIMIT 1",
+            (QUEUED, now, now),
+        )
+        return _job(rows[0]) if rows else None
+
+    def transition(self, job_id: int, to_state: str, *, reason: str, now: float,
+                   last_error: str | None = None, next_attempt_at: float | None = None) -> Job:
+        """Move a job along an allowed edge. `last_error` and `next_attempt_at` are set to
+        exactly what is given (None clears them): a requeue passes its backoff and why."""
+        if to_state not in STATES:
+            raise ValueError(f"unknown state {to_state!r}")
+        if to_state == RUNNING:
+            raise ValueError("a job starts running only through start_run, which also records the run")
+        with self._write() as db:
+            return self._move(db, self._job(job_id), to_state, verb=f"move to {to_state}", reason=reason, now=now,
+                              last_error=last_error, next_attempt_at=next_attempt_at)
+
+    def cancel(self, job_id: int, *, now: float) -> Job:
+        """Cancel a queued job now; for a running one, only ask (the daemon stops the child)."""
+        with self._write() as db:
+            job = self._job(job_id)
+            if job.state == RUNNING:
+                db.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?", (now, job_id))
+                return self._job(job_id)
+            return self._move(db, job, CANCELLED, verb="cancel", reason="cancelled before it ran", now=now)
+
+    def retry(self, job_id: int, *, now: float) -> Job:
+        """Queue a failed or cancelled job again, as if fresh: attempts, error and backoff reset."""
+        with self._write() as db:
+            job = self._job(job_id)
+            if job.state not in (FAILED, CANCELLED):
+                raise InvalidTransition(f"job {job_id} is {job.state}; cannot retry")
+            return self._move(db, job, QUEUED, verb="retry", reason="retry", now=now,
+                              attempts=0, last_error=None, next_attempt_at=None)
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def start_run(self, job_id: int, *, micro_batch: int, family: str | None = None, now: float) -> Run:
+        """Move a queued job to running and record the attempt, atomically: a job never runs twice."""
+        with self._write() as db:
+            job = self._job(job_id)
+            attempt = db.execute("SELECT COALESCE(MAX(attempt), 0) + 1 FROM runs WHERE job_id = ?",
+                                 (job_id,)).fetchone()[0]
+            self._move(db, job, RUNNING, verb="start", reason=f"attempt {attempt} started", now=now,
+                       attempts=job.attempts + 1)
+            run_id = db.execute(
+                "INSERT INTO runs (job_id, attempt, started_at, micro_batch, family) VALUES (?, ?, ?, ?, ?)",
+                (job_id, attempt, now, micro_batch, family),
+            ).lastrowid
+            return self._run(run_id)
+
+    def set_run_pid(self, run_id: int, pid: int) -> None:
+        with self._write() as db:
+            if db.execute("UPDATE runs SET pid = ? WHERE id = ?", (pid, run_id)).rowcount != 1:
+                raise UnknownRun(run_id)
+
+    def finish_run(self, run_id: int, *, outcome: str, now: float, exit_code: int | None = None,
+                   signal: int | None = None, micro_batch_end: int | None = None,
+                   figures: dict[str, Any] | None = None) -> Run:
+        """Close a run, once. The job's state is moved separately, with `transition`.
+
+        Figures are stored as strict JSON (NaN becomes null); None keeps `{}`. A value JSON
+        cannot hold raises TypeError before anything is written."""
+        figures_json = None if figures is None else json.dumps(_json_safe(figures), allow_nan=False, sort_keys=True)
+        with self._write() as db:
+            run = self._run(run_id)
+            if run.ended_at is not None:
+                raise InvalidTransition(f"run {run_id} already finished ({run.outcome})")
+            db.execute(
+                "UPDATE runs SET ended_at = ?, outcome = ?, exit_code = ?, signal = ?, micro_batch_end = ?,"
+                " figures = COALESCE(?, figures) WHERE id = ?",
+                (now, outcome, exit_code, signal, micro_batch_end, figures_json, run_id),
+            )
+            return self._run(run_id)
+
+    def runs_for(self, job_id: int) -> list[Run]:
+        rows = self._rows(f"SELECT {_columns(Run)} FROM runs WHERE job_id = ? ORDER BY id", (job_id,))
+        return [_run(r) for r in rows]
+
+    def latest_run(self, job_id: int) -> Run | None:
+        rows = self._rows(f"SELECT {_columns(Run)} FROM runs WHERE job_id = ? ORDER BY id DESC LIMIT 1", (job_id,))
+        return _run(rows[0]) if rows else None
+
+    def active_runs(self) -> list[Run]:
+        """Runs not yet finished: at daemon start, each is either still alive or lost."""
+        return [_run(r) for r in self._rows(f"SELECT {_columns(Run)} FROM runs WHERE ended_at IS NULL ORDER BY id")]
+
+    def transitions_for(self, job_id: int) -> list[Transition]:
+        rows = self._rows(f"SELECT {_columns(Transition)} FROM transitions WHERE job_id = ? ORDER BY id", (job_id,))
+        return [Transition(**dict(r)) for r in rows]
+
+    # -- flags ------------------------------------------------------------------------------
+
+    def get_flag(self, name: str, default: str | None = None) -> str | None:
+        rows = self._rows("SELECT value FROM flags WHERE name = ?", (name,))
+        return rows[0][0] if rows else default
+
+    def set_flag(self, name: str, value: str | None) -> None:
+        """Set a flag; None removes it."""
+        with self._write() as db:
+            if value is None:
+                db.execute("DELETE FROM flags WHERE name = ?", (name,))
+            else:
+                db.execute("INSERT INTO flags (name, value) VALUES (?, ?)"
+                           " ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))

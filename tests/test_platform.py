@@ -1,0 +1,543 @@
+"""The service-manager agent, sleep inhibition, battery and notifications.
+
+launchd, systemd and a desktop are not here: plans and argv lists are checked
+exactly, commands go through a RecordingRunner, and what can run for real
+(writing files, the sleep inhibitor's process handling, notify) does.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import plistlib
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import pytest
+
+from mtld.platform import launchd, power, systemd
+from mtld.platform.agent import (
+    AgentError,
+    AgentPlan,
+    Command,
+    RecordingRunner,
+    SubprocessRunner,
+    agent_status,
+    apply,
+    describe,
+    example_plist,
+    plan_install,
+    plan_uninstall,
+)
+from mtld.settings import DaemonSettings, Settings
+
+REPO = Path(__file__).resolve().parents[1]
+UID = 501
+PYTHON = "/Users/ann/venvs/mtld/bin/python"
+
+
+def settings(stop_timeout_s: float = 15.0, home: Path | None = None) -> Settings:
+    # model_construct: defaults only, whatever MTLD_* this shell has set
+    return Settings.model_construct(home=home, daemon=DaemonSettings(stop_timeout_s=stop_timeout_s))
+
+
+def mac_install(tmp_path: Path, **kw) -> tuple[AgentPlan, Path]:
+    kw.setdefault("env", {})
+    plan = plan_install(kw.pop("settings", settings()), platform="darwin", python=PYTHON, uid=UID, home=tmp_path, **kw)
+    return plan, tmp_path / "Library/LaunchAgents/io.mtld.daemon.plist"
+
+
+def linux_install(tmp_path: Path, **kw) -> tuple[AgentPlan, Path]:
+    kw.setdefault("env", {})
+    plan = plan_install(kw.pop("settings", settings()), platform="linux", python="/opt/env/bin/python", uid=1000,
+                        home=tmp_path, **kw)  # fmt: skip
+    return plan, tmp_path / ".config/systemd/user/mtld.service"
+
+
+# ------------------------------------------------------------------ launchd
+
+
+def test_the_plist_parses_and_holds_the_keys(tmp_path):
+    plan, path = mac_install(tmp_path, settings=settings(stop_timeout_s=12.3))
+    plist = plistlib.loads(plan.files[path])
+
+    assert plist["Label"] == "io.mtld.daemon"
+    assert plist["ProgramArguments"] == [PYTHON, "-m", "mtld", "daemon"]
+    assert Path(plist["ProgramArguments"][0]).is_absolute()
+    assert plist["RunAtLoad"] is True
+    assert plist["KeepAlive"] == {"SuccessfulExit": False}
+    assert plist["ProcessType"] == "Interactive"
+    assert plist["ExitTimeOut"] == 13 + 5  # never kills the daemon while it waits for a checkpoint
+    assert plist["ThrottleInterval"] == 10
+    logs = tmp_path / "Library/Logs/mtld"
+    assert plist["StandardOutPath"] == str(logs / "daemon.stdout.log")
+    assert plist["StandardErrorPath"] == str(logs / "daemon.stderr.log")
+    assert plan.dirs == [logs]  # launchd does not create the folder
+    assert plist["EnvironmentVariables"] == {
+        "PATH": "/Users/ann/venvs/mtld/bin:/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        "PYTHONUNBUFFERED": "1",
+    }
+    assert plist["Umask"] == 0o077
+
+
+def test_mtld_home_and_config_are_carried_into_the_agent(tmp_path):
+    env = {"MTLD_HOME": str(tmp_path / "state"), "MTLD_CONFIG": str(tmp_path / "c.toml"), "MTLD_LOG_LEVEL": "debug"}
+    plan, path = mac_install(tmp_path, settings=settings(home=tmp_path / "state"), env=env)
+    plist = plistlib.loads(plan.files[path])
+
+    carried = plist["EnvironmentVariables"]
+    assert carried["MTLD_HOME"] == str(tmp_path / "state")
+    assert carried["MTLD_CONFIG"] == str(tmp_path / "c.toml")
+    assert "MTLD_LOG_LEVEL" not in carried
+    assert plist["StandardErrorPath"] == str(tmp_path / "state/logs/daemon.stderr.log")
+
+    named = tmp_path / "other.toml"  # --config on the command line wins over MTLD_CONFIG
+    plan, path = mac_install(tmp_path, env=env, config=named)
+    assert plistlib.loads(plan.files[path])["EnvironmentVariables"]["MTLD_CONFIG"] == str(named)
+
+
+def test_the_interpreter_path_is_made_absolute_but_not_resolved(tmp_path, monkeypatch):
+    real = tmp_path / "base/python3"
+    real.parent.mkdir()
+    real.touch()
+    venv = tmp_path / "venv/bin"
+    venv.mkdir(parents=True)
+    (venv / "python").symlink_to(real)
+    monkeypatch.chdir(tmp_path)
+
+    plan = plan_install(settings(), platform="darwin", python="venv/bin/python", uid=UID, home=tmp_path, env={})
+    plist = plistlib.loads(plan.files[launchd.plist_path(tmp_path)])
+    python = plist["ProgramArguments"][0]
+    assert python == os.path.join(os.getcwd(), "venv/bin/python")
+    assert Path(python).is_symlink()  # the venv's own, or its packages are lost
+
+
+def test_the_checked_in_example_is_what_the_code_renders():
+    checked_in = (REPO / "launchd/io.mtld.daemon.plist").read_bytes()
+    assert checked_in == example_plist(), (
+        "launchd/io.mtld.daemon.plist is stale: "
+        ".venv/bin/python -m mtld.platform.launchd > launchd/io.mtld.daemon.plist"
+    )
+    example = plistlib.loads(checked_in)
+    assert example["ProgramArguments"][0] == "/Users/you/.venv/bin/python"
+    assert example["StandardOutPath"] == "/Users/you/Library/Logs/mtld/daemon.stdout.log"
+
+
+def test_install_writes_the_plist_then_boots_out_bootstraps_and_kickstarts(tmp_path):
+    plan, path = mac_install(tmp_path)
+    runner = RecordingRunner().on("launchctl", "bootout", returncode=113, stderr="Could not find service")
+
+    apply(plan, runner)
+
+    assert runner.calls == [
+        ["launchctl", "bootout", "gui/501/io.mtld.daemon"],  # not loaded yet: ignored
+        ["launchctl", "bootstrap", "gui/501", str(path)],
+        ["launchctl", "kickstart", "-k", "gui/501/io.mtld.daemon"],
+    ]
+    assert plistlib.loads(path.read_bytes())["Label"] == "io.mtld.daemon"
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "Library/Logs/mtld").is_dir()
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left
+
+
+def test_bootstrap_is_retried_while_launchd_still_removes_the_old_agent(tmp_path):
+    plan, _ = mac_install(tmp_path)
+    runner = RecordingRunner()
+    runner.on("launchctl", "bootstrap", returncode=5, stderr="Bootstrap failed: 5: Input/output error")
+    runner.on("launchctl", "bootstrap", returncode=0)
+    slept = []
+
+    apply(plan, runner, sleep=slept.append)
+
+    assert [c[1] for c in runner.calls] == ["bootout", "bootstrap", "bootstrap", "kickstart"]
+    assert slept == [2.0]
+
+
+def test_a_failing_checked_command_raises_with_the_command_and_its_stderr(tmp_path):
+    plan, path = mac_install(tmp_path)
+    runner = RecordingRunner()
+    runner.on("launchctl", "bootstrap", returncode=5, stderr="Bootstrap failed: 5: Input/output error\n")
+
+    with pytest.raises(AgentError) as e:
+        apply(plan, runner, sleep=lambda s: None)
+
+    assert str(e.value) == (
+        f"`launchctl bootstrap gui/501 {path}` failed (exit status 5): Bootstrap failed: 5: Input/output error"
+    )
+    assert [c[1] for c in runner.calls] == ["bootout"] + ["bootstrap"] * 4  # kickstart never ran
+
+
+def test_uninstall_boots_out_and_removes_the_plist(tmp_path):
+    plan, path = mac_install(tmp_path)
+    apply(plan, RecordingRunner())
+    runner = RecordingRunner()
+
+    apply(plan_uninstall(settings(), platform="darwin", uid=UID, home=tmp_path, env={}), runner)
+
+    assert runner.calls == [["launchctl", "bootout", "gui/501/io.mtld.daemon"]]
+    assert not path.exists()
+    again = plan_uninstall(settings(), platform="darwin", uid=UID, home=tmp_path, env={})
+    apply(again, RecordingRunner())  # nothing left to remove: fine
+
+
+LAUNCHCTL_PRINT = """\
+gui/501/io.mtld.daemon = {
+\tactive count = 1
+\tpath = /Users/ann/Library/LaunchAgents/io.mtld.daemon.plist
+\ttype = LaunchAgent
+\tstate = running
+
+\tprogram = /Users/ann/venvs/mtld/bin/python
+\tendpoints = {
+\t\t"io.mtld.x" = {
+\t\t\tstate = active
+\t\t}
+\t}
+\tpid = 4242
+\tlast exit code = (never exited)
+}
+"""
+
+
+def test_status_reads_launchctl_print(tmp_path):
+    apply(mac_install(tmp_path)[0], RecordingRunner())
+    runner = RecordingRunner().on("launchctl", "print", stdout=LAUNCHCTL_PRINT)
+
+    status = agent_status(runner, platform="darwin", uid=UID, home=tmp_path, env={})
+
+    assert runner.calls == [["launchctl", "print", "gui/501/io.mtld.daemon"]]
+    assert status == {
+        "manager": "launchd", "name": "io.mtld.daemon", "file": str(launchd.plist_path(tmp_path)),
+        "installed": True, "loaded": True, "running": True, "pid": 4242, "state": "running", "error": None,
+    }  # fmt: skip
+
+
+def test_status_of_an_agent_not_loaded(tmp_path):
+    runner = RecordingRunner().on("launchctl", "print", returncode=113, stderr="Could not find service")
+    status = agent_status(runner, platform="darwin", uid=UID, home=tmp_path, env={})
+    assert (status["installed"], status["loaded"], status["running"], status["pid"]) == (False, False, False, None)
+    assert status["error"] is None
+
+
+# ------------------------------------------------------------------ systemd
+
+
+def read_unit(text: bytes) -> configparser.ConfigParser:
+    unit = configparser.ConfigParser(interpolation=None, strict=True)
+    unit.optionxform = str  # systemd keys are case-sensitive
+    unit.read_string(text.decode())
+    return unit
+
+
+def test_the_systemd_unit(tmp_path):
+    env = {"MTLD_HOME": "/data/my state/100%"}
+    plan, path = linux_install(tmp_path, settings=settings(stop_timeout_s=30), env=env)
+    unit = read_unit(plan.files[path])
+
+    service = unit["Service"]
+    assert service["ExecStart"] == "/opt/env/bin/python -m mtld daemon"
+    assert Path(shlex.split(service["ExecStart"])[0]).is_absolute()
+    assert service["Restart"] == "on-failure"
+    assert service["KillMode"] == "mixed"
+    assert service["TimeoutStopSec"] == "35"
+    assert service["Environment"] == (
+        "PATH=/opt/env/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin PYTHONUNBUFFERED=1 "
+        '"MTLD_HOME=/data/my state/100%%"'  # quoted for the space, % doubled (systemd specifiers)
+    )
+    assert shlex.split(service["Environment"])[2] == "MTLD_HOME=/data/my state/100%%"
+    assert unit["Install"]["WantedBy"] == "default.target"
+    assert plan.dirs == []
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+def test_systemd_itself_accepts_the_unit(tmp_path):
+    env = {"MTLD_HOME": str(tmp_path / "my state/100%")}
+    plan = plan_install(settings(), platform="linux", python=sys.executable, uid=1000, home=tmp_path, env=env)
+    [unit] = plan.files.values()
+    path = tmp_path / "mtld.service"
+    path.write_bytes(unit)
+
+    result = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert "mtld.service" not in result.stderr  # no warnings about our unit
+
+
+@pytest.mark.skipif(not shutil.which("plutil"), reason="plutil is macOS's")
+def test_plutil_accepts_the_plist(tmp_path):
+    plan, path = mac_install(tmp_path, env={"MTLD_HOME": str(tmp_path / "a b")})
+    apply(plan, RecordingRunner())
+    result = subprocess.run(["plutil", "-lint", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_unit_quoting():
+    assert systemd.quote("/a b/python", expand_dollar=True) == '"/a b/python"'
+    assert systemd.quote("/x$y/python", expand_dollar=True) == "/x$$y/python"
+    assert systemd.quote('say "hi" \\', expand_dollar=False) == '"say \\"hi\\" \\\\"'
+
+
+def test_the_unit_follows_xdg_config_home(tmp_path):
+    plan, _ = linux_install(tmp_path, env={"XDG_CONFIG_HOME": str(tmp_path / "cfg")})
+    assert list(plan.files) == [tmp_path / "cfg/systemd/user/mtld.service"]
+
+
+def test_systemd_install_and_uninstall_commands(tmp_path):
+    plan, path = linux_install(tmp_path)
+    runner = RecordingRunner()
+    apply(plan, runner)
+
+    assert runner.calls == [
+        ["systemctl", "--user", "daemon-reload"],
+        ["systemctl", "--user", "enable", "mtld.service"],
+        ["systemctl", "--user", "restart", "mtld.service"],  # starts it, or picks up a changed unit
+    ]
+    assert read_unit(path.read_bytes())["Service"]["KillMode"] == "mixed"
+
+    runner = RecordingRunner().on("systemctl", "--user", "disable", returncode=1, stderr="not loaded")
+    apply(plan_uninstall(settings(), platform="linux", uid=1000, home=tmp_path, env={}), runner)
+    assert runner.calls == [
+        ["systemctl", "--user", "disable", "--now", "mtld.service"],  # before the file goes; failure ignored
+        ["systemctl", "--user", "daemon-reload"],  # after
+    ]
+    assert not path.exists()
+
+
+def test_linux_install_explains_lingering(tmp_path):
+    plan, _ = linux_install(tmp_path)
+    [linger] = [n for n in plan.notes if "loginctl enable-linger" in n]
+    assert "log out" in linger
+
+
+def test_status_reads_systemctl_show(tmp_path):
+    runner = RecordingRunner().on(
+        "systemctl", "--user", "show", stdout="LoadState=loaded\nActiveState=active\nSubState=running\nMainPID=77\n"
+    )
+    status = agent_status(runner, platform="linux", uid=1000, home=tmp_path, env={})
+    assert runner.calls == [
+        ["systemctl", "--user", "show", "mtld.service", "--property=LoadState,ActiveState,SubState,MainPID"]
+    ]
+    assert (status["manager"], status["installed"], status["loaded"], status["running"], status["pid"]) == (
+        "systemd", False, True, True, 77)  # fmt: skip
+    assert status["state"] == "active/running"
+
+    runner = RecordingRunner().on("systemctl", returncode=1, stderr="Failed to connect to bus: No medium found\n")
+    status = agent_status(runner, platform="linux", uid=1000, home=tmp_path, env={})
+    assert (status["loaded"], status["running"]) == (False, False)
+    assert status["error"] == "Failed to connect to bus: No medium found"
+
+
+# ------------------------------------------------------------------ both
+
+
+def test_dry_run_describes_files_and_commands(tmp_path):
+    plan, path = mac_install(tmp_path)
+    text = describe(plan)
+    assert f"write {path}:" in text
+    assert "<string>Interactive</string>" in text
+    assert "launchctl bootout gui/501/io.mtld.daemon  # failure ignored" in text
+    assert f"launchctl bootstrap gui/501 {path}" in text
+    assert text.index("bootout") < text.index("<plist") < text.index("bootstrap") < text.index("kickstart")
+    assert not path.exists()
+
+    text = describe(linux_install(tmp_path)[0])
+    assert "KillMode=mixed" in text and "systemctl --user enable mtld.service" in text
+    assert "loginctl enable-linger" in text
+
+    text = describe(plan_uninstall(settings(), platform="linux", uid=1000, home=tmp_path, env={}))
+    assert f"rm -f {tmp_path}/.config/systemd/user/mtld.service" in text
+
+
+def test_other_platforms_are_refused(tmp_path):
+    with pytest.raises(AgentError, match="macOS .* and Linux"):
+        plan_install(settings(), platform="win32")
+
+
+def test_recording_runner_answers_in_turn_and_by_longest_prefix():
+    runner = RecordingRunner().on("a", returncode=1).on("a", "b", returncode=2).on("a", "b", returncode=3)
+    assert [runner.run(argv).returncode for argv in (["a"], ["a", "b"], ["a", "b", "c"], ["a", "b"], ["z"])] == [
+        1, 2, 3, 3, 0]  # fmt: skip
+
+
+def test_subprocess_runner_reports_a_missing_program_like_a_shell():
+    result = SubprocessRunner().run(["mtld-no-such-program-here"])
+    assert result.returncode == 127 and "not found" in result.stderr
+    assert SubprocessRunner().run(["sh", "-c", "echo out; echo err >&2; exit 3"]).returncode == 3
+
+
+# ------------------------------------------------------------------ power
+
+
+def test_inhibit_sleep_argv():
+    assert power.inhibit_sleep_argv(42, "job 1", platform="darwin", which=lambda n: None) == [
+        "caffeinate", "-i", "-w", "42"]  # fmt: skip
+    found = lambda name: f"/usr/bin/{name}"  # noqa: E731
+    assert power.inhibit_sleep_argv(42, "mtld job 1 is training", platform="linux", which=found) == [
+        "systemd-inhibit", "--what=idle:sleep", "--who=mtld", "--why=mtld job 1 is training", "--mode=block",
+        "tail", "--pid=42", "-f", "/dev/null",
+    ]  # fmt: skip
+    assert power.inhibit_sleep_argv(42, "x", platform="linux", which=lambda n: None) is None
+    assert power.inhibit_sleep_argv(42, "x", platform="win32", which=lambda n: "x") is None
+
+
+FAKE_SYSTEMD_INHIBIT = """\
+#!/bin/sh
+# Stands in for systemd-inhibit: drops its options and, like it, runs the command as a child.
+while [ $# -gt 0 ]; do case "$1" in --*) shift ;; *) break ;; esac; done
+"$@" &
+wait $!
+"""
+
+
+@pytest.fixture
+def fake_inhibit(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "systemd-inhibit"
+    script.write_text(FAKE_SYSTEMD_INHIBIT)
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.fixture
+def training_child():
+    child = subprocess.Popen(["sleep", "60"])
+    yield child
+    child.kill()
+    child.wait()
+
+
+def waiter_of(inhibitor: power.SleepInhibitor) -> psutil.Process:
+    """The `tail --pid` the fake systemd-inhibit started."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        children = psutil.Process(inhibitor.process.pid).children()
+        if children and "tail" in children[0].name():
+            return children[0]
+        time.sleep(0.02)
+    raise AssertionError("the inhibitor never started its command")
+
+
+def gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE  # an orphan waiting for an init that may not reap
+    except psutil.NoSuchProcess:
+        return True
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GNU tail --pid, as on Linux")
+
+
+@linux_only
+def test_sleep_inhibitor_lives_with_the_run_and_ends_on_stop(fake_inhibit, training_child):
+    inhibitor = power.SleepInhibitor(platform="linux")
+    assert inhibitor.start(training_child.pid, "mtld job 1") is True
+    tail = waiter_of(inhibitor)
+    assert tail.cmdline() == ["tail", f"--pid={training_child.pid}", "-f", "/dev/null"]
+
+    time.sleep(1.5)  # tail checks the pid every second: it must not have ended
+    assert inhibitor.active and not gone(tail)
+
+    inhibitor.stop()
+    assert not inhibitor.active and inhibitor.process is None
+    assert gone(tail)  # the whole group went, not just systemd-inhibit
+    assert training_child.poll() is None
+    inhibitor.stop()  # twice: fine
+
+
+@linux_only
+def test_sleep_inhibitor_ends_by_itself_when_the_run_ends(fake_inhibit, training_child):
+    inhibitor = power.SleepInhibitor(platform="linux")
+    assert inhibitor.start(training_child.pid, "mtld job 1")
+    tail = waiter_of(inhibitor)
+    process = inhibitor.process
+
+    training_child.kill()
+    training_child.wait()  # the daemon reaps its child; a zombie would still count as alive
+
+    assert process.wait(timeout=5) == 0
+    assert gone(tail) and not inhibitor.active
+    inhibitor.stop()
+
+
+@pytest.mark.skipif(sys.platform != "darwin", reason="caffeinate is macOS's")
+def test_caffeinate_lives_with_the_run_and_ends_on_stop(training_child):
+    inhibitor = power.SleepInhibitor()
+    assert inhibitor.start(training_child.pid, "mtld job 1") is True
+    caffeinate = psutil.Process(inhibitor.process.pid)
+    time.sleep(0.5)
+    assert caffeinate.cmdline() == ["caffeinate", "-i", "-w", str(training_child.pid)] and inhibitor.active
+    inhibitor.stop()
+    assert gone(caffeinate)
+
+    assert inhibitor.start(training_child.pid, "mtld job 1")
+    process = inhibitor.process
+    training_child.kill()
+    assert process.wait(timeout=5) == 0  # caffeinate -w ends with the run
+
+
+def test_sleep_inhibitor_without_a_tool_does_nothing():
+    inhibitor = power.SleepInhibitor(platform="linux", which=lambda name: None)
+    assert inhibitor.start(os.getpid(), "x") is False
+    assert not inhibitor.active
+    inhibitor.stop()
+
+
+@linux_only
+def test_an_inhibitor_that_gives_up_at_once_is_reported(tmp_path, monkeypatch, training_child):
+    script = tmp_path / "systemd-inhibit"  # as the real one does with no logind to talk to
+    script.write_text("#!/bin/sh\necho 'Failed to connect to bus: No such file or directory' >&2\nexit 1\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+
+    inhibitor = power.SleepInhibitor(platform="linux")
+    assert inhibitor.start(training_child.pid, "x") is False
+    assert not inhibitor.active
+
+
+def test_on_battery():
+    battery = lambda plugged: lambda: SimpleNamespace(percent=50, secsleft=3600, power_plugged=plugged)  # noqa: E731
+    assert power.on_battery(battery(False)) is True
+    assert power.on_battery(battery(True)) is False
+    assert power.on_battery(battery(None)) is None  # the sensor cannot tell
+    assert power.on_battery(lambda: None) is None  # no battery
+
+
+def test_notify_argv_escapes_applescript_strings():
+    argv = power.notify_argv('Job "demo" failed', 'C:\\path\nout of memory', platform="darwin", which=lambda n: None)
+    assert argv == [
+        "osascript", "-e",
+        'display notification "C:\\\\path out of memory" with title "Job \\"demo\\" failed"',
+    ]  # fmt: skip
+    assert power.applescript_string('a"b\\c') == '"a\\"b\\\\c"'
+
+
+def test_notify_argv_on_linux():
+    which = lambda name: f"/usr/bin/{name}" if name == "notify-send" else None  # noqa: E731
+    assert power.notify_argv("mtld", "-1 jobs left", platform="linux", which=which) == [
+        "notify-send", "--app-name=mtld", "--", "mtld", "-1 jobs left"]  # fmt: skip
+    assert power.notify_argv("t", "m", platform="linux", which=lambda n: None) is None
+
+
+def test_notify_runs_the_notifier_and_never_raises(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "notify-send"
+    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/args\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+    assert power.notify("mtld: demo", "succeeded in 2 h", platform="linux") is True
+    assert (tmp_path / "args").read_text().splitlines() == ["--app-name=mtld", "--", "mtld: demo", "succeeded in 2 h"]
+
+    script.write_text("#!/bin/sh\nexit 1\n")  # no session bus, say
+    assert power.notify("t", "m", platform="linux") is False
+    assert power.notify("t", "m", platform="linux", which=lambda n: None) is False
+    monkeypatch.setenv("PATH", str(bin_dir))  # no osascript on this PATH, even on a Mac
+    assert power.notify("t", "m", platform="darwin") is False
