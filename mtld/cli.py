@@ -27,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)  # soft_wrap: long lines are never broken
 
 
 class Context:
@@ -260,6 +260,58 @@ def resume(ctx: typer.Context) -> None:
     get_logger().info("daemon.resumed")
     jobs.wake_daemon(c.settings)
     out.print("resumed")
+
+
+agent_app = typer.Typer(help="Run the daemon under launchd (macOS) or a systemd user unit (Linux).", no_args_is_help=True)
+app.add_typer(agent_app, name="agent")
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print what would be written and run; change nothing.")]
+
+
+def _agent_change(ctx: typer.Context, install: bool, dry_run: bool) -> None:
+    from mtld.platform import agent
+
+    c: Context = ctx.obj
+    config = c.config.resolve() if c.config else None
+    plan = agent.plan_install(c.settings, config=config) if install else agent.plan_uninstall(c.settings)
+    if dry_run:
+        out.print(agent.describe(plan), markup=False, highlight=False)
+        return
+    try:
+        agent.apply(plan, agent.SubprocessRunner())
+    except agent.AgentError as e:
+        fail(str(e))
+    get_logger().info("agent.installed" if install else "agent.uninstalled", files=[str(p) for p in plan.files] or
+                      [str(p) for p in plan.remove])
+    for note in plan.notes:
+        out.print(note, markup=False)
+    out.print("installed: the daemon now starts at login and restarts if it fails" if install else "uninstalled")
+
+
+@agent_app.command("install")
+def agent_install(ctx: typer.Context, dry_run: DryRun = False) -> None:
+    """Write the LaunchAgent / systemd unit and start the daemon under it."""
+    _agent_change(ctx, True, dry_run)
+
+
+@agent_app.command("uninstall")
+def agent_uninstall(ctx: typer.Context, dry_run: DryRun = False) -> None:
+    """Stop the daemon's agent and remove its file."""
+    _agent_change(ctx, False, dry_run)
+
+
+@agent_app.command("status")
+def agent_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Whether the agent is installed, loaded and running."""
+    from mtld.platform import agent
+
+    c: Context = ctx.obj
+    info = agent.agent_status(agent.SubprocessRunner())
+    if as_json:
+        emit_json(info)
+        return
+    for key, value in info.items():
+        if value not in (None, ""):
+            out.print(f"[bold]{key:>10}[/]  {value}")
 
 
 # ------------------------------------------------------------------ helpers
