@@ -17,6 +17,7 @@ from mtld import __version__, jobs
 from mtld.jobspec import JobFileError, spec_from_json
 from mtld.logs import configure, follow_files, format_event, get_logger, iso, read_events
 from mtld.settings import Settings, SettingsError, load_settings
+from mtld.status import job_view
 from mtld.store import InvalidTransition, Job, Store, UnknownJob
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -114,25 +115,66 @@ def submit(
 
 @app.command()
 def status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """The queue: running, queued and recent jobs."""
+    """The daemon, the running job with its progress, the queue, the latest finished jobs."""
+    from mtld.status import collect
+
     c: Context = ctx.obj
-    all_jobs = c.store.list_jobs()
-    views = [job_view(j) for j in all_jobs]
+    info = collect(c.settings, c.store)
     if as_json:
-        emit_json({"counts": c.store.counts(), "jobs": views})
+        emit_json(info)
         return
-    if not views:
+    d = info["daemon"]
+    state = "not running" if not d["running"] else f"running (pid {d['pid']})"
+    out.print(f"[bold]daemon[/]  {state}{', paused: no new jobs start' if d['paused'] else ''}")
+    for job in info["running"]:
+        out.print(_running_line(job))
+    if info["queued"]:
+        out.print("[bold]queued[/]")
+        out.print(_jobs_table(info["queued"], ("id", "name", "priority", "batch_size", "not_before", "last_error")))
+    if info["finished"]:
+        out.print("[bold]finished[/]")
+        out.print(_jobs_table(info["finished"], ("id", "name", "state", "finished_at", "attempts", "last_error")))
+    if not (info["running"] or info["queued"] or info["finished"]):
         out.print("No jobs. Queue one with: mtld submit JOB.toml")
-        return
+
+
+def _running_line(job: dict[str, Any]) -> str:
+    p = job.get("progress") or {}
+    head = f"[bold]running[/] {job['id']} {job['name']}"
+    if not p.get("total"):
+        return f"{head}  starting (micro-batch {(job.get('run') or {}).get('micro_batch', '?')})"
+    done = p["step"] / p["total"]
+    bar = "#" * round(done * 24) + "-" * (24 - round(done * 24))
+    eta = _duration(p["eta_s"]) if p.get("eta_s") is not None else "?"
+    memory = f"  memory {p['memory_level']}" if p.get("memory_level") else ""
+    return (f"{head}  [{bar}] {p['step']}/{p['total']} steps  micro-batch {p['micro_batch']}  "
+            f"{p['samples_per_s']} samples/s  ETA {eta}{memory}")
+
+
+def _jobs_table(views: list[dict[str, Any]], columns: tuple[str, ...]) -> Table:
     table = Table(box=None, pad_edge=False)
-    for column in ("ID", "NAME", "STATE", "PRI", "BATCH", "SUBMITTED", "NOT BEFORE", "NOTE"):
-        table.add_column(column, no_wrap=column != "NOTE")
-    for j in sorted(all_jobs, key=_status_order):
-        table.add_row(
-            str(j.id), j.name, j.state, str(j.priority), j.batch_size, _local(j.submitted_at),
-            _local(j.not_before) if j.not_before else "", j.last_error or ("cancel requested" if j.cancel_requested else ""),
-        )
-    out.print(table)
+    for column in columns:
+        table.add_column(column.upper().replace("_", " "), no_wrap=column != "last_error")
+    for view in views:
+        cells = []
+        for column in columns:
+            value = view.get(column)
+            cells.append(_local_iso(value) if column.endswith(("_at", "not_before")) else ("" if value is None else str(value)))
+        table.add_row(*cells)
+    return table
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _local_iso(value: str | None) -> str:
+    if not value:
+        return ""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
 @app.command()
@@ -317,40 +359,11 @@ def agent_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 # ------------------------------------------------------------------ helpers
 
 
-def job_view(job: Job) -> dict[str, Any]:
-    """The stable JSON form of a job (documented in the README)."""
-    return {
-        "id": job.id,
-        "name": job.name,
-        "state": job.state,
-        "priority": job.priority,
-        "batch_size": job.batch_size,
-        "submitted_at": iso(job.submitted_at),
-        "not_before": iso(job.not_before) if job.not_before else None,
-        "updated_at": iso(job.updated_at),
-        "finished_at": iso(job.finished_at) if job.finished_at else None,
-        "attempts": job.attempts,
-        "cancel_requested": job.cancel_requested,
-        "last_error": job.last_error,
-        "run_dir": job.run_dir,
-        "job_file": job.job_file,
-    }
-
-
 def _get(c: Context, job_id: int) -> Job:
     job = c.store.get(job_id)
     if job is None:
         fail(f"no job {job_id}")
     return job
-
-
-def _status_order(job: Job) -> tuple[int, float, float]:
-    """Running first, then the queue in the order it will run, then the newest others."""
-    if job.state == "running":
-        return 0, 0, -job.updated_at
-    if job.state == "queued":
-        return 1, -job.priority, job.submitted_at
-    return 2, 0, -job.updated_at
 
 
 def _local(epoch: float | None) -> str:

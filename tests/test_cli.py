@@ -46,13 +46,15 @@ def test_submit_status_cancel_and_the_log(home, job_file):
     job_id = int(stdout)
 
     status = json.loads(mtld("status", "--json")[1])
-    [job] = status["jobs"]
+    [job] = status["queued"]
     assert (job["id"], job["name"], job["state"]) == (job_id, "demo", "queued")
     assert status["counts"]["queued"] == 1
+    assert status["daemon"] == {"running": False, "pid": None, "paused": False}
 
     assert mtld("cancel", str(job_id))[0] == 0
-    [job] = json.loads(mtld("status", "--json")[1])["jobs"]
-    assert job["state"] == "cancelled"
+    status = json.loads(mtld("status", "--json")[1])
+    [job] = status["finished"]
+    assert job["state"] == "cancelled" and status["queued"] == []
 
     lines = (home / "logs" / "mtld.jsonl").read_text().splitlines()
     events = [json.loads(line) for line in lines]
@@ -88,7 +90,7 @@ def test_options_override_the_job_file(home, job_file):
 def test_bad_options_are_refused(home, job_file, option):
     code, _, stderr = mtld("submit", str(job_file), *option)
     assert code == 2 and option[0] in stderr
-    assert json.loads(mtld("status", "--json")[1])["jobs"] == []
+    assert json.loads(mtld("status", "--json")[1])["counts"]["queued"] == 0
 
 
 def test_unknown_ids_and_impossible_moves_are_clear_errors(home, job_file):
@@ -114,7 +116,7 @@ def test_the_console_script_runs_in_a_real_process(home, job_file):
     mtld_bin = Path(sys.executable).parent / "mtld"
     submitted = subprocess.run([mtld_bin, "submit", str(job_file)], env=env, capture_output=True, text=True, check=True)
     status = subprocess.run([mtld_bin, "status", "--json"], env=env, capture_output=True, text=True, check=True)
-    assert json.loads(status.stdout)["jobs"][0]["id"] == int(submitted.stdout)
+    assert json.loads(status.stdout)["queued"][0]["id"] == int(submitted.stdout)
 
 
 # ------------------------------------------------------------------ settings

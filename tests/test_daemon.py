@@ -204,6 +204,11 @@ def test_cancel_of_a_running_job(home, data_dir):
     job_id = home.submit(job_file(data_dir, epochs=6))
     daemon = home.daemon("--exit-when-idle")
     home.wait_for(lambda: home.run_events(job_id, "step.progress"))
+    status = json.loads(home.mtld("status", "--json").stdout)
+    assert status["daemon"]["pid"] == daemon.pid
+    [running] = status["running"]
+    assert running["id"] == job_id and 0 < running["progress"]["step"] <= running["progress"]["total"]
+    assert running["progress"]["micro_batch"] == 4 and running["progress"]["eta_s"] is not None
     assert "cancel requested" in home.mtld("cancel", str(job_id)).stdout
     code, stderr = finish(daemon)
     assert code == 0, stderr
