@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mtld import __version__, jobs
-from mtld.jobspec import JobFileError, spec_from_json
+from mtld.jobspec import JobFileError, load_job, spec_from_json
 from mtld.logs import configure, follow_files, format_event, get_logger, iso, read_events
 from mtld.settings import Settings, SettingsError, load_settings
 from mtld.status import job_view
@@ -254,6 +254,65 @@ def _print_event(event: dict[str, Any], as_json: bool) -> None:
     else:
         out.print(format_event(event), markup=False)
     sys.stdout.flush()
+
+
+# ------------------------------------------------------------------ training in the foreground
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    job_file: Annotated[Path, typer.Argument(help="The job file (TOML).")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: runs/NAME-TIME next to the job file's output). Reusing one resumes it.")] = None,
+    batch_size: Annotated[Optional[str], typer.Option(help="Micro-batch 2, 4 or 8 (default: the job's, else the configured start size).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps (default: the configured one).")] = None,
+) -> None:
+    """Run a job now, in the foreground, without the queue: the same code the daemon runs."""
+    from mtld.rundir import Launch, RunDir
+    from mtld.train import run_attempt
+
+    c: Context = ctx.obj
+    try:
+        spec = jobs.with_overrides(load_job(job_file), priority=None, not_before=None,
+                                   batch_size=jobs.parse_batch_size(batch_size) if batch_size else None)
+    except JobFileError as e:
+        fail(str(e), code=2)
+    except jobs.BadOption as e:
+        fail(f"{job_file}: --batch-size - {e}", code=2)
+    if device not in (None, "auto", "cpu", "cuda", "mps"):
+        fail(f"{job_file}: --device - must be auto, cpu, cuda or mps, not {device!r}", code=2)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = RunDir(out_dir or (spec.output or Path.cwd() / "runs") / f"{spec.name}-{stamp}")
+    if run_dir.job_file.exists() and run_dir.read_job() != spec:
+        fail(f"{run_dir.path}: holds a run of another job spec; choose another --out", code=2)
+    size = spec.train.batch_size if spec.train.batch_size != "auto" else c.settings.train.start_batch_size
+    run_dir.write_job(spec)
+    run_dir.write_launch(Launch(micro_batch=size, device=device or c.settings.train.device,
+                                memory_fraction=c.settings.train.memory_fraction,
+                                progress_every_s=c.settings.train.progress_every_s))
+    code = run_attempt(run_dir.path, console=sys.stderr)
+    result = run_dir.read_result() or {}
+    sys.stderr.write(f"{result.get('outcome', 'failed')}: {run_dir.path}\n")
+    raise typer.Exit(code)
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (its best model), or a model folder.")],
+    input_file: Annotated[Path, typer.Argument(help="JSON lines with the fields the tasks read.")],
+    output: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write (default: INPUT.predictions.jsonl).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Predict every task for each row of INPUT with a trained model."""
+    from mtld.train.errors import BadInput
+    from mtld.train.predict import predict as run_predict
+
+    target = output or input_file.with_suffix(".predictions.jsonl")
+    try:
+        rows = run_predict(run_dir, input_file, target, device=device)
+    except (BadInput, FileNotFoundError) as e:
+        fail(str(e), code=2)
+    out.print(f"{rows} rows -> {target}")
 
 
 # ------------------------------------------------------------------ the daemon

@@ -127,7 +127,7 @@ def format_event(event: Mapping[str, Any]) -> str:
     level = event.get("level", "info")
     mark = "" if level in ("info", "debug") else f"{level.upper()} "
     fields = " ".join(
-        f"{k}={_short(v)}" for k, v in event.items() if k not in ("ts", "level", "event", "exception")
+        f"{k}={_short(v)}" for k, v in event.items() if k not in ("ts", "level", "event", "exception") and v is not None
     )
     line = f"{clock} {mark}{event.get('event', '?')} {fields}".rstrip()
     exc = event.get("exception")
