@@ -71,7 +71,8 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if suffix not in DATA_SUFFIXES:
         raise DataError(path, f"unsupported format {suffix or '(no suffix)'!r}: use .jsonl or .csv")
     try:
-        with path.open(encoding="utf-8", newline="" if suffix == ".csv" else None) as f:
+        # utf-8-sig: spreadsheets save CSV with a byte-order mark; it is not part of the first field's name.
+        with path.open(encoding="utf-8-sig", newline="" if suffix == ".csv" else None) as f:
             if suffix == ".csv":
                 reader = csv.DictReader(f)
                 for row in reader:
@@ -104,6 +105,8 @@ def parse_example(fields: Fields, row: dict[str, Any], path: Path, line: int) ->
         tags = _as_list(get(fields.label), path, line, fields.label)
         if not words:
             raise DataError(path, f"field {fields.text!r} is empty", line)
+        if any(not word.strip() for word in words):
+            raise DataError(path, f"field {fields.text!r} has an empty word (it would get no sub-token and lose its tag)", line)
         if len(words) != len(tags):
             raise DataError(path, f"{len(words)} words but {len(tags)} tags", line)
         return Example(words, None, tags)
