@@ -288,7 +288,7 @@ def train(
     size = spec.train.batch_size if spec.train.batch_size != "auto" else c.settings.train.start_batch_size
     run_dir.write_job(spec)
     run_dir.write_launch(Launch(micro_batch=size, device=device or c.settings.train.device,
-                                memory_fraction=c.settings.train.memory_fraction,
+                                memory_fraction=c.settings.memory.budget_fraction,
                                 progress_every_s=c.settings.train.progress_every_s))
     code = run_attempt(run_dir.path, console=sys.stderr)
     result = run_dir.read_result() or {}

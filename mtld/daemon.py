@@ -179,7 +179,7 @@ class Daemon:
         run_dir.write_job(spec)
         run_dir.write_launch(Launch(
             micro_batch=micro_batch, device=self.settings.train.device, job_id=job.id, run_id=run.id,
-            memory_fraction=self.settings.train.memory_fraction, progress_every_s=self.settings.train.progress_every_s,
+            memory_fraction=self.settings.memory.budget_fraction, progress_every_s=self.settings.train.progress_every_s,
         ))
         try:
             handle = self.executor.start(run_dir.path)

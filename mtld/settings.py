@@ -36,8 +36,20 @@ class TrainSettings(_Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # An int, not Literal[2, 4, 8]: environment values arrive as strings.
     start_batch_size: Annotated[int, AfterValidator(_micro_batch)] = 4
-    memory_fraction: float = Field(default=0.8, gt=0, le=1)
     progress_every_s: float = Field(default=5.0, ge=0)
+
+
+class MemorySettings(_Section):
+    probe: Literal["auto", "macos", "linux", "simulated"] = "auto"
+    simulated_file: Path | None = None
+    psi_some_warn: float = Field(default=10.0, ge=0, le=100)
+    psi_full_critical: float = Field(default=5.0, ge=0, le=100)
+    available_warn: float = Field(default=0.10, ge=0, le=1)
+    available_critical: float = Field(default=0.05, ge=0, le=1)
+    budget_fraction: float = Field(default=0.8, gt=0, le=1)
+    headroom: float = Field(default=0.6, gt=0, le=1)
+    sample_every_s: float = Field(default=1.0, gt=0, le=60)
+    log_every_s: float = Field(default=30.0, gt=0)
 
 
 class DaemonSettings(_Section):
@@ -57,6 +69,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     train: TrainSettings = TrainSettings()
     daemon: DaemonSettings = DaemonSettings()
+    memory: MemorySettings = MemorySettings()
 
     @classmethod
     def settings_customise_sources(
