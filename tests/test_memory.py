@@ -1,0 +1,752 @@
+"""mtld.memory: the pure decisions as tables, the probes over recorded files, the sampler and the guard.
+
+Recorded inputs live in tests/data/memory/ (the *_v1_*, psi_idle and
+meminfo_vm_24g files were read on a Linux VM with a cgroup v1 memory
+controller; the others are written in the kernel's formats). LinuxProbe reads
+them laid out under a temporary root, and once live from "/".
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import subprocess
+import sys
+import time
+import typing
+from pathlib import Path
+
+import pytest
+
+from mtld.memory import (
+    PRESSURE_SYSCTL,
+    SYSCTLBYNAME,
+    GuardDecision,
+    Level,
+    LinuxProbe,
+    MacProbe,
+    MemoryFigures,
+    MemoryGuard,
+    Reading,
+    Sampler,
+    ScriptedProbe,
+    SimulatedProbe,
+    available_level,
+    budget_bytes,
+    cgroup_limit,
+    guard_advice,
+    macos_level,
+    make_probe,
+    parse_cgroup_path,
+    parse_memory_stat,
+    parse_meminfo,
+    parse_psi,
+    parse_simulated,
+    psi_level,
+    sysctl_by_command,
+    sysctl_by_ctypes,
+    worst,
+)
+from mtld.settings import MemorySettings, SettingsError
+
+DATA = Path(__file__).parent / "data" / "memory"
+GiB = 2**30
+N, W, C = Level.NORMAL, Level.WARN, Level.CRITICAL
+SETTINGS = MemorySettings()  # psi_some_warn 10, psi_full_critical 5, available_warn 0.10, available_critical 0.05
+
+
+def data(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+def lay_out(root: Path, files: dict[str, str]) -> Path:
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def json_safe(value: object) -> object:
+    return json.loads(json.dumps(value, allow_nan=False))
+
+
+# ------------------------------------------------------------------ levels
+
+
+@pytest.mark.parametrize(("levels", "expected"), [
+    ((N,), N), ((N, W), W), ((W, N), W), ((C, W), C), ((N, C, W), C), ((W, W), W), ((), N),
+])
+def test_worst(levels, expected):
+    assert worst(*levels) is expected
+
+
+def test_levels_order_by_severity_not_spelling():
+    assert N < W < C and C > W > N and W <= W and C >= N
+    assert sorted([C, N, W]) == [N, W, C]  # "critical" < "normal" < "warn" as strings
+    assert Level("warn") is W and json.dumps(W) == '"warn"'
+
+
+@pytest.mark.parametrize(("some", "full", "expected"), [
+    (0.0, 0.0, N),
+    (9.99, 0.0, N),
+    (10.0, 0.0, W),  # "this much": at the threshold counts
+    (23.41, 1.92, W),
+    (23.41, 5.0, C),
+    (71.02, 38.55, C),
+    (4.0, 5.0, C),  # full alone decides critical
+])
+def test_psi_level(some, full, expected):
+    assert psi_level(some, full, some_warn=10.0, full_critical=5.0) is expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [(1, N), (2, W), (4, C), (0, N), (3, N), (8, N), (-1, N)])
+def test_macos_level(value, expected):
+    assert macos_level(value) is expected
+
+
+@pytest.mark.parametrize(("available", "total", "expected"), [
+    (8 * GiB, 16 * GiB, N),
+    (int(1.6 * GiB) + 1, 16 * GiB, N),
+    (int(1.5 * GiB), 16 * GiB, W),  # 9.4 %
+    (int(0.81 * GiB), 16 * GiB, W),  # 5.06 %
+    (int(0.79 * GiB), 16 * GiB, C),  # 4.9 %
+    (0, 16 * GiB, C),
+    (None, 16 * GiB, N),  # unknown: no opinion
+    (1 * GiB, None, N),
+    (1 * GiB, 0, N),
+    (20 * GiB, 16 * GiB, N),  # a simulated file may claim more than there is
+])
+def test_available_level(available, total, expected):
+    assert available_level(available, total, warn=0.10, critical=0.05) is expected
+
+
+# ------------------------------------------------------------------ parsers
+
+
+def test_parse_psi_recorded():
+    assert parse_psi(data("psi_idle.txt")) == {
+        "some": {"avg10": 0.0, "avg60": 0.0, "avg300": 0.0, "total": 0},
+        "full": {"avg10": 0.0, "avg60": 0.0, "avg300": 0.0, "total": 0},
+    }
+    busy = parse_psi(data("psi_busy.txt"))
+    assert busy["some"]["avg10"] == 23.41 and busy["full"]["avg10"] == 1.92 and busy["full"]["total"] == 6032114
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("some avg10=1.50 avg60=0.00 avg300=0.00 total=10\n", {"some": {"avg10": 1.5, "avg60": 0.0, "avg300": 0.0, "total": 10}}),
+    ("some avg10=x avg60=2.00\nfull avg10=0.50\n", {"some": {"avg60": 2.0}, "full": {"avg10": 0.5}}),
+    ("", {}),
+    ("garbage\n\n", {}),
+])
+def test_parse_psi_partial(text, expected):
+    assert parse_psi(text) == expected
+
+
+@pytest.mark.parametrize(("name", "controller", "expected"), [
+    ("proc_self_cgroup_v2_user_service.txt", None, "/user.slice/user-1000.slice/user@1000.service/app.slice/mtld.service"),
+    ("proc_self_cgroup_v2_container.txt", None, "/"),
+    ("proc_self_cgroup_v1_hybrid.txt", None, "/"),
+    ("proc_self_cgroup_v1_hybrid.txt", "memory", "/process_api/08f957f288af7d9851886cf36f5a6093"),
+    ("proc_self_cgroup_v2_user_service.txt", "memory", None),
+])
+def test_parse_cgroup_path_recorded(name, controller, expected):
+    assert parse_cgroup_path(data(name), controller) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("12:memory:/docker/abc\n11:cpu,cpuacct:/docker/abc\n", None),  # pure v1: no unified line
+    ("", None),
+    ("not a cgroup line\n0::/a/b\n", "/a/b"),
+])
+def test_parse_cgroup_path(text, expected):
+    assert parse_cgroup_path(text) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("max\n", None),
+    ("4294967296\n", 4 * GiB),
+    ("0\n", 0),
+    ("9223372036854771712\n", None),  # cgroup v1 "no limit"
+])
+def test_cgroup_limit(text, expected):
+    assert cgroup_limit(text) == expected
+
+
+def test_cgroup_limit_garbage_is_an_error():
+    with pytest.raises(ValueError):
+        cgroup_limit("lots\n")
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("meminfo_vm_24g.txt", MemoryFigures(24684092 * 1024, 23970028 * 1024, 0)),
+    ("meminfo_16g_low.txt", MemoryFigures(16310328 * 1024, 1093160 * 1024, (8388604 - 5242876) * 1024)),
+])
+def test_parse_meminfo_recorded(name, expected):
+    assert parse_meminfo(data(name)) == expected
+
+
+def test_parse_meminfo_old_kernel_and_garbage():
+    old = "MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 10 kB\nCached: 40 kB\n"
+    assert parse_meminfo(old) == MemoryFigures(1000 * 1024, 150 * 1024, None)
+    with pytest.raises(ValueError):
+        parse_meminfo("nothing here\n")
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("memory_stat_v2.txt", {"inactive_file": 805306368}),
+    ("memory_stat_v1_unlimited.txt",
+     {"inactive_file": 102400, "total_inactive_file": 102400, "hierarchical_memory_limit": 9223372036854771712}),
+])
+def test_parse_memory_stat_recorded(name, expected):
+    assert parse_memory_stat(data(name)) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("normal", (N, None, None)),
+    ("warn\n", (W, None, None)),
+    ("  CRITICAL  ", (C, None, None)),
+    ("warn 2000000000\n", (W, 2000000000, None)),
+    ("critical 0", (C, 0, None)),
+    ("", (N, None, "empty file reads as normal")),
+    ("panic", (N, None, "unreadable level 'panic' reads as normal")),
+    ("warn lots", (W, None, "unreadable available bytes 'lots' ignored")),
+    ("warn -5", (W, None, "unreadable available bytes '-5' ignored")),
+])
+def test_parse_simulated(text, expected):
+    assert parse_simulated(text) == expected
+
+
+@pytest.mark.parametrize(("device_type", "total", "limit", "fraction", "expected"), [
+    ("cpu", 16 * GiB, None, 0.8, int(12.8 * GiB)),
+    ("cpu", 16 * GiB, 4 * GiB, 0.8, int(3.2 * GiB)),  # the cgroup limit is lower
+    ("cpu", 4 * GiB, 16 * GiB, 0.5, 2 * GiB),
+    ("cuda", 24 * GiB, 4 * GiB, 0.8, int(19.2 * GiB)),  # a cgroup does not limit GPU memory
+    ("mps", 21 * GiB, None, 1.0, 21 * GiB),  # recommended_max_memory
+])
+def test_budget_bytes(device_type, total, limit, fraction, expected):
+    assert budget_bytes(device_type=device_type, device_total=total, cgroup_limit=limit, fraction=fraction) == expected
+
+
+@pytest.mark.parametrize(("level", "used", "budget", "scaled", "expected"), [
+    (N, 500, 1000, False, ("ok", None, False)),
+    (N, None, 1000, False, ("ok", None, False)),
+    (N, 500, None, False, ("ok", None, False)),
+    (N, 500, 1000, True, ("ok", None, False)),  # the episode is over
+    (W, 500, 1000, False, ("scale_down", "pressure", True)),
+    (W, 500, 1000, True, ("ok", None, True)),  # once per episode
+    (N, 1001, 1000, False, ("scale_down", "budget", True)),
+    (N, 1000, 1000, False, ("ok", None, False)),  # at the budget is within it
+    (N, 1001, 1000, True, ("ok", None, True)),
+    (W, 1001, 1000, False, ("scale_down", "pressure", True)),  # pressure named first
+    (C, 500, 1000, False, ("interrupt", "pressure", False)),
+    (C, 500, 1000, True, ("interrupt", "pressure", True)),
+    (C, None, None, False, ("interrupt", "pressure", False)),
+])
+def test_guard_advice(level, used, budget, scaled, expected):
+    assert guard_advice(level, used, budget, scaled) == GuardDecision(*expected)
+
+
+def test_advice_values_match_the_guard_seam():
+    from mtld.train import guard
+
+    from mtld import memory
+
+    assert typing.get_args(memory.Advice) == typing.get_args(guard.Advice)
+
+
+# ------------------------------------------------------------------ LinuxProbe over recorded files
+
+CONTROLLERS = "cpuset cpu io memory hugetlb pids rdma misc\n"
+USER_SERVICE = "user.slice/user-1000.slice/user@1000.service/app.slice/mtld.service"
+
+
+def system_files(psi: str | None = "psi_idle.txt", meminfo: str = "meminfo_vm_24g.txt",
+                 cgroup: str = "proc_self_cgroup_v2_user_service.txt") -> dict[str, str]:
+    files = {"proc/meminfo": data(meminfo), "proc/self/cgroup": data(cgroup)}
+    if psi:
+        files["proc/pressure/memory"] = data(psi)
+    return files
+
+
+def v2_cgroup(path: str, *, max: str = "max", high: str = "max", current: int = GiB,
+              stat: str | None = None, pressure: str = "psi_idle.txt") -> dict[str, str]:
+    folder = f"sys/fs/cgroup/{path}".rstrip("/")
+    return {f"{folder}/memory.max": max + "\n", f"{folder}/memory.high": high + "\n",
+            f"{folder}/memory.current": f"{current}\n", f"{folder}/memory.stat": stat or data("memory_stat_v2.txt"),
+            f"{folder}/memory.pressure": data(pressure)}
+
+
+def v2_tree(leaf: dict[str, object] | None = None, slice_: dict[str, object] | None = None) -> dict[str, str]:
+    """The cgroups from user.slice down to mtld.service, none limited unless told."""
+    files = {"sys/fs/cgroup/cgroup.controllers": CONTROLLERS}
+    parts = USER_SERVICE.split("/")
+    for depth in range(1, len(parts) + 1):
+        path = "/".join(parts[:depth])
+        options = leaf if depth == len(parts) else slice_ if path == "user.slice/user-1000.slice" else None
+        files |= v2_cgroup(path, **(options or {}))  # type: ignore[arg-type]
+    return files
+
+
+def linux_read(root: Path, **settings: float) -> Reading:
+    return LinuxProbe(MemorySettings(**settings), root=root).read()
+
+
+@pytest.mark.parametrize(("psi", "level"), [("psi_idle.txt", N), ("psi_busy.txt", W), ("psi_thrashing.txt", C)])
+def test_linux_psi_decides_the_level(tmp_path, psi, level):
+    reading = linux_read(lay_out(tmp_path, system_files(psi) | v2_tree()))
+    assert reading.level is level
+    assert reading.detail["psi_level"] == level.value
+    assert reading.detail["available_level"] == "normal"
+    assert reading.total_bytes == 24684092 * 1024 and reading.available_bytes == 23970028 * 1024
+    assert reading.swap_used_bytes == 0 and reading.source == "linux"
+
+
+def test_linux_psi_thresholds_come_from_settings(tmp_path):
+    root = lay_out(tmp_path, system_files("psi_busy.txt") | v2_tree())
+    assert linux_read(root, psi_some_warn=30.0).level is N
+    assert linux_read(root, psi_full_critical=1.5).level is C
+
+
+def test_linux_low_available_memory_warns_with_idle_psi(tmp_path):
+    reading = linux_read(lay_out(tmp_path, system_files(meminfo="meminfo_16g_low.txt") | v2_tree()))
+    assert reading.level is W
+    assert reading.detail["psi_level"] == "normal" and reading.detail["available_level"] == "warn"
+    assert reading.swap_used_bytes == 3 * GiB
+
+
+def test_linux_without_psi_notes_it(tmp_path):
+    reading = linux_read(lay_out(tmp_path, system_files(psi=None, meminfo="meminfo_16g_low.txt")))
+    assert reading.level is W  # from available memory alone
+    assert "psi_some_avg10" not in reading.detail
+    assert any("proc/pressure/memory" in note for note in reading.detail["notes"])
+
+
+def test_linux_unlimited_cgroup_uses_the_system_figures(tmp_path):
+    reading = linux_read(lay_out(tmp_path, system_files() | v2_tree()))
+    assert reading.detail["cgroup"] == "/" + USER_SERVICE and reading.detail["cgroup_limit_bytes"] is None
+    assert reading.total_bytes == 24684092 * 1024
+    assert "notes" not in reading.detail
+
+
+def test_linux_limited_cgroup_counts_its_working_set_not_its_page_cache(tmp_path):
+    # 3.5 GiB charged, 768 MiB of it inactive page cache: 2.75 GiB used of 4 GiB
+    leaf = {"max": str(4 * GiB), "current": int(3.5 * GiB)}
+    reading = linux_read(lay_out(tmp_path, system_files() | v2_tree(leaf=leaf)))
+    assert reading.total_bytes == 4 * GiB
+    assert reading.available_bytes == int(1.25 * GiB)
+    assert reading.level is N
+    assert reading.detail["cgroup"] == "/" + USER_SERVICE
+    assert reading.detail["cgroup_used_bytes"] == int(2.75 * GiB)
+    assert reading.detail["system_total_bytes"] == 24684092 * 1024
+    assert reading.detail["cgroup_psi_level"] == "normal"
+
+
+def test_linux_limited_cgroup_near_its_limit_is_critical(tmp_path):
+    stat = data("memory_stat_v2.txt").replace("inactive_file 805306368", "inactive_file 52428800")
+    leaf = {"max": str(4 * GiB), "current": 4 * GiB - 10 * 2**20, "stat": stat}
+    reading = linux_read(lay_out(tmp_path, system_files() | v2_tree(leaf=leaf)))
+    assert reading.available_bytes == 60 * 2**20
+    assert reading.level is C and reading.detail["psi_level"] == "normal"
+
+
+def test_linux_memory_high_counts_as_a_limit(tmp_path):
+    leaf = {"high": str(3 * GiB), "current": int(3.5 * GiB)}  # 2.75 GiB used
+    reading = linux_read(lay_out(tmp_path, system_files() | v2_tree(leaf=leaf)))
+    assert reading.total_bytes == 3 * GiB and reading.available_bytes == GiB // 4
+    assert reading.level is W  # 8.3 %
+
+
+def test_linux_the_ancestor_with_least_headroom_binds(tmp_path):
+    slice_ = {"max": str(8 * GiB), "current": int(7.5 * GiB)}  # 6.75 GiB used: 1.25 GiB left
+    leaf = {"max": str(6 * GiB), "current": GiB}  # 0.25 GiB used: 5.75 GiB left
+    reading = linux_read(lay_out(tmp_path, system_files() | v2_tree(leaf=leaf, slice_=slice_)))
+    assert reading.detail["cgroup"] == "/user.slice/user-1000.slice"
+    assert reading.total_bytes == 8 * GiB and reading.available_bytes == int(1.25 * GiB)
+
+
+def test_linux_limited_cgroup_pressure_counts(tmp_path):
+    leaf = {"max": str(4 * GiB), "pressure": "psi_thrashing.txt"}
+    reading = linux_read(lay_out(tmp_path, system_files("psi_idle.txt") | v2_tree(leaf=leaf)))
+    assert reading.level is C
+    assert reading.detail["psi_level"] == "normal" and reading.detail["cgroup_psi_level"] == "critical"
+    assert reading.detail["cgroup_psi_full_avg10"] == 38.55
+
+
+def test_linux_container_sees_its_cgroup_at_the_mount(tmp_path):
+    files = system_files(cgroup="proc_self_cgroup_v2_container.txt") | {
+        "sys/fs/cgroup/cgroup.controllers": CONTROLLERS} | v2_cgroup("", max=str(2 * GiB), current=GiB)
+    reading = linux_read(lay_out(tmp_path, files))
+    assert reading.detail["cgroup"] == "/" and reading.total_bytes == 2 * GiB
+
+
+def test_linux_container_with_the_hosts_path_falls_back_to_the_mount(tmp_path):
+    files = {"proc/meminfo": data("meminfo_vm_24g.txt"), "proc/self/cgroup": "0::/system.slice/docker-3f2a.scope\n",
+             "sys/fs/cgroup/cgroup.controllers": CONTROLLERS} | v2_cgroup("", max=str(2 * GiB), current=GiB)
+    reading = linux_read(lay_out(tmp_path, files))
+    assert reading.detail["cgroup"] == "/" and reading.total_bytes == 2 * GiB
+
+
+V1_LEAF = "sys/fs/cgroup/memory/process_api/08f957f288af7d9851886cf36f5a6093"
+
+
+def test_linux_cgroup_v1_unlimited_recorded(tmp_path):
+    files = system_files(cgroup="proc_self_cgroup_v1_hybrid.txt") | {
+        f"{V1_LEAF}/memory.stat": data("memory_stat_v1_unlimited.txt"),
+        f"{V1_LEAF}/memory.limit_in_bytes": data("memory_limit_in_bytes_v1_unlimited.txt"),
+        f"{V1_LEAF}/memory.usage_in_bytes": data("memory_usage_in_bytes_v1.txt"),
+        "sys/fs/cgroup/unified/cgroup.controllers": ""}
+    reading = linux_read(lay_out(tmp_path, files))
+    assert reading.detail["cgroup"] == "/process_api/08f957f288af7d9851886cf36f5a6093"
+    assert reading.detail["cgroup_limit_bytes"] is None and reading.total_bytes == 24684092 * 1024
+
+
+def test_linux_cgroup_v1_limited(tmp_path):
+    files = system_files(cgroup="proc_self_cgroup_v1_hybrid.txt") | {
+        f"{V1_LEAF}/memory.stat": data("memory_stat_v1_limited_4g.txt"),
+        f"{V1_LEAF}/memory.limit_in_bytes": data("memory_limit_in_bytes_v1_unlimited.txt"),  # the limit is above
+        f"{V1_LEAF}/memory.usage_in_bytes": f"{int(3.9 * GiB)}\n"}
+    reading = linux_read(lay_out(tmp_path, files))
+    used = int(3.9 * GiB) - 268435456
+    assert reading.detail["cgroup_limit_bytes"] == 4 * GiB and reading.detail["cgroup_used_bytes"] == used
+    assert reading.available_bytes == 4 * GiB - used
+    assert reading.level is W  # 8.75 % left
+    assert "cgroup_psi_level" not in reading.detail  # v1 has no memory.pressure
+
+
+def test_linux_cgroup_that_vanishes_is_noted_and_found_again(tmp_path):
+    root = lay_out(tmp_path, system_files() | v2_tree(leaf={"max": str(4 * GiB)}))
+    probe = LinuxProbe(SETTINGS, root=root)
+    assert probe.read().total_bytes == 4 * GiB
+    current = root / "sys/fs/cgroup" / USER_SERVICE / "memory.current"
+    current.unlink()
+    reading = probe.read()
+    assert reading.total_bytes == 24684092 * 1024
+    assert any(note.startswith("cgroup:") for note in reading.detail["notes"])
+    assert "cgroup_limit_bytes" not in reading.detail  # not "unlimited": unknown
+    current.write_text(f"{GiB}\n")
+    assert probe.read().total_bytes == 4 * GiB
+
+
+def test_linux_reading_is_json_safe(tmp_path):
+    reading = linux_read(lay_out(tmp_path, system_files("psi_busy.txt") | v2_tree(leaf={"max": str(4 * GiB)})))
+    assert json_safe(reading.to_dict()) == reading.to_dict()
+    assert reading.to_dict()["level"] == "warn"
+
+
+def test_linux_probe_live():
+    """This machine, read as the daemon would: a sane reading whatever the kernel offers."""
+    reading = LinuxProbe(SETTINGS).read()
+    assert isinstance(reading.level, Level)
+    assert reading.total_bytes and reading.total_bytes > 0
+    assert reading.available_bytes is not None and 0 <= reading.available_bytes <= reading.total_bytes
+    if Path("/proc/pressure/memory").exists():
+        assert 0.0 <= reading.detail["psi_some_avg10"] <= 100.0
+    else:
+        assert any("pressure" in note for note in reading.detail["notes"])
+    json_safe(reading.to_dict())
+
+
+# ------------------------------------------------------------------ macOS, on recorded values
+
+
+def fake_sysctlbyname(values: dict[str, int], width: int = 4):
+    """A C function with sysctlbyname's signature that answers from `values`."""
+
+    def call(name, oldp, oldlenp, newp, newlen):
+        value = values.get(name.decode())
+        if value is None:
+            return -1
+        raw = value.to_bytes(width, sys.byteorder, signed=True)
+        ctypes.memmove(oldp, raw, width)
+        oldlenp[0] = width
+        return 0
+
+    return SYSCTLBYNAME(call)
+
+
+@pytest.mark.parametrize("value", [1, 2, 4])
+@pytest.mark.parametrize("width", [4, 8])
+def test_sysctl_by_ctypes(value, width):
+    function = fake_sysctlbyname({PRESSURE_SYSCTL: value}, width)
+    assert sysctl_by_ctypes(PRESSURE_SYSCTL, function) == value
+
+
+def test_sysctl_by_ctypes_errors():
+    with pytest.raises(OSError, match="no.such"):
+        sysctl_by_ctypes("no.such", fake_sysctlbyname({}))
+    with pytest.raises(OSError, match="2-byte"):
+        sysctl_by_ctypes(PRESSURE_SYSCTL, fake_sysctlbyname({PRESSURE_SYSCTL: 1}, width=2))
+
+
+def test_sysctl_by_command():
+    def answers(stdout: str, code: int = 0):
+        def run(args, **kwargs):
+            assert args == ["sysctl", "-n", PRESSURE_SYSCTL] and kwargs["timeout"] > 0
+            if code:
+                raise subprocess.CalledProcessError(code, args, stdout, "sysctl: unknown oid")
+            return subprocess.CompletedProcess(args, 0, stdout, "")
+        return run
+
+    assert sysctl_by_command(PRESSURE_SYSCTL, answers("2\n")) == 2
+    with pytest.raises(OSError, match="unknown oid"):
+        sysctl_by_command(PRESSURE_SYSCTL, answers("", code=1))
+    with pytest.raises(OSError, match="ValueError"):
+        sysctl_by_command(PRESSURE_SYSCTL, answers("four\n"))
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="Linux has no kern.memorystatus_vm_pressure_level")
+def test_read_sysctl_int_fails_as_oserror_off_macos():
+    from mtld.memory import read_sysctl_int
+
+    with pytest.raises(OSError):
+        read_sysctl_int(PRESSURE_SYSCTL)
+
+
+@pytest.mark.skipif(sys.platform != "darwin", reason="macOS only")
+def test_mac_probe_live():
+    from mtld.memory import read_sysctl_int
+
+    assert read_sysctl_int(PRESSURE_SYSCTL) in (1, 2, 4)
+    reading = MacProbe(SETTINGS).read()
+    assert reading.total_bytes and 0 <= reading.available_bytes <= reading.total_bytes
+    assert "notes" not in reading.detail
+    json_safe(reading.to_dict())
+
+
+ROOMY = MemoryFigures(16 * GiB, 8 * GiB, 0)
+TIGHT = MemoryFigures(16 * GiB, GiB, 2 * GiB)  # 6.25 % available
+
+
+@pytest.mark.parametrize(("value", "figures", "level"), [
+    (1, ROOMY, N), (2, ROOMY, W), (4, ROOMY, C), (1, TIGHT, W), (4, TIGHT, C),
+])
+def test_mac_probe_recorded(value, figures, level):
+    reading = MacProbe(SETTINGS, sysctl={PRESSURE_SYSCTL: value}.__getitem__, figures=lambda: figures).read()
+    assert reading.level is level
+    assert reading.detail["sysctl_pressure_level"] == value
+    assert (reading.total_bytes, reading.available_bytes, reading.swap_used_bytes) == figures
+    assert "notes" not in reading.detail and reading.source == "macos"
+
+
+def test_mac_probe_unknown_or_unreadable_level_is_noted():
+    reading = MacProbe(SETTINGS, sysctl=lambda name: 3, figures=lambda: ROOMY).read()
+    assert reading.level is N and "unknown" in reading.detail["notes"][0]
+
+    def broken(name: str) -> int:
+        raise OSError(errno.ENOENT, "no such sysctl")
+
+    reading = MacProbe(SETTINGS, sysctl=broken, figures=lambda: TIGHT).read()
+    assert reading.level is W  # from available memory alone
+    assert "no such sysctl" in reading.detail["notes"][0]
+
+
+# ------------------------------------------------------------------ simulated, scripted, make_probe
+
+
+def test_simulated_probe_follows_the_file(tmp_path):
+    path = tmp_path / "pressure"
+    probe = SimulatedProbe(path, figures=lambda: ROOMY)
+    reading = probe.read()
+    assert reading.level is N and reading.available_bytes == 8 * GiB and reading.detail["notes"] == ["no file: normal"]
+    path.write_text("warn\n")
+    assert probe.read().level is W
+    path.write_text("critical 2000000000\n")
+    reading = probe.read()
+    assert (reading.level, reading.available_bytes, reading.total_bytes) == (C, 2000000000, 16 * GiB)
+    assert "notes" not in reading.detail
+    path.write_text("\x00\xff garbage")
+    reading = probe.read()
+    assert reading.level is N and "unreadable" in reading.detail["notes"][0]
+    path.unlink()
+    path.mkdir()  # unreadable as a file: still no exception
+    assert probe.read().level is N
+    json_safe(probe.read().to_dict())
+
+
+def test_scripted_probe_repeats_its_last_item():
+    probe = ScriptedProbe([W, OSError("gone"), "critical"])
+    assert probe.read().level is W
+    with pytest.raises(OSError):
+        probe.read()
+    assert [probe.read().level for _ in range(2)] == [C, C]
+
+
+@pytest.mark.parametrize(("probe", "platform", "kind"), [
+    ("auto", "darwin", MacProbe), ("auto", "linux", LinuxProbe), ("macos", "linux", MacProbe),
+    ("linux", "darwin", LinuxProbe),
+])
+def test_make_probe(probe, platform, kind):
+    assert type(make_probe(MemorySettings(probe=probe), platform)) is kind
+
+
+def test_make_probe_simulated(tmp_path):
+    (tmp_path / "p").write_text("warn")
+    assert make_probe(MemorySettings(probe="simulated", simulated_file=tmp_path / "p")).read().level is W
+    with pytest.raises(SettingsError, match="memory.simulated_file"):
+        make_probe(MemorySettings(probe="simulated"))
+
+
+def test_module_is_torch_free():
+    code = "import sys, mtld.memory; sys.exit(any(m.split('.')[0] == 'torch' for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ------------------------------------------------------------------ the sampler
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingLog:
+    def __init__(self):
+        self.events: list[tuple[str, str, dict]] = []
+
+    def info(self, event: str, **fields) -> None:
+        self.events.append(("info", event, fields))
+
+    def warning(self, event: str, **fields) -> None:
+        self.events.append(("warning", event, fields))
+
+    def take(self) -> list[tuple[str, str, dict]]:
+        events, self.events = self.events, []
+        return events
+
+
+def run_ticks(sampler: Sampler, clock: FakeClock, ticks: int, every: float = 1.0) -> None:
+    for _ in range(ticks):
+        sampler.tick()
+        clock.now += every
+
+
+def test_sampler_logs_changes_at_once_and_repeats_rarely():
+    clock, log = FakeClock(), RecordingLog()
+    probe = ScriptedProbe([N, N, N, W, W, N] + [N] * 40)
+    sampler = Sampler(probe, every_s=1.0, log_every_s=30.0, log=log, clock=clock)
+    run_ticks(sampler, clock, 6)
+    events = log.take()
+    assert [(e[1], e[2]["trigger"], e[2]["level"]) for e in events] == [
+        ("memory.sample", "first", "normal"),
+        ("memory.sample", "level_changed", "warn"),
+        ("memory.sample", "level_changed", "normal"),
+    ]
+    assert events[1][2]["previous_level"] == "normal" and events[2][2]["previous_level"] == "warn"
+    run_ticks(sampler, clock, 29)  # t = 1006 .. 1034: under 30 s since the last event, at 1005
+    assert log.take() == []
+    run_ticks(sampler, clock, 1)
+    assert [e[2]["trigger"] for e in log.take()] == ["periodic"]
+    assert sampler.latest.at == 1035.0 and sampler.latest.reading.level is N
+
+
+def test_sampler_adds_device_figures():
+    clock, log = FakeClock(), RecordingLog()
+    figures = iter([{"used_bytes": 100, "total_bytes": 1000}, {"used_bytes": 200, "total_bytes": 1000}])
+    sampler = Sampler(ScriptedProbe([N]), log=log, clock=clock, read_device=lambda: next(figures))
+    run_ticks(sampler, clock, 2)
+    assert sampler.latest.device == {"used_bytes": 200, "total_bytes": 1000}
+    fields = log.events[0][2]
+    assert fields["device"] == {"used_bytes": 100, "total_bytes": 1000}
+    assert json_safe(fields) == fields
+
+
+def test_sampler_keeps_the_last_sample_when_a_read_fails_and_says_so_rarely():
+    clock, log = FakeClock(), RecordingLog()
+    probe = ScriptedProbe([W] + [OSError("proc vanished")] * 40 + [N])
+    sampler = Sampler(probe, every_s=1.0, log_every_s=30.0, log=log, clock=clock)
+    run_ticks(sampler, clock, 1)
+    first = sampler.latest
+    log.take()
+    run_ticks(sampler, clock, 30)
+    assert sampler.latest is first  # the loop still sees the last good sample
+    failed = log.take()
+    assert [(e[0], e[1], e[2]["what"], e[2]["failures"]) for e in failed] == [("warning", "memory.sample_failed", "probe", 1)]
+    assert "proc vanished" in failed[0][2]["error"]
+    run_ticks(sampler, clock, 1)  # 30 s after the first failure
+    assert [(e[1], e[2]["failures"]) for e in log.take()] == [("memory.sample_failed", 30)]
+    run_ticks(sampler, clock, 11)
+    assert sampler.latest.reading.level is N
+    assert [e[2]["trigger"] for e in log.take() if e[1] == "memory.sample"] == ["level_changed"]
+
+
+def test_sampler_survives_a_failing_device_reader_and_logger():
+    clock = FakeClock()
+
+    def device() -> dict:
+        raise RuntimeError("MPS went away")
+
+    class BrokenLog:
+        def info(self, event, **fields):
+            raise OSError("disk full")
+
+        warning = info
+
+    sampler = Sampler(ScriptedProbe([W]), log=BrokenLog(), clock=clock, read_device=device)
+    assert sampler.tick().reading.level is W  # the sample is taken before logging fails
+    assert sampler.latest.device == {}
+
+
+def test_sampler_thread_samples_and_stops_promptly():
+    probe = ScriptedProbe([N])
+    sampler = Sampler(probe, every_s=60.0).start()
+    assert sampler.latest is not None and probe.reads == 1  # the first sample is taken at start
+    started = time.monotonic()
+    sampler.stop()
+    assert time.monotonic() - started < 0.5 and not sampler.running
+
+    with Sampler(probe, every_s=0.005) as fast:
+        deadline = time.monotonic() + 10
+        while probe.reads < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fast.running
+    assert probe.reads >= 6 and not fast.running
+
+
+def test_sampler_from_settings():
+    sampler = Sampler.from_settings(ScriptedProbe([N]), MemorySettings(sample_every_s=2.0, log_every_s=10.0))
+    assert (sampler.every_s, sampler.log_every_s) == (2.0, 10.0)
+
+
+# ------------------------------------------------------------------ the guard
+
+
+def test_memory_guard_over_a_scripted_run():
+    # (level, device used) per sampler tick → the first and second advice the loop gets after it
+    script = [
+        (N, 500, "ok", "ok", None),
+        (W, 500, "scale_down", "ok", "pressure"),
+        (W, 500, "ok", "ok", "pressure"),  # same episode: no second halving
+        (W, 1200, "ok", "ok", "pressure"),  # over budget too, still the same episode
+        (N, 500, "ok", "ok", "pressure"),  # the episode ends
+        (N, 1200, "scale_down", "ok", "budget"),
+        (N, 1100, "ok", "ok", "budget"),
+        (C, 1100, "interrupt", "interrupt", "pressure"),
+        (N, 900, "ok", "ok", "pressure"),
+        (W, 900, "scale_down", "ok", "pressure"),
+    ]
+    figures = iter([{"used_bytes": used} for _, used, *_ in script])
+    sampler = Sampler(ScriptedProbe([level for level, *_ in script]), read_device=lambda: next(figures),
+                      clock=FakeClock())
+    guard = MemoryGuard(sampler, budget_bytes=1000)
+    assert guard.advice() == "ok"  # no sample yet
+    got = []
+    for step, _ in enumerate(script):
+        sampler.tick()
+        guard.at_step(step)
+        got.append((guard.advice(), guard.advice(), guard.last_reason))
+    assert got == [(first, second, reason) for *_, first, second, reason in script]
+    assert guard.last_detail == {"level": "warn", "used_bytes": 900, "budget_bytes": 1000, "step": 9}
+
+
+def test_memory_guard_without_budget_or_device_figures_follows_pressure():
+    sampler = Sampler(ScriptedProbe([N, W]), clock=FakeClock())
+    guard = MemoryGuard(sampler, budget_bytes=None)
+    sampler.tick()
+    assert guard.advice() == "ok"
+    sampler.tick()
+    assert guard.advice() == "scale_down" and guard.last_reason == "pressure"
