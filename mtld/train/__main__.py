@@ -1,0 +1,20 @@
+"""`python -m mtld.train RUN_DIR`: the child process the daemon starts for each attempt."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mtld.train import run_attempt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0].startswith("-"):
+        sys.stderr.write("usage: python -m mtld.train RUN_DIR\n")
+        return 2
+    return run_attempt(Path(args[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

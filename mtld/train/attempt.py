@@ -1,0 +1,227 @@
+"""One attempt of a run: set up from the run directory, train, always leave result.json.
+
+    run dir (job.json + launch.json) → load data, model, plan → resume from the
+    newest checkpoint → train → model/, best/, metrics.json, result.json, exit status
+
+Exit statuses (mtld.exitcodes): 0 succeeded, 2 bad input, 75 interrupted
+(checkpoint kept), 76 out of memory even at micro-batch 2 (checkpoint kept),
+1 anything unexpected (`run.failed` carries the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from mtld import exitcodes
+from mtld.jobspec import JobFileError, JobSpec, check_semantics, spec_to_json
+from mtld.logs import configure, get_logger
+from mtld.rundir import Launch, RunDir
+from mtld.train.errors import BadInput
+from mtld.train.guard import Guard, NoGuard
+from mtld.train.procstats import peak_vm_bytes
+from mtld.train.signals import StopFlag
+
+CODES = {
+    "succeeded": exitcodes.OK,
+    "bad_input": exitcodes.BAD_INPUT,
+    "interrupted": exitcodes.INTERRUPTED,
+    "out_of_memory": exitcodes.OUT_OF_MEMORY,
+    "failed": 1,
+}
+MICRO_BATCH_SIZES = (2, 4, 8)
+FINISHED_FIELDS = (  # result.json fields repeated in the run.finished event
+    "outcome", "exit_code", "step", "total_steps", "duration_s", "peak_memory_bytes",
+    "samples_per_s", "tokens_per_s", "micro_batch_end", "best_score",
+)
+
+
+@dataclass
+class Summary:
+    """What result.json will say; filled in as the attempt gets further."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    trainer: Any = None
+    runner: Any = None
+    meter: Any = None
+
+
+def run_attempt(run_dir: Path, *, console: TextIO | None = None, guard: Guard | None = None) -> int:
+    """Run one attempt; returns its exit status. See mtld.train.run_attempt."""
+    rd = RunDir(run_dir)
+    started = time.monotonic()
+    launch, launch_error = _read_launch(rd)
+    bind = {"job_id": launch.job_id, "run_id": launch.run_id} if launch else {}
+    configure(rd.log_file, console=console, bind=bind)
+    log = get_logger()
+    rd.result_file.unlink(missing_ok=True)  # a leftover of an earlier attempt must not pass for ours
+    summary = Summary({"job_id": bind.get("job_id"), "run_id": bind.get("run_id")})
+    stop = StopFlag()
+    stop.install()
+    outcome, message = "failed", None
+    try:
+        if launch is None:
+            raise BadInput(launch_error)
+        outcome = _train(rd, launch, log, stop, guard or NoGuard(), summary)
+        message = summary.trainer.message if summary.trainer else None
+    except BadInput as e:
+        outcome, message = "bad_input", str(e)
+        log.error("run.failed", outcome=outcome, error=message)
+    except Exception as e:
+        outcome, message = _unexpected(e, log)
+    finally:
+        stop.restore()
+    if outcome in ("bad_input", "failed") and console is not sys.stderr:  # else the echo has said it
+        sys.stderr.write(f"mtld train: {message}\n")
+    result = _result(outcome, message, summary, time.monotonic() - started)
+    rd.write_result(result)
+    log.info("run.finished", **{k: result[k] for k in FINISHED_FIELDS})
+    return result["exit_code"]
+
+
+def _read_launch(rd: RunDir) -> tuple[Launch | None, str]:
+    try:
+        return rd.read_launch(), ""
+    except FileNotFoundError:
+        return None, f"{rd.launch_file} is missing"
+    except (OSError, ValueError, TypeError) as e:
+        return None, f"cannot read {rd.launch_file}: {e}"
+
+
+def _unexpected(exc: Exception, log: Any) -> tuple[str, str]:
+    message = f"{type(exc).__name__}: {exc}"
+    if _is_oom(exc):  # outside a step (loading, optimizer state, evaluation): retry later, maybe smaller
+        log.error("run.failed", outcome="out_of_memory", error=message)
+        return "out_of_memory", message
+    log.error("run.failed", outcome="failed", error=message, exc_info=exc)
+    return "failed", message
+
+
+def _is_oom(exc: Exception) -> bool:
+    if "torch" not in sys.modules:  # failed before torch was loaded: not torch's allocator then
+        return isinstance(exc, MemoryError)
+    from mtld.train.device import is_oom
+
+    return is_oom(exc)
+
+
+def _result(outcome: str, message: str | None, summary: Summary, duration: float) -> dict[str, Any]:
+    result = {
+        "outcome": outcome, "exit_code": CODES[outcome], "message": message,
+        "step": None, "total_steps": None, "micro_batch_start": None, "micro_batch_end": None,
+        "scaled_down": False, "oom_count": 0, "peak_memory_bytes": None, "peak_vm_bytes": peak_vm_bytes(),
+        "samples_per_s": None, "tokens_per_s": None, "duration_s": round(duration, 3),
+        "device": None, "best_score": None, "resumed_from_step": None,
+        **summary.fields,
+    }
+    if summary.runner is not None:
+        r = summary.runner
+        result.update(micro_batch_end=r.micro_batch, scaled_down=r.scaled_down, oom_count=r.oom_count)
+    if summary.trainer is not None:
+        t = summary.trainer
+        result.update(step=t.position.step, best_score=t.evals.best_score, best_step=t.evals.best_step, **t.finish_figures())
+        latest = t.run_dir.latest_checkpoint()
+        result["checkpoint"] = str(latest) if latest else None
+    if summary.meter is not None:
+        result["peak_memory_bytes"] = summary.meter.peak_bytes()
+    return result
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, summary: Summary) -> str:
+    import torch
+
+    from mtld.train import device as dev
+    from mtld.train.loop import Trainer
+    from mtld.train.model import quiet_transformers, save_model
+    from mtld.train.setup import build
+
+    spec = _read_job(rd)
+    quiet_transformers()
+    device = dev.pick_device(launch.device)
+    dev.prepare(device, launch.memory_fraction)
+    summary.meter = dev.MemoryMeter(device)
+    micro_batch = _micro_batch(launch.micro_batch, spec.train.effective_batch_size)
+    summary.fields.update(device=device.type, micro_batch_start=micro_batch, micro_batch_end=micro_batch)
+    parts = build(spec, device, micro_batch, stop=stop, guard=guard, log=log)
+    summary.runner = parts.runner
+
+    def export(out_dir: Path) -> None:
+        extra = {"job": json.loads(spec_to_json(spec)), "trust_remote_code": spec.trust_remote_code,
+                 "step": trainer.position.step}
+        save_model(parts.model, parts.tokenizer, [t.info for t in parts.tasks], out_dir, max_length=spec.max_length, extra=extra)
+
+    trainer = Trainer(
+        runner=parts.runner, tasks=parts.tasks, plans=parts.plans, spec=spec.train, run_dir=rd, device=device, log=log,
+        export=export, checkpoint_extra=lambda: {"fingerprint": parts.fingerprint, "micro_batch_start": micro_batch},
+        progress_every_s=launch.progress_every_s, meter=summary.meter,
+    )
+    summary.fields["total_steps"] = trainer.total_steps
+    resumed = _resume(rd, trainer, parts.fingerprint, log)
+    summary.trainer = trainer
+    summary.fields["resumed_from_step"] = resumed
+    train = spec.train
+    log.info(
+        "run.started", device=device.type, micro_batch=micro_batch,
+        accumulation=-(-train.effective_batch_size // micro_batch), effective_batch=train.effective_batch_size,
+        total_steps=trainer.total_steps, steps_per_epoch=len(parts.plans[0]), epochs=train.epochs, resumed_from_step=resumed,
+        optimizer=parts.optimizer_kind, mixed_precision=str(parts.amp).removeprefix("torch.") if parts.amp else None,
+        threads=torch.get_num_threads(), planned_padded_tokens=trainer.planned_padded_tokens(),
+        peak_vm_bytes=peak_vm_bytes(),  # address space after set-up (Linux): what RLIMIT_AS sees
+        tasks=[{"name": t.info.name, "type": t.info.type, "train": len(t.train), "eval": len(t.eval) if t.eval else 0}
+               for t in parts.tasks],
+    )
+    return trainer.run()
+
+
+def _read_job(rd: RunDir) -> JobSpec:
+    try:
+        spec = rd.read_job()
+    except FileNotFoundError:
+        raise BadInput(f"{rd.job_file} is missing") from None
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
+        raise BadInput(f"{rd.job_file} is not a valid job: {e}") from None
+    problems = check_semantics(spec, "job.json")
+    if problems:
+        raise BadInput(str(JobFileError(problems)))
+    return spec
+
+
+def _micro_batch(requested: int, effective: int) -> int:
+    if requested not in MICRO_BATCH_SIZES:
+        raise BadInput(f"micro-batch {requested} is not one of {MICRO_BATCH_SIZES}")
+    fitting = [b for b in MICRO_BATCH_SIZES if b <= requested and b <= effective]
+    return max(fitting) if fitting else MICRO_BATCH_SIZES[0]
+
+
+def _resume(rd: RunDir, trainer: Any, fingerprint: str, log: Any) -> int | None:
+    """Load the newest readable checkpoint into the model, optimizer, scheduler, RNG and position."""
+    from mtld.train.checkpoint import load_checkpoint
+    from mtld.train.device import set_rng_states
+
+    for path in reversed(rd.checkpoint_files()):
+        try:
+            state = load_checkpoint(path)
+        except Exception as e:  # damaged (it should not be: writes are atomic); try the one before
+            log.warning("checkpoint.unreadable", path=str(path), error=f"{type(e).__name__}: {e}")
+            continue
+        if state.get("fingerprint") != fingerprint:
+            raise BadInput(
+                f"the checkpoints in {rd.checkpoints} were made by a different job (its data or settings changed): "
+                "remove that folder to start over"
+            )
+        runner = trainer.runner
+        runner.model.load_state_dict(state["model"])
+        runner.optimizer.load_state_dict(state["optimizer"])
+        runner.scheduler.load_state_dict(state["scheduler"])
+        set_rng_states(state["rng"])
+        trainer.restore(state)
+        log.info("checkpoint.loaded", path=str(path), step=state["step"], micro_batch=state["micro_batch"])
+        return int(state["step"])
+    return None

@@ -1,0 +1,140 @@
+"""The torch edges: device choice, OOM classification, memory readings, RNG state."""
+
+from __future__ import annotations
+
+import gc
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtld.train.errors import BadInput
+from mtld.train.procstats import peak_rss_bytes
+
+# Lower-cased fragments of the messages allocators raise. MPS raises a plain
+# RuntimeError ("MPS backend out of memory ..."), CUDA/HIP "... out of memory",
+# the CPU allocator "DefaultCPUAllocator: can't allocate memory", and MPS also
+# "Invalid buffer size: 12.00 GB" for a single buffer that is too large.
+OOM_FRAGMENTS = ("out of memory", "defaultcpuallocator: can't allocate memory", "invalid buffer size")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True when `exc` says an allocation failed (by type, then by message)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    if isinstance(exc, RuntimeError):
+        message = str(exc).lower()
+        return any(fragment in message for fragment in OOM_FRAGMENTS)
+    return False
+
+
+def pick_device(requested: str) -> torch.device:
+    """auto → MPS, then CUDA, then CPU. A named device that is not there is bad input."""
+    mps = torch.backends.mps.is_available()
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        return torch.device("mps" if mps else "cuda" if cuda else "cpu")
+    if requested not in ("cpu", "cuda", "mps"):
+        raise BadInput(f"unknown device {requested!r}: use auto, cpu, cuda or mps")
+    if (requested == "mps" and not mps) or (requested == "cuda" and not cuda):
+        raise BadInput(f"device {requested!r} is not available on this machine")
+    return torch.device(requested)
+
+
+def prepare(device: torch.device, memory_fraction: float) -> None:
+    """Per-device set-up: the MPS memory cap, TF32 matrix products on CUDA."""
+    if device.type == "mps" and 0 < memory_fraction:
+        # an allocation fails (catchably) before the machine starts swapping
+        torch.mps.set_per_process_memory_fraction(memory_fraction)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 on Ampere and later: fine for fine-tuning
+
+
+def empty_cache(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class MemoryMeter:
+    """Peak memory of the run: the device allocator's, or the process's on CPU.
+
+    CUDA keeps its own high-water mark; MPS only reports the current driver
+    allocation, so it is sampled at progress and evaluation points.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_sampled = 0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def sample(self) -> None:
+        if self.device.type == "mps":
+            self.peak_sampled = max(self.peak_sampled, torch.mps.driver_allocated_memory())
+
+    def peak_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_reserved(self.device))
+        if self.device.type == "mps":
+            self.sample()
+            return self.peak_sampled
+        return peak_rss_bytes()
+
+
+def rng_states(device: torch.device) -> dict[str, Any]:
+    """Every random stream a step may touch (dropout draws from the device's)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), **torch_rng_states(device)}
+
+
+def torch_rng_states(device: torch.device) -> dict[str, Any]:
+    """Only the streams a step draws from (dropout): cheap enough to take before every step.
+
+    Python's and NumPy's generators are not used inside a step (the batch plan
+    has its own), so the checkpoint takes them, and they need no per-step copy.
+    """
+    states: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    elif device.type == "mps":
+        states["mps"] = torch.mps.get_rng_state()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what rng_states or torch_rng_states took."""
+    if "python" in states:
+        random.setstate(states["python"])
+        np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if "mps" in states and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(states["mps"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds CUDA and MPS too
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bfloat16 autocast where the device has it (no loss scaling needed); else off.
+
+    float16 would need a gradient scaler whose state the OOM redo and the
+    checkpoint would have to carry; old GPUs without bfloat16 train in float32.
+    """
+    if not enabled or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
+        return None
+    return torch.bfloat16

@@ -1,0 +1,350 @@
+"""The run: epochs of planned steps, progress events, evaluation, checkpoints.
+
+The position in the batch plan is (epoch, index of the next step in that
+epoch's plan); `step` counts optimizer steps overall. A checkpoint is always
+taken at a step boundary, so resuming from it replays exactly the steps that
+were left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from mtld.jobspec import TrainSpec
+from mtld.rundir import RunDir, write_json_atomic
+from mtld.train.checkpoint import save_checkpoint
+from mtld.train.data import TaskData
+from mtld.train.device import MemoryMeter, empty_cache, is_oom, rng_states, synchronize
+from mtld.train.inference import Aborted, infer_split
+from mtld.train.metrics import aggregate_score, task_metrics
+from mtld.train.plan import Step, padded_tokens
+from mtld.train.step import StepRunner
+from mtld.train.timing import StepTimings, eta_seconds
+
+RunOutcome = Literal["succeeded", "interrupted", "out_of_memory"]
+EVAL_BATCH_FACTOR = 4  # inference keeps no activations for backward: a few times the micro-batch fits
+
+
+@dataclass
+class Position:
+    epoch: int = 0
+    index: int = 0
+    step: int = 0
+
+
+@dataclass
+class Progress:
+    """Running figures of this attempt (not of earlier attempts of the same run)."""
+
+    samples: int = 0
+    tokens: int = 0  # real (non-padding) tokens
+    started: float = 0.0
+    ended: float | None = None
+    excluded: float = 0.0  # seconds spent evaluating, checkpointing and exporting
+    window_start: float = 0.0
+    window_excluded: float = 0.0
+    window_samples: int = 0
+    window_tokens: int = 0
+    window_steps: int = 0
+    window_loss: torch.Tensor | None = None
+
+
+@dataclass
+class EvalState:
+    best_score: float | None = None
+    best_step: int | None = None
+    pending: bool = False  # an evaluation was cut short by a stop: run it first on resume
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(
+        self,
+        *,
+        runner: StepRunner,
+        tasks: list[TaskData],
+        plans: list[list[Step]],
+        spec: TrainSpec,
+        run_dir: RunDir,
+        device: torch.device,
+        log: Any,
+        export: Callable[[Path], None],
+        checkpoint_extra: Callable[[], dict[str, Any]],
+        progress_every_s: float,
+        meter: MemoryMeter,
+        timings: StepTimings | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self.runner, self.tasks, self.plans, self.spec = runner, tasks, plans, spec
+        self.run_dir, self.device, self.log, self.export = run_dir, device, log, export
+        self.checkpoint_extra, self.progress_every_s, self.meter, self.clock = checkpoint_extra, progress_every_s, meter, clock
+        self.position = Position()
+        self.evals = EvalState()
+        self.progress = Progress()
+        self.timings = timings or StepTimings()  # the seam for per-step (padded tokens, seconds) records
+        self.total_steps = sum(len(p) for p in plans)
+        self.last_checkpoint_step = -1
+        self.message: str | None = None
+        self._tokens_cache: dict[int, list[np.ndarray]] = {}
+        self._epoch_ids: tuple[int, torch.Tensor, np.ndarray] | None = None
+
+    # ------------------------------------------------------------ the run
+
+    def run(self) -> RunOutcome:
+        self.progress.started = self.progress.window_start = self.clock()
+        try:
+            return self._run()
+        finally:
+            synchronize(self.device)  # so the throughput figures count work still queued on a GPU
+            self.progress.ended = self.clock()
+
+    def _run(self) -> RunOutcome:
+        if self.evals.pending and (ended := self.evaluate_or_end()):
+            return ended
+        last_eval_step = self.evals.history[-1]["step"] if self.evals.history else -1
+        while self.position.epoch < len(self.plans):
+            plan = self.plans[self.position.epoch]
+            step = plan[self.position.index]
+            started = self.clock()
+            result = self.runner.run(step, self.position.step, self.device_ids(self.position.epoch, self.position.index))
+            if result.outcome == "stopped":
+                return self.stopped()
+            if result.outcome == "out_of_memory":
+                return self.out_of_memory(
+                    f"out of memory at micro-batch {self.runner.micro_batch} on step {self.position.step}, twice: {self.runner.last_oom}"
+                )
+            finished = self.clock()
+            self.account(step, result.loss, result.padded_tokens, finished - started)
+            epoch_end = self.advance(len(plan))
+            self.maybe_progress(finished)
+            number = self.position.step
+            if (self.spec.eval_every and number % self.spec.eval_every == 0) or (epoch_end and not self.spec.eval_every):
+                last_eval_step = number
+                if ended := self.evaluate_or_end():
+                    return ended
+            if epoch_end or number % self.spec.checkpoint_every == 0:
+                self.checkpoint()
+        if last_eval_step != self.position.step and (ended := self.evaluate_or_end()):
+            return ended
+        started = self.clock()
+        self.export(self.run_dir.model_dir)
+        self.exclude(self.clock() - started)
+        return "succeeded"
+
+    def device_ids(self, epoch: int, index: int) -> torch.Tensor:
+        """The step's example ids as a view into the epoch's ids, copied to the device once per
+        epoch: a small host-to-device copy per micro-batch would sync CUDA every time."""
+        if self._epoch_ids is None or self._epoch_ids[0] != epoch:
+            plan = self.plans[epoch]
+            flat = np.concatenate([s.ids for s in plan]).astype(np.int64)
+            offsets = np.concatenate([[0], np.cumsum([len(s.ids) for s in plan])])
+            self._epoch_ids = (epoch, torch.from_numpy(flat).to(self.device), offsets)
+        _, flat, offsets = self._epoch_ids
+        return flat[offsets[index] : offsets[index + 1]]
+
+    def advance(self, plan_length: int) -> bool:
+        """Move past the step just taken; True when that ended an epoch."""
+        self.position.step += 1
+        self.position.index += 1
+        if self.position.index < plan_length:
+            return False
+        self.position.epoch += 1
+        self.position.index = 0
+        return True
+
+    def stopped(self) -> RunOutcome:
+        path = self.checkpoint()
+        reason = self.runner.stop_reason or "signal"
+        stop = self.runner.stop
+        self.message = f"stopped at step {self.position.step} of {self.total_steps} ({stop.name or reason})"
+        self.log.info("run.interrupted", step=self.position.step, reason=reason, signal=stop.name, checkpoint=str(path) if path else None)
+        return "interrupted"
+
+    def out_of_memory(self, message: str) -> RunOutcome:
+        empty_cache(self.device)
+        self.checkpoint()
+        self.message = message
+        return "out_of_memory"
+
+    # ------------------------------------------------------------ figures
+
+    def account(self, step: Step, loss: torch.Tensor | None, padded: int, seconds: float) -> None:
+        split = self.tasks[step.task].train
+        real = int(split.lengths[step.ids].sum())
+        p = self.progress
+        p.samples += len(step.ids)
+        p.tokens += real
+        p.window_samples += len(step.ids)
+        p.window_tokens += real
+        p.window_steps += 1
+        if loss is not None:
+            p.window_loss = loss if p.window_loss is None else p.window_loss + loss
+        self.timings.record(self.runner.micro_batch, padded, seconds)
+
+    def maybe_progress(self, now: float) -> None:
+        p = self.progress
+        if now - p.window_start < self.progress_every_s or not p.window_steps:
+            return
+        loss = (p.window_loss / p.window_steps).item() if p.window_loss is not None else None  # the only sync
+        elapsed = max(self.clock() - p.window_start - p.window_excluded, 1e-9)
+        self.meter.sample()
+        self.log.info(
+            "step.progress",
+            step=self.position.step,
+            total=self.total_steps,
+            epoch=self.position.epoch,
+            loss=round(loss, 6) if loss is not None else None,
+            samples_per_s=round(p.window_samples / elapsed, 2),
+            tokens_per_s=round(p.window_tokens / elapsed, 1),
+            micro_batch=self.runner.micro_batch,
+            lr=self.runner.optimizer.param_groups[0]["lr"],
+            eta_s=self.eta_s(),
+        )
+        p.window_start, p.window_excluded, p.window_samples, p.window_tokens, p.window_steps = self.clock(), 0.0, 0, 0, 0
+        p.window_loss = None
+
+    def exclude(self, seconds: float) -> None:
+        """Time that is not training (evaluation, checkpoints, exports) stays out of the rates."""
+        self.progress.excluded += seconds
+        self.progress.window_excluded += seconds
+
+    def eta_s(self) -> float | None:
+        """Remaining steps × (a + b × padded tokens), fitted on this run's steps at this micro-batch."""
+        b = self.runner.micro_batch
+        per_step = self.step_tokens(b)
+        epoch, index = self.position.epoch, self.position.index
+        if epoch >= len(self.plans):
+            return 0.0
+        tokens_left = int(per_step[epoch][index:].sum()) + sum(int(t.sum()) for t in per_step[epoch + 1 :])
+        eta = eta_seconds(self.timings.fit(b), self.total_steps - self.position.step, tokens_left)
+        return round(eta, 1) if eta is not None else None
+
+    def step_tokens(self, micro_batch: int) -> list[np.ndarray]:
+        if micro_batch not in self._tokens_cache:
+            self._tokens_cache[micro_batch] = [
+                np.array([padded_tokens(s.ids, self.tasks[s.task].train.lengths, micro_batch) for s in plan], dtype=np.int64)
+                for plan in self.plans
+            ]
+        return self._tokens_cache[micro_batch]
+
+    def planned_padded_tokens(self) -> int:
+        return int(sum(t.sum() for t in self.step_tokens(self.runner.micro_batch)))
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate_or_end(self) -> RunOutcome | None:
+        """Evaluate; returns an outcome when the run must end here instead."""
+        try:
+            if self.evaluate():
+                return None
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            message = f"out of memory in evaluation even one example at a time: {type(e).__name__}: {str(e)[:300]}"
+        else:
+            return self.stopped()
+        return self.out_of_memory(message)
+
+    def evaluate(self) -> bool:
+        """Score every task that has eval data; export best/ on a new best. False if a stop cut it short."""
+        if not any(t.eval is not None for t in self.tasks):
+            self.evals.pending = False
+            return True
+        started = self.clock()
+        metrics: dict[str, dict[str, Any]] = {}
+        batch_size = EVAL_BATCH_FACTOR * self.runner.micro_batch
+        try:
+            for i, task in enumerate(self.tasks):
+                if task.eval is None:
+                    continue
+                pred = infer_split(
+                    self.runner.model, i, task.info, task.eval, batch_size=batch_size,
+                    amp=self.runner.amp, should_stop=lambda: self.runner.stop.requested,
+                )
+                gold = task.eval.gold_tags if task.info.is_token_task else task.eval.targets.cpu().numpy()
+                metrics[task.info.name] = task_metrics(task.info.type, pred, gold)
+        except Aborted:
+            self.evals.pending = True
+            self.runner.stop_reason = self.runner.stop_reason or "signal"
+            return False
+        self.evals.pending = False
+        score = aggregate_score(metrics, {t.info.name: t.info.type for t in self.tasks})
+        improved = score is not None and (self.evals.best_score is None or score > self.evals.best_score)
+        if improved:
+            self.evals.best_score, self.evals.best_step = score, self.position.step
+            self.export(self.run_dir.best_dir)
+        epochs_done = self.position.step / len(self.plans[0])
+        record = {"step": self.position.step, "epoch": round(epochs_done, 3), "score": score, "best": improved, "tasks": metrics}
+        self.evals.history.append(record)
+        write_json_atomic(self.run_dir.metrics_file, self.metrics_document())
+        self.meter.sample()
+        duration = self.clock() - started
+        self.exclude(duration)
+        self.log.info("eval", **record, duration_s=round(duration, 3))
+        return True
+
+    def metrics_document(self) -> dict[str, Any]:
+        return {
+            "primary": "mean over tasks of macro_f1 (classification), micro_f1 (multilabel), spearman (regression), entity_f1 (tokens)",
+            "best_score": self.evals.best_score,
+            "best_step": self.evals.best_step,
+            "evals": self.evals.history,
+        }
+
+    # ------------------------------------------------------------ checkpoints
+
+    def checkpoint(self) -> Path | None:
+        """Save at the current step boundary (nothing to save before the first step)."""
+        if self.position.step == 0 and not self.evals.history:
+            return None
+        if self.position.step == self.last_checkpoint_step:
+            return self.run_dir.latest_checkpoint()
+        started = self.clock()
+        state = {
+            "step": self.position.step,
+            "epoch": self.position.epoch,
+            "index": self.position.index,
+            "total_steps": self.total_steps,
+            "micro_batch": self.runner.micro_batch,
+            "model": self.runner.model.state_dict(),
+            "optimizer": self.runner.optimizer.state_dict(),
+            "scheduler": self.runner.scheduler.state_dict(),
+            "rng": rng_states(self.device),
+            "best_score": self.evals.best_score,
+            "best_step": self.evals.best_step,
+            "eval_pending": self.evals.pending,
+            "evals": self.evals.history,
+            **self.checkpoint_extra(),
+        }
+        path = save_checkpoint(self.run_dir.checkpoints, self.position.step, state, keep=self.spec.keep_checkpoints)
+        self.last_checkpoint_step = self.position.step
+        duration = self.clock() - started
+        self.exclude(duration)
+        self.log.info("checkpoint.saved", step=self.position.step, path=str(path), bytes=path.stat().st_size,
+                      seconds=round(duration, 3))
+        return path
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.position = Position(state["epoch"], state["index"], state["step"])
+        self.evals = EvalState(state["best_score"], state["best_step"], state["eval_pending"], list(state["evals"]))
+        self.last_checkpoint_step = state["step"]
+
+    def finish_figures(self) -> dict[str, Any]:
+        """Throughput of this attempt: examples and real tokens per second of training."""
+        p = self.progress
+        ended = p.ended if p.ended is not None else self.clock()
+        seconds = max(ended - p.started - p.excluded, 1e-9) if p.started else 0.0
+        return {
+            "samples_per_s": round(p.samples / seconds, 3) if p.samples else None,
+            "tokens_per_s": round(p.tokens / seconds, 1) if p.samples else None,
+            "train_seconds": round(seconds, 3),
+            "samples": p.samples,
+            "timing": self.timings.as_dict(),
+        }

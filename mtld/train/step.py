@@ -1,0 +1,146 @@
+"""One optimizer step: micro-batches with gradient accumulation, OOM recovery, the guard.
+
+The loss of every micro-batch is (sum of its per-unit losses) / U × task
+weight, where U counts the units (examples, or labelled tokens for token
+tasks) of the WHOLE step; the accumulated gradient is then the same whatever
+the micro-batch size. The optimizer steps only when the whole effective batch
+went through; an allocation failure halves the micro-batch and redoes the step
+from its start, from the RNG state the step started with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from mtld.train.data import TaskData
+from mtld.train.device import empty_cache, is_oom, set_rng_states, torch_rng_states
+from mtld.train.guard import Guard
+from mtld.train.inference import autocast
+from mtld.train.model import MultiTaskModel, loss_sum
+from mtld.train.plan import Step
+from mtld.train.signals import StopFlag
+
+MIN_MICRO_BATCH = 2
+Outcome = Literal["done", "stopped", "out_of_memory"]
+
+
+@dataclass
+class StepResult:
+    outcome: Outcome
+    loss: torch.Tensor | None = None  # weighted mean loss of the step, still on the device
+    padded_tokens: int = 0  # of the micro-batches that made the final, successful pass
+
+
+class StepRunner:
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        tasks: list[TaskData],
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        *,
+        device: torch.device,
+        micro_batch: int,
+        max_grad_norm: float,
+        amp: torch.dtype | None,
+        stop: StopFlag,
+        guard: Guard,
+        log: Any,
+    ):
+        self.model, self.tasks, self.optimizer, self.scheduler = model, tasks, optimizer, scheduler
+        self.device, self.micro_batch, self.max_grad_norm, self.amp = device, micro_batch, max_grad_norm, amp
+        self.stop, self.guard, self.log = stop, guard, log
+        self.micro_batch_start = micro_batch
+        self.scaled_down = False
+        self.oom_count = 0
+        self.stop_reason: str | None = None  # "signal" or "memory_guard" once stopped
+        self.last_oom: str | None = None
+        self._params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(self, step: Step, number: int, index: torch.Tensor | None = None) -> StepResult:
+        """Gradients of the whole step, then clip, optimizer and scheduler step.
+
+        `index`: the step's ids already on the device (see Trainer.device_ids).
+        """
+        start_rng = torch_rng_states(self.device)
+        self.guard.at_step(number)
+        retried_at_min = False
+        while True:
+            result = self.accumulate(step, number, index)
+            if result.outcome == "done":
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            set_rng_states(start_rng)  # the checkpoint or the redo starts from the step's start
+            if result.outcome == "stopped":
+                return result
+            empty_cache(self.device)
+            self.oom_count += 1
+            if self.micro_batch <= MIN_MICRO_BATCH:
+                if retried_at_min:
+                    return result
+                retried_at_min = True  # once more after freeing everything: fragmentation may have been it
+            else:
+                self.scale_down("out_of_memory", number, detail=self.last_oom)
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return result
+
+    def accumulate(self, step: Step, number: int, index: torch.Tensor | None = None) -> StepResult:
+        """Forward and backward over the step's micro-batches; gradients left in the parameters.
+
+        Each micro-batch's loss is its unit-loss sum / U × task weight, U being
+        the units of the whole step, so the sum of the gradients is the same
+        for any micro-batch size.
+        """
+        task = self.tasks[step.task]
+        kind, split = task.info.type, task.train
+        scale = task.info.weight / max(int(split.units[step.ids].sum()), 1)
+        total: torch.Tensor | None = None
+        padded = 0
+        position = 0
+        while position < len(step.ids):
+            advice = self.guard.advice()
+            if self.stop.requested or advice == "interrupt":
+                self.stop_reason = "signal" if self.stop.requested else "memory_guard"
+                return StepResult("stopped")
+            if advice == "scale_down":
+                self.scale_down("memory_guard", number)
+            ids = step.ids[position : position + self.micro_batch]
+            on_device = index[position : position + self.micro_batch] if index is not None else None
+            try:
+                loss, width = self._micro_step(step.task, kind, split, ids, on_device, scale)
+            except Exception as e:
+                if not is_oom(e):
+                    raise
+                self.last_oom = f"{type(e).__name__}: {str(e)[:300]}"
+                return StepResult("out_of_memory")  # leaving the except block frees the step's tensors
+            total = loss if total is None else total + loss
+            padded += len(ids) * width
+            position += len(ids)
+        return StepResult("done", total, padded)
+
+    def _micro_step(self, task: int, kind: str, split: Any, ids: np.ndarray, index: torch.Tensor | None,
+                    scale: float) -> tuple[torch.Tensor, int]:
+        inputs, targets = split.batch(ids, index)
+        with autocast(self.device, self.amp):
+            logits = self.model(task, inputs)
+        loss = loss_sum(kind, logits, targets) * scale
+        loss.backward()
+        return loss.detach(), inputs["input_ids"].shape[1]
+
+    def scale_down(self, reason: str, step: int, detail: str | None = None) -> None:
+        """Halve the micro-batch for the rest of the run; the effective batch stays."""
+        if self.micro_batch <= MIN_MICRO_BATCH:
+            return
+        new = self.micro_batch // 2
+        fields = {"detail": detail} if detail else {}
+        self.log.warning("batch.scaled_down", **{"from": self.micro_batch, "to": new}, reason=reason, step=step, **fields)
+        self.micro_batch = new
+        self.scaled_down = True

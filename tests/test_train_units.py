@@ -1,0 +1,205 @@
+"""Small units of the trainer: OOM classification, metrics, schedule, timings, signals, checkpoints."""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+# ---------------------------------------------------------------- OOM classification
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        "torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')",
+        "RuntimeError('CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 7.93 GiB total capacity)')",
+        "RuntimeError('HIP out of memory. Tried to allocate 1.00 GiB')",
+        "RuntimeError('MPS backend out of memory (MPS allocated: 17.99 GB, other allocations: 1.20 GB, max allowed: 18.13 GB).')",
+        "RuntimeError(\"[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes. Error code 12 (Cannot allocate memory)\")",
+        "RuntimeError('Invalid buffer size: 12.50 GB')",
+        "MemoryError()",
+    ],
+)
+def test_allocation_failures_are_out_of_memory(exc):
+    import torch  # noqa: F401  (used by eval)
+
+    from mtld.train.device import is_oom
+
+    assert is_oom(eval(exc))
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        "RuntimeError('mat1 and mat2 shapes cannot be multiplied (2x32 and 64x2)')",
+        "RuntimeError('Expected all tensors to be on the same device')",
+        "ValueError('out of memory')",  # the message alone is not enough outside RuntimeError
+        "KeyError('memory')",
+    ],
+)
+def test_other_errors_are_not_out_of_memory(exc):
+    from mtld.train.device import is_oom
+
+    assert not is_oom(eval(exc))
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_classification_and_multilabel_metrics():
+    from mtld.train.metrics import classification_metrics, multilabel_metrics
+
+    m = classification_metrics(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]))
+    assert m["accuracy"] == 0.75
+    assert m["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    gold = np.array([[1, 0], [1, 1], [0, 1]])
+    pred = np.array([[1, 0], [1, 0], [0, 1]])
+    ml = multilabel_metrics(pred, gold)
+    assert ml["micro_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1))
+    assert ml["exact_match"] == pytest.approx(2 / 3)
+
+
+def test_regression_metrics_and_constant_predictions():
+    from mtld.train.metrics import regression_metrics
+
+    m = regression_metrics(np.array([1.0, 2.0, 3.0, 5.0]), np.array([1.0, 2.0, 3.0, 4.0]))
+    assert m["spearman"] == pytest.approx(1.0)
+    assert m["rmse"] == pytest.approx(0.5)
+    flat = regression_metrics(np.array([2.0, 2.0, 2.0]), np.array([1.0, 2.0, 3.0]))
+    assert flat["pearson"] is None and flat["spearman"] is None
+    assert flat["rmse"] == pytest.approx(math.sqrt(2 / 3))
+
+
+def test_token_metrics_are_entity_level():
+    from mtld.train.metrics import token_metrics
+
+    gold = [["B-PER", "I-PER", "O", "B-LOC"]]
+    half = [["B-PER", "O", "O", "B-LOC"]]  # the person is cut short: a wrong entity
+    m = token_metrics(half, gold)
+    assert m["entity_f1"] == pytest.approx(0.5)
+    assert m["tag_accuracy"] == pytest.approx(0.75)
+    assert token_metrics(gold, gold)["entity_f1"] == 1.0
+
+
+def test_aggregate_score_is_the_mean_of_primary_metrics():
+    from mtld.train.metrics import aggregate_score
+
+    metrics = {"a": {"macro_f1": 0.5, "accuracy": 0.9}, "b": {"spearman": None, "rmse": 1.0}, "c": {"entity_f1": 1.0}}
+    kinds = {"a": "classification", "b": "regression", "c": "token_classification"}
+    assert aggregate_score(metrics, kinds) == pytest.approx(0.5)
+    assert aggregate_score({}, kinds) is None
+
+
+# ---------------------------------------------------------------- schedule and timings
+
+
+def test_learning_rate_warms_up_then_decays_and_never_wastes_a_step():
+    from mtld.train.optim import lr_factor
+
+    factors = [lr_factor(s, warmup=4, total=20) for s in range(20)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0 and factors[5] < 1.0
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
+    assert min(factors) > 0
+    assert [lr_factor(s, 0, 4) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
+
+
+def test_step_time_fit_recovers_overhead_and_per_token_cost():
+    from mtld.train.timing import StepTimings, eta_seconds
+
+    timings = StepTimings()
+    for tokens in (64, 128, 256, 512, 1024):
+        timings.record(4, tokens, 0.01 + 2e-5 * tokens)
+    a, b = timings.fit(4)
+    assert a == pytest.approx(0.01) and b == pytest.approx(2e-5)
+    assert eta_seconds((a, b), 10, 1000) == pytest.approx(0.1 + 0.02)
+    assert timings.fit(8) is None
+    same = StepTimings()
+    for _ in range(3):
+        same.record(2, 100, 0.5)  # one length only: no line, fall back to seconds per token
+    assert same.fit(2) == (0.0, 0.005)
+    assert timings.as_dict()["4"]["steps"] == 5
+
+
+# ---------------------------------------------------------------- signals, guard, errors
+
+
+def test_first_signal_only_sets_the_flag():
+    from mtld.train.signals import StopFlag
+
+    flag = StopFlag()
+    assert not flag.requested
+    flag.handle_signal(signal.SIGTERM)
+    assert flag.requested and flag.name == "SIGTERM"
+
+
+def test_second_signal_escalates_to_the_default_action():
+    code = (
+        "import signal; from mtld.train.signals import StopFlag\n"
+        "f = StopFlag(); f.install(); f.handle_signal(signal.SIGTERM); f.handle_signal(signal.SIGTERM)\n"
+        "print('survived')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGTERM
+    assert "survived" not in done.stdout
+
+
+def test_scripted_guard_gives_each_advice_once_at_its_step():
+    from mtld.train.guard import ScriptedGuard
+
+    guard = ScriptedGuard({2: "scale_down", 4: "interrupt"})
+    seen = []
+    for step in range(6):
+        guard.at_step(step)
+        seen.append([guard.advice(), guard.advice()])
+    assert seen[2] == ["scale_down", "ok"] and seen[4] == ["interrupt", "ok"]
+    assert guard.given == [(2, "scale_down"), (4, "interrupt")]
+
+
+def test_missing_package_names_the_extra():
+    from mtld.train.errors import missing_package_message
+
+    exc = ModuleNotFoundError("You need to install fugashi to use MecabTokenizer.")
+    assert "pip install 'mtld[ja]'" in missing_package_message(exc, "the tokenizer")
+    other = ModuleNotFoundError("No module named 'foo'", name="foo")
+    assert "foo" in missing_package_message(other, "the model")
+
+
+def test_importing_the_package_does_not_import_torch():
+    code = "import sys, mtld.train; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_checkpoints_are_renamed_into_place_and_pruned(tmp_path):
+    import torch
+
+    from mtld.train.checkpoint import load_checkpoint, save_checkpoint
+
+    (tmp_path / ".step-5.pt.tmp").write_bytes(b"half a checkpoint from a killed run")
+    for step in (10, 20, 30):
+        save_checkpoint(tmp_path, step, {"step": step, "w": torch.ones(3) * step}, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000020.pt", "step-00000030.pt"]
+    state = load_checkpoint(tmp_path / "step-00000030.pt")
+    assert state["step"] == 30 and torch.equal(state["w"], torch.full((3,), 30.0))
+
+
+def test_a_failed_checkpoint_write_leaves_nothing_behind(tmp_path):
+    from mtld.train.checkpoint import save_checkpoint
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    save_checkpoint(tmp_path, 1, {"ok": 1}, keep=3)
+    with pytest.raises(RuntimeError):
+        save_checkpoint(tmp_path, 2, {"bad": Unpicklable()}, keep=3)
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000001.pt"]
