@@ -26,5 +26,8 @@ setup: $(BIN)/.mtld-ready
 test: setup
 	$(BIN)/python -m pytest -q
 
+demo: setup
+	BIN=$(BIN) examples/demo.sh
+
 clean:
 	rm -rf $(VENV) examples/tiny-bert .mtld-demo

@@ -44,6 +44,9 @@ def build_tiny_model(
     import torch
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,8 @@ def run_attempt(run_dir: Path, *, console: TextIO | None = None, guard: Guard | 
     rd = RunDir(run_dir)
     started = time.monotonic()
     launch, launch_error = _read_launch(rd)
-    bind = {"job_id": launch.job_id, "run_id": launch.run_id} if launch else {}
+    ids = (("job_id", launch.job_id), ("run_id", launch.run_id)) if launch else ()
+    bind = {k: v for k, v in ids if v is not None}  # a foreground run has none
     configure(rd.log_file, console=console, bind=bind)
     log = get_logger()
     rd.result_file.unlink(missing_ok=True)  # a leftover of an earlier attempt must not pass for ours
