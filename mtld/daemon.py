@@ -87,7 +87,8 @@ class Daemon:
         """Serve until stopped (or idle, with exit_when_idle). Raises AlreadyRunning."""
         pidfile = PidFile(self.settings.pid_file)
         pidfile.acquire()
-        for signum in (*STOP_SIGNALS, signal.SIGUSR1):
+        # SIGUSR1: the CLI queued or changed something. SIGCHLD: a run ended. Either way: tick now.
+        for signum in (*STOP_SIGNALS, signal.SIGUSR1, signal.SIGCHLD):
             signal.signal(signum, self.handle_signal)
         try:
             self.log.info("daemon.started", version=__version__, state_dir=str(self.settings.state_dir),
