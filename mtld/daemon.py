@@ -9,12 +9,15 @@ at once. The daemon never imports torch: each run is a child process.
 
 from __future__ import annotations
 
+import platform
+import shutil
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, TextIO
 
 from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
@@ -27,6 +30,7 @@ from mtld import __version__, policy
 from mtld.executor import ExitStatus, LocalExecutor, RunHandle, wait_for_exit
 from mtld.jobspec import JobSpec, spec_from_json
 from mtld.logs import format_event, get_logger, last_event
+from mtld.memory import Reading, make_probe
 from mtld.pidfile import PidFile
 from mtld.platform.power import SleepInhibitor, notify, on_battery
 from mtld.rundir import Launch, RunDir
@@ -37,7 +41,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORCED_STOP_GRACE_S = 5.0
 RESULT_FIGURES = (
     "step", "total_steps", "micro_batch_start", "micro_batch_end", "scaled_down", "oom_count",
-    "peak_memory_bytes", "samples_per_s", "tokens_per_s", "duration_s", "device", "best_score",
+    "peak_memory_bytes", "budget_bytes", "samples_per_s", "tokens_per_s", "duration_s", "device", "best_score",
 )
 
 
@@ -74,6 +78,7 @@ class Daemon:
         self.finished = False
         self.deferred_because: str | None = None
         self.scheduler: BlockingScheduler | None = None
+        self.probe = make_probe(settings.memory)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -166,21 +171,38 @@ class Daemon:
         if job is None:
             self.deferred_because = None
             return
-        self.deferred_because = None
         spec = spec_from_json(job.spec_json)
+        device = resolve_device(self.settings.train.device)
+        fam = family(spec, device)
+        history = [family_run(r) for r in self.store.family_runs(fam)]
         earlier = [policy.EarlierRun(r.outcome, r.micro_batch, r.micro_batch_end) for r in self.store.runs_for(job.id)]
         pinned = None if job.batch_size == "auto" else int(job.batch_size)
-        micro_batch, why = policy.start_micro_batch(pinned, self.settings.train.start_batch_size, earlier)
+        first = policy.family_start_size(history, self.settings.train.start_batch_size, self.settings.memory.headroom)
+        size, why = policy.start_micro_batch(pinned, first, earlier)
+        reading = self._read_pressure()
+        placement = policy.place_run(
+            size, pressure=reading.level.value if reading else "normal",
+            available_bytes=reading.available_bytes if reading else None,
+            peaks=policy.peaks_by_size(history), pinned=pinned is not None,
+        )
+        if placement.micro_batch is None:
+            self._defer(placement.deferred, placement.reason, job_id=job.id)
+            return
+        self.deferred_because = None
+        micro_batch = placement.micro_batch
+        why = f"{why}; {placement.reason}" if placement.reason else why
         log = self.log.bind(job_id=job.id)
-        log.info("policy.decided", micro_batch=micro_batch, reason=why)
+        log.info("policy.decided", micro_batch=micro_batch, reason=why, family=fam,
+                 pressure=reading.level.value if reading else None)
 
-        run = self.store.start_run(job.id, micro_batch=micro_batch, family=family(spec, self.settings.train.device), now=now)
+        run = self.store.start_run(job.id, micro_batch=micro_batch, family=fam, reason=why, now=now)
         log = log.bind(run_id=run.id)
         run_dir = RunDir(job.run_dir)
         run_dir.write_job(spec)
         run_dir.write_launch(Launch(
             micro_batch=micro_batch, device=self.settings.train.device, job_id=job.id, run_id=run.id,
             memory_fraction=self.settings.memory.budget_fraction, progress_every_s=self.settings.train.progress_every_s,
+            memory=self.settings.memory.model_dump(mode="json"),
         ))
         try:
             handle = self.executor.start(run_dir.path)
@@ -308,10 +330,18 @@ class Daemon:
 
     # ------------------------------------------------------------ helpers
 
-    def _defer(self, reason: str, message: str) -> None:
+    def _defer(self, reason: str, message: str, **fields: Any) -> None:
         if self.deferred_because != reason:  # log changes, not every tick
-            self.log.info("run.deferred", reason=reason, message=message)
+            self.log.info("run.deferred", reason=reason, message=message, **fields)
         self.deferred_because = reason
+
+    def _read_pressure(self) -> Reading | None:
+        """The probe's reading now; None (and a log line) if it cannot be read."""
+        try:
+            return self.probe.read()
+        except Exception as e:  # a broken probe must not stop the queue
+            self.log.warning("memory.sample_failed", what="probe", error=f"{type(e).__name__}: {e}")
+            return None
 
     def _echo_progress(self, active: ActiveRun) -> None:
         """For a person watching the daemon's terminal: the child's latest progress line."""
@@ -327,6 +357,26 @@ class Daemon:
 def family(spec: JobSpec, device: str) -> str:
     """Runs of one family share memory and speed figures: (model, max length, device)."""
     return f"{spec.model}|{spec.max_length}|{device}"
+
+
+def family_run(run: Run) -> policy.FamilyRun:
+    f = run.figures
+    return policy.FamilyRun(
+        outcome=run.outcome, micro_batch=run.micro_batch, micro_batch_end=run.micro_batch_end,
+        scaled_down=bool(f.get("scaled_down")), oom_count=int(f.get("oom_count") or 0),
+        peak_bytes=f.get("peak_memory_bytes"), budget_bytes=f.get("budget_bytes"),
+    )
+
+
+def resolve_device(setting: str) -> str:
+    """The device "auto" will pick (MPS, then CUDA, then CPU), guessed without importing torch."""
+    if setting != "auto":
+        return setting
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "mps"
+    if Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi"):
+        return "cuda"
+    return "cpu"
 
 
 def fresh_result(run_dir: RunDir, run: Run) -> dict[str, Any] | None:

@@ -80,7 +80,7 @@ class Reading:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe fields for `memory.sample` events and `mtld doctor`."""
         return {
-            "level": self.level.value,
+            "pressure": self.level.value,  # not "level": every log line's "level" is its log level
             "available_bytes": self.available_bytes,
             "total_bytes": self.total_bytes,
             "swap_used_bytes": self.swap_used_bytes,
@@ -664,7 +664,7 @@ class Sampler:
         else:
             return sample
         self._logged_at = now
-        extra = {"previous_level": previous.reading.level.value} if trigger == "level_changed" and previous else {}
+        extra = {"previous_pressure": previous.reading.level.value} if trigger == "level_changed" and previous else {}
         self.log.info("memory.sample", trigger=trigger, **extra, **sample.fields())
         return sample
 
@@ -740,6 +740,6 @@ class MemoryGuard:
         self.scaled_this_episode = decision.scaled_this_episode
         if decision.advice != "ok":
             self.last_reason = decision.reason
-            self.last_detail = {"level": sample.reading.level.value, "used_bytes": used,
+            self.last_detail = {"pressure": sample.reading.level.value, "used_bytes": used,
                                 "budget_bytes": self.budget_bytes, "step": self.step}
         return decision.advice

@@ -87,19 +87,104 @@ def one_size_down(size: int) -> int:
     return smaller[-1] if smaller else MICRO_BATCH_SIZES[0]
 
 
-def start_micro_batch(pinned: int | None, default: int, earlier: Sequence[EarlierRun]) -> tuple[int, str]:
+def start_micro_batch(pinned: int | None, first: tuple[int, str], earlier: Sequence[EarlierRun]) -> tuple[int, str]:
     """(micro-batch, reason) for the next attempt of one job.
 
-    A pinned size (job file or --batch-size) always wins. Otherwise an attempt
-    continues from where the previous one left off: the size that worked, one
-    size down after an out-of-memory kill.
+    A pinned size (job file or --batch-size) always wins. A first attempt
+    takes `first` (the family's decision). A later attempt continues from where
+    the previous one left off: the size that worked, one size down after an
+    out-of-memory kill.
     """
     if pinned is not None:
-        return pinned, "pinned by the job"
+        return pinned, "pinned by the job (adaptation off)"
     if not earlier or earlier[-1].outcome is None:
-        return default, "first attempt: the configured start size"
+        return first
     last = earlier[-1]
     worked = last.micro_batch_end or last.micro_batch
     if last.outcome == "killed":
         return one_size_down(worked), f"the last attempt was killed at {worked}: one size down"
     return worked, f"the size the last attempt ended at ({last.outcome})"
+
+
+# ------------------------------------------------------------------ the micro-batch across runs
+
+
+@dataclass(frozen=True)
+class FamilyRun:
+    """One finished run of a family (model, max length, device), as the store keeps it."""
+
+    outcome: str | None
+    micro_batch: int  # the size it started at
+    micro_batch_end: int | None  # the size it ended at (smaller after a scale-down)
+    scaled_down: bool
+    oom_count: int
+    peak_bytes: int | None
+    budget_bytes: int | None
+
+
+def one_size_up(size: int) -> int:
+    larger = [s for s in MICRO_BATCH_SIZES if s > size]
+    return larger[0] if larger else MICRO_BATCH_SIZES[-1]
+
+
+def family_start_size(history: Sequence[FamilyRun], default: int, headroom: float) -> tuple[int, str]:
+    """Where the first attempt of a new job starts, from the family's last run.
+
+    A clean run whose peak stayed under `headroom` × budget → one size up; any
+    scale-down or out-of-memory → the size that worked; no history → `default`.
+    """
+    if not history:
+        return default, f"no earlier run of this family: the configured start size {default}"
+    last = history[-1]
+    worked = last.micro_batch_end or last.micro_batch
+    if last.outcome == "out_of_memory":
+        return MICRO_BATCH_SIZES[0], "the last run of this family ran out of memory even at 2"
+    if last.outcome == "killed":
+        return one_size_down(worked), f"the last run of this family was killed at {worked}: one size down"
+    if last.scaled_down or last.oom_count:
+        return worked, f"the last run of this family scaled down to {worked}: start there"
+    if last.outcome != "succeeded" or not last.peak_bytes or not last.budget_bytes:
+        return worked, f"the last run of this family ({last.outcome}) gives no headroom figure: stay at {worked}"
+    share = last.peak_bytes / last.budget_bytes
+    if share < headroom and worked < MICRO_BATCH_SIZES[-1]:
+        return one_size_up(worked), (f"the last run at {worked} peaked at {share:.0%} of the budget "
+                                     f"(under the {headroom:.0%} headroom): one size up")
+    return worked, f"the last run at {worked} peaked at {share:.0%} of the budget: stay"
+
+
+def peaks_by_size(history: Sequence[FamilyRun]) -> dict[int, int]:
+    """The highest peak seen at each micro-batch size (runs that ended at that size)."""
+    peaks: dict[int, int] = {}
+    for run in history:
+        size = run.micro_batch_end or run.micro_batch
+        if run.peak_bytes:
+            peaks[size] = max(peaks.get(size, 0), run.peak_bytes)
+    return peaks
+
+
+@dataclass(frozen=True)
+class Placement:
+    micro_batch: int | None  # None: do not start now
+    reason: str
+    deferred: str | None = None  # a short code when deferred: memory_critical, does_not_fit
+
+
+def place_run(size: int, *, pressure: str, available_bytes: int | None, peaks: dict[int, int], pinned: bool) -> Placement:
+    """Before a run: critical → defer; warn → one size down; a size whose peak
+    exceeds what is available now → step down until one fits, else defer.
+    A pinned size is never changed, only deferred."""
+    if pressure == "critical":
+        return Placement(None, "memory pressure is critical", "memory_critical")
+    reasons = []
+    if pressure == "warn" and not pinned and size > MICRO_BATCH_SIZES[0]:
+        reasons.append(f"memory pressure is warn: {size} → {one_size_down(size)}")
+        size = one_size_down(size)
+    if available_bytes is not None:
+        while peaks.get(size, 0) > available_bytes:
+            if pinned or size == MICRO_BATCH_SIZES[0]:
+                return Placement(None, f"micro-batch {size} peaked at {peaks[size]:,} bytes; only "
+                                       f"{available_bytes:,} are available now", "does_not_fit")
+            reasons.append(f"{size} peaked at {peaks[size]:,} bytes > {available_bytes:,} available: "
+                           f"{one_size_down(size)}")
+            size = one_size_down(size)
+    return Placement(size, "; ".join(reasons))

@@ -35,6 +35,7 @@ class Launch:
     run_id: int | None = None
     memory_fraction: float = 0.8  # share of the device's memory the run may use
     progress_every_s: float = 5.0  # seconds between step.progress events
+    memory: dict[str, Any] | None = None  # the [memory] settings: the run samples pressure with them; None: no guard
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Launch:

@@ -48,7 +48,7 @@ def run_progress(run_dir: Path) -> dict[str, Any] | None:
     progress = {k: event.get(k) for k in PROGRESS_FIELDS}
     progress["at"] = event.get("ts")
     sample = last_event(log, {"memory.sample"}, scan_limit=2000)
-    progress["memory_level"] = sample.get("level") if sample else None
+    progress["memory_level"] = sample.get("pressure") if sample else None
     return progress
 
 

@@ -105,6 +105,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX transitions_by_job ON transitions (job_id, id);
     CREATE TABLE flags (name TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: why each run started at its micro-batch (shown by `mtld show`), and the
+    # batch-size history read per family (model, max length, device).
+    """
+    ALTER TABLE runs ADD COLUMN start_reason TEXT;
+    CREATE INDEX runs_by_family ON runs (family, id) WHERE ended_at IS NOT NULL;
+    """,
 ]
 
 
@@ -170,6 +176,7 @@ class Run:
     exit_code: int | None
     signal: int | None
     figures: dict[str, Any]
+    start_reason: str | None = None  # why it started at its micro-batch
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -413,7 +420,8 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------------
 
-    def start_run(self, job_id: int, *, micro_batch: int, family: str | None = None, now: float) -> Run:
+    def start_run(self, job_id: int, *, micro_batch: int, family: str | None = None, reason: str | None = None,
+                  now: float) -> Run:
         """Move a queued job to running and record the attempt, atomically: a job never runs twice."""
         with self._write() as db:
             job = self._job(job_id)
@@ -422,8 +430,9 @@ class Store:
             self._move(db, job, RUNNING, verb="start", reason=f"attempt {attempt} started", now=now,
                        attempts=job.attempts + 1)
             run_id = db.execute(
-                "INSERT INTO runs (job_id, attempt, started_at, micro_batch, family) VALUES (?, ?, ?, ?, ?)",
-                (job_id, attempt, now, micro_batch, family),
+                "INSERT INTO runs (job_id, attempt, started_at, micro_batch, family, start_reason)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, attempt, now, micro_batch, family, reason),
             ).lastrowid
             return self._run(run_id)
 
@@ -458,6 +467,12 @@ class Store:
     def latest_run(self, job_id: int) -> Run | None:
         rows = self._rows(f"SELECT {_columns(Run)} FROM runs WHERE job_id = ? ORDER BY id DESC LIMIT 1", (job_id,))
         return _run(rows[0]) if rows else None
+
+    def family_runs(self, family: str, limit: int = 20) -> list[Run]:
+        """The family's most recent finished runs, oldest first: its batch-size history."""
+        rows = self._rows(f"SELECT {_columns(Run)} FROM runs WHERE family = ? AND ended_at IS NOT NULL"
+                          " ORDER BY id DESC LIMIT ?", (family, limit))
+        return [_run(r) for r in reversed(rows)]
 
     def active_runs(self) -> list[Run]:
         """Runs not yet finished: at daemon start, each is either still alive or lost."""

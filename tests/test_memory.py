@@ -432,7 +432,7 @@ def test_linux_cgroup_that_vanishes_is_noted_and_found_again(tmp_path):
 def test_linux_reading_is_json_safe(tmp_path):
     reading = linux_read(lay_out(tmp_path, system_files("psi_busy.txt") | v2_tree(leaf={"max": str(4 * GiB)})))
     assert json_safe(reading.to_dict()) == reading.to_dict()
-    assert reading.to_dict()["level"] == "warn"
+    assert reading.to_dict()["pressure"] == "warn"
 
 
 def test_linux_probe_live():
@@ -631,12 +631,12 @@ def test_sampler_logs_changes_at_once_and_repeats_rarely():
     sampler = Sampler(probe, every_s=1.0, log_every_s=30.0, log=log, clock=clock)
     run_ticks(sampler, clock, 6)
     events = log.take()
-    assert [(e[1], e[2]["trigger"], e[2]["level"]) for e in events] == [
+    assert [(e[1], e[2]["trigger"], e[2]["pressure"]) for e in events] == [
         ("memory.sample", "first", "normal"),
         ("memory.sample", "level_changed", "warn"),
         ("memory.sample", "level_changed", "normal"),
     ]
-    assert events[1][2]["previous_level"] == "normal" and events[2][2]["previous_level"] == "warn"
+    assert events[1][2]["previous_pressure"] == "normal" and events[2][2]["previous_pressure"] == "warn"
     run_ticks(sampler, clock, 29)  # t = 1006 .. 1034: under 30 s since the last event, at 1005
     assert log.take() == []
     run_ticks(sampler, clock, 1)
@@ -740,7 +740,7 @@ def test_memory_guard_over_a_scripted_run():
         guard.at_step(step)
         got.append((guard.advice(), guard.advice(), guard.last_reason))
     assert got == [(first, second, reason) for *_, first, second, reason in script]
-    assert guard.last_detail == {"level": "warn", "used_bytes": 900, "budget_bytes": 1000, "step": 9}
+    assert guard.last_detail == {"pressure": "warn", "used_bytes": 900, "budget_bytes": 1000, "step": 9}
 
 
 def test_memory_guard_without_budget_or_device_figures_follows_pressure():

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from mtld.policy import EarlierRun, after_exit, one_size_down, start_micro_batch
+from mtld.policy import (
+    EarlierRun,
+    FamilyRun,
+    after_exit,
+    family_start_size,
+    one_size_down,
+    peaks_by_size,
+    place_run,
+    start_micro_batch,
+)
 
 NOW = 1_000_000.0
 
@@ -65,9 +74,65 @@ def test_after_exit(kwargs, outcome, job_state, retry_in, reason_part):
     ],
 )
 def test_start_micro_batch(pinned, earlier, expected):
-    size, reason = start_micro_batch(pinned, 4, earlier)
+    size, reason = start_micro_batch(pinned, (4, "family"), earlier)
     assert size == expected and reason
 
 
 def test_one_size_down():
     assert [one_size_down(s) for s in (8, 4, 2)] == [4, 2, 2]
+
+
+def fam(outcome="succeeded", start=4, end=None, scaled=False, ooms=0, peak=100, budget=1000):
+    return FamilyRun(outcome, start, end, scaled, ooms, peak, budget)
+
+
+@pytest.mark.parametrize(
+    ("history", "expected", "reason_part"),
+    [
+        ([], 4, "configured start size"),
+        ([fam(peak=100)], 8, "one size up"),
+        ([fam(start=2, peak=100)], 4, "one size up"),
+        ([fam(start=8, peak=100)], 8, "stay"),  # already the largest
+        ([fam(peak=600)], 4, "stay"),  # at the headroom line: not under it
+        ([fam(peak=599)], 8, "one size up"),
+        ([fam(start=8, end=4, scaled=True, peak=100)], 4, "scaled down to 4"),
+        ([fam(start=8, end=4, ooms=1, peak=100)], 4, "scaled down"),
+        ([fam(outcome="killed", start=8)], 4, "killed at 8"),
+        ([fam(outcome="out_of_memory", start=4, end=2)], 2, "even at 2"),
+        ([fam(outcome="interrupted", start=8, end=4)], 4, "no headroom figure"),
+        ([fam(peak=None)], 4, "no headroom figure"),
+        ([fam(budget=None)], 4, "no headroom figure"),
+        ([fam(start=8, end=2, scaled=True), fam(start=2, peak=100)], 4, "one size up"),  # only the last run counts
+    ],
+)
+def test_family_start_size(history, expected, reason_part):
+    size, reason = family_start_size(history, 4, 0.6)
+    assert size == expected and reason_part in reason
+
+
+@pytest.mark.parametrize(
+    ("size", "pressure", "available", "peaks", "pinned", "expected", "deferred"),
+    [
+        (8, "normal", 10_000, {}, False, 8, None),
+        (8, "critical", 10_000, {}, False, None, "memory_critical"),
+        (8, "critical", 10_000, {}, True, None, "memory_critical"),
+        (8, "warn", 10_000, {}, False, 4, None),
+        (8, "warn", 10_000, {}, True, 8, None),  # pinned: never changed
+        (2, "warn", 10_000, {}, False, 2, None),
+        (8, "normal", 500, {8: 900, 4: 600, 2: 300}, False, 2, None),
+        (8, "normal", 500, {8: 900}, False, 4, None),  # no figure for 4: it is tried
+        (8, "normal", 200, {8: 900, 4: 600, 2: 300}, False, None, "does_not_fit"),
+        (4, "normal", 500, {4: 600}, True, None, "does_not_fit"),
+        (8, "warn", 500, {4: 600, 2: 300}, False, 2, None),
+        (8, "normal", None, {8: 900}, False, 8, None),  # nothing known about what is free
+    ],
+)
+def test_place_run(size, pressure, available, peaks, pinned, expected, deferred):
+    placement = place_run(size, pressure=pressure, available_bytes=available, peaks=peaks, pinned=pinned)
+    assert (placement.micro_batch, placement.deferred) == (expected, deferred)
+    assert placement.reason or (expected == size and deferred is None)
+
+
+def test_peaks_by_size_keeps_the_highest_at_the_size_a_run_ended():
+    history = [fam(start=8, end=4, peak=700), fam(start=4, peak=650), fam(start=8, peak=900), fam(start=2, peak=None)]
+    assert peaks_by_size(history) == {4: 700, 8: 900}

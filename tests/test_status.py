@@ -14,7 +14,7 @@ def test_progress_comes_from_the_tail_of_a_huge_log(tmp_path):
     with log.open("wb") as f:
         f.write(b'{"event": "run.started", "ts": "2026-11-27T01:00:00Z"}\n')
         f.seek(64 << 30)  # 64 GiB of hole: reading it all would take minutes
-        f.write(b'\n{"ts": "2026-11-27T02:00:00Z", "event": "memory.sample", "level": "warn"}\n')
+        f.write(b'\n{"ts": "2026-11-27T02:00:00Z", "event": "memory.sample", "pressure": "warn"}\n')
         f.write(b'{"ts": "2026-11-27T02:00:01Z", "event": "step.progress", "step": 7, "total": 9, "micro_batch": 4}\n')
         f.write(b'{"ts": "2026-11-27T02:00:02Z", "event": "eval", "step": 7}\n')
     started = time.monotonic()

@@ -48,6 +48,7 @@ class Summary:
     trainer: Any = None
     runner: Any = None
     meter: Any = None
+    guard: Any = None  # the memory guard, when this attempt samples memory
 
 
 def run_attempt(run_dir: Path, *, console: TextIO | None = None, guard: Guard | None = None) -> int:
@@ -76,6 +77,8 @@ def run_attempt(run_dir: Path, *, console: TextIO | None = None, guard: Guard | 
         outcome, message = _unexpected(e, log)
     finally:
         stop.restore()
+        if summary.guard is not None:
+            summary.guard.sampler.stop()
     if outcome in ("bad_input", "failed") and console is not sys.stderr:  # else the echo has said it
         sys.stderr.write(f"mtld train: {message}\n")
     result = _result(outcome, message, summary, time.monotonic() - started)
@@ -148,6 +151,9 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
     device = dev.pick_device(launch.device)
     dev.prepare(device, launch.memory_fraction)
     summary.meter = dev.MemoryMeter(device)
+    if isinstance(guard, NoGuard) and launch.memory is not None:
+        guard = summary.guard = _memory_guard(launch, device, log)
+        summary.fields["budget_bytes"] = guard.budget_bytes
     micro_batch = _micro_batch(launch.micro_batch, spec.train.effective_batch_size)
     summary.fields.update(device=device.type, micro_batch_start=micro_batch, micro_batch_end=micro_batch)
     parts = build(spec, device, micro_batch, stop=stop, guard=guard, log=log)
@@ -179,6 +185,24 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
                for t in parts.tasks],
     )
     return trainer.run()
+
+
+def _memory_guard(launch: Launch, device: Any, log: Any) -> Any:
+    """Sample memory pressure about once a second in a thread; the step loop asks the guard."""
+    from mtld.memory import MemoryGuard, Sampler, budget_bytes, make_probe
+    from mtld.settings import MemorySettings
+    from mtld.train import device as dev
+
+    settings = MemorySettings(**launch.memory)
+    probe = make_probe(settings)
+    sampler = Sampler.from_settings(probe, settings, read_device=dev.memory_reader(device), log=log).start()
+    reading = sampler.latest.reading if sampler.latest else None
+    cgroup = reading.detail.get("cgroup_limit_bytes") if reading else None
+    budget = budget_bytes(device_type=device.type, device_total=dev.total_memory_bytes(device),
+                          cgroup_limit=cgroup, fraction=settings.budget_fraction)
+    log.info("memory.guard", probe=type(probe).__name__, budget_bytes=budget, device=device.type,
+             sample_every_s=settings.sample_every_s)
+    return MemoryGuard(sampler, budget)
 
 
 def _read_job(rd: RunDir) -> JobSpec:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gc
 import random
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 
 from mtld.train.errors import BadInput
@@ -90,6 +92,30 @@ class MemoryMeter:
             self.sample()
             return self.peak_sampled
         return peak_rss_bytes()
+
+
+def total_memory_bytes(device: torch.device) -> int:
+    """What the device can use: MPS's recommended maximum, the CUDA card's memory, or RAM."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    if device.type == "mps":
+        return int(torch.mps.recommended_max_memory())
+    return int(psutil.virtual_memory().total)
+
+
+def memory_reader(device: torch.device) -> Callable[[], dict[str, int]]:
+    """For the memory sampler thread: what the run uses now, and what the device has.
+
+    CUDA: memory the caching allocator holds; MPS: the driver's allocation;
+    CPU: the process's resident set. All are cheap reads without a device sync.
+    """
+    total = total_memory_bytes(device)
+    process = psutil.Process()
+    if device.type == "cuda":
+        return lambda: {"used_bytes": int(torch.cuda.memory_reserved(device)), "total_bytes": total}
+    if device.type == "mps":
+        return lambda: {"used_bytes": int(torch.mps.driver_allocated_memory()), "total_bytes": total}
+    return lambda: {"used_bytes": int(process.memory_info().rss), "total_bytes": total}
 
 
 def rng_states(device: torch.device) -> dict[str, Any]:

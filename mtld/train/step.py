@@ -57,7 +57,7 @@ class StepRunner:
         self.micro_batch_start = micro_batch
         self.scaled_down = False
         self.oom_count = 0
-        self.stop_reason: str | None = None  # "signal" or "memory_guard" once stopped
+        self.stop_reason: str | None = None  # "signal" or "memory_critical" once stopped
         self.last_oom: str | None = None
         self._params = [p for p in model.parameters() if p.requires_grad]
 
@@ -108,10 +108,11 @@ class StepRunner:
         while position < len(step.ids):
             advice = self.guard.advice()
             if self.stop.requested or advice == "interrupt":
-                self.stop_reason = "signal" if self.stop.requested else "memory_guard"
+                self.stop_reason = "signal" if self.stop.requested else "memory_critical"
                 return StepResult("stopped")
-            if advice == "scale_down":
-                self.scale_down("memory_guard", number)
+            if advice == "scale_down":  # the guard says why: "pressure" or "budget"
+                figures = {k: v for k, v in getattr(self.guard, "last_detail", {}).items() if k != "step"}
+                self.scale_down(getattr(self.guard, "last_reason", None) or "memory_guard", number, **figures)
             ids = step.ids[position : position + self.micro_batch]
             on_device = index[position : position + self.micro_batch] if index is not None else None
             try:
@@ -135,12 +136,13 @@ class StepRunner:
         loss.backward()
         return loss.detach(), inputs["input_ids"].shape[1]
 
-    def scale_down(self, reason: str, step: int, detail: str | None = None) -> None:
+    def scale_down(self, reason: str, step: int, detail: str | None = None, **figures: Any) -> None:
         """Halve the micro-batch for the rest of the run; the effective batch stays."""
         if self.micro_batch <= MIN_MICRO_BATCH:
             return
         new = self.micro_batch // 2
         fields = {"detail": detail} if detail else {}
-        self.log.warning("batch.scaled_down", **{"from": self.micro_batch, "to": new}, reason=reason, step=step, **fields)
+        self.log.warning("batch.scaled_down", **{"from": self.micro_batch, "to": new}, reason=reason, step=step,
+                         **fields, **figures)
         self.micro_batch = new
         self.scaled_down = True
