@@ -194,7 +194,10 @@ def show(ctx: typer.Context, job_id: int, as_json: JsonFlag = False) -> None:
             out.print(f"[bold]{key:>12}[/]  {view[key]}")
     out.print(f"[bold]{'tasks':>12}[/]  " + ", ".join(f"{t['name']} ({t['type']})" for t in spec["tasks"]))
     for r in runs:
-        out.print(f"[bold]{'run ' + str(r['attempt']):>12}[/]  {r['outcome'] or 'running'}  micro-batch {r['micro_batch']}")
+        sizes = str(r["micro_batch"]) + (f"→{r['micro_batch_end']}" if r["micro_batch_end"] not in (None, r["micro_batch"]) else "")
+        out.print(f"[bold]{'run ' + str(r['attempt']):>12}[/]  {r['outcome'] or 'running'}  micro-batch {sizes}", markup=True)
+        if r.get("start_reason"):
+            out.print(f"{'':>12}  why {r['micro_batch']}: {r['start_reason']}", markup=False)
     for t in history:
         out.print(f"{'':>12}  {_local(t['at'])}  {t['from_state'] or '-'} -> {t['to_state']}  ({t['reason']})")
 
@@ -414,6 +417,23 @@ def agent_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     for key, value in info.items():
         if value not in (None, ""):
             out.print(f"[bold]{key:>10}[/]  {value}")
+
+
+@app.command()
+def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """What mtld sees on this machine: device, memory probe and budget, folders, the agent."""
+    from mtld.doctor import diagnose
+
+    c: Context = ctx.obj
+    info = diagnose(c.settings)
+    if as_json:
+        emit_json(info)
+        return
+    for section, fields in info.items():
+        out.print(f"[bold]{section}[/]")
+        for key, value in fields.items():
+            shown = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
+            out.print(f"  {key:<22} {shown}", markup=False)
 
 
 # ------------------------------------------------------------------ helpers
