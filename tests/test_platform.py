@@ -431,6 +431,16 @@ def gone(process: psutil.Process) -> bool:
         return True
 
 
+def soon(condition, timeout_s: float = 5.0) -> bool:
+    """Signals are delivered asynchronously: give a signalled process a moment to go."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GNU tail --pid, as on Linux")
 
 
@@ -446,7 +456,7 @@ def test_sleep_inhibitor_lives_with_the_run_and_ends_on_stop(fake_inhibit, train
 
     inhibitor.stop()
     assert not inhibitor.active and inhibitor.process is None
-    assert gone(tail)  # the whole group went, not just systemd-inhibit
+    assert soon(lambda: gone(tail))  # the whole group was signalled, not just systemd-inhibit
     assert training_child.poll() is None
     inhibitor.stop()  # twice: fine
 
@@ -462,7 +472,7 @@ def test_sleep_inhibitor_ends_by_itself_when_the_run_ends(fake_inhibit, training
     training_child.wait()  # the daemon reaps its child; a zombie would still count as alive
 
     assert process.wait(timeout=5) == 0
-    assert gone(tail) and not inhibitor.active
+    assert soon(lambda: gone(tail)) and not inhibitor.active
     inhibitor.stop()
 
 
