@@ -42,6 +42,7 @@ FORCED_STOP_GRACE_S = 5.0
 RESULT_FIGURES = (
     "step", "total_steps", "micro_batch_start", "micro_batch_end", "scaled_down", "oom_count",
     "peak_memory_bytes", "budget_bytes", "samples_per_s", "tokens_per_s", "duration_s", "device", "best_score",
+    "train_seconds", "samples", "timing", "resumed_from_step",
 )
 
 
