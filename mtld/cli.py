@@ -17,8 +17,8 @@ from mtld import __version__, jobs
 from mtld.jobspec import JobFileError, load_job, spec_from_json
 from mtld.logs import configure, follow_files, format_event, get_logger, iso, read_events
 from mtld.settings import Settings, SettingsError, load_settings
-from mtld.status import job_view
-from mtld.store import InvalidTransition, Job, Store, UnknownJob
+from mtld.status import job_view, schedule_view
+from mtld.store import InvalidTransition, Job, Store, StoreError, UnknownJob
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -93,24 +93,31 @@ def submit(
     priority: Annotated[Optional[int], typer.Option(help="Higher runs first (default: the file's, else 0).")] = None,
     not_before: Annotated[Optional[str], typer.Option(help="Do not start before: 2026-11-28T01:30 or 01:30.")] = None,
     batch_size: Annotated[Optional[str], typer.Option(help="auto, 2, 4 or 8 (pins the micro-batch).")] = None,
+    every: Annotated[Optional[str], typer.Option(help="Recur: a cron expression, e.g. '0 1 * * *' (01:00 every night).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Validate a job file and queue it. Prints the job id."""
+    """Validate a job file and queue it (prints the job id), or store it as a schedule with --every."""
     c: Context = ctx.obj
     now = datetime.now(timezone.utc)
+    options = {"--not-before": (not_before, lambda v: jobs.parse_not_before(v, now=now)),
+               "--batch-size": (batch_size, jobs.parse_batch_size), "--every": (every, jobs.parse_every)}
+    parsed = {}
+    for option, (value, parse) in options.items():
+        try:
+            parsed[option] = parse(value) if value else None
+        except jobs.BadOption as e:
+            fail(f"{job_file}: {option} - {e}", code=2)
     try:
-        start = jobs.parse_not_before(not_before, now=now) if not_before else None
-        size = jobs.parse_batch_size(batch_size) if batch_size else None
-    except jobs.BadOption as e:
-        fail(f"{job_file}: {'--not-before' if not_before and 'time' in str(e) else '--batch-size'} - {e}", code=2)
-    try:
-        job = jobs.submit(c.settings, c.store, job_file, now=now, priority=priority, not_before=start, batch_size=size)
+        made = jobs.submit(c.settings, c.store, job_file, now=now, priority=priority, not_before=parsed["--not-before"],
+                           batch_size=parsed["--batch-size"], every=parsed["--every"])
     except JobFileError as e:
         fail(str(e), code=2)
-    if as_json:
-        emit_json(job_view(job))
+    if isinstance(made, Job):
+        emit_json(job_view(made)) if as_json else out.print(made.id)
+    elif as_json:
+        emit_json(schedule_view(made))
     else:
-        out.print(job.id)
+        out.print(f"schedule {made.id}: {made.cron}, next at {_local(made.next_fire_at)}")
 
 
 @app.command()
@@ -128,9 +135,16 @@ def status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     out.print(f"[bold]daemon[/]  {state}{', paused: no new jobs start' if d['paused'] else ''}")
     for job in info["running"]:
         out.print(_running_line(job))
+    w = info["schedule"]
+    if w["windows"]:
+        when = f"inside, until {_local_iso(w['closes_at'])}" if w["inside"] else f"outside; the next opens {_local_iso(w['next_opens_at'])}"
+        out.print(f"[bold]windows[/] {', '.join(w['windows'])}: {when}")
     if info["queued"]:
         out.print("[bold]queued[/]")
-        out.print(_jobs_table(info["queued"], ("id", "name", "priority", "batch_size", "not_before", "last_error")))
+        out.print(_jobs_table(info["queued"], ("id", "name", "priority", "batch_size", "expected_start", "last_error")))
+    if info["schedules"]:
+        out.print("[bold]schedules[/]")
+        out.print(_jobs_table(info["schedules"], ("id", "name", "cron", "next_fire_at", "fired")))
     if info["finished"]:
         out.print("[bold]finished[/]")
         out.print(_jobs_table(info["finished"], ("id", "name", "state", "finished_at", "attempts", "last_error")))
@@ -159,7 +173,7 @@ def _jobs_table(views: list[dict[str, Any]], columns: tuple[str, ...]) -> Table:
         cells = []
         for column in columns:
             value = view.get(column)
-            cells.append(_local_iso(value) if column.endswith(("_at", "not_before")) else ("" if value is None else str(value)))
+            cells.append(_local_iso(value) if column.endswith(("_at", "not_before", "_start")) else ("" if value is None else str(value)))
         table.add_row(*cells)
     return table
 
@@ -200,6 +214,31 @@ def show(ctx: typer.Context, job_id: int, as_json: JsonFlag = False) -> None:
             out.print(f"{'':>12}  why {r['micro_batch']}: {r['start_reason']}", markup=False)
     for t in history:
         out.print(f"{'':>12}  {_local(t['at'])}  {t['from_state'] or '-'} -> {t['to_state']}  ({t['reason']})")
+
+
+@app.command()
+def schedules(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Recurring jobs, with their next firing."""
+    c: Context = ctx.obj
+    views = [schedule_view(s) for s in c.store.list_schedules()]
+    if as_json:
+        emit_json(views)
+    elif not views:
+        out.print("No schedules. Add one with: mtld submit JOB.toml --every '0 1 * * *'")
+    else:
+        out.print(_jobs_table(views, ("id", "name", "cron", "next_fire_at", "last_fired_at", "fired", "job_file")))
+
+
+@app.command()
+def unschedule(ctx: typer.Context, schedule_id: int) -> None:
+    """Remove a recurring job (jobs it already queued stay)."""
+    c: Context = ctx.obj
+    try:
+        removed = c.store.remove_schedule(schedule_id)
+    except StoreError as e:
+        fail(str(e))
+    get_logger(schedule_id=schedule_id).info("schedule.removed", name=removed.name)
+    out.print(f"schedule {schedule_id} ({removed.name}) removed")
 
 
 @app.command()

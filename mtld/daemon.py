@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,8 +26,9 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from mtld import __version__, policy
+from mtld import __version__, policy, schedule
 from mtld.executor import ExitStatus, LocalExecutor, RunHandle, wait_for_exit
+from mtld.jobs import fired_job_name
 from mtld.jobspec import JobSpec, spec_from_json
 from mtld.logs import format_event, get_logger, last_event
 from mtld.memory import Reading, make_probe
@@ -80,6 +81,7 @@ class Daemon:
         self.deferred_because: str | None = None
         self.scheduler: BlockingScheduler | None = None
         self.probe = make_probe(settings.memory)
+        self.windows = settings.schedule.parsed()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -149,6 +151,7 @@ class Daemon:
         if self.stop_signals:
             self.stop(now)
             return
+        self.fire_schedules(now)
         if self.active is not None:
             self.supervise(now)
         if self.store.get_flag("pause_now") == "1":  # seen: the running child (if any) was asked to stop
@@ -167,6 +170,13 @@ class Daemon:
         """Start the next eligible job, if any, as a child process."""
         if self.settings.daemon.hold_on_battery and on_battery():
             self._defer("on_battery", "the machine runs on battery (daemon.hold_on_battery)")
+            return
+        local = datetime.fromtimestamp(now).astimezone()
+        if not schedule.inside(self.windows, local):
+            if self.store.next_eligible(now=now) is not None:
+                opens = schedule.next_opening(self.windows, local)
+                self._defer("outside_window", f"outside the run windows; the next opens at {opens:%a %H:%M}",
+                            opens_at=opens.isoformat())
             return
         job = self.store.next_eligible(now=now)
         if job is None:
@@ -232,7 +242,24 @@ class Daemon:
                 self.ask_to_stop(active, "cancel")
             elif self.store.get_flag("pause_now") == "1":
                 self.ask_to_stop(active, "pause")
+            elif (self.settings.schedule.at_window_end == "checkpoint"
+                  and not schedule.inside(self.windows, datetime.fromtimestamp(now).astimezone())):
+                self.ask_to_stop(active, "window_end")
         self._echo_progress(active)
+
+    def fire_schedules(self, now: float) -> None:
+        """Submit a job for every schedule that is due; missed firings coalesce into one."""
+        local = datetime.fromtimestamp(now).astimezone()
+        for recurring in self.store.list_schedules():
+            due = datetime.fromtimestamp(recurring.next_fire_at).astimezone()
+            fire, next_at = schedule.firing(recurring.cron, due, local)
+            if not fire:
+                continue
+            job = self.store.fire_schedule(recurring.id, due_at=recurring.next_fire_at, next_fire_at=next_at.timestamp(),
+                                           name=fired_job_name(recurring.name, due), now=now)
+            if job is not None:
+                self.log.info("schedule.fired", schedule_id=recurring.id, job_id=job.id, due_at=due.isoformat(),
+                              missed=local - due > timedelta(minutes=1), next_fire_at=next_at.isoformat())
 
     def ask_to_stop(self, active: ActiveRun, reason: str) -> None:
         """SIGTERM: the child finishes its micro-step, checkpoints and exits 75."""
@@ -278,10 +305,10 @@ class Daemon:
                 cancel_requested=job.cancel_requested, stop_reason=active.stop_reason,
                 message=(result or {}).get("message"), now=now,
             )
-        self._apply(job.id, active.run, status, decision, result, now)
+        self._apply(job.id, active.run, status, decision, result, now, stop_reason=active.stop_reason)
 
     def _apply(self, job_id: int, run: Run, status: ExitStatus, decision: policy.ExitDecision,
-               result: dict[str, Any] | None, now: float) -> None:
+               result: dict[str, Any] | None, now: float, stop_reason: str | None = None) -> None:
         figures = {k: result[k] for k in RESULT_FIGURES if result and k in result}
         if status.max_rss_bytes:
             figures["max_rss_bytes"] = status.max_rss_bytes
@@ -293,6 +320,8 @@ class Daemon:
             next_attempt_at=decision.retry_at,
         )
         log = self.log.bind(job_id=job_id, run_id=run.id)
+        if decision.outcome == "interrupted" and stop_reason:
+            log.info("run.interrupted", reason=stop_reason, step=figures.get("step"))
         log.info("run.exited", outcome=decision.outcome, exit_code=status.code, signal=status.signal,
                  wall_s=round(now - run.started_at, 3), **figures)
         event = {"succeeded": "job.succeeded", "failed": "job.failed", "cancelled": "job.cancelled"}.get(

@@ -8,14 +8,15 @@ from __future__ import annotations
 import os
 import re
 import signal
-from datetime import datetime, time, timedelta
+from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 
 from mtld.jobspec import MICRO_BATCH_SIZES, JobSpec, load_job, spec_to_json
 from mtld.logs import get_logger, iso
 from mtld.pidfile import running_pid
 from mtld.settings import Settings
-from mtld.store import Job, Store
+from mtld.schedule import ScheduleError, cron_trigger, next_firing
+from mtld.store import Job, Schedule, Store
 
 
 class BadOption(ValueError):
@@ -45,15 +46,24 @@ def parse_batch_size(text: str) -> str:
     raise BadOption(f"batch size must be auto, 2, 4 or 8, not {text!r}")
 
 
-def with_overrides(spec: JobSpec, *, priority: int | None, not_before: datetime | None, batch_size: str | None) -> JobSpec:
+def with_overrides(spec: JobSpec, *, priority: int | None, not_before: datetime | None, batch_size: str | None,
+                   every: str | None = None) -> JobSpec:
     """The spec as it will run: command-line options win over the job file."""
-    schedule = spec.schedule.model_copy(
-        update={k: v for k, v in (("priority", priority), ("not_before", not_before)) if v is not None}
-    )
+    schedule = spec.schedule.model_copy(update={
+        k: v for k, v in (("priority", priority), ("not_before", not_before), ("cron", every)) if v is not None
+    })
     train = spec.train
     if batch_size is not None:
         train = train.model_copy(update={"batch_size": batch_size if batch_size == "auto" else int(batch_size)})
     return spec.model_copy(update={"schedule": schedule, "train": train})
+
+
+def parse_every(text: str) -> str:
+    try:
+        cron_trigger(text, timezone.utc)
+    except ScheduleError as e:
+        raise BadOption(str(e)) from None
+    return text
 
 
 def submit(
@@ -65,9 +75,14 @@ def submit(
     priority: int | None = None,
     not_before: datetime | None = None,
     batch_size: str | None = None,
-) -> Job:
-    """Validate the job file and queue it. Raises JobFileError; nothing is queued then."""
-    spec = with_overrides(load_job(job_file), priority=priority, not_before=not_before, batch_size=batch_size)
+    every: str | None = None,
+) -> Job | Schedule:
+    """Validate the job file and queue it, or store it as a schedule when it recurs.
+    Raises JobFileError; nothing is queued then."""
+    spec = with_overrides(load_job(job_file), priority=priority, not_before=not_before, batch_size=batch_size,
+                          every=every)
+    if spec.schedule.cron:
+        return add_schedule(settings, store, spec, job_file, now=now)
     start_after = spec.schedule.not_before
     if start_after is not None and start_after.tzinfo is None:
         start_after = start_after.astimezone()  # a TOML local date-time means local time
@@ -92,6 +107,25 @@ def submit(
     )
     wake_daemon(settings)
     return job
+
+
+def add_schedule(settings: Settings, store: Store, spec: JobSpec, job_file: Path, *, now: datetime) -> Schedule:
+    local_now = now.astimezone()
+    first = next_firing(spec.schedule.cron, local_now)
+    schedule = store.add_schedule(
+        name=spec.name, cron=spec.schedule.cron, spec_json=spec_to_json(spec), job_file=str(job_file.resolve()),
+        run_root=str(spec.output or settings.runs_dir), priority=spec.schedule.priority,
+        batch_size=str(spec.train.batch_size), next_fire_at=first.timestamp(), now=now.timestamp(),
+    )
+    get_logger(schedule_id=schedule.id).info("schedule.added", name=schedule.name, cron=schedule.cron,
+                                             next_fire_at=iso(schedule.next_fire_at))
+    wake_daemon(settings)
+    return schedule
+
+
+def fired_job_name(name: str, at: datetime) -> str:
+    """Each firing's job (and so its run folder) is dated: reviews-20261128-0100."""
+    return f"{name}-{at.astimezone():%Y%m%d-%H%M}"
 
 
 def cancel(settings: Settings, store: Store, job_id: int, *, now: datetime) -> Job:

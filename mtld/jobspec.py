@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from mtld.records import DataError, Fields, TaskType, check_utf8, label_names, parse_example, read_rows
 
@@ -62,9 +62,20 @@ class TrainSpec(_Strict):
     mixed_precision: bool = False
 
 
+def _cron(expression: str | None) -> str | None:
+    if expression is not None:
+        from datetime import timezone
+
+        from mtld.schedule import cron_trigger
+
+        cron_trigger(expression, timezone.utc)  # raises ScheduleError (a ValueError) with the reason
+    return expression
+
+
 class ScheduleSpec(_Strict):
     not_before: datetime | None = None
     priority: int = Field(default=0, ge=-1000, le=1000)
+    cron: Annotated[str | None, AfterValidator(_cron)] = None  # a recurring job: a new job at each firing
 
 
 class JobSpec(_Strict):
@@ -259,7 +270,7 @@ def _validation_problem(shown: str, err: dict[str, Any]) -> Problem:
     elif kind == "missing":
         message = "missing (required)"
     else:
-        message = err["msg"]
+        message = err["msg"].removeprefix("Value error, ")
     return Problem(shown, key, message)
 
 

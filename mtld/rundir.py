@@ -36,6 +36,7 @@ class Launch:
     memory_fraction: float = 0.8  # share of the device's memory the run may use
     progress_every_s: float = 5.0  # seconds between step.progress events
     memory: dict[str, Any] | None = None  # the [memory] settings: the run samples pressure with them; None: no guard
+    timing_prior: dict[str, Any] | None = None  # mtld.estimate.launch_prior: the family's runtime model, for eta_s
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Launch:

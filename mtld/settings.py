@@ -62,6 +62,24 @@ class DaemonSettings(_Section):
     notify: bool = True
 
 
+def _windows(windows: list[str]) -> list[str]:
+    from mtld.schedule import parse_window
+
+    for window in windows:
+        parse_window(window)  # raises with the reason
+    return windows
+
+
+class ScheduleSettings(_Section):
+    windows: Annotated[list[str], AfterValidator(_windows)] = []
+    at_window_end: Literal["checkpoint", "finish"] = "checkpoint"
+
+    def parsed(self) -> list:
+        from mtld.schedule import parse_window
+
+        return [parse_window(w) for w in self.windows]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MTLD_", env_nested_delimiter="__", extra="forbid")
 
@@ -70,6 +88,7 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     daemon: DaemonSettings = DaemonSettings()
     memory: MemorySettings = MemorySettings()
+    schedule: ScheduleSettings = ScheduleSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -6,13 +6,15 @@ fast when a log is gigabytes long.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from mtld.logs import iso, last_event
 from mtld.pidfile import running_pid
 from mtld.settings import Settings
-from mtld.store import Job, Store
+from mtld.schedule import inside, next_opening, open_window
+from mtld.store import Job, Schedule, Store
 
 RECENT_FINISHED = 10
 PROGRESS_FIELDS = ("step", "total", "epoch", "loss", "samples_per_s", "tokens_per_s", "micro_batch", "eta_s")
@@ -39,6 +41,38 @@ def job_view(job: Job) -> dict[str, Any]:
     }
 
 
+def schedule_view(schedule: Schedule) -> dict[str, Any]:
+    return {
+        "id": schedule.id, "name": schedule.name, "cron": schedule.cron, "priority": schedule.priority,
+        "batch_size": schedule.batch_size, "next_fire_at": iso(schedule.next_fire_at),
+        "last_fired_at": iso(schedule.last_fired_at) if schedule.last_fired_at else None,
+        "fired": schedule.fired, "job_file": schedule.job_file, "created_at": iso(schedule.created_at),
+    }
+
+
+def windows_view(settings: Settings, now: datetime) -> dict[str, Any]:
+    windows = settings.schedule.parsed()
+    opened = open_window(windows, now)
+    following = next_opening(windows, now)
+    return {
+        "windows": settings.schedule.windows,
+        "inside": inside(windows, now),
+        "closes_at": opened[1].isoformat() if opened else None,
+        "next_opens_at": following.isoformat() if following else None,
+        "at_window_end": settings.schedule.at_window_end,
+    }
+
+
+def expected_start(job: Job, settings: Settings, now: datetime) -> str | None:
+    """The earliest a queued job can start: its not_before, its retry time and the run windows."""
+    earliest = max([now.timestamp(), job.not_before or 0.0, job.next_attempt_at or 0.0])
+    at = datetime.fromtimestamp(earliest).astimezone()
+    windows = settings.schedule.parsed()
+    if not inside(windows, at):
+        at = next_opening(windows, at) or at
+    return iso(at.timestamp())
+
+
 def run_progress(run_dir: Path) -> dict[str, Any] | None:
     """The latest step.progress of a run, plus the memory level if it has been sampled."""
     log = run_dir / "run.jsonl"
@@ -52,7 +86,8 @@ def run_progress(run_dir: Path) -> dict[str, Any] | None:
     return progress
 
 
-def collect(settings: Settings, store: Store) -> dict[str, Any]:
+def collect(settings: Settings, store: Store, now: datetime | None = None) -> dict[str, Any]:
+    now = (now or datetime.now()).astimezone()
     jobs = store.list_jobs()
     running = [j for j in jobs if j.state == "running"]
     queued = sorted((j for j in jobs if j.state == "queued"), key=lambda j: (-j.priority, j.submitted_at, j.id))
@@ -69,6 +104,8 @@ def collect(settings: Settings, store: Store) -> dict[str, Any]:
         "daemon": {"running": pid is not None, "pid": pid, "paused": store.get_flag("paused") == "1"},
         "counts": store.counts(),
         "running": active,
-        "queued": [job_view(j) for j in queued],
+        "queued": [{**job_view(j), "expected_start": expected_start(j, settings, now)} for j in queued],
         "finished": [job_view(j) for j in finished[:RECENT_FINISHED]],
+        "schedule": windows_view(settings, now),
+        "schedules": [schedule_view(s) for s in store.list_schedules()],
     }

@@ -111,6 +111,23 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN start_reason TEXT;
     CREATE INDEX runs_by_family ON runs (family, id) WHERE ended_at IS NOT NULL;
     """,
+    # 3: recurring jobs. Each firing submits a fresh job from the stored spec.
+    """
+    CREATE TABLE schedules (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        cron TEXT NOT NULL,
+        spec_json TEXT NOT NULL,
+        job_file TEXT NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        batch_size TEXT NOT NULL CHECK (batch_size IN ('auto', '2', '4', '8')),
+        run_root TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        next_fire_at REAL NOT NULL,
+        last_fired_at REAL,
+        fired INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 
@@ -190,6 +207,25 @@ class Transition:
     to_state: str
     at: float
     reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    id: int
+    name: str
+    cron: str
+    spec_json: str
+    job_file: str
+    priority: int
+    batch_size: str
+    run_root: str
+    created_at: float
+    next_fire_at: float
+    last_fired_at: float | None
+    fired: int  # how many jobs it has submitted
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -347,15 +383,21 @@ class Store:
         if str(batch_size) not in BATCH_SIZES:
             raise ValueError(f"batch_size must be one of {', '.join(BATCH_SIZES)}, not {batch_size!r}")
         with self._write() as db:
-            job_id = db.execute(
-                "INSERT INTO jobs (name, state, priority, not_before, submitted_at, updated_at, batch_size,"
-                " spec_json, job_file, run_dir) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '')",
-                (name, QUEUED, priority, not_before, now, now, str(batch_size), spec_json, str(job_file)),
-            ).lastrowid
-            db.execute("UPDATE jobs SET run_dir = ? WHERE id = ?", (f"{run_root}/{job_id}-{name}", job_id))
-            db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) VALUES (?, NULL, ?, ?, ?)",
-                       (job_id, QUEUED, now, "submitted"))
-            return self._job(job_id)
+            return self._insert_job(db, name=name, spec_json=spec_json, job_file=str(job_file), priority=priority,
+                                    not_before=not_before, batch_size=str(batch_size), run_root=str(run_root),
+                                    now=now, reason="submitted")
+
+    def _insert_job(self, db: sqlite3.Connection, *, name: str, spec_json: str, job_file: str, priority: int,
+                    not_before: float | None, batch_size: str, run_root: str, now: float, reason: str) -> Job:
+        job_id = db.execute(
+            "INSERT INTO jobs (name, state, priority, not_before, submitted_at, updated_at, batch_size,"
+            " spec_json, job_file, run_dir) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '')",
+            (name, QUEUED, priority, not_before, now, now, batch_size, spec_json, job_file),
+        ).lastrowid
+        db.execute("UPDATE jobs SET run_dir = ? WHERE id = ?", (f"{run_root}/{job_id}-{name}", job_id))
+        db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) VALUES (?, NULL, ?, ?, ?)",
+                   (job_id, QUEUED, now, reason))
+        return self._job(job_id)
 
     def get(self, job_id: int) -> Job | None:
         try:
@@ -481,6 +523,51 @@ class Store:
     def transitions_for(self, job_id: int) -> list[Transition]:
         rows = self._rows(f"SELECT {_columns(Transition)} FROM transitions WHERE job_id = ? ORDER BY id", (job_id,))
         return [Transition(**dict(r)) for r in rows]
+
+    # -- schedules --------------------------------------------------------------------------
+
+    def add_schedule(self, *, name: str, cron: str, spec_json: str, job_file: str, run_root: str,
+                     next_fire_at: float, now: float, priority: int = 0, batch_size: str = "auto") -> Schedule:
+        with self._write() as db:
+            schedule_id = db.execute(
+                "INSERT INTO schedules (name, cron, spec_json, job_file, priority, batch_size, run_root, created_at,"
+                " next_fire_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, cron, spec_json, job_file, priority, str(batch_size), str(run_root), now, next_fire_at),
+            ).lastrowid
+        return self.get_schedule(schedule_id)
+
+    def get_schedule(self, schedule_id: int) -> Schedule | None:
+        rows = self._rows(f"SELECT {_columns(Schedule)} FROM schedules WHERE id = ?", (schedule_id,))
+        return Schedule(**dict(rows[0])) if rows else None
+
+    def list_schedules(self) -> list[Schedule]:
+        return [Schedule(**dict(r)) for r in self._rows(f"SELECT {_columns(Schedule)} FROM schedules ORDER BY id")]
+
+    def remove_schedule(self, schedule_id: int) -> Schedule:
+        with self._write() as db:
+            schedule = self.get_schedule(schedule_id)
+            if schedule is None:
+                raise StoreError(f"no schedule {schedule_id}")
+            db.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,))
+            return schedule
+
+    def fire_schedule(self, schedule_id: int, *, due_at: float, next_fire_at: float, name: str, now: float) -> Job | None:
+        """Submit the schedule's job and move its next firing, in one transaction.
+
+        `due_at` is the firing the caller saw: if another daemon tick already
+        moved it, nothing happens (None), so a firing never submits twice.
+        """
+        with self._write() as db:
+            moved = db.execute(
+                "UPDATE schedules SET next_fire_at = ?, last_fired_at = ?, fired = fired + 1"
+                " WHERE id = ? AND next_fire_at = ?", (next_fire_at, now, schedule_id, due_at),
+            ).rowcount
+            if not moved:
+                return None
+            schedule = self.get_schedule(schedule_id)
+            return self._insert_job(db, name=name, spec_json=schedule.spec_json, job_file=schedule.job_file,
+                                    priority=schedule.priority, not_before=None, batch_size=schedule.batch_size,
+                                    run_root=schedule.run_root, now=now, reason=f"fired by schedule {schedule_id}")
 
     # -- flags ------------------------------------------------------------------------------
 

@@ -136,6 +136,7 @@ class Trainer:
         started = self.clock()
         self.export(self.run_dir.model_dir)
         self.exclude(self.clock() - started)
+        self.timings.record_save(self.clock() - started)
         return "succeeded"
 
     def device_ids(self, epoch: int, index: int) -> torch.Tensor:
@@ -223,8 +224,36 @@ class Trainer:
         if epoch >= len(self.plans):
             return 0.0
         tokens_left = int(per_step[epoch][index:].sum()) + sum(int(t.sum()) for t in per_step[epoch + 1 :])
-        eta = eta_seconds(self.timings.fit(b), self.total_steps - self.position.step, tokens_left)
+        steps_left = self.total_steps - self.position.step
+        observed = eta_seconds(self.timings.fit(b), steps_left, tokens_left)
+        eta = self.blended_eta(b, steps_left, tokens_left, observed)
         return round(eta, 1) if eta is not None else None
+
+    def blended_eta(self, b: int, steps_left: int, tokens_left: int, observed: float | None) -> float | None:
+        """The family's model (Launch.timing_prior) scaled by this run's pace: mtld.estimate.live_eta."""
+        from mtld.estimate import live_eta
+
+        if not hasattr(self, "_prior"):
+            try:
+                self._prior = self.run_dir.read_launch().timing_prior or {}
+            except (OSError, ValueError, TypeError):
+                self._prior = {}
+        size = (self._prior.get("sizes") or {}).get(str(b))
+        done = self.timings.sizes.get(b)
+        if not size or done is None:
+            return observed
+        evals_left = (steps_left // self.spec.eval_every) if self.spec.eval_every else (len(self.plans) - self.position.epoch)
+        other = evals_left * self.eval_tokens() * (self._prior.get("eval_s_per_token") or 0.0)
+        saves_left = steps_left // self.spec.checkpoint_every + (len(self.plans) - self.position.epoch) + 1
+        other += saves_left * (self._prior.get("save_s") or 0.0)
+        model_done = size["a"] * done.all.steps + size["b"] * done.all.padded_tokens + size.get("warmup_s", 0.0)
+        return live_eta(model_left_s=size["a"] * steps_left + size["b"] * tokens_left, model_done_s=model_done,
+                        elapsed_s=done.all.seconds, fraction_done=self.position.step / max(self.total_steps, 1),
+                        observed_left_s=observed, other_left_s=other)
+
+    def eval_tokens(self) -> int:
+        """Real tokens of one evaluation over every task's eval split."""
+        return sum(int(t.eval.lengths.sum()) for t in self.tasks if t.eval is not None)
 
     def step_tokens(self, micro_batch: int) -> list[np.ndarray]:
         if micro_batch not in self._tokens_cache:
@@ -287,6 +316,7 @@ class Trainer:
         self.meter.sample()
         duration = self.clock() - started
         self.exclude(duration)
+        self.timings.record_eval(self.runner.micro_batch, self.eval_tokens(), duration)
         self.log.info("eval", **record, duration_s=round(duration, 3))
         return True
 
@@ -327,6 +357,7 @@ class Trainer:
         self.last_checkpoint_step = self.position.step
         duration = self.clock() - started
         self.exclude(duration)
+        self.timings.record_save(duration)
         self.log.info("checkpoint.saved", step=self.position.step, path=str(path), bytes=path.stat().st_size,
                       seconds=round(duration, 3))
         return path

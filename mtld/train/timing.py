@@ -6,11 +6,21 @@ sync: exact on CPU; on CUDA/MPS a single step's figure is skewed by the
 asynchronous queue, but the sums over many steps are right because every
 progress event syncs). Only running sums are kept, per micro-batch size, which
 is enough for a least-squares fit and costs nothing per step.
+
+Warm-up: the first `WARMUP_STEPS` steps at a size in an attempt (a new size
+means new shapes: allocator growth, kernel selection, MPS graph builds) are
+counted in the totals but also summed apart under "warmup", so the fit in
+`mtld.estimate` can leave them out and add their measured extra cost once.
+Evaluation and saves (checkpoints, exports) are summed per size too: the
+runtime model adds them to the steps' time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+WARMUP_STEPS = 3
 
 
 @dataclass
@@ -28,30 +38,83 @@ class Totals:
         self.tokens_squared += float(tokens) * tokens
         self.tokens_seconds += tokens * seconds
 
+    def sums(self) -> dict[str, float]:
+        return {"steps": self.steps, "padded_tokens": self.padded_tokens, "seconds": round(self.seconds, 6),
+                "tokens_squared": self.tokens_squared, "tokens_seconds": round(self.tokens_seconds, 6)}
+
+
+@dataclass
+class SizeTimings:
+    all: Totals = field(default_factory=Totals)
+    warmup: Totals = field(default_factory=Totals)
+    eval_count: int = 0
+    eval_seconds: float = 0.0
+    eval_tokens: int = 0  # real tokens of the evaluated examples
+    save_count: int = 0
+    save_seconds: float = 0.0
+
 
 class StepTimings:
-    def __init__(self) -> None:
-        self.by_micro_batch: dict[int, Totals] = {}
+    def __init__(self, warmup_steps: int = WARMUP_STEPS) -> None:
+        self.sizes: dict[int, SizeTimings] = {}
+        self.warmup_steps = warmup_steps
+        self.current: int | None = None
+
+    @property
+    def by_micro_batch(self) -> dict[int, Totals]:
+        return {b: s.all for b, s in self.sizes.items()}
+
+    def _size(self, micro_batch: int) -> SizeTimings:
+        self.current = micro_batch
+        return self.sizes.setdefault(micro_batch, SizeTimings())
 
     def record(self, micro_batch: int, padded_tokens: int, seconds: float) -> None:
-        self.by_micro_batch.setdefault(micro_batch, Totals()).add(padded_tokens, seconds)
+        size = self._size(micro_batch)
+        if size.all.steps < self.warmup_steps:
+            size.warmup.add(padded_tokens, seconds)
+        size.all.add(padded_tokens, seconds)
+
+    def record_eval(self, micro_batch: int, tokens: int, seconds: float) -> None:
+        size = self._size(micro_batch)
+        size.eval_count += 1
+        size.eval_seconds += seconds
+        size.eval_tokens += tokens
+
+    def record_save(self, seconds: float) -> None:
+        """A checkpoint or an export, counted at the size of the last step."""
+        if self.current is None:
+            return
+        size = self.sizes[self.current]
+        size.save_count += 1
+        size.save_seconds += seconds
 
     def fit(self, micro_batch: int) -> tuple[float, float] | None:
-        totals = self.by_micro_batch.get(micro_batch)
-        return step_time_fit(totals) if totals else None
+        size = self.sizes.get(micro_batch)
+        if size is None:
+            return None
+        steady = steady_totals(size)
+        return step_time_fit(steady) if steady.steps >= 3 else step_time_fit(size.all)
 
-    def as_dict(self) -> dict[str, dict[str, float]]:
+    def as_dict(self) -> dict[str, dict[str, Any]]:
         out = {}
-        for b, totals in sorted(self.by_micro_batch.items()):
-            fit = step_time_fit(totals)
+        for b, size in sorted(self.sizes.items()):
+            totals = size.all
+            fit = self.fit(b)
             out[str(b)] = {
-                "steps": totals.steps,
-                "padded_tokens": totals.padded_tokens,
-                "seconds": round(totals.seconds, 6),
+                **totals.sums(),
                 "step_overhead_s": round(fit[0], 6) if fit else None,
                 "s_per_padded_token": fit[1] if fit else None,
+                "warmup": size.warmup.sums(),
+                "eval": {"count": size.eval_count, "seconds": round(size.eval_seconds, 6), "tokens": size.eval_tokens},
+                "saves": {"count": size.save_count, "seconds": round(size.save_seconds, 6)},
             }
         return out
+
+
+def steady_totals(size: SizeTimings) -> Totals:
+    a, w = size.all, size.warmup
+    return Totals(a.steps - w.steps, a.padded_tokens - w.padded_tokens, a.seconds - w.seconds,
+                  a.tokens_squared - w.tokens_squared, a.tokens_seconds - w.tokens_seconds)
 
 
 def step_time_fit(t: Totals) -> tuple[float, float] | None:

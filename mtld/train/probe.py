@@ -1,0 +1,97 @@
+"""`python -m mtld.train.probe RUN_DIR`: a short calibration of the runtime model.
+
+Builds the job like a run (same tokenizing, same model, same plan), then at
+each micro-batch size, smallest first, takes a few optimizer steps: the two
+longest steps of the plan first (warm-up, and the worst case for memory),
+then steps spread over the plan's range of padded tokens, so the line
+a + b × tokens is well determined. The process's peak memory after each size
+is that size's peak (peaks only grow, and a larger size needs more). One
+evaluation pass over a slice of the eval data and one checkpoint-sized save
+are timed too. Writes RUN_DIR/result.json: {"probe": true, "timing",
+"peaks_by_size", "startup_s", ...}, readable by mtld.estimate.run_record.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+STARTED = time.monotonic()
+WARMUP, SPREAD = 2, 6
+
+
+def probe(run_dir: Path) -> dict[str, Any]:
+    import numpy as np
+    import structlog
+    import torch
+
+    from mtld.policy import MICRO_BATCH_SIZES
+    from mtld.rundir import RunDir
+    from mtld.train import device as dev
+    from mtld.train.guard import NoGuard
+    from mtld.train.inference import infer_split
+    from mtld.train.model import quiet_transformers
+    from mtld.train.plan import padded_tokens
+    from mtld.train.setup import build
+    from mtld.train.signals import StopFlag
+    from mtld.train.timing import StepTimings
+
+    rd = RunDir(run_dir)
+    spec, launch = rd.read_job(), rd.read_launch()
+    quiet_transformers()
+    device = dev.pick_device(launch.device)
+    dev.prepare(device, launch.memory_fraction)
+    meter = dev.MemoryMeter(device)
+    log = structlog.get_logger()
+    parts = build(spec, device, MICRO_BATCH_SIZES[0], stop=StopFlag(), guard=NoGuard(), log=log)
+    startup = time.monotonic() - STARTED
+    timings = StepTimings(warmup_steps=WARMUP)
+    peaks: dict[str, int] = {}
+    plan = parts.plans[0]
+    sizes = [m for m in MICRO_BATCH_SIZES if m <= spec.train.effective_batch_size] or [MICRO_BATCH_SIZES[0]]
+    for m in sizes:
+        parts.runner.micro_batch = m
+        tokens = np.array([padded_tokens(s.ids, parts.tasks[s.task].train.lengths, m) for s in plan])
+        order = np.argsort(-tokens, kind="stable")
+        picks = list(order[:WARMUP]) + [order[int(q)] for q in np.linspace(0, len(order) - 1, SPREAD)]
+        for i, index in enumerate(picks):
+            started = time.perf_counter()
+            result = parts.runner.run(plan[index], i)
+            dev.synchronize(device)
+            if result.outcome != "done":
+                break
+            timings.record(m, result.padded_tokens, time.perf_counter() - started)
+        meter.sample()
+        peaks[str(m)] = meter.peak_bytes()
+    with_eval = [(i, t) for i, t in enumerate(parts.tasks) if t.eval is not None]
+    if with_eval:
+        i, task = with_eval[0]
+        started = time.perf_counter()
+        split = task.eval
+        infer_split(parts.model, i, task.info, split, batch_size=4 * sizes[-1], amp=parts.amp)
+        seconds = time.perf_counter() - started
+        timings.record_eval(sizes[-1], int(split.lengths.sum()), seconds)
+    with tempfile.TemporaryDirectory(dir=rd.path) as tmp:
+        started = time.perf_counter()
+        torch.save({"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict()}, Path(tmp) / "probe.pt")
+        timings.record_save(time.perf_counter() - started)
+    return {"probe": True, "outcome": "succeeded", "device": device.type, "timing": timings.as_dict(),
+            "peaks_by_size": peaks, "startup_s": round(startup, 3), "duration_s": round(time.monotonic() - STARTED, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m mtld.train.probe RUN_DIR\n")
+        return 2
+    from mtld.rundir import RunDir
+
+    RunDir(args[0]).write_result(probe(Path(args[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
