@@ -247,7 +247,7 @@ def test_guard_interrupt_checkpoints_and_the_resumed_run_ends_bit_identical(jobs
     result = json.loads((parts / "result.json").read_text())
     assert result["outcome"] == "interrupted" and result["step"] == 9
     assert result["checkpoint"].endswith("step-00000009.pt")
-    assert read_events(parts, "run.interrupted")[-1]["reason"] == "memory_guard"
+    assert read_events(parts, "run.interrupted")[-1]["reason"] == "memory_critical"
     assert not (parts / "model").exists()
 
     assert run_attempt(parts) == 0
