@@ -12,7 +12,7 @@ ifeq ($(shell uname -s),Linux)
 TORCH ?= torch==2.13.0
 endif
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo bench clean
 
 $(BIN)/.mtld-ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: setup
 
 demo: setup
 	BIN=$(BIN) examples/demo.sh
+
+bench: setup
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) examples/tiny-bert .mtld-demo
