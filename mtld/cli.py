@@ -358,6 +358,56 @@ def predict(
     out.print(f"{rows} rows -> {target}")
 
 
+@app.command()
+def estimate(
+    ctx: typer.Context,
+    job_file: Annotated[Path, typer.Argument(help="The job file (TOML).")],
+    probe: Annotated[bool, typer.Option("--probe", help="First time a few steps at each size in a child process.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """How long the job takes at micro-batch 2, 4 and 8, and whether each fits in memory now."""
+    from mtld import estimating
+    from mtld.daemon import family, resolve_device
+    from mtld.memory import make_probe
+
+    c: Context = ctx.obj
+    try:
+        spec = load_job(job_file)
+    except JobFileError as e:
+        fail(str(e), code=2)
+    device = resolve_device(c.settings.train.device)
+    fam = family(spec, device)
+    reading = make_probe(c.settings.memory).read()
+    chosen = estimating.chosen_size(c.store, fam, c.settings, pressure=reading.level.value,
+                                    available_bytes=reading.available_bytes, batch_size=spec.train.batch_size)
+    try:
+        plan, rows = estimating.estimate_job(spec, store=c.store, family=fam, probe_dir=c.settings.state_dir / "estimates",
+                                             available_bytes=reading.available_bytes, chosen=chosen, probe=probe,
+                                             device=device)
+    except RuntimeError as e:  # the probe child failed
+        fail(f"mtld estimate: {e}")
+    if as_json:
+        emit_json(estimating.as_json(plan, rows))
+    else:
+        out.print(estimating.render_table(plan, rows), markup=False)
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="A job id or a run folder.")],
+    output: Annotated[Optional[Path], typer.Option("--out", "-o", help="The PNG to write (default: RUN_DIR/report.png).")] = None,
+) -> None:
+    """Draw a run: loss, samples/s, micro-batch and memory over time, predicted against actual duration."""
+    from mtld.report import draw_report
+
+    c: Context = ctx.obj
+    run_dir = Path(_get(c, int(run)).run_dir) if run.isdigit() else Path(run)
+    if not (run_dir / "run.jsonl").is_file():
+        fail(f"{run_dir}: no run log (run.jsonl) there", code=2)
+    out.print(str(draw_report(run_dir, output)), markup=False)
+
+
 # ------------------------------------------------------------------ the daemon
 
 

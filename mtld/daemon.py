@@ -28,6 +28,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from mtld import __version__, policy, schedule
 from mtld.executor import ExitStatus, LocalExecutor, RunHandle, wait_for_exit
+from mtld.estimating import launch_history
 from mtld.jobs import fired_job_name
 from mtld.jobspec import JobSpec, spec_from_json
 from mtld.logs import format_event, get_logger, last_event
@@ -214,6 +215,7 @@ class Daemon:
             micro_batch=micro_batch, device=self.settings.train.device, job_id=job.id, run_id=run.id,
             memory_fraction=self.settings.memory.budget_fraction, progress_every_s=self.settings.train.progress_every_s,
             memory=self.settings.memory.model_dump(mode="json"),
+            timing_prior=launch_history(self.store, fam, self.settings.state_dir / "estimates"),
         ))
         try:
             handle = self.executor.start(run_dir.path)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SIZES = (2, 4, 8)
-LIVE_PRIOR_WEIGHT = 0.1  # the model counts as much as the first 10 % of the run's own steps
+LIVE_PRIOR_WEIGHT = 0.05  # the model counts as much as the first 5 % of the run's own steps
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,8 @@ class RunRecord:
     startup_s: float | None = None  # the attempt's time outside steps, evaluations and saves
     probe: bool = False
     peaks: Mapping[int, int] = field(default_factory=dict)  # a probe measures every size
+    samples: int | None = None  # examples trained in the attempt (for the rough, plan-free estimate)
+    train_s: float | None = None
 
 
 def run_record(figures: Mapping[str, Any], *, micro_batch: int | None = None, probe: bool = False) -> RunRecord | None:
@@ -136,7 +138,8 @@ def run_record(figures: Mapping[str, Any], *, micro_batch: int | None = None, pr
         startup = max(float(duration) - float(train) - other, 0.0)
     peaks = {int(k): int(v) for k, v in (figures.get("peaks_by_size") or {}).items()}
     end = figures.get("micro_batch_end") or micro_batch or figures.get("micro_batch")
-    return RunRecord(sizes, figures.get("peak_memory_bytes"), end, startup, probe, peaks)
+    return RunRecord(sizes, figures.get("peak_memory_bytes"), end, startup, probe, peaks,
+                     figures.get("samples"), figures.get("train_seconds"))
 
 
 # ---------------------------------------------------------------- the step model
@@ -337,6 +340,20 @@ def launch_prior(plan: PlanSummary, records: Sequence[RunRecord], micro_batch: i
         "predicted_s": rows[micro_batch].seconds if micro_batch in rows else None,
         "basis": rows[micro_batch].basis if micro_batch in rows else "unknown",
     }
+
+
+def rough_seconds(records: Sequence[RunRecord], micro_batch: int, samples: int, evaluations: int) -> float | None:
+    """Without a plan (mtld status, the queue): seconds per trained example at this size (else any size)
+    from history, plus start-up and evaluations. Coarser than `predict`: padding is averaged in."""
+    runs = [r for r in records if r.samples and r.train_s and not r.probe]
+    at_size = [r for r in runs if r.peak_size == micro_batch] or runs
+    if not at_size:
+        return None
+    per_sample = _median([r.train_s / r.samples for r in at_size])
+    per_eval = [sum(s.eval_seconds for s in r.sizes.values()) / n for r in runs
+                if (n := sum(s.eval_count for s in r.sizes.values()))]
+    ex = extras(records)
+    return samples * per_sample + evaluations * _median(per_eval) + (ex.startup_s or 0.0)
 
 
 # ---------------------------------------------------------------- live ETA and the queue

@@ -122,6 +122,43 @@ def run_probe(spec: JobSpec, device: str, *, timeout_s: float = 600) -> dict[str
         return result
 
 
+HISTORY_FIELDS = ("timing", "duration_s", "train_seconds", "peak_memory_bytes", "micro_batch_end", "samples",
+                  "probe", "peaks_by_size", "startup_s")
+
+
+def launch_history(store: Any, family: str, probe_dir: Path | None = None) -> dict[str, Any] | None:
+    """Launch.timing_prior for the daemon (torch-free): the family's compact history; the child,
+    which knows its plan, turns it into the model (mtld.train.loop.Trainer.blended_eta)."""
+    history = []
+    for run in store.family_runs(family):
+        if run.outcome in ("succeeded", "interrupted") and run.figures.get("timing"):
+            history.append({k: run.figures.get(k) for k in HISTORY_FIELDS if k in run.figures}
+                           | {"micro_batch_end": run.micro_batch_end or run.micro_batch})
+    if probe_dir is not None:
+        history += [{k: p.get(k) for k in HISTORY_FIELDS if k in p} for p in _read_probes(probe_file(probe_dir, family))]
+    return {"history": history} if history else None
+
+
+def queued_estimate(spec: JobSpec, records: Sequence[RunRecord], micro_batch: int) -> float | None:
+    """Rough expected seconds of a queued job for `mtld status` (counts rows, no tokenizing)."""
+    from mtld.records import read_rows
+
+    try:
+        examples = [sum(1 for _ in read_rows(Path(t.train))) for t in spec.tasks]
+        has_eval = any(t.eval for t in spec.tasks)
+    except (OSError, ValueError):
+        return None
+    train = spec.train
+    steps = sum(-(-n // train.effective_batch_size) for n in examples) * train.epochs
+    if not has_eval:
+        evaluations = 0
+    elif train.eval_every:
+        evaluations = -(-steps // train.eval_every)
+    else:
+        evaluations = train.epochs
+    return estimate.rough_seconds(records, micro_batch, sum(examples) * train.epochs, evaluations)
+
+
 # ---------------------------------------------------------------- mtld estimate
 
 

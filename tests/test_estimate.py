@@ -137,8 +137,9 @@ def test_run_record_reads_result_timing():
 
 @pytest.mark.parametrize("kw, expected", [
     (dict(model_left_s=90, model_done_s=10, elapsed_s=10, fraction_done=0.1, observed_left_s=50), 90),
-    (dict(model_left_s=90, model_done_s=10, elapsed_s=20, fraction_done=0.1, observed_left_s=50), 135),  # w = 0.5
-    (dict(model_left_s=10, model_done_s=90, elapsed_s=180, fraction_done=0.9, observed_left_s=5), 10 * (0.1 + 0.9 * 2)),
+    (dict(model_left_s=90, model_done_s=10, elapsed_s=20, fraction_done=0.05, observed_left_s=50), 135),  # w = 0.5
+    (dict(model_left_s=90, model_done_s=10, elapsed_s=20, fraction_done=0.1, observed_left_s=50), 90 * (1 + 2 / 3)),
+    (dict(model_left_s=10, model_done_s=90, elapsed_s=180, fraction_done=0.95, observed_left_s=5), 10 * (0.05 + 0.95 * 2)),
     (dict(model_left_s=None, model_done_s=None, elapsed_s=10, fraction_done=0.1, observed_left_s=50, other_left_s=5), 55),
     (dict(model_left_s=None, model_done_s=None, elapsed_s=0, fraction_done=0, observed_left_s=None), None),
 ])

@@ -238,6 +238,8 @@ class Trainer:
                 self._prior = self.run_dir.read_launch().timing_prior or {}
             except (OSError, ValueError, TypeError):
                 self._prior = {}
+            if "history" in self._prior and "sizes" not in self._prior:
+                self._prior = self.prior_from_history(self._prior["history"])
         size = (self._prior.get("sizes") or {}).get(str(b))
         done = self.timings.sizes.get(b)
         if not size or done is None:
@@ -250,6 +252,19 @@ class Trainer:
         return live_eta(model_left_s=size["a"] * steps_left + size["b"] * tokens_left, model_done_s=model_done,
                         elapsed_s=done.all.seconds, fraction_done=self.position.step / max(self.total_steps, 1),
                         observed_left_s=observed, other_left_s=other)
+
+    def prior_from_history(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """The family's history (from the daemon) and this run's plan → the runtime model; logged once."""
+        from mtld.estimate import launch_prior, run_record
+        from mtld.estimating import summarize
+
+        records = [r for r in (run_record(f, probe=bool(f.get("probe"))) for f in history) if r is not None]
+        plan = summarize(self.plans, [t.train.lengths for t in self.tasks],
+                         [t.eval.lengths if t.eval is not None else None for t in self.tasks], self.spec, padded_tokens)
+        prior = launch_prior(plan, records, self.runner.micro_batch) or {}
+        self.log.info("run.estimate", predicted_s=round(prior["predicted_s"], 1) if prior.get("predicted_s") else None,
+                      basis=prior.get("basis", "unknown"), micro_batch=self.runner.micro_batch)
+        return prior
 
     def eval_tokens(self) -> int:
         """Real tokens of one evaluation over every task's eval split."""

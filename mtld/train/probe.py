@@ -57,13 +57,16 @@ def probe(run_dir: Path) -> dict[str, Any]:
         tokens = np.array([padded_tokens(s.ids, parts.tasks[s.task].train.lengths, m) for s in plan])
         order = np.argsort(-tokens, kind="stable")
         picks = list(order[:WARMUP]) + [order[int(q)] for q in np.linspace(0, len(order) - 1, SPREAD)]
+        measured = []
         for i, index in enumerate(picks):
             started = time.perf_counter()
             result = parts.runner.run(plan[index], i)
             dev.synchronize(device)
             if result.outcome != "done":
                 break
-            timings.record(m, result.padded_tokens, time.perf_counter() - started)
+            measured.append((result.padded_tokens, time.perf_counter() - started))
+        for tokens_, seconds in kept_steps(measured):
+            timings.record(m, tokens_, seconds)
         meter.sample()
         peaks[str(m)] = meter.peak_bytes()
     with_eval = [(i, t) for i, t in enumerate(parts.tasks) if t.eval is not None]
@@ -80,6 +83,18 @@ def probe(run_dir: Path) -> dict[str, Any]:
         timings.record_save(time.perf_counter() - started)
     return {"probe": True, "outcome": "succeeded", "device": device.type, "timing": timings.as_dict(),
             "peaks_by_size": peaks, "startup_s": round(startup, 3), "duration_s": round(time.monotonic() - STARTED, 3)}
+
+
+def kept_steps(measured: list[tuple[int, float]], limit: float = 2.0) -> list[tuple[int, float]]:
+    """Warm-up steps, then the timed steps whose seconds per token stay within `limit` × their median:
+    with a handful of steps, one disturbed by another process (or by OpenMP threads spinning against
+    it on a busy machine) would otherwise decide the line."""
+    warm, timed = measured[:WARMUP], measured[WARMUP:]
+    rates = sorted(s / t for t, s in timed if t)
+    if not rates:
+        return warm
+    median = rates[len(rates) // 2]
+    return warm + [(t, s) for t, s in timed if t and s / t <= limit * median]
 
 
 def main(argv: list[str] | None = None) -> int:

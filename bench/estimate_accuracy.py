@@ -1,0 +1,200 @@
+"""How good is the runtime model? Predicted against actual duration, and the live ETA's error.
+
+    python -m bench.estimate_accuracy [--out bench] [--threads 1] [--quick]
+
+For each model (the demo's tiny BERT, and a larger local one: 4 layers,
+hidden 256, built here from the demo data, no downloads):
+
+1. one earlier run of the family: micro-batch 4 on data set "small" (seed 1);
+2. a probe (`python -m mtld.train.probe`, what `mtld estimate --probe` runs);
+3. for sizes 2, 4, 8 and data sets "small" (another seed, so another plan)
+   and "large" (twice the examples): the prediction from (a) the earlier run
+   alone (sizes 2 and 8 are then extrapolated) and (b) the earlier run plus
+   the probe; then the real run (`python -m mtld.train`, exactly as the
+   daemon starts it, with the prior in launch.json), and its live ETA at 10 %
+   of the steps against the time that was actually left.
+
+Actual duration = result.json duration_s (what the store keeps). Every child
+runs with OMP_NUM_THREADS=--threads (same for all, so the figures compare).
+Writes OUT/estimate_accuracy.json and OUT/estimate_accuracy.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mtld import estimate, estimating  # noqa: E402
+from mtld.jobspec import spec_from_dict  # noqa: E402
+from mtld.rundir import Launch, RunDir  # noqa: E402
+
+DATA = ROOT / "examples" / "data"
+PICTURE_DIR: Path | None = None
+TASKS = [
+    {"name": "sentiment", "type": "classification", "text_field": "text", "label_field": "label",
+     "labels": ["pos", "neg", "neutral"]},
+    {"name": "entities", "type": "token_classification", "text_field": "tokens", "label_field": "tags",
+     "labels": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]},
+]
+
+
+def write_data(base: Path, n: int, seed: int) -> list[dict[str, Any]]:
+    """The first/shuffled `n` train rows and 50 eval rows of two demo tasks."""
+    import random
+
+    tasks = []
+    for t in TASKS:
+        rows = (DATA / f"{t['name']}.train.jsonl").read_text(encoding="utf-8").splitlines()
+        random.Random(seed).shuffle(rows)
+        train = base / f"{t['name']}-{n}-{seed}.train.jsonl"
+        train.write_text("\n".join((rows * 4)[:n]) + "\n", encoding="utf-8")
+        ev = base / f"{t['name']}.eval.jsonl"
+        ev.write_text("\n".join((DATA / f"{t['name']}.eval.jsonl").read_text(encoding="utf-8").splitlines()[:50]) + "\n")
+        tasks.append({**t, "train": str(train), "eval": str(ev)})
+    return tasks
+
+
+def job(base: Path, model: Path, n: int, seed: int, epochs: int) -> Any:
+    raw = {"name": f"acc-{n}-{seed}", "model": str(model), "max_length": 128, "tasks": write_data(base, n, seed),
+           "train": {"epochs": epochs, "learning_rate": 1e-3, "effective_batch_size": 16, "seed": seed,
+                     "checkpoint_every": 1000, "keep_checkpoints": 1}}
+    return spec_from_dict(raw, base_dir=base, shown_as="bench.toml", check_data=False)
+
+
+def run(spec: Any, micro_batch: int, where: Path, prior: dict[str, Any] | None) -> dict[str, Any]:
+    rd = RunDir(where)
+    shutil.rmtree(where, ignore_errors=True)
+    rd.write_job(spec)
+    rd.write_launch(Launch(micro_batch=micro_batch, device="cpu", progress_every_s=0.25, timing_prior=prior))
+    subprocess.run([sys.executable, "-m", "mtld.train", str(where)], check=True, capture_output=True)
+    result = rd.read_result() or {}
+    return {"result": result, "eta": eta_at(where / "run.jsonl", 0.10)}
+
+
+def eta_at(log: Path, fraction: float) -> dict[str, Any] | None:
+    """The first progress event at or past `fraction` of the steps: its eta_s and the time actually left."""
+    events = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    end = next((e for e in reversed(events) if e["event"] == "run.finished"), None)
+    at = next((e for e in events if e["event"] == "step.progress" and e["step"] >= fraction * e["total"]), None)
+    if end is None or at is None or at.get("eta_s") is None:
+        return None
+    left = (datetime.fromisoformat(end["ts"]) - datetime.fromisoformat(at["ts"])).total_seconds()
+    return {"step": at["step"], "total": at["total"], "eta_s": at["eta_s"], "actual_left_s": round(left, 2),
+            "error": round(at["eta_s"] / left - 1, 4) if left > 0 else None}
+
+
+def probe(spec: Any) -> estimate.RunRecord:
+    return estimate.run_record(estimating.run_probe(spec, "cpu"), probe=True)
+
+
+def one_model(name: str, model: Path, work: Path, sizes: list[int], data: dict[str, int], epochs: int) -> list[dict]:
+    first_spec = job(work, model, data["small"], 1, epochs)
+    started = time.monotonic()
+    first = run(first_spec, 4, work / f"{name}-first", None)["result"]
+    history = [estimate.run_record(first)]
+    print(f"{name}: earlier run at 4: {first['duration_s']} s", flush=True)
+    probed = probe(first_spec)
+    print(f"{name}: probe done", flush=True)
+    rows = []
+    for label, n in data.items():
+        spec = job(work, model, n, 2, epochs)
+        plan = estimating.plan_summary(spec)
+        only = {r.micro_batch: r for r in estimate.predict(plan, history)}
+        both = {r.micro_batch: r for r in estimate.predict(plan, history + [probed])}
+        for m in sizes:
+            prior = estimate.launch_prior(plan, history + [probed], m)
+            got = run(spec, m, work / f"{name}-{label}-{m}", prior)
+            if label == "large" and m == 4 and PICTURE_DIR is not None:  # `mtld report` of one run, for the README
+                from mtld.report import draw_report
+
+                draw_report(work / f"{name}-{label}-{m}", PICTURE_DIR / f"estimate_report_{name.split()[0]}.png")
+            actual = got["result"]["duration_s"]
+            row = {
+                "model": name, "data": label, "examples": n * len(TASKS), "steps": plan.steps, "micro_batch": m,
+                "actual_s": actual, "actual_train_s": got["result"].get("train_seconds"),
+                "actual_startup_s": round(estimate.run_record(got["result"]).startup_s, 2),
+                "predicted_train_s": round(both[m].train_s, 2), "predicted_other_s": round(both[m].other_s, 2),
+                "predicted_history_s": round(only[m].seconds, 2), "basis_history": only[m].basis,
+                "error_history": round(only[m].seconds / actual - 1, 4),
+                "predicted_probe_s": round(both[m].seconds, 2), "basis_probe": both[m].basis,
+                "error_probe": round(both[m].seconds / actual - 1, 4),
+                "live": got["eta"],
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"{name}: {time.monotonic() - started:.0f} s", flush=True)
+    return rows
+
+
+def pct(x: float | None) -> str:
+    return "?" if x is None else f"{x:+.1%}"
+
+
+def markdown(rows: list[dict], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Runtime estimates: predicted against actual duration",
+        "",
+        f"{meta['machine']}; torch threads per child: {meta['threads']}. History: one earlier run of the family "
+        "(micro-batch 4, data set 'small' with another seed); 'probe' adds `mtld estimate --probe`'s calibration. "
+        "Live ETA: the run's eta_s at the first progress event past 10 % of the steps against the time actually left.",
+        "",
+        "| model | data | steps | size | actual | predicted (1 run) | error | predicted (1 run + probe) | error | live ETA error at 10 % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        live = r["live"]["error"] if r["live"] else None
+        lines.append(
+            f"| {r['model']} | {r['data']} ({r['examples']}) | {r['steps']} | {r['micro_batch']} | {r['actual_s']:.1f} s | "
+            f"{r['predicted_history_s']:.1f} s ({r['basis_history']}) | {pct(r['error_history'])} | "
+            f"{r['predicted_probe_s']:.1f} s | {pct(r['error_probe'])} | {pct(live)} |")
+    errs = lambda key: [abs(r[key]) for r in rows]  # noqa: E731
+    lives = [abs(r["live"]["error"]) for r in rows if r["live"] and r["live"]["error"] is not None]
+    lines += ["", f"Max |error|: 1 run {max(errs('error_history')):.1%}, 1 run + probe {max(errs('error_probe')):.1%}, "
+                  f"live at 10 % {max(lives):.1%} (targets: 15 % before the run, 10 % live)." if lives else ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=ROOT / "bench")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="tiny model only")
+    args = ap.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    global PICTURE_DIR
+    PICTURE_DIR = args.out
+    from mtld.tinymodel import build_tiny_model, texts_from_files
+
+    work = Path(tempfile.mkdtemp(prefix="mtld-acc-"))
+    rows = []
+    try:
+        rows += one_model("tiny (2x64)", ROOT / "examples" / "tiny-bert", work, [2, 4, 8],
+                          {"small": 300, "large": 600}, epochs=3)
+        if not args.quick:
+            larger = build_tiny_model(work / "bert-4x256", texts_from_files(sorted(DATA.glob("*.train.jsonl"))),
+                                      layers=4, hidden=256, heads=4, vocab_size=3000)
+            rows += one_model("4x256", larger, work, [2, 4, 8], {"small": 100, "large": 200}, epochs=2)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    meta = {"machine": f"{os.cpu_count()} CPU cores, Linux, CPU device", "threads": args.threads}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "estimate_accuracy.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (args.out / "estimate_accuracy.md").write_text(markdown(rows, meta))
+    print(markdown(rows, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

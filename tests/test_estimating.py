@@ -1,0 +1,136 @@
+"""The I/O side of the runtime model: plan summary like the trainer's, history from the store, the probe."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from mtld import estimate, estimating
+from mtld.store import Run
+
+
+def test_summarize_counts_steps_tokens_evaluations_and_saves():
+    from mtld.train.plan import Step, padded_tokens
+
+    lengths = [np.array([5, 9, 17, 30])]
+    plans = [[Step(0, np.array([0, 1, 2, 3]))], [Step(0, np.array([3, 2])), Step(0, np.array([1, 0]))]]
+    train = SimpleNamespace(effective_batch_size=4, eval_every=0, checkpoint_every=2)
+    s = estimating.summarize(plans, lengths, [np.array([3, 4])], train, padded_tokens)
+    # widths pad to 8: 16 for (5, 9), 32 for (17, 30); a micro-batch of 4 pads all four to 32
+    assert s.padded_tokens == {2: 96 + 96, 4: 128 + 96, 8: 128 + 96}
+    assert (s.steps, s.evaluations, s.eval_tokens, s.saves) == (3, 2, 7, 3 + 1)  # checkpoints at 1, 2, 3; one export
+    train_every = SimpleNamespace(effective_batch_size=4, eval_every=2, checkpoint_every=100)
+    assert estimating.summarize(plans, lengths, [None], train_every, padded_tokens).evaluations == 0
+    assert estimating.summarize(plans, lengths, [np.array([1])], train_every, padded_tokens).evaluations == 2
+
+
+def test_plan_summary_matches_the_trainers_plan(jobs):
+    from mtld.train.data import load_tasks
+    from mtld.train.model import load_tokenizer
+    from mtld.train.plan import epoch_plan, padded_tokens
+
+    spec = jobs.spec([jobs.task("classification", 40, n_eval=10), jobs.task("tokens", 24)], epochs=2)
+    s = estimating.plan_summary(spec)
+    tasks = load_tasks(spec, load_tokenizer(spec.model, trust_remote_code=False))
+    lengths = [t.train.lengths for t in tasks]
+    plans = [epoch_plan(lengths, batch_size=8, seed=spec.train.seed, epoch=e) for e in range(2)]
+    for m in (2, 4, 8):
+        assert s.padded_tokens[m] == sum(padded_tokens(x.ids, lengths[x.task], m) for p in plans for x in p)
+    assert (s.steps, s.evaluations) == (sum(len(p) for p in plans), 2)
+
+
+def fake_store(figures_list):
+    runs = [Run(id=i, job_id=1, attempt=1, started_at=0, ended_at=1, pid=None, micro_batch=4, micro_batch_end=4,
+                family="f", outcome=outcome, exit_code=0, signal=None, figures=f)
+            for i, (outcome, f) in enumerate(figures_list)]
+    return SimpleNamespace(family_runs=lambda family: runs if family == "f" else [])
+
+
+TIMING = {"4": {"steps": 10, "padded_tokens": 1000, "seconds": 2.0, "tokens_squared": 1.2e5, "tokens_seconds": 220.0}}
+
+
+def test_family_records_reads_runs_and_stored_probes(tmp_path):
+    store = fake_store([("succeeded", {"timing": TIMING}), ("failed", {"timing": TIMING}), ("succeeded", {})])
+    assert len(estimating.family_records(store, "f")) == 1
+    for i in range(estimating.PROBES_KEPT + 2):
+        estimating.store_probe(tmp_path, "f", {"probe": True, "timing": TIMING, "n": i})
+    kept = json.loads(estimating.probe_file(tmp_path, "f").read_text())["probes"]
+    assert [p["n"] for p in kept] == list(range(2, estimating.PROBES_KEPT + 2))
+    records = estimating.family_records(store, "f", tmp_path)
+    assert [r.probe for r in records] == [False] + [True] * estimating.PROBES_KEPT
+    assert estimating.family_records(store, "other", tmp_path) == []
+
+
+def test_table_and_json_carry_the_same_rows():
+    plan = estimate.PlanSummary(steps=10, effective_batch=16, padded_tokens={2: 900, 4: 1000, 8: 1100},
+                                evaluations=1, eval_tokens=10, saves=2)
+    rows = estimate.predict(plan, [estimate.run_record({"timing": TIMING})], available_bytes=None, chosen=4)
+    text = estimating.render_table(plan, rows)
+    assert "history of 1 run  <- mtld would choose this" in text and "extrapolated from 4" in text
+    data = estimating.as_json(plan, rows)
+    assert [r["micro_batch"] for r in data["rows"]] == [2, 4, 8]
+    assert data["rows"][1]["basis"] == "history of 1 run" and data["rows"][1]["chosen"]
+
+
+def test_probe_measures_every_size(jobs):
+    spec = jobs.spec([jobs.task("classification", 48, n_eval=8)], effective_batch_size=8)
+    figures = estimating.run_probe(spec, "cpu")
+    assert set(figures["timing"]) == {"2", "4", "8"} and set(figures["peaks_by_size"]) == {"2", "4", "8"}
+    record = estimate.run_record(figures, probe=True)
+    rows = estimate.predict(estimating.plan_summary(spec), [record])
+    assert all(r.seconds and r.seconds > 0 and r.basis == "probe" for r in rows)
+
+
+def test_rough_seconds_and_queued_estimate(jobs):
+    figures = {"timing": TIMING, "samples": 100, "train_seconds": 10.0, "duration_s": 15.0, "micro_batch_end": 4}
+    figures["timing"] = {"4": {**TIMING["4"], "eval": {"count": 2, "seconds": 1.0, "tokens": 50}}}
+    records = [estimate.run_record(figures)]
+    assert estimate.rough_seconds(records, 4, 200, 3) == pytest.approx(200 * 0.1 + 3 * 0.5 + 4.0)
+    assert estimate.rough_seconds([], 4, 200, 3) is None
+    spec = jobs.spec([jobs.task("classification", 40, n_eval=10)], epochs=2)
+    assert estimating.queued_estimate(spec, records, 4) == pytest.approx(80 * 0.1 + 2 * 0.5 + 4.0)
+
+
+def test_launch_history_is_compact_and_json_safe(tmp_path):
+    store = fake_store([("succeeded", {"timing": TIMING, "duration_s": 5.0, "best_score": 0.9}), ("failed", {"timing": TIMING})])
+    estimating.store_probe(tmp_path, "f", {"probe": True, "timing": TIMING, "peaks_by_size": {"2": 1}, "device": "cpu"})
+    prior = estimating.launch_history(store, "f", tmp_path)
+    assert json.loads(json.dumps(prior)) == {"history": [
+        {"timing": TIMING, "duration_s": 5.0, "micro_batch_end": 4},
+        {"probe": True, "timing": TIMING, "peaks_by_size": {"2": 1}},
+    ]}
+    assert estimating.launch_history(fake_store([]), "f") is None
+
+
+def test_a_run_with_history_logs_its_prediction_and_a_blended_eta(jobs, read_events):
+    from mtld.rundir import Launch, RunDir
+    from mtld.train import run_attempt
+
+    spec = jobs.spec([jobs.task("classification", 96, n_eval=16)], epochs=2)
+    first = jobs.run_dir(spec, micro_batch=4, name="first", progress_every_s=0.0)
+    assert run_attempt(first) == 0
+    history = {"history": [RunDir(first).read_result()]}
+    second = jobs.run_dir(spec, micro_batch=4, name="second", progress_every_s=0.0)
+    rd = RunDir(second)
+    rd.write_launch(Launch(**{**rd.read_launch().__dict__, "timing_prior": history}))
+    assert run_attempt(second) == 0
+    (estimated,) = read_events(second, "run.estimate")
+    assert estimated["predicted_s"] > 0 and estimated["basis"] == "history of 1 run"
+    result = rd.read_result()
+    assert result["timing"]["4"]["warmup"]["steps"] == 3 and result["timing"]["4"]["eval"]["count"] == 2
+    assert result["timing"]["4"]["saves"]["count"] >= 2
+    etas = [e["eta_s"] for e in read_events(second, "step.progress")]
+    assert all(e is not None and e >= 0 for e in etas)
+
+
+@pytest.mark.parametrize("measured, kept", [
+    ([(10, 5.0), (10, 5.0), (100, 1.0), (100, 1.1), (100, 9.0), (50, 0.5)], [(10, 5.0), (10, 5.0), (100, 1.0), (100, 1.1), (50, 0.5)]),
+    ([(10, 5.0)], [(10, 5.0)]),
+])
+def test_probe_drops_disturbed_steps(measured, kept):
+    from mtld.train.probe import kept_steps
+
+    assert kept_steps(measured) == kept
