@@ -180,7 +180,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mtld-acc-"))
     rows = []
     try:
-        rows += one_model("tiny (2x64)", ROOT / "examples" / "tiny-bert", work, [2, 4, 8],
+        from bench.run import demo_model
+
+        rows += one_model("tiny (2x64)", demo_model(), work, [2, 4, 8],
                           {"small": 300, "large": 600}, epochs=3)
         if not args.quick:
             larger = build_tiny_model(work / "bert-4x256", texts_from_files(sorted(DATA.glob("*.train.jsonl"))),
