@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -15,7 +14,7 @@ from rich.table import Table
 
 from mtld import __version__, jobs
 from mtld.jobspec import JobFileError, load_job, spec_from_json
-from mtld.logs import configure, follow_files, format_event, get_logger, iso, read_events
+from mtld.logs import configure, follow_files, format_event, get_logger, read_events
 from mtld.settings import Settings, SettingsError, load_settings
 from mtld.status import job_view, schedule_view
 from mtld.store import InvalidTransition, Job, Store, StoreError, UnknownJob
@@ -498,7 +497,6 @@ def agent_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Whether the agent is installed, loaded and running."""
     from mtld.platform import agent
 
-    c: Context = ctx.obj
     info = agent.agent_status(agent.SubprocessRunner())
     if as_json:
         emit_json(info)

@@ -13,7 +13,7 @@ from typing import Any
 from mtld.logs import iso, last_event
 from mtld.pidfile import running_pid
 from mtld.settings import Settings
-from mtld.schedule import inside, next_opening, open_window
+from mtld.schedule import Window, inside, next_opening, open_window
 from mtld.store import Job, Schedule, Store
 
 RECENT_FINISHED = 10
@@ -63,11 +63,10 @@ def windows_view(settings: Settings, now: datetime) -> dict[str, Any]:
     }
 
 
-def expected_start(job: Job, settings: Settings, now: datetime) -> str | None:
+def expected_start(job: Job, windows: list[Window], now: datetime) -> str | None:
     """The earliest a queued job can start: its not_before, its retry time and the run windows."""
     earliest = max([now.timestamp(), job.not_before or 0.0, job.next_attempt_at or 0.0])
     at = datetime.fromtimestamp(earliest).astimezone()
-    windows = settings.schedule.parsed()
     if not inside(windows, at):
         at = next_opening(windows, at) or at
     return iso(at.timestamp())
@@ -93,6 +92,7 @@ def collect(settings: Settings, store: Store, now: datetime | None = None) -> di
     queued = sorted((j for j in jobs if j.state == "queued"), key=lambda j: (-j.priority, j.submitted_at, j.id))
     finished = sorted((j for j in jobs if j.state not in ("running", "queued")), key=lambda j: -j.updated_at)
     pid = running_pid(settings.pid_file)
+    windows = settings.schedule.parsed()
     active = []
     for job in running:
         run = store.latest_run(job.id)
@@ -104,7 +104,7 @@ def collect(settings: Settings, store: Store, now: datetime | None = None) -> di
         "daemon": {"running": pid is not None, "pid": pid, "paused": store.get_flag("paused") == "1"},
         "counts": store.counts(),
         "running": active,
-        "queued": [{**job_view(j), "expected_start": expected_start(j, settings, now)} for j in queued],
+        "queued": [{**job_view(j), "expected_start": expected_start(j, windows, now)} for j in queued],
         "finished": [job_view(j) for j in finished[:RECENT_FINISHED]],
         "schedule": windows_view(settings, now),
         "schedules": [schedule_view(s) for s in store.list_schedules()],

@@ -25,7 +25,6 @@ from mtld.platform import launchd, power, systemd
 from mtld.platform.agent import (
     AgentError,
     AgentPlan,
-    Command,
     RecordingRunner,
     SubprocessRunner,
     agent_status,

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mtld.estimate import Sums, fit_line
+
 WARMUP_STEPS = 3
 
 
@@ -118,17 +120,8 @@ def steady_totals(size: SizeTimings) -> Totals:
 
 
 def step_time_fit(t: Totals) -> tuple[float, float] | None:
-    """(a, b) of seconds ≈ a + b × tokens; proportional (a = 0) when a line does not fit."""
-    if t.steps == 0 or t.padded_tokens == 0:
-        return None
-    n, sx, sy = t.steps, float(t.padded_tokens), t.seconds
-    denominator = n * t.tokens_squared - sx * sx
-    if n >= 3 and denominator > 1e-9 * n * t.tokens_squared:
-        slope = (n * t.tokens_seconds - sx * sy) / denominator
-        intercept = (sy - slope * sx) / n
-        if slope > 0 and intercept >= 0:
-            return intercept, slope
-    return 0.0, sy / sx
+    """(a, b) of seconds ≈ a + b × tokens: the runtime model's own fit (mtld.estimate.fit_line)."""
+    return fit_line(Sums(t.steps, float(t.padded_tokens), t.seconds, t.tokens_squared, t.tokens_seconds))
 
 
 def eta_seconds(fit: tuple[float, float] | None, steps_left: int, tokens_left: int) -> float | None:
