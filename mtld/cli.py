@@ -140,7 +140,7 @@ def status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         out.print(f"[bold]windows[/] {', '.join(w['windows'])}: {when}")
     if info["queued"]:
         out.print("[bold]queued[/]")
-        out.print(_jobs_table(info["queued"], ("id", "name", "priority", "batch_size", "expected_start", "last_error")))
+        out.print(_jobs_table(info["queued"], ("id", "name", "priority", "batch_size", "expected_start", "expected_finish", "last_error")))
     if info["schedules"]:
         out.print("[bold]schedules[/]")
         out.print(_jobs_table(info["schedules"], ("id", "name", "cron", "next_fire_at", "fired")))
@@ -160,7 +160,7 @@ def _running_line(job: dict[str, Any]) -> str:
     bar = "#" * round(done * 24) + "-" * (24 - round(done * 24))
     eta = _duration(p["eta_s"]) if p.get("eta_s") is not None else "?"
     memory = f"  memory {p['memory_level']}" if p.get("memory_level") else ""
-    return (f"{head}  [{bar}] {p['step']}/{p['total']} steps  micro-batch {p['micro_batch']}  "
+    return (f"{head}  \\[{bar}] {p['step']}/{p['total']} steps  micro-batch {p['micro_batch']}  "
             f"{p['samples_per_s']} samples/s  ETA {eta}{memory}")
 
 
@@ -172,7 +172,12 @@ def _jobs_table(views: list[dict[str, Any]], columns: tuple[str, ...]) -> Table:
         cells = []
         for column in columns:
             value = view.get(column)
-            cells.append(_local_iso(value) if column.endswith(("_at", "not_before", "_start")) else ("" if value is None else str(value)))
+            if value is None and column.startswith("expected_"):
+                cells.append("?")  # depends on a duration no earlier run has measured
+            elif column.endswith(("_at", "not_before", "_start", "_finish")):
+                cells.append(_local_iso(value))
+            else:
+                cells.append("" if value is None else str(value))
         table.add_row(*cells)
     return table
 

@@ -37,7 +37,7 @@ from mtld.pidfile import PidFile
 from mtld.platform.power import SleepInhibitor, notify, on_battery
 from mtld.rundir import Launch, RunDir
 from mtld.settings import Settings
-from mtld.store import Run, Store
+from mtld.store import Job, Run, Store
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORCED_STOP_GRACE_S = 5.0
@@ -184,13 +184,10 @@ class Daemon:
             self.deferred_because = None
             return
         spec = spec_from_json(job.spec_json)
-        device = resolve_device(self.settings.train.device)
-        fam = family(spec, device)
+        fam = family(spec, resolve_device(self.settings.train.device))
         history = [family_run(r) for r in self.store.family_runs(fam)]
-        earlier = [policy.EarlierRun(r.outcome, r.micro_batch, r.micro_batch_end) for r in self.store.runs_for(job.id)]
         pinned = None if job.batch_size == "auto" else int(job.batch_size)
-        first = policy.family_start_size(history, self.settings.train.start_batch_size, self.settings.memory.headroom)
-        size, why = policy.start_micro_batch(pinned, first, earlier)
+        size, why = next_size(self.store, self.settings, job, history)
         reading = self._read_pressure()
         placement = policy.place_run(
             size, pressure=reading.level.value if reading else "normal",
@@ -389,6 +386,15 @@ class Daemon:
 def family(spec: JobSpec, device: str) -> str:
     """Runs of one family share memory and speed figures: (model, max length, device)."""
     return f"{spec.model}|{spec.max_length}|{device}"
+
+
+def next_size(store: Store, settings: Settings, job: Job, history: list[policy.FamilyRun]) -> tuple[int, str]:
+    """(micro-batch, reason) the job's next attempt starts at, before the memory check: pinned, the
+    family's decision for a first attempt, or where the previous attempt left off."""
+    earlier = [policy.EarlierRun(r.outcome, r.micro_batch, r.micro_batch_end) for r in store.runs_for(job.id)]
+    pinned = None if job.batch_size == "auto" else int(job.batch_size)
+    first = policy.family_start_size(history, settings.train.start_batch_size, settings.memory.headroom)
+    return policy.start_micro_batch(pinned, first, earlier)
 
 
 def family_run(run: Run) -> policy.FamilyRun:

@@ -139,24 +139,59 @@ def launch_history(store: Any, family: str, probe_dir: Path | None = None) -> di
     return {"history": history} if history else None
 
 
-def queued_estimate(spec: JobSpec, records: Sequence[RunRecord], micro_batch: int) -> float | None:
-    """Rough expected seconds of a queued job for `mtld status` (counts rows, no tokenizing)."""
-    from mtld.records import read_rows
-
+def queued_estimate(spec: JobSpec, records: Sequence[RunRecord], micro_batch: int, *, done_fraction: float = 0.0,
+                    counts: ExampleCounts | None = None) -> float | None:
+    """Rough expected seconds of a queued job for `mtld status` (counts rows, no tokenizing);
+    a job that already trained `done_fraction` of its steps has that much less to do."""
+    counts = counts or ExampleCounts()
     try:
-        examples = [sum(1 for _ in read_rows(Path(t.train))) for t in spec.tasks]
-        has_eval = any(t.eval for t in spec.tasks)
+        examples = [counts.of(Path(t.train)) for t in spec.tasks]
     except (OSError, ValueError):
         return None
-    train = spec.train
+    train, left = spec.train, 1.0 - min(max(done_fraction, 0.0), 1.0)
     steps = sum(-(-n // train.effective_batch_size) for n in examples) * train.epochs
-    if not has_eval:
+    if not any(t.eval for t in spec.tasks):
         evaluations = 0
     elif train.eval_every:
         evaluations = -(-steps // train.eval_every)
     else:
         evaluations = train.epochs
-    return estimate.rough_seconds(records, micro_batch, sum(examples) * train.epochs, evaluations)
+    return estimate.rough_seconds(records, micro_batch, round(sum(examples) * train.epochs * left),
+                                  round(evaluations * left))
+
+
+class ExampleCounts:
+    """Rows per data file, remembered in a JSON file by (path, size, mtime) so that `mtld status`
+    reads a large data set once, not on every call."""
+
+    def __init__(self, cache: Path | None = None) -> None:
+        self.cache = cache
+        self.known: dict[str, list[int]] = {}
+        self.changed = False
+        if cache is not None:
+            try:
+                self.known = json.loads(cache.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                self.known = {}
+
+    def of(self, path: Path) -> int:
+        from mtld.records import read_rows
+
+        st = path.stat()
+        key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns]
+        hit = self.known.get(key)
+        if hit is not None and hit[:2] == stamp:
+            return hit[2]
+        rows = sum(1 for _ in read_rows(path))
+        self.known[key], self.changed = [*stamp, rows], True
+        return rows
+
+    def save(self) -> None:
+        if self.cache is not None and self.changed:
+            try:
+                write_json_atomic(self.cache, {k: v for k, v in self.known.items() if Path(k).exists()})
+            except OSError:
+                pass  # a cache: status works without it
 
 
 # ---------------------------------------------------------------- mtld estimate

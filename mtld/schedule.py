@@ -92,6 +92,34 @@ def next_opening(windows: list[Window], now: datetime) -> datetime | None:
     return min(starts) if starts else None
 
 
+def first_open(windows: list[Window], at: datetime) -> datetime:
+    """`at` if training may happen then, else the next window's opening."""
+    if inside(windows, at):
+        return at
+    return next_opening(windows, at) or at
+
+
+def finish_time(windows: list[Window], start: datetime, seconds: float, at_window_end: str) -> datetime:
+    """When `seconds` of training started at `start` (inside a window) end: straight through with
+    at_window_end = "finish"; with "checkpoint", paused at each window's end and resumed at the next opening."""
+    if not windows or at_window_end != "checkpoint":
+        return start + timedelta(seconds=seconds)
+    at, left = start, seconds
+    for _ in range(10_000):  # bounded: each pass ends a window or the work
+        span = open_window(windows, at)
+        if span is None:
+            opening = next_opening(windows, at)
+            if opening is None:
+                break
+            at = opening
+            continue
+        room = (span[1] - at).total_seconds()
+        if left <= room:
+            break
+        left, at = left - room, span[1]
+    return at + timedelta(seconds=left)
+
+
 # ------------------------------------------------------------------ recurring jobs
 
 

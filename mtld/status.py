@@ -10,10 +10,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mtld.daemon import family, family_run, next_size, resolve_device
+from mtld.estimating import ExampleCounts, family_records, queued_estimate
+from mtld.jobspec import spec_from_json
 from mtld.logs import iso, last_event
 from mtld.pidfile import running_pid
+from mtld.schedule import finish_time, first_open, inside, next_opening, open_window
 from mtld.settings import Settings
-from mtld.schedule import Window, inside, next_opening, open_window
 from mtld.store import Job, Schedule, Store
 
 RECENT_FINISHED = 10
@@ -63,13 +66,86 @@ def windows_view(settings: Settings, now: datetime) -> dict[str, Any]:
     }
 
 
-def expected_start(job: Job, windows: list[Window], now: datetime) -> str | None:
-    """The earliest a queued job can start: its not_before, its retry time and the run windows."""
-    earliest = max([now.timestamp(), job.not_before or 0.0, job.next_attempt_at or 0.0])
-    at = datetime.fromtimestamp(earliest).astimezone()
-    if not inside(windows, at):
-        at = next_opening(windows, at) or at
-    return iso(at.timestamp())
+def earliest(job: Job) -> float:
+    """When the daemon may first pick the job: its not_before and its retry time."""
+    return max(job.not_before or 0.0, job.next_attempt_at or 0.0)
+
+
+def forecast(settings: Settings, store: Store, queued: list[Job], running_left_s: float | None,
+             now: datetime) -> dict[int, dict[str, Any]]:
+    """Expected start, finish and duration of each queued job, by replaying the daemon's choice
+    (the highest-priority job that is due, one at a time, inside the run windows) with each job's
+    expected duration from its family's history. Unknown from the first unknown duration on;
+    nothing is expected while the daemon is paused."""
+    windows = settings.schedule.parsed()
+    durations = QueuedDurations(settings, store)
+    out: dict[int, dict[str, Any]] = {}
+    t = None if store.get_flag("paused") == "1" or running_left_s is None else now.timestamp() + running_left_s
+    pending = list(queued)
+    while pending:
+        if t is None:
+            out.update({j.id: {"expected_start": None, "expected_finish": None, "expected_s": rounded(durations.of(j))}
+                        for j in pending})
+            break
+        at = first_open(windows, datetime.fromtimestamp(t).astimezone())
+        ready = [j for j in pending if earliest(j) <= at.timestamp()]
+        if not ready:
+            t = min(earliest(j) for j in pending)
+            continue
+        job = ready[0]
+        pending.remove(job)
+        seconds = durations.of(job)
+        finish = None if seconds is None else finish_time(windows, at, seconds, settings.schedule.at_window_end)
+        out[job.id] = {"expected_start": iso(at.timestamp()), "expected_finish": iso(finish.timestamp()) if finish else None,
+                       "expected_s": rounded(seconds)}
+        t = finish.timestamp() if finish else None
+    durations.counts.save()
+    return out
+
+
+def rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
+
+
+class QueuedDurations:
+    """A queued job's expected seconds (mtld.estimating.queued_estimate) at the size it would start at."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings, self.store = settings, store
+        self.counts = ExampleCounts(settings.state_dir / "estimates" / "rows.json")
+        self.device = resolve_device(settings.train.device)
+        self.seconds: dict[int, float | None] = {}
+
+    def of(self, job: Job) -> float | None:
+        if job.id not in self.seconds:
+            self.seconds[job.id] = self._estimate(job)
+        return self.seconds[job.id]
+
+    def _estimate(self, job: Job) -> float | None:
+        try:
+            spec = spec_from_json(job.spec_json)
+        except ValueError:
+            return None
+        fam = family(spec, self.device)
+        history = [family_run(r) for r in self.store.family_runs(fam)]
+        size, _ = next_size(self.store, self.settings, job, history)
+        records = family_records(self.store, fam, self.settings.state_dir / "estimates")
+        progress = run_progress(Path(job.run_dir)) if job.attempts else None
+        done = progress["step"] / progress["total"] if progress and progress.get("total") else 0.0
+        return queued_estimate(spec, records, size, done_fraction=done, counts=self.counts)
+
+
+def running_left(settings: Settings, store: Store, job: Job, progress: dict[str, Any] | None, now: datetime) -> float | None:
+    """Seconds the running job has left: its last ETA less the time since, else the rough estimate
+    of the whole job less the time it has run; None when neither is known."""
+    if progress and progress.get("eta_s") is not None and progress.get("at"):
+        age = now.timestamp() - datetime.fromisoformat(progress["at"]).timestamp()
+        return max(progress["eta_s"] - age, 0.0)
+    run = store.latest_run(job.id)
+    whole = QueuedDurations(settings, store).of(job)
+    if whole is None or run is None:
+        return None
+    return max(whole - (now.timestamp() - run.started_at), 0.0)
 
 
 def run_progress(run_dir: Path) -> dict[str, Any] | None:
@@ -92,19 +168,20 @@ def collect(settings: Settings, store: Store, now: datetime | None = None) -> di
     queued = sorted((j for j in jobs if j.state == "queued"), key=lambda j: (-j.priority, j.submitted_at, j.id))
     finished = sorted((j for j in jobs if j.state not in ("running", "queued")), key=lambda j: -j.updated_at)
     pid = running_pid(settings.pid_file)
-    windows = settings.schedule.parsed()
-    active = []
+    active, left = [], 0.0
     for job in running:
         run = store.latest_run(job.id)
         view = job_view(job)
         view["run"] = {"id": run.id, "attempt": run.attempt, "pid": run.pid, "micro_batch": run.micro_batch} if run else None
         view["progress"] = run_progress(Path(job.run_dir))
         active.append(view)
+        left = running_left(settings, store, job, view["progress"], now)
+    expected = forecast(settings, store, queued, left, now)
     return {
         "daemon": {"running": pid is not None, "pid": pid, "paused": store.get_flag("paused") == "1"},
         "counts": store.counts(),
         "running": active,
-        "queued": [{**job_view(j), "expected_start": expected_start(j, windows, now)} for j in queued],
+        "queued": [{**job_view(j), **expected[j.id]} for j in queued],
         "finished": [job_view(j) for j in finished[:RECENT_FINISHED]],
         "schedule": windows_view(settings, now),
         "schedules": [schedule_view(s) for s in store.list_schedules()],

@@ -175,3 +175,15 @@ def test_not_before_parsing():
     assert parse_not_before("23:30", now=now) == now.replace(minute=30)
     with pytest.raises(BadOption):
         parse_not_before("25:00", now=now)
+
+
+def test_the_running_line_shows_its_progress_bar():
+    from rich.console import Console
+
+    from mtld.cli import _running_line
+
+    console = Console(width=200, record=True)
+    console.print(_running_line({"id": 3, "name": "demo", "progress": {
+        "step": 150, "total": 300, "micro_batch": 4, "samples_per_s": 310.5, "eta_s": 75}}))
+    text = console.export_text()
+    assert "[############------------] 150/300 steps" in text and "ETA 1m15s" in text  # the bar is text, not markup

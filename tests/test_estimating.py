@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -134,3 +135,23 @@ def test_probe_drops_disturbed_steps(measured, kept):
     from mtld.train.probe import kept_steps
 
     assert kept_steps(measured) == kept
+
+
+def test_queued_estimate_counts_what_is_left_and_caches_row_counts(jobs, tmp_path):
+    figures = {"timing": {"4": {**TIMING["4"], "eval": {"count": 2, "seconds": 1.0, "tokens": 50}}},
+               "samples": 100, "train_seconds": 10.0, "duration_s": 15.0, "micro_batch_end": 4}
+    records = [estimate.run_record(figures)]
+    spec = jobs.spec([jobs.task("classification", 40, n_eval=10)], epochs=2)
+    # a resumed job that trained a quarter of its steps: 3/4 of the examples and evaluations, all the start-up
+    assert estimating.queued_estimate(spec, records, 4, done_fraction=0.25) == pytest.approx(60 * 0.1 + 2 * 0.5 + 4.0)
+
+    cache = tmp_path / "rows.json"
+    counts = estimating.ExampleCounts(cache)
+    train = Path(spec.tasks[0].train)
+    assert counts.of(train) == 40
+    counts.save()
+    again = estimating.ExampleCounts(cache)
+    assert again.known == counts.known and not again.changed  # read from the file, not the data
+    with train.open("a") as f:
+        f.write(json.dumps({"text": "one more", "label": "pos"}) + "\n")
+    assert again.of(train) == 41 and again.changed  # the file changed: counted again

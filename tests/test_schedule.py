@@ -12,7 +12,8 @@ import pytest
 from mtld.executor import ExitStatus
 from mtld.jobspec import JobSpec, spec_to_json
 from mtld.logs import configure
-from mtld.schedule import ScheduleError, firing, inside, next_firing, next_opening, open_window, parse_window
+from mtld.schedule import (ScheduleError, finish_time, firing, first_open, inside, next_firing, next_opening,
+                           open_window, parse_window)
 from mtld.settings import Settings
 from mtld.store import Store
 from tests.test_daemon import data_dir  # noqa: F401  (a fixture)
@@ -71,6 +72,27 @@ def test_open_window_says_when_it_closes():
 def test_bad_windows(text):
     with pytest.raises(ScheduleError):
         parse_window(text)
+
+
+@pytest.mark.parametrize(
+    ("windows", "start", "hours", "at_window_end", "finish"),
+    [
+        ([], "Fri 2026-11-27 15:00", 3, "checkpoint", "Fri 2026-11-27 18:00"),
+        (NIGHTS, "Fri 2026-11-27 23:00", 3, "checkpoint", "Sat 2026-11-28 02:00"),
+        (NIGHTS, "Sat 2026-11-28 05:00", 3, "finish", "Sat 2026-11-28 08:00"),  # runs on past the window
+        (NIGHTS, "Sat 2026-11-28 05:00", 3, "checkpoint", "Sat 2026-11-28 23:00"),  # 2 h, then 1 h the next night
+        (NIGHTS, "Fri 2026-11-27 22:00", 20, "checkpoint", "Mon 2026-11-30 00:00"),  # 9 h + 9 h + 2 h
+        (WEEKDAY_NIGHTS, "Sat 2026-11-28 06:00", 2, "checkpoint", "Mon 2026-11-30 23:00"),  # no weekend nights
+    ],
+)
+def test_finish_time_pauses_between_windows(windows, start, hours, at_window_end, finish):
+    assert finish_time(windows, at(start), hours * 3600, at_window_end) == at(finish)
+
+
+def test_first_open():
+    assert first_open(NIGHTS, at("Fri 2026-11-27 23:00")) == at("Fri 2026-11-27 23:00")
+    assert first_open(NIGHTS, at("Fri 2026-11-27 12:00")) == at("Fri 2026-11-27 22:00")
+    assert first_open([], at("Fri 2026-11-27 12:00")) == at("Fri 2026-11-27 12:00")
 
 
 def test_a_schedule_fires_when_due_and_not_before():
