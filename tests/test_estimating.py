@@ -127,6 +127,24 @@ def test_a_run_with_history_logs_its_prediction_and_a_blended_eta(jobs, read_eve
     assert all(e is not None and e >= 0 for e in etas)
 
 
+def test_a_resumed_attempt_predicts_only_what_is_left(jobs, read_events):
+    from mtld.rundir import Launch, RunDir
+    from mtld.train import ScriptedGuard, run_attempt
+
+    spec = jobs.spec([jobs.task("classification", 96, n_eval=16)], epochs=2, checkpoint_every=1)  # 24 steps
+    first = jobs.run_dir(spec, micro_batch=4, name="first", progress_every_s=0.0)
+    assert run_attempt(first) == 0
+    second = jobs.run_dir(spec, micro_batch=4, name="second", progress_every_s=0.0)
+    rd = RunDir(second)
+    rd.write_launch(Launch(**{**rd.read_launch().__dict__, "timing_prior": {"history": [RunDir(first).read_result()]}}))
+    assert run_attempt(second, guard=ScriptedGuard({18: "interrupt"})) == 75
+    assert run_attempt(second) == 0
+    whole, rest = read_events(second, "run.estimate")
+    assert (whole["from_step"], rest["from_step"]) == (0, 18)
+    # a quarter of the steps and one of the two evaluations are left; start-up is paid again
+    assert rest["predicted_s"] < 0.75 * whole["predicted_s"]
+
+
 @pytest.mark.parametrize("measured, kept", [
     ([(10, 5.0), (10, 5.0), (100, 1.0), (100, 1.1), (100, 9.0), (50, 0.5)], [(10, 5.0), (10, 5.0), (100, 1.0), (100, 1.1), (50, 0.5)]),
     ([(10, 5.0)], [(10, 5.0)]),

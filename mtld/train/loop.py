@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,6 +86,7 @@ class Trainer:
         self.run_dir, self.device, self.log, self.export = run_dir, device, log, export
         self.checkpoint_extra, self.progress_every_s, self.meter, self.clock = checkpoint_extra, progress_every_s, meter, clock
         self.position = Position()
+        self.attempt_start = Position()  # where this attempt began (after a resume: the checkpoint's step)
         self.evals = EvalState()
         self.progress = Progress()
         self.timings = timings or StepTimings()  # the seam for per-step (padded tokens, seconds) records
@@ -98,6 +99,7 @@ class Trainer:
     # ------------------------------------------------------------ the run
 
     def run(self) -> RunOutcome:
+        self.attempt_start = replace(self.position)
         self.progress.started = self.progress.window_start = self.clock()
         try:
             return self._run()
@@ -250,20 +252,28 @@ class Trainer:
         other += saves_left * (self._prior.get("save_s") or 0.0)
         model_done = size["a"] * done.all.steps + size["b"] * done.all.padded_tokens + size.get("warmup_s", 0.0)
         return live_eta(model_left_s=size["a"] * steps_left + size["b"] * tokens_left, model_done_s=model_done,
-                        elapsed_s=done.all.seconds, fraction_done=self.position.step / max(self.total_steps, 1),
+                        elapsed_s=done.all.seconds, fraction_done=self.attempt_fraction(),
                         observed_left_s=observed, other_left_s=other)
 
+    def attempt_fraction(self) -> float:
+        """How much of this attempt's share of the plan is done (a resumed attempt starts at 0)."""
+        start = self.attempt_start.step
+        return (self.position.step - start) / max(self.total_steps - start, 1)
+
     def prior_from_history(self, history: list[dict[str, Any]]) -> dict[str, Any]:
-        """The family's history (from the daemon) and this run's plan → the runtime model; logged once."""
+        """The family's history (from the daemon) and the plan left to this attempt → the runtime model;
+        logged once, as run.estimate: predicted_s is this attempt's expected duration (from_step on)."""
         from mtld.estimate import launch_prior, run_record
         from mtld.estimating import summarize
 
         records = [r for r in (run_record(f, probe=bool(f.get("probe"))) for f in history) if r is not None]
-        plan = summarize(self.plans, [t.train.lengths for t in self.tasks],
+        start = self.attempt_start
+        left = [self.plans[start.epoch][start.index:], *self.plans[start.epoch + 1:]] if start.epoch < len(self.plans) else []
+        plan = summarize(left, [t.train.lengths for t in self.tasks],
                          [t.eval.lengths if t.eval is not None else None for t in self.tasks], self.spec, padded_tokens)
         prior = launch_prior(plan, records, self.runner.micro_batch) or {}
         self.log.info("run.estimate", predicted_s=round(prior["predicted_s"], 1) if prior.get("predicted_s") else None,
-                      basis=prior.get("basis", "unknown"), micro_batch=self.runner.micro_batch)
+                      basis=prior.get("basis", "unknown"), micro_batch=self.runner.micro_batch, from_step=start.step)
         return prior
 
     def eval_tokens(self) -> int:
