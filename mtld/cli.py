@@ -384,6 +384,9 @@ def estimate(
     reading = make_probe(c.settings.memory).read()
     chosen = estimating.chosen_size(c.store, fam, c.settings, pressure=reading.level.value,
                                     available_bytes=reading.available_bytes, batch_size=spec.train.batch_size)
+    if probe:
+        sys.stderr.write(f"probing {spec.name}: a few timed steps at micro-batch 2, 4 and 8 in a child process "
+                         "(on the demo model about 20 s)...\n")
     try:
         plan, rows = estimating.estimate_job(spec, store=c.store, family=fam, probe_dir=c.settings.state_dir / "estimates",
                                              available_bytes=reading.available_bytes, chosen=chosen, probe=probe,

@@ -356,7 +356,7 @@ def rough_seconds(records: Sequence[RunRecord], micro_batch: int, samples: int, 
     return samples * per_sample + evaluations * _median(per_eval) + (ex.startup_s or 0.0)
 
 
-# ---------------------------------------------------------------- live ETA and the queue
+# ---------------------------------------------------------------- live ETA
 
 
 def live_eta(*, model_left_s: float | None, model_done_s: float | None, elapsed_s: float, fraction_done: float,
@@ -375,16 +375,3 @@ def live_eta(*, model_left_s: float | None, model_done_s: float | None, elapsed_
         w = fraction_done / (fraction_done + LIVE_PRIOR_WEIGHT)
         factor = (1 - w) + w * (elapsed_s / model_done_s)
     return max(model_left_s * factor, 0.0) + other_left_s
-
-
-def queue_times(now: float, running_left_s: float | None, durations: Sequence[float | None]) -> list[tuple[float | None, float | None]]:
-    """(expected start, expected finish) of queued jobs in queue order, one at a time after the running one.
-    running_left_s: 0.0 when nothing runs, None when the running job's ETA is unknown;
-    an unknown duration makes every later time unknown."""
-    t: float | None = None if running_left_s is None else now + running_left_s
-    out = []
-    for d in durations:
-        start = t
-        t = None if t is None or d is None else t + d
-        out.append((start, t))
-    return out

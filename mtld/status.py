@@ -115,6 +115,7 @@ class QueuedDurations:
         self.counts = ExampleCounts(settings.state_dir / "estimates" / "rows.json")
         self.device = resolve_device(settings.train.device)
         self.seconds: dict[int, float | None] = {}
+        self.records: dict[str, list[Any]] = {}  # per family: read once per call
 
     def of(self, job: Job) -> float | None:
         if job.id not in self.seconds:
@@ -129,7 +130,9 @@ class QueuedDurations:
         fam = family(spec, self.device)
         history = [family_run(r) for r in self.store.family_runs(fam)]
         size, _ = next_size(self.store, self.settings, job, history)
-        records = family_records(self.store, fam, self.settings.state_dir / "estimates")
+        if fam not in self.records:
+            self.records[fam] = family_records(self.store, fam, self.settings.state_dir / "estimates")
+        records = self.records[fam]
         progress = run_progress(Path(job.run_dir)) if job.attempts else None
         done = progress["step"] / progress["total"] if progress and progress.get("total") else 0.0
         return queued_estimate(spec, records, size, done_fraction=done, counts=self.counts)

@@ -187,3 +187,28 @@ def test_the_running_line_shows_its_progress_bar():
         "step": 150, "total": 300, "micro_batch": 4, "samples_per_s": 310.5, "eta_s": 75}}))
     text = console.export_text()
     assert "[############------------] 150/300 steps" in text and "ETA 1m15s" in text  # the bar is text, not markup
+
+
+def test_estimate_probe_prints_the_table_and_json_carries_the_same_figures(home, jobs):
+    from mtld.estimating import _duration
+
+    task = jobs.task("classification", 48, n_eval=8)
+    lines = [f'name = "probe"', f"model = {json.dumps(str(jobs.model))}", "max_length = 64", "[[tasks]]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in task.items()]
+    lines += ["[train]", "epochs = 1", "effective_batch_size = 8"]
+    path = jobs.base / "probe.toml"
+    path.write_text("\n".join(lines) + "\n")
+
+    code, stdout, stderr = mtld("estimate", str(path), "--probe", "--json")
+    assert code == 0 and "probing probe" in stderr
+    rows = json.loads(stdout)["rows"]
+    assert [r["micro_batch"] for r in rows] == [2, 4, 8]
+    assert all(r["basis"] == "probe" and r["seconds"] > 0 and r["peak_bytes"] > 0 for r in rows)
+    assert sum(r["chosen"] for r in rows) == 1
+
+    code, text, _ = mtld("estimate", str(path))  # the stored probe is now the family's history
+    assert code == 0
+    for r in rows:
+        mark = "  <- mtld would choose this" if r["chosen"] else ""
+        assert f"{r['micro_batch']:>4}  {_duration(r['seconds']):>9}" in text
+        assert f"  probe{mark}\n" in text + "\n"

@@ -8,7 +8,7 @@ import pytest
 
 from mtld.estimate import (
     PlanSummary, RunRecord, SizeRecord, Sums, extras, fit_line, launch_prior, live_eta, peak_by_size, predict,
-    queue_times, run_record, step_models,
+    run_record, step_models,
 )
 
 
@@ -145,16 +145,6 @@ def test_run_record_reads_result_timing():
 ])
 def test_live_eta_blends_model_and_pace(kw, expected):
     assert live_eta(**kw) == (pytest.approx(expected) if expected is not None else None)
-
-
-@pytest.mark.parametrize("running, durations, expected", [
-    (0.0, [60, 30], [(1000, 1060), (1060, 1090)]),
-    (100, [60], [(1100, 1160)]),
-    (100, [None, 30], [(1100, None), (None, None)]),
-    (None, [60], [(None, None)]),
-])
-def test_queue_times(running, durations, expected):
-    assert queue_times(1000, running, durations) == expected
 
 
 def test_launch_prior_is_json_safe():
