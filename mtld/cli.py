@@ -336,7 +336,7 @@ def train(
     run_dir.write_launch(Launch(micro_batch=size, device=device or c.settings.train.device,
                                 memory_fraction=c.settings.memory.budget_fraction,
                                 progress_every_s=c.settings.train.progress_every_s,
-                                memory=c.settings.memory.model_dump(mode="json")))
+                                memory=c.settings.memory.model_dump(mode="json"), threads=c.settings.train.threads))
     code = run_attempt(run_dir.path, console=sys.stderr)
     result = run_dir.read_result() or {}
     sys.stderr.write(f"{result.get('outcome', 'failed')}: {run_dir.path}\n")

@@ -213,6 +213,7 @@ class Daemon:
             memory_fraction=self.settings.memory.budget_fraction, progress_every_s=self.settings.train.progress_every_s,
             memory=self.settings.memory.model_dump(mode="json"),
             timing_prior=launch_history(self.store, fam, self.settings.state_dir / "estimates"),
+            threads=self.settings.train.threads,
         ))
         try:
             handle = self.executor.start(run_dir.path)

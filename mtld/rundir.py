@@ -37,6 +37,8 @@ class Launch:
     progress_every_s: float = 5.0  # seconds between step.progress events
     memory: dict[str, Any] | None = None  # the [memory] settings: the run samples pressure with them; None: no guard
     timing_prior: dict[str, Any] | None = None  # mtld.estimate.launch_prior: the family's runtime model, for eta_s
+    threads: int | str = "auto"  # train.threads: a pinned count, or "auto" (mtld.train.threads)
+    threads_every_s: float = 2.0  # seconds between the thread governor's checks
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Launch:

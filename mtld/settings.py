@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 
@@ -24,6 +24,18 @@ class SettingsError(Exception):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _threads(value: object) -> int | str:
+    if value == "auto":
+        return "auto"
+    try:
+        count = int(str(value))
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError('Input should be "auto" or a number of threads (1 or more)')
+    return count
 
 
 def _micro_batch(size: int) -> int:
@@ -37,6 +49,8 @@ class TrainSettings(_Section):
     # An int, not Literal[2, 4, 8]: environment values arrive as strings.
     start_batch_size: Annotated[int, AfterValidator(_micro_batch)] = 4
     progress_every_s: float = Field(default=5.0, ge=0)
+    # "auto": as many as the other programs leave cores free (mtld.train.threads); a number pins it.
+    threads: Annotated[int | str, BeforeValidator(_threads)] = "auto"
 
 
 class MemorySettings(_Section):

@@ -124,11 +124,13 @@ def test_the_console_script_runs_in_a_real_process(home, job_file):
 
 def test_settings_from_file_and_environment(tmp_path, monkeypatch):
     config = tmp_path / "config.toml"
-    config.write_text('log_level = "debug"\n[train]\ndevice = "cpu"\nstart_batch_size = 2\n')
+    config.write_text('log_level = "debug"\n[train]\ndevice = "cpu"\nstart_batch_size = 2\nthreads = "auto"\n')
     monkeypatch.setenv("MTLD_TRAIN__START_BATCH_SIZE", "8")
+    monkeypatch.setenv("MTLD_TRAIN__THREADS", "3")
     monkeypatch.setenv("MTLD_HOME", str(tmp_path / "h"))
     settings = load_settings(config)
     assert (settings.log_level, settings.train.device, settings.train.start_batch_size) == ("debug", "cpu", 8)
+    assert settings.train.threads == 3
     assert settings.db_path == tmp_path / "h" / "state.db"
     assert settings.daemon_log == tmp_path / "h" / "logs" / "mtld.jsonl"
 
@@ -146,6 +148,8 @@ def test_the_repository_config_is_the_defaults(monkeypatch):
         ("colour = 1\n", "colour - unknown key"),
         ("[train]\nstart_batch_size = 3\n", "train.start_batch_size - Input should be 2, 4 or 8"),
         ("log_level = \n", "Invalid value"),
+        ("[train]\nthreads = 0\n", 'train.threads - Input should be "auto" or a number of threads'),
+        ('[train]\nthreads = "many"\n', 'train.threads - Input should be "auto" or a number of threads'),
     ],
 )
 def test_bad_config_files(tmp_path, text, message):

@@ -145,6 +145,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
     from mtld.train.loop import Trainer
     from mtld.train.model import quiet_transformers, save_model
     from mtld.train.setup import build
+    from mtld.train.threads import thread_policy
 
     spec = _read_job(rd)
     quiet_transformers()
@@ -168,6 +169,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         runner=parts.runner, tasks=parts.tasks, plans=parts.plans, spec=spec.train, run_dir=rd, device=device, log=log,
         export=export, checkpoint_extra=lambda: {"fingerprint": parts.fingerprint, "micro_batch_start": micro_batch},
         progress_every_s=launch.progress_every_s, meter=summary.meter,
+        threads=thread_policy(launch.threads, device.type, log=log, every_s=launch.threads_every_s),
     )
     summary.fields["total_steps"] = trainer.total_steps
     resumed = _resume(rd, trainer, parts.fingerprint, log)

@@ -26,6 +26,7 @@ from mtld.train.inference import Aborted, infer_split
 from mtld.train.metrics import aggregate_score, task_metrics
 from mtld.train.plan import Step, padded_tokens
 from mtld.train.step import StepRunner
+from mtld.train.threads import FixedThreads, ThreadGovernor
 from mtld.train.timing import StepTimings, eta_seconds
 
 RunOutcome = Literal["succeeded", "interrupted", "out_of_memory"]
@@ -81,6 +82,7 @@ class Trainer:
         meter: MemoryMeter,
         timings: StepTimings | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        threads: ThreadGovernor | FixedThreads | None = None,
     ):
         self.runner, self.tasks, self.plans, self.spec = runner, tasks, plans, spec
         self.run_dir, self.device, self.log, self.export = run_dir, device, log, export
@@ -90,6 +92,7 @@ class Trainer:
         self.evals = EvalState()
         self.progress = Progress()
         self.timings = timings or StepTimings()  # the seam for per-step (padded tokens, seconds) records
+        self.threads = threads or FixedThreads()
         self.total_steps = sum(len(p) for p in plans)
         self.last_checkpoint_step = -1
         self.message: str | None = None
@@ -126,6 +129,7 @@ class Trainer:
             self.account(step, result.loss, result.padded_tokens, finished - started)
             epoch_end = self.advance(len(plan))
             self.maybe_progress(finished)
+            self.threads.check(finished)
             number = self.position.step
             if (self.spec.eval_every and number % self.spec.eval_every == 0) or (epoch_end and not self.spec.eval_every):
                 last_eval_step = number
