@@ -52,13 +52,7 @@ def summarize(plans: Sequence[Sequence[Any]], lengths: Sequence[Any], eval_lengt
         width = min(m, train.effective_batch_size)
         per_step = [padded_tokens(s.ids, lengths[s.task], width) for p in plans for s in p]
         tokens[m], longest[m] = int(sum(per_step)), int(max(per_step, default=0))
-    has_eval = any(x is not None for x in eval_lengths)
-    if not has_eval:
-        evaluations = 0
-    elif train.eval_every:
-        evaluations = steps // train.eval_every + (1 if steps % train.eval_every else 0)
-    else:
-        evaluations = len(plans)
+    evaluations = evaluation_count(steps, len(plans), train.eval_every, any(x is not None for x in eval_lengths))
     boundaries, number = set(), 0
     for p in plans:
         number += len(p)
@@ -69,6 +63,13 @@ def summarize(plans: Sequence[Sequence[Any]], lengths: Sequence[Any], eval_lengt
         evaluations=evaluations, eval_tokens=int(sum(int(x.sum()) for x in eval_lengths if x is not None)),
         saves=len(checkpoints) + 1, max_step_tokens=longest,
     )
+
+
+def evaluation_count(steps: int, epochs: int, eval_every: int, has_eval: bool) -> int:
+    """Evaluations of a run: every `eval_every` steps and after the last step, else one per epoch."""
+    if not has_eval:
+        return 0
+    return -(-steps // eval_every) if eval_every else epochs
 
 
 # ---------------------------------------------------------------- history
@@ -150,12 +151,7 @@ def queued_estimate(spec: JobSpec, records: Sequence[RunRecord], micro_batch: in
         return None
     train, left = spec.train, 1.0 - min(max(done_fraction, 0.0), 1.0)
     steps = sum(-(-n // train.effective_batch_size) for n in examples) * train.epochs
-    if not any(t.eval for t in spec.tasks):
-        evaluations = 0
-    elif train.eval_every:
-        evaluations = -(-steps // train.eval_every)
-    else:
-        evaluations = train.epochs
+    evaluations = evaluation_count(steps, train.epochs, train.eval_every, any(t.eval for t in spec.tasks))
     return estimate.rough_seconds(records, micro_batch, round(sum(examples) * train.epochs * left),
                                   round(evaluations * left))
 

@@ -72,13 +72,13 @@ def earliest(job: Job) -> float:
 
 
 def forecast(settings: Settings, store: Store, queued: list[Job], running_left_s: float | None,
-             now: datetime) -> dict[int, dict[str, Any]]:
+             now: datetime, durations: QueuedDurations | None = None) -> dict[int, dict[str, Any]]:
     """Expected start, finish and duration of each queued job, by replaying the daemon's choice
     (the highest-priority job that is due, one at a time, inside the run windows) with each job's
     expected duration from its family's history. Unknown from the first unknown duration on;
     nothing is expected while the daemon is paused."""
     windows = settings.schedule.parsed()
-    durations = QueuedDurations(settings, store)
+    durations = durations or QueuedDurations(settings, store)
     out: dict[int, dict[str, Any]] = {}
     t = None if store.get_flag("paused") == "1" or running_left_s is None else now.timestamp() + running_left_s
     pending = list(queued)
@@ -115,7 +115,7 @@ class QueuedDurations:
         self.counts = ExampleCounts(settings.state_dir / "estimates" / "rows.json")
         self.device = resolve_device(settings.train.device)
         self.seconds: dict[int, float | None] = {}
-        self.records: dict[str, list[Any]] = {}  # per family: read once per call
+        self.families: dict[str, tuple[list[Any], list[Any]]] = {}  # (policy history, timing records), read once
 
     def of(self, job: Job) -> float | None:
         if job.id not in self.seconds:
@@ -128,24 +128,25 @@ class QueuedDurations:
         except ValueError:
             return None
         fam = family(spec, self.device)
-        history = [family_run(r) for r in self.store.family_runs(fam)]
+        if fam not in self.families:
+            self.families[fam] = ([family_run(r) for r in self.store.family_runs(fam)],
+                                  family_records(self.store, fam, self.settings.state_dir / "estimates"))
+        history, records = self.families[fam]
         size, _ = next_size(self.store, self.settings, job, history)
-        if fam not in self.records:
-            self.records[fam] = family_records(self.store, fam, self.settings.state_dir / "estimates")
-        records = self.records[fam]
         progress = run_progress(Path(job.run_dir)) if job.attempts else None
         done = progress["step"] / progress["total"] if progress and progress.get("total") else 0.0
         return queued_estimate(spec, records, size, done_fraction=done, counts=self.counts)
 
 
-def running_left(settings: Settings, store: Store, job: Job, progress: dict[str, Any] | None, now: datetime) -> float | None:
+def running_left(store: Store, job: Job, progress: dict[str, Any] | None, now: datetime,
+                 durations: QueuedDurations) -> float | None:
     """Seconds the running job has left: its last ETA less the time since, else the rough estimate
     of the whole job less the time it has run; None when neither is known."""
     if progress and progress.get("eta_s") is not None and progress.get("at"):
         age = now.timestamp() - datetime.fromisoformat(progress["at"]).timestamp()
         return max(progress["eta_s"] - age, 0.0)
     run = store.latest_run(job.id)
-    whole = QueuedDurations(settings, store).of(job)
+    whole = durations.of(job)
     if whole is None or run is None:
         return None
     return max(whole - (now.timestamp() - run.started_at), 0.0)
@@ -171,15 +172,15 @@ def collect(settings: Settings, store: Store, now: datetime | None = None) -> di
     queued = sorted((j for j in jobs if j.state == "queued"), key=lambda j: (-j.priority, j.submitted_at, j.id))
     finished = sorted((j for j in jobs if j.state not in ("running", "queued")), key=lambda j: -j.updated_at)
     pid = running_pid(settings.pid_file)
-    active, left = [], 0.0
+    active, left, durations = [], 0.0, QueuedDurations(settings, store)
     for job in running:
         run = store.latest_run(job.id)
         view = job_view(job)
         view["run"] = {"id": run.id, "attempt": run.attempt, "pid": run.pid, "micro_batch": run.micro_batch} if run else None
         view["progress"] = run_progress(Path(job.run_dir))
         active.append(view)
-        left = running_left(settings, store, job, view["progress"], now)
-    expected = forecast(settings, store, queued, left, now)
+        left = running_left(store, job, view["progress"], now, durations)
+    expected = forecast(settings, store, queued, left, now, durations)
     return {
         "daemon": {"running": pid is not None, "pid": pid, "paused": store.get_flag("paused") == "1"},
         "counts": store.counts(),
