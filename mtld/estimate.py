@@ -61,6 +61,14 @@ class Sums:
         return cls(int(d.get("steps") or 0), float(d.get("padded_tokens") or 0), float(d.get("seconds") or 0),
                    float(d.get("tokens_squared") or 0), float(d.get("tokens_seconds") or 0))
 
+    def to_timing(self) -> dict[str, float]:
+        """The keys of result.json's timing (what from_timing reads)."""
+        return {"steps": self.n, "padded_tokens": int(self.x), "seconds": round(self.y, 6), "tokens_squared": self.xx,
+                "tokens_seconds": round(self.xy, 6)}
+
+    def plus(self, x: float, y: float) -> Sums:
+        return Sums(self.n + 1, self.x + x, self.y + y, self.xx + x * x, self.xy + x * y)
+
     def __sub__(self, o: Sums) -> Sums:
         return Sums(self.n - o.n, self.x - o.x, self.y - o.y, self.xx - o.xx, self.xy - o.xy)
 

@@ -254,9 +254,9 @@ class Trainer:
         other = evals_left * self.eval_tokens() * (self._prior.get("eval_s_per_token") or 0.0)
         saves_left = steps_left // self.spec.checkpoint_every + (len(self.plans) - self.position.epoch) + 1
         other += saves_left * (self._prior.get("save_s") or 0.0)
-        model_done = size["a"] * done.all.steps + size["b"] * done.all.padded_tokens + size.get("warmup_s", 0.0)
+        model_done = size["a"] * done.all.n + size["b"] * done.all.x + size.get("warmup_s", 0.0)
         return live_eta(model_left_s=size["a"] * steps_left + size["b"] * tokens_left, model_done_s=model_done,
-                        elapsed_s=done.all.seconds, fraction_done=self.attempt_fraction(),
+                        elapsed_s=done.all.y, fraction_done=self.attempt_fraction(),
                         observed_left_s=observed, other_left_s=other)
 
     def attempt_fraction(self) -> float:

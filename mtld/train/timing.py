@@ -17,7 +17,7 @@ runtime model adds them to the steps' time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mtld.estimate import Sums, fit_line
@@ -26,29 +26,9 @@ WARMUP_STEPS = 3
 
 
 @dataclass
-class Totals:
-    steps: int = 0
-    padded_tokens: int = 0
-    seconds: float = 0.0
-    tokens_squared: float = 0.0
-    tokens_seconds: float = 0.0
-
-    def add(self, tokens: int, seconds: float) -> None:
-        self.steps += 1
-        self.padded_tokens += tokens
-        self.seconds += seconds
-        self.tokens_squared += float(tokens) * tokens
-        self.tokens_seconds += tokens * seconds
-
-    def sums(self) -> dict[str, float]:
-        return {"steps": self.steps, "padded_tokens": self.padded_tokens, "seconds": round(self.seconds, 6),
-                "tokens_squared": self.tokens_squared, "tokens_seconds": round(self.tokens_seconds, 6)}
-
-
-@dataclass
 class SizeTimings:
-    all: Totals = field(default_factory=Totals)
-    warmup: Totals = field(default_factory=Totals)
+    all: Sums = Sums()
+    warmup: Sums = Sums()  # the first steps at this size: new shapes (also counted in `all`)
     eval_count: int = 0
     eval_seconds: float = 0.0
     eval_tokens: int = 0  # real tokens of the evaluated examples
@@ -62,19 +42,15 @@ class StepTimings:
         self.warmup_steps = warmup_steps
         self.current: int | None = None
 
-    @property
-    def by_micro_batch(self) -> dict[int, Totals]:
-        return {b: s.all for b, s in self.sizes.items()}
-
     def _size(self, micro_batch: int) -> SizeTimings:
         self.current = micro_batch
         return self.sizes.setdefault(micro_batch, SizeTimings())
 
     def record(self, micro_batch: int, padded_tokens: int, seconds: float) -> None:
         size = self._size(micro_batch)
-        if size.all.steps < self.warmup_steps:
-            size.warmup.add(padded_tokens, seconds)
-        size.all.add(padded_tokens, seconds)
+        if size.all.n < self.warmup_steps:
+            size.warmup = size.warmup.plus(padded_tokens, seconds)
+        size.all = size.all.plus(padded_tokens, seconds)
 
     def record_eval(self, micro_batch: int, tokens: int, seconds: float) -> None:
         size = self._size(micro_batch)
@@ -94,34 +70,22 @@ class StepTimings:
         size = self.sizes.get(micro_batch)
         if size is None:
             return None
-        steady = steady_totals(size)
-        return step_time_fit(steady) if steady.steps >= 3 else step_time_fit(size.all)
+        steady = size.all - size.warmup
+        return fit_line(steady if steady.n >= 3 else size.all)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         out = {}
         for b, size in sorted(self.sizes.items()):
-            totals = size.all
             fit = self.fit(b)
             out[str(b)] = {
-                **totals.sums(),
+                **size.all.to_timing(),
                 "step_overhead_s": round(fit[0], 6) if fit else None,
                 "s_per_padded_token": fit[1] if fit else None,
-                "warmup": size.warmup.sums(),
+                "warmup": size.warmup.to_timing(),
                 "eval": {"count": size.eval_count, "seconds": round(size.eval_seconds, 6), "tokens": size.eval_tokens},
                 "saves": {"count": size.save_count, "seconds": round(size.save_seconds, 6)},
             }
         return out
-
-
-def steady_totals(size: SizeTimings) -> Totals:
-    a, w = size.all, size.warmup
-    return Totals(a.steps - w.steps, a.padded_tokens - w.padded_tokens, a.seconds - w.seconds,
-                  a.tokens_squared - w.tokens_squared, a.tokens_seconds - w.tokens_seconds)
-
-
-def step_time_fit(t: Totals) -> tuple[float, float] | None:
-    """(a, b) of seconds ≈ a + b × tokens: the runtime model's own fit (mtld.estimate.fit_line)."""
-    return fit_line(Sums(t.steps, float(t.padded_tokens), t.seconds, t.tokens_squared, t.tokens_seconds))
 
 
 def eta_seconds(fit: tuple[float, float] | None, steps_left: int, tokens_left: int) -> float | None:
