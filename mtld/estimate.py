@@ -278,7 +278,6 @@ class PlanSummary:
     evaluations: int
     eval_tokens: int  # real tokens of one evaluation (all tasks' eval examples)
     saves: int  # checkpoints and exports
-    max_step_tokens: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -47,11 +47,8 @@ def plan_summary(spec: JobSpec) -> PlanSummary:
 def summarize(plans: Sequence[Sequence[Any]], lengths: Sequence[Any], eval_lengths: Sequence[Any], train: Any,
               padded_tokens: Any) -> PlanSummary:
     steps = sum(len(p) for p in plans)
-    tokens, longest = {}, {}
-    for m in estimate.SIZES:
-        width = min(m, train.effective_batch_size)
-        per_step = [padded_tokens(s.ids, lengths[s.task], width) for p in plans for s in p]
-        tokens[m], longest[m] = int(sum(per_step)), int(max(per_step, default=0))
+    tokens = {m: int(sum(padded_tokens(s.ids, lengths[s.task], min(m, train.effective_batch_size))
+                         for p in plans for s in p)) for m in estimate.SIZES}
     evaluations = evaluation_count(steps, len(plans), train.eval_every, any(x is not None for x in eval_lengths))
     boundaries, number = set(), 0
     for p in plans:
@@ -61,7 +58,7 @@ def summarize(plans: Sequence[Sequence[Any]], lengths: Sequence[Any], eval_lengt
     return PlanSummary(
         steps=steps, effective_batch=train.effective_batch_size, padded_tokens=tokens,
         evaluations=evaluations, eval_tokens=int(sum(int(x.sum()) for x in eval_lengths if x is not None)),
-        saves=len(checkpoints) + 1, max_step_tokens=longest,
+        saves=len(checkpoints) + 1,
     )
 
 

@@ -8,7 +8,6 @@ a cluster engine instead. A run is judged by how it exits (mtld.exitcodes).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,14 +27,6 @@ class ExitStatus:
     code: int | None = None
     signal: int | None = None
     max_rss_bytes: int | None = None
-
-    def describe(self) -> str:
-        if self.signal is not None:
-            name = signal.Signals(self.signal).name if self.signal in signal.valid_signals() else str(self.signal)
-            return f"killed by signal {self.signal} ({name})"
-        if self.code is not None:
-            return f"exit status {self.code}"
-        return "ended while no daemon was watching"
 
 
 class RunHandle(Protocol):

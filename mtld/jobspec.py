@@ -89,9 +89,6 @@ class JobSpec(_Strict):
     train: TrainSpec = TrainSpec()
     schedule: ScheduleSpec = ScheduleSpec()
 
-    def task(self, name: str) -> TaskSpec:
-        return next(t for t in self.tasks if t.name == name)
-
 
 @dataclass(frozen=True)
 class Problem:

@@ -6,9 +6,9 @@ fields. Each line reaches the file in a single `write(2)` on an `O_APPEND`
 descriptor, so a line is never torn, even when a CLI command appends a
 `job.submitted` line while the daemon writes its own.
 
-Readers never load a whole file: `tail_events` reads backwards in blocks and
-`read_events` can stop at a time bound, so `mtld status` stays fast on
-gigabyte logs.
+Readers never load a whole file: `last_event` and `tail_events` read backwards
+in blocks and `read_events` can stop at a time bound, so `mtld status` and
+`mtld logs` stay fast on gigabyte logs.
 """
 
 from __future__ import annotations

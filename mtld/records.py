@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 TaskType = Literal["classification", "multilabel", "regression", "token_classification"]
-TASK_TYPES: tuple[TaskType, ...] = ("classification", "multilabel", "regression", "token_classification")
 DATA_SUFFIXES = (".jsonl", ".csv")
 
 

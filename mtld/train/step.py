@@ -54,7 +54,6 @@ class StepRunner:
         self.model, self.tasks, self.optimizer, self.scheduler = model, tasks, optimizer, scheduler
         self.device, self.micro_batch, self.max_grad_norm, self.amp = device, micro_batch, max_grad_norm, amp
         self.stop, self.guard, self.log = stop, guard, log
-        self.micro_batch_start = micro_batch
         self.scaled_down = False
         self.oom_count = 0
         self.stop_reason: str | None = None  # "signal" or "memory_critical" once stopped
