@@ -371,7 +371,7 @@ def estimate(
 ) -> None:
     """How long the job takes at micro-batch 2, 4 and 8, and whether each fits in memory now."""
     from mtld import estimating
-    from mtld.daemon import family, resolve_device
+    from mtld.family import family, resolve_device
     from mtld.memory import make_probe
 
     c: Context = ctx.obj

@@ -9,15 +9,12 @@ at once. The daemon never imports torch: each run is a child process.
 
 from __future__ import annotations
 
-import platform
-import shutil
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, TextIO
 
 from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
@@ -28,16 +25,17 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from mtld import __version__, policy, schedule
 from mtld.executor import ExitStatus, LocalExecutor, RunHandle, wait_for_exit
+from mtld.family import family, family_run, next_size, resolve_device
 from mtld.estimating import launch_history
 from mtld.jobs import fired_job_name
-from mtld.jobspec import JobSpec, spec_from_json
+from mtld.jobspec import spec_from_json
 from mtld.logs import format_event, get_logger, last_event
 from mtld.memory import Reading, make_probe
 from mtld.pidfile import PidFile
 from mtld.platform.power import SleepInhibitor, notify, on_battery
 from mtld.rundir import Launch, RunDir
 from mtld.settings import Settings
-from mtld.store import Job, Run, Store
+from mtld.store import Run, Store
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORCED_STOP_GRACE_S = 5.0
@@ -382,40 +380,6 @@ class Daemon:
             active.last_progress = event
             self.console.write(format_event(event) + "\n")
             self.console.flush()
-
-
-def family(spec: JobSpec, device: str) -> str:
-    """Runs of one family share memory and speed figures: (model, max length, device)."""
-    return f"{spec.model}|{spec.max_length}|{device}"
-
-
-def next_size(store: Store, settings: Settings, job: Job, history: list[policy.FamilyRun]) -> tuple[int, str]:
-    """(micro-batch, reason) the job's next attempt starts at, before the memory check: pinned, the
-    family's decision for a first attempt, or where the previous attempt left off."""
-    earlier = [policy.EarlierRun(r.outcome, r.micro_batch, r.micro_batch_end) for r in store.runs_for(job.id)]
-    pinned = None if job.batch_size == "auto" else int(job.batch_size)
-    first = policy.family_start_size(history, settings.train.start_batch_size, settings.memory.headroom)
-    return policy.start_micro_batch(pinned, first, earlier)
-
-
-def family_run(run: Run) -> policy.FamilyRun:
-    f = run.figures
-    return policy.FamilyRun(
-        outcome=run.outcome, micro_batch=run.micro_batch, micro_batch_end=run.micro_batch_end,
-        scaled_down=bool(f.get("scaled_down")), oom_count=int(f.get("oom_count") or 0),
-        peak_bytes=f.get("peak_memory_bytes"), budget_bytes=f.get("budget_bytes"),
-    )
-
-
-def resolve_device(setting: str) -> str:
-    """The device "auto" will pick (MPS, then CUDA, then CPU), guessed without importing torch."""
-    if setting != "auto":
-        return setting
-    if sys.platform == "darwin" and platform.machine() == "arm64":
-        return "mps"
-    if Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi"):
-        return "cuda"
-    return "cpu"
 
 
 def fresh_result(run_dir: RunDir, run: Run) -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from mtld import __version__
-from mtld.daemon import resolve_device
+from mtld.family import resolve_device
 from mtld.memory import budget_bytes, make_probe
 from mtld.pidfile import running_pid
 from mtld.platform.agent import SubprocessRunner, agent_status

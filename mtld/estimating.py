@@ -210,7 +210,7 @@ def chosen_size(store: Any, family: str, settings: Any, *, pressure: str, availa
                 batch_size: str = "auto") -> int | None:
     """The size the daemon would start this job at now (same calls as the daemon)."""
     from mtld import policy
-    from mtld.daemon import family_run
+    from mtld.family import family_run
 
     history = [family_run(r) for r in store.family_runs(family)] if store is not None else []
     pinned = batch_size != "auto"

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mtld.daemon import family, family_run, next_size, resolve_device
+from mtld.family import family, family_run, next_size, resolve_device
 from mtld.estimating import ExampleCounts, family_records, queued_estimate
 from mtld.jobspec import spec_from_json
 from mtld.logs import iso, last_event

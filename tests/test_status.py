@@ -51,7 +51,7 @@ FIGURES = {  # one earlier run of the family at micro-batch 4: 0.1 s per example
 
 @pytest.fixture
 def queue(jobs, tmp_path, monkeypatch):
-    from mtld.daemon import family
+    from mtld.family import family
     from mtld.jobspec import spec_to_json
     from mtld.settings import Settings
     from mtld.store import Store
