@@ -101,10 +101,6 @@ def eta_at(log: Path, fraction: float) -> dict[str, Any] | None:
             "error": round(at["eta_s"] / left - 1, 4) if left > 0 else None}
 
 
-def probe(spec: Any) -> estimate.RunRecord:
-    return estimate.run_record(estimating.run_probe(spec, "cpu"), probe=True)
-
-
 def one_model(name: str, model: Path, work: Path, sizes: list[int], data: dict[str, int], epochs: int,
               rounds: int) -> list[dict]:
     """Every row `rounds` times (each round with its own earlier run and probe), then the medians."""
@@ -115,14 +111,15 @@ def one_model(name: str, model: Path, work: Path, sizes: list[int], data: dict[s
         first_spec = job(work, model, data["small"], 1, epochs)
         first = run(first_spec, 4, work / f"{name}-first", None)["result"]
         history = [estimate.run_record(first)]
-        probed = probe(first_spec)
+        probe_figures = estimating.run_probe(first_spec, "cpu")
+        probed = estimate.run_record(probe_figures, probe=True)
+        prior = {"history": [first, probe_figures]}  # what the daemon gives a run: Launch.timing_prior
         print(f"{name}, round {round_ + 1}: earlier run at 4: {first['duration_s']} s; probe done", flush=True)
         for label, n in data.items():
             spec, plan = job(work, model, n, 2, epochs), plans[label]
             only = {r.micro_batch: r for r in estimate.predict(plan, history)}
             both = {r.micro_batch: r for r in estimate.predict(plan, history + [probed])}
             for m in sizes:
-                prior = estimate.launch_prior(plan, history + [probed], m)
                 got = run(spec, m, work / f"{name}-{label}-{m}", prior)
                 if label == "large" and m == 4 and round_ == 0 and PICTURE_DIR is not None:  # for the README
                     from mtld.report import draw_report

@@ -80,11 +80,6 @@ def run_series(run_dir: Path) -> RunSeries:
             s.actual_s = _ts(e) - t0
             s.outcome = e.get("outcome")
             s.peak_bytes = e.get("peak_memory_bytes")
-    try:
-        prior = rd.read_launch().timing_prior or {}
-        s.predicted_before_s = s.predicted_before_s or prior.get("predicted_s")
-    except (OSError, ValueError, TypeError):
-        pass
     result = rd.read_result() or {}
     s.peak_bytes = s.peak_bytes or result.get("peak_memory_bytes")
     if s.predicted_before_s is not None and s.actual_s is not None and result.get("duration_s"):

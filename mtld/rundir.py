@@ -36,7 +36,7 @@ class Launch:
     memory_fraction: float = 0.8  # share of the device's memory the run may use
     progress_every_s: float = 5.0  # seconds between step.progress events
     memory: dict[str, Any] | None = None  # the [memory] settings: the run samples pressure with them; None: no guard
-    timing_prior: dict[str, Any] | None = None  # mtld.estimate.launch_prior: the family's runtime model, for eta_s
+    timing_prior: dict[str, Any] | None = None  # {"history": [...]} (estimating.launch_history): for eta_s
     threads: int | str = "auto"  # train.threads: a pinned count, or "auto" (mtld.train.threads)
     threads_every_s: float = 2.0  # seconds between the thread governor's checks
 

@@ -197,7 +197,7 @@ def test_estimate_probe_prints_the_table_and_json_carries_the_same_figures(home,
     from mtld.estimating import _duration
 
     task = jobs.task("classification", 48, n_eval=8)
-    lines = [f'name = "probe"', f"model = {json.dumps(str(jobs.model))}", "max_length = 64", "[[tasks]]"]
+    lines = ['name = "probe"', f"model = {json.dumps(str(jobs.model))}", "max_length = 64", "[[tasks]]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in task.items()]
     lines += ["[train]", "epochs = 1", "effective_batch_size = 8"]
     path = jobs.base / "probe.toml"

@@ -14,13 +14,14 @@ from mtld.rundir import Launch, RunDir
 def write_run(path: Path) -> Path:
     rd = RunDir(path)
     rd.path.mkdir(parents=True)
-    rd.write_launch(Launch(micro_batch=4, timing_prior={"predicted_s": 130.0, "sizes": {}}))
+    rd.write_launch(Launch(micro_batch=4))
     rd.write_result({"duration_s": 125.0, "peak_memory_bytes": 2**30})
     ts = lambda s: f"2026-01-01T00:{s // 60:02d}:{s % 60:02d}+00:00"  # noqa: E731
     events = [
         {"ts": ts(0), "event": "run.started"},  # an earlier attempt: left out
         {"ts": ts(1), "event": "step.progress", "loss": 9.0, "samples_per_s": 1, "micro_batch": 8, "eta_s": 5},
         {"ts": ts(5), "event": "run.started"},
+        {"ts": ts(5), "event": "run.estimate", "predicted_s": 130.0, "basis": "history of 1 run"},
         {"ts": ts(35), "event": "step.progress", "loss": 1.0, "samples_per_s": 10.0, "micro_batch": 4, "eta_s": 90.0},
         {"ts": ts(45), "event": "memory.sample", "available_bytes": 2**31},
         {"ts": ts(65), "event": "step.progress", "loss": 0.5, "samples_per_s": 12.0, "micro_batch": 2, "eta_s": None},

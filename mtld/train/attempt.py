@@ -170,6 +170,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         export=export, checkpoint_extra=lambda: {"fingerprint": parts.fingerprint, "micro_batch_start": micro_batch},
         progress_every_s=launch.progress_every_s, meter=summary.meter,
         threads=thread_policy(launch.threads, device.type, log=log, every_s=launch.threads_every_s),
+        timing_prior=launch.timing_prior,
     )
     summary.fields["total_steps"] = trainer.total_steps
     resumed = _resume(rd, trainer, parts.fingerprint, log)

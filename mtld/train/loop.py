@@ -83,6 +83,7 @@ class Trainer:
         timings: StepTimings | None = None,
         clock: Callable[[], float] = time.perf_counter,
         threads: ThreadGovernor | FixedThreads | None = None,
+        timing_prior: dict[str, Any] | None = None,
     ):
         self.runner, self.tasks, self.plans, self.spec = runner, tasks, plans, spec
         self.run_dir, self.device, self.log, self.export = run_dir, device, log, export
@@ -93,6 +94,8 @@ class Trainer:
         self.progress = Progress()
         self.timings = timings or StepTimings()  # the seam for per-step (padded tokens, seconds) records
         self.threads = threads or FixedThreads()
+        self.timing_prior = timing_prior  # Launch.timing_prior: {"history": the family's earlier runs and probes}
+        self.model: dict[str, Any] = {}  # the runtime model for this attempt (mtld.estimate.launch_prior)
         self.total_steps = sum(len(p) for p in plans)
         self.last_checkpoint_step = -1
         self.message: str | None = None
@@ -103,6 +106,8 @@ class Trainer:
 
     def run(self) -> RunOutcome:
         self.attempt_start = replace(self.position)
+        history = (self.timing_prior or {}).get("history")
+        self.model = self.prior_from_history(history) if history else {}
         self.progress.started = self.progress.window_start = self.clock()
         try:
             return self._run()
@@ -236,24 +241,17 @@ class Trainer:
         return round(eta, 1) if eta is not None else None
 
     def blended_eta(self, b: int, steps_left: int, tokens_left: int, observed: float | None) -> float | None:
-        """The family's model (Launch.timing_prior) scaled by this run's pace: mtld.estimate.live_eta."""
+        """The family's model (built in `run`) scaled by this run's pace: mtld.estimate.live_eta."""
         from mtld.estimate import live_eta
 
-        if not hasattr(self, "_prior"):
-            try:
-                self._prior = self.run_dir.read_launch().timing_prior or {}
-            except (OSError, ValueError, TypeError):
-                self._prior = {}
-            if "history" in self._prior and "sizes" not in self._prior:
-                self._prior = self.prior_from_history(self._prior["history"])
-        size = (self._prior.get("sizes") or {}).get(str(b))
+        size = (self.model.get("sizes") or {}).get(str(b))
         done = self.timings.sizes.get(b)
         if not size or done is None:
             return observed
         evals_left = (steps_left // self.spec.eval_every) if self.spec.eval_every else (len(self.plans) - self.position.epoch)
-        other = evals_left * self.eval_tokens() * (self._prior.get("eval_s_per_token") or 0.0)
+        other = evals_left * self.eval_tokens() * (self.model.get("eval_s_per_token") or 0.0)
         saves_left = steps_left // self.spec.checkpoint_every + (len(self.plans) - self.position.epoch) + 1
-        other += saves_left * (self._prior.get("save_s") or 0.0)
+        other += saves_left * (self.model.get("save_s") or 0.0)
         model_done = size["a"] * done.all.n + size["b"] * done.all.x + size.get("warmup_s", 0.0)
         return live_eta(model_left_s=size["a"] * steps_left + size["b"] * tokens_left, model_done_s=model_done,
                         elapsed_s=done.all.y, fraction_done=self.attempt_fraction(),
