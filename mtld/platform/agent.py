@@ -13,7 +13,6 @@ import math
 import os
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Callable, Mapping
 
 from mtld.platform import launchd, systemd
 from mtld.platform.runner import RecordingRunner, Result, Runner, SubprocessRunner
+from mtld.rundir import write_atomic
 from mtld.settings import Settings, platform_dirs
 
 __all__ = [
@@ -237,7 +237,7 @@ def apply(plan: AgentPlan, runner: Runner, *, sleep: Callable[[float], None] = t
         if command.before_files:
             _run(command, runner, sleep)
     for path, content in plan.files.items():
-        write_atomic(path, content)
+        write_atomic(path, content, mode=0o644)  # launchd refuses a plist that others may write
     for path in plan.remove:
         path.unlink(missing_ok=True)
     for command in plan.commands:
@@ -254,22 +254,6 @@ def _run(command: Command, runner: Runner, sleep: Callable[[float], None]) -> No
             return
     detail = (result.stderr or result.stdout).strip() or "no output"
     raise AgentError(f"`{shlex.join(command.argv)}` failed (exit status {result.returncode}): {detail}")
-
-
-def write_atomic(path: Path, content: bytes, mode: int = 0o644) -> None:
-    """Write to a temporary file beside `path`, then rename: launchd/systemd never read half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # launchd refuses a plist that others may write
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def describe(plan: AgentPlan) -> str:

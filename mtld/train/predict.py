@@ -11,12 +11,11 @@ on whitespace.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from mtld.records import DataError, read_rows
+from mtld.rundir import write_atomic
 from mtld.train.errors import BadInput, missing_package_message
 from mtld.train.layout import TASKS_FILE
 
@@ -70,7 +69,7 @@ def predict(model_dir: Path, input_path: Path, output_path: Path, *, device: str
         for i, value in zip(usable, values):
             predictions[i][info.name] = _readable(info, value)
     lines = [json.dumps({"line": line, "predictions": p}, ensure_ascii=False) for (line, _), p in zip(rows, predictions)]
-    _write_lines_atomic(Path(output_path), lines)
+    write_atomic(Path(output_path), "".join(line + "\n" for line in lines).encode("utf-8"))
     return len(lines)
 
 
@@ -97,13 +96,3 @@ def _readable(info: Any, value: Any) -> Any:
     return list(value)
 
 
-def _write_lines_atomic(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
