@@ -124,7 +124,7 @@ def test_a_run_with_history_logs_its_prediction_and_a_blended_eta(jobs, read_eve
     assert result["timing"]["4"]["warmup"]["steps"] == 3 and result["timing"]["4"]["eval"]["count"] == 2
     assert result["timing"]["4"]["saves"]["count"] >= 2
     etas = [e["eta_s"] for e in read_events(second, "step.progress")]
-    assert all(e is not None and e >= 0 for e in etas)
+    assert etas and all(e is not None and e >= 0 for e in etas)
 
 
 def test_a_resumed_attempt_predicts_only_what_is_left(jobs, read_events):

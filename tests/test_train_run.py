@@ -287,15 +287,7 @@ def unreadable_model(jobs):
 
 
 def tokenizer_needs_fugashi(jobs):
-    import shutil
-
-    model = jobs.base / "ja-model"
-    shutil.copytree(jobs.model, model)
-    vocab = json.loads((model / "tokenizer.json").read_text())["model"]["vocab"]
-    (model / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n")
-    (model / "tokenizer.json").unlink()
-    (model / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "BertJapaneseTokenizer", "word_tokenizer_type": "mecab", "subword_tokenizer_type": "wordpiece"}))
+    model = japanese_tokenizer_model(jobs, "ja-model", word_tokenizer_type="mecab")
     return jobs.spec([jobs.task("classification", 16)], model=model), "pip install 'mtld[ja]'"
 
 
@@ -358,16 +350,20 @@ def test_an_unexpected_error_is_logged_with_its_traceback(jobs, read_events):
 def python_tokenizer_model(jobs):
     """A copy of the tiny model whose tokenizer is pure Python (no word_ids()): BertJapaneseTokenizer
     with its basic word splitter, which needs no MeCab."""
+    return japanese_tokenizer_model(jobs, "python-tokenizer", word_tokenizer_type="basic", do_lower_case=True)
+
+
+def japanese_tokenizer_model(jobs, name: str, **config):
+    """A copy of the tiny model with its WordPiece vocabulary behind a BertJapaneseTokenizer."""
     import shutil
 
-    model = jobs.base / "python-tokenizer"
+    model = jobs.base / name
     shutil.copytree(jobs.model, model)
     vocab = json.loads((model / "tokenizer.json").read_text())["model"]["vocab"]
     (model / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n")
     (model / "tokenizer.json").unlink()
     (model / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "BertJapaneseTokenizer", "word_tokenizer_type": "basic", "subword_tokenizer_type": "wordpiece",
-         "do_lower_case": True}))
+        {"tokenizer_class": "BertJapaneseTokenizer", "subword_tokenizer_type": "wordpiece", **config}))
     return model
 
 
