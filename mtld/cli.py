@@ -13,13 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from mtld import __version__, jobs
+from mtld.estimating import duration_text
 from mtld.jobspec import JobFileError, load_job, spec_from_json
 from mtld.logs import configure, follow_files, format_event, get_logger, read_events
 from mtld.settings import Settings, SettingsError, load_settings
 from mtld.status import job_view, schedule_view
-from mtld.store import InvalidTransition, Job, Store, StoreError, UnknownJob
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
+from mtld.store import TERMINAL, InvalidTransition, Job, Store, StoreError, UnknownJob
 
 app = typer.Typer(
     help="Train multi-task BERT-style encoders overnight, one job at a time.",
@@ -158,7 +157,7 @@ def _running_line(job: dict[str, Any]) -> str:
         return f"{head}  starting (micro-batch {(job.get('run') or {}).get('micro_batch', '?')})"
     done = p["step"] / p["total"]
     bar = "#" * round(done * 24) + "-" * (24 - round(done * 24))
-    eta = _duration(p["eta_s"]) if p.get("eta_s") is not None else "?"
+    eta = duration_text(p.get("eta_s"))
     memory = f"  memory {p['memory_level']}" if p.get("memory_level") else ""
     return (f"{head}  \\[{bar}] {p['step']}/{p['total']} steps  micro-batch {p['micro_batch']}  "
             f"{p['samples_per_s']} samples/s  ETA {eta}{memory}")
@@ -182,13 +181,6 @@ def _jobs_table(views: list[dict[str, Any]], columns: tuple[str, ...]) -> Table:
     return table
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 def _local_iso(value: str | None) -> str:
     if not value:
         return ""
@@ -203,10 +195,10 @@ def show(ctx: typer.Context, job_id: int, as_json: JsonFlag = False) -> None:
     runs = [r.to_dict() for r in c.store.runs_for(job_id)]
     history = [t.to_dict() for t in c.store.transitions_for(job_id)]
     spec = json.loads(spec_from_json(job.spec_json).model_dump_json())
-    if as_json:
-        emit_json({**job_view(job), "spec": spec, "runs": runs, "transitions": history})
-        return
     view = job_view(job)
+    if as_json:
+        emit_json({**view, "spec": spec, "runs": runs, "transitions": history})
+        return
     for key in ("id", "name", "state", "priority", "batch_size", "submitted_at", "not_before", "attempts", "run_dir", "job_file", "last_error"):
         if view.get(key) not in (None, ""):
             out.print(f"[bold]{key:>12}[/]  {view[key]}")

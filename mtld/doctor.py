@@ -24,7 +24,7 @@ def diagnose(settings: Settings) -> dict[str, dict[str, Any]]:
             "store": str(settings.db_path),
             "runs": str(settings.runs_dir),
         },
-        "daemon": {"pid": running_pid(settings.pid_file), "running": running_pid(settings.pid_file) is not None},
+        "daemon": {"pid": (pid := running_pid(settings.pid_file)), "running": pid is not None},
         "agent": agent_status(SubprocessRunner(timeout_s=10)),
     }
 

@@ -220,7 +220,8 @@ def chosen_size(store: Any, family: str, settings: Any, *, pressure: str, availa
                             peaks=policy.peaks_by_size(history), pinned=pinned).micro_batch
 
 
-def _duration(seconds: float | None) -> str:
+def duration_text(seconds: float | None) -> str:
+    """1m05s, 2h03m; ? when unknown."""
     if seconds is None:
         return "?"
     s = int(round(seconds))
@@ -238,7 +239,7 @@ def render_table(plan: PlanSummary, rows: Sequence[Prediction]) -> str:
         fits = {True: "yes", False: "no", None: "?"}[r.fits]
         peak = _bytes(r.peak_bytes) + ("*" if r.peak_extrapolated else "")
         mark = "  <- mtld would choose this" if r.chosen else ""
-        lines.append(f"{r.micro_batch:>4}  {_duration(r.seconds):>9}  {peak:>12}  {fits:>8}  {r.basis}{mark}")
+        lines.append(f"{r.micro_batch:>4}  {duration_text(r.seconds):>9}  {peak:>12}  {fits:>8}  {r.basis}{mark}")
     if any(r.extrapolated or r.peak_extrapolated for r in rows):
         lines.append("extrapolated rows (basis 'extrapolated from', peaks marked *) are less certain; "
                      "`mtld estimate --probe` measures every size")

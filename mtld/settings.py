@@ -166,7 +166,8 @@ def load_settings(config: Path | None = None) -> Settings:
     named = config or (Path(os.environ["MTLD_CONFIG"]) if os.environ.get("MTLD_CONFIG") else None)
     if named is not None and not named.is_file():
         raise SettingsError(f"{named}: config file not found")
-    path = named or (user_config_file() if user_config_file().is_file() else None)
+    user = user_config_file()
+    path = named or (user if user.is_file() else None)
 
     class SettingsFromFile(Settings):
         model_config = SettingsConfigDict(toml_file=path)
