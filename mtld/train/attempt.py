@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mtld import exitcodes
-from mtld.jobspec import JobFileError, JobSpec, check_semantics, spec_to_json
+from mtld.jobspec import MICRO_BATCH_SIZES, JobFileError, JobSpec, check_semantics, spec_to_json
 from mtld.logs import configure, get_logger
 from mtld.rundir import Launch, RunDir
 from mtld.train.errors import BadInput
@@ -33,7 +33,6 @@ CODES = {
     "out_of_memory": exitcodes.OUT_OF_MEMORY,
     "failed": 1,
 }
-MICRO_BATCH_SIZES = (2, 4, 8)
 FINISHED_FIELDS = (  # result.json fields repeated in the run.finished event
     "outcome", "exit_code", "step", "total_steps", "duration_s", "peak_memory_bytes",
     "samples_per_s", "tokens_per_s", "micro_batch_end", "best_score",

@@ -33,6 +33,7 @@ def probe(run_dir: Path) -> dict[str, Any]:
     from mtld.train import device as dev
     from mtld.train.guard import NoGuard
     from mtld.train.inference import infer_split
+    from mtld.train.loop import EVAL_BATCH_FACTOR
     from mtld.train.model import quiet_transformers
     from mtld.train.plan import padded_tokens
     from mtld.train.setup import build
@@ -74,7 +75,7 @@ def probe(run_dir: Path) -> dict[str, Any]:
         i, task = with_eval[0]
         started = time.perf_counter()
         split = task.eval
-        infer_split(parts.model, i, task.info, split, batch_size=4 * sizes[-1], amp=parts.amp)
+        infer_split(parts.model, i, task.info, split, batch_size=EVAL_BATCH_FACTOR * sizes[-1], amp=parts.amp)
         seconds = time.perf_counter() - started
         timings.record_eval(sizes[-1], int(split.lengths.sum()), seconds)
     with tempfile.TemporaryDirectory(dir=rd.path) as tmp:
