@@ -1,5 +1,9 @@
 """mtld.memory: the pure decisions as tables, the probes over recorded files, the sampler and the guard.
 
+Each name is imported from the module that owns it (levels, figures, linux,
+macos, simulated, sampler, guard); the fake probe is mtld.testing's
+ScriptedProbe, and the sampler's events are captured with structlog.testing.
+
 Recorded inputs live in tests/data/memory/ (the *_v1_*, psi_idle and
 meminfo_vm_24g files were read on a Linux VM with a cgroup v1 memory
 controller; the others are written in the kernel's formats). LinuxProbe reads
@@ -19,36 +23,32 @@ from pathlib import Path
 
 import pytest
 
-from mtld.memory import (
-    PRESSURE_SYSCTL,
-    SYSCTLBYNAME,
-    GuardDecision,
-    Level,
+import mtld.memory
+from mtld.memory import make_probe
+from mtld.memory.figures import MemoryFigures, parse_meminfo
+from mtld.memory.guard import GuardDecision, MemoryGuard, budget_bytes, guard_advice
+from mtld.memory.levels import Level, Reading, available_level, worst
+from mtld.memory.linux import (
     LinuxProbe,
-    MacProbe,
-    MemoryFigures,
-    MemoryGuard,
-    Reading,
-    Sampler,
-    ScriptedProbe,
-    SimulatedProbe,
-    available_level,
-    budget_bytes,
     cgroup_limit,
-    guard_advice,
-    macos_level,
-    make_probe,
     parse_cgroup_path,
     parse_memory_stat,
-    parse_meminfo,
     parse_psi,
-    parse_simulated,
     psi_level,
+)
+from mtld.memory.macos import (
+    PRESSURE_SYSCTL,
+    SYSCTLBYNAME,
+    MacProbe,
+    macos_level,
     sysctl_by_command,
     sysctl_by_ctypes,
-    worst,
 )
+from mtld.memory.sampler import Sampler
+from mtld.memory.simulated import SimulatedProbe, parse_simulated
 from mtld.settings import MemorySettings, SettingsError
+from mtld.testing import ScriptedProbe
+from tests.conftest import capturing_log, take
 
 DATA = Path(__file__).parent / "data" / "memory"
 GiB = 2**30
@@ -248,12 +248,12 @@ def test_guard_advice(level, used, budget, scaled, expected):
     assert guard_advice(level, used, budget, scaled) == GuardDecision(*expected)
 
 
-def test_advice_values_match_the_guard_seam():
+def test_advice_is_declared_once_and_the_guard_seam_uses_it():
+    from mtld.memory import guard as memory_guard
     from mtld.train import guard
 
-    from mtld import memory
-
-    assert typing.get_args(memory.Advice) == typing.get_args(guard.Advice)
+    assert guard.Advice is memory_guard.Advice is mtld.memory.Advice
+    assert typing.get_args(guard.Advice) == ("ok", "scale_down", "interrupt")
 
 
 # ------------------------------------------------------------------ LinuxProbe over recorded files
@@ -498,15 +498,25 @@ def test_sysctl_by_command():
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="Linux has no kern.memorystatus_vm_pressure_level")
 def test_read_sysctl_int_fails_as_oserror_off_macos():
-    from mtld.memory import read_sysctl_int
+    from mtld.memory.macos import read_sysctl_int
 
     with pytest.raises(OSError):
         read_sysctl_int(PRESSURE_SYSCTL)
 
 
+def test_read_sysctl_int_without_libcs_sysctlbyname_asks_the_command(monkeypatch):
+    from mtld.memory import macos
+
+    monkeypatch.setattr(macos, "_libc_sysctlbyname", False)  # looked up already: libc has none
+    monkeypatch.setattr(macos, "sysctl_by_command", {PRESSURE_SYSCTL: 2}.__getitem__)
+    assert macos.read_sysctl_int(PRESSURE_SYSCTL) == 2
+    monkeypatch.setattr(macos, "_libc_sysctlbyname", fake_sysctlbyname({PRESSURE_SYSCTL: 4}))
+    assert macos.read_sysctl_int(PRESSURE_SYSCTL) == 4
+
+
 @pytest.mark.skipif(sys.platform != "darwin", reason="macOS only")
 def test_mac_probe_live():
-    from mtld.memory import read_sysctl_int
+    from mtld.memory.macos import read_sysctl_int
 
     assert read_sysctl_int(PRESSURE_SYSCTL) in (1, 2, 4)
     reading = MacProbe(SETTINGS).read()
@@ -588,9 +598,20 @@ def test_make_probe_simulated(tmp_path):
         make_probe(MemorySettings(probe="simulated"))
 
 
+@pytest.mark.slow
 def test_module_is_torch_free():
-    code = "import sys, mtld.memory; sys.exit(any(m.split('.')[0] == 'torch' for m in sys.modules))"
+    code = "import sys, mtld.memory, mtld.testing; sys.exit(any(m.split('.')[0] == 'torch' for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_the_package_reexports_what_callers_import_and_no_fakes():
+    from mtld.memory import guard, levels, macos, sampler
+
+    assert (mtld.memory.Reading, mtld.memory.Level) == (levels.Reading, levels.Level)
+    assert (mtld.memory.MemoryGuard, mtld.memory.budget_bytes) == (guard.MemoryGuard, guard.budget_bytes)
+    assert (mtld.memory.Sampler, mtld.memory.read_sysctl_int) == (sampler.Sampler, macos.read_sysctl_int)
+    assert set(mtld.memory.__all__) <= set(dir(mtld.memory))
+    assert not hasattr(mtld.memory, "ScriptedProbe")
 
 
 # ------------------------------------------------------------------ the sampler
@@ -604,21 +625,6 @@ class FakeClock:
         return self.now
 
 
-class RecordingLog:
-    def __init__(self):
-        self.events: list[tuple[str, str, dict]] = []
-
-    def info(self, event: str, **fields) -> None:
-        self.events.append(("info", event, fields))
-
-    def warning(self, event: str, **fields) -> None:
-        self.events.append(("warning", event, fields))
-
-    def take(self) -> list[tuple[str, str, dict]]:
-        events, self.events = self.events, []
-        return events
-
-
 def run_ticks(sampler: Sampler, clock: FakeClock, ticks: int, every: float = 1.0) -> None:
     for _ in range(ticks):
         sampler.tick()
@@ -626,52 +632,53 @@ def run_ticks(sampler: Sampler, clock: FakeClock, ticks: int, every: float = 1.0
 
 
 def test_sampler_logs_changes_at_once_and_repeats_rarely():
-    clock, log = FakeClock(), RecordingLog()
+    (log, capture), clock = capturing_log(), FakeClock()
     probe = ScriptedProbe([N, N, N, W, W, N] + [N] * 40)
     sampler = Sampler(probe, every_s=1.0, log_every_s=30.0, log=log, clock=clock)
     run_ticks(sampler, clock, 6)
-    events = log.take()
-    assert [(e[1], e[2]["trigger"], e[2]["pressure"]) for e in events] == [
+    events = take(capture)
+    assert [(e["event"], e["trigger"], e["pressure"]) for e in events] == [
         ("memory.sample", "first", "normal"),
         ("memory.sample", "level_changed", "warn"),
         ("memory.sample", "level_changed", "normal"),
     ]
-    assert events[1][2]["previous_pressure"] == "normal" and events[2][2]["previous_pressure"] == "warn"
+    assert events[1]["previous_pressure"] == "normal" and events[2]["previous_pressure"] == "warn"
     run_ticks(sampler, clock, 29)  # t = 1006 .. 1034: under 30 s since the last event, at 1005
-    assert log.take() == []
+    assert take(capture) == []
     run_ticks(sampler, clock, 1)
-    assert [e[2]["trigger"] for e in log.take()] == ["periodic"]
+    assert [e["trigger"] for e in take(capture)] == ["periodic"]
     assert sampler.latest.at == 1035.0 and sampler.latest.reading.level is N
 
 
 def test_sampler_adds_device_figures():
-    clock, log = FakeClock(), RecordingLog()
+    (log, capture), clock = capturing_log(), FakeClock()
     figures = iter([{"used_bytes": 100, "total_bytes": 1000}, {"used_bytes": 200, "total_bytes": 1000}])
     sampler = Sampler(ScriptedProbe([N]), log=log, clock=clock, read_device=lambda: next(figures))
     run_ticks(sampler, clock, 2)
     assert sampler.latest.device == {"used_bytes": 200, "total_bytes": 1000}
-    fields = log.events[0][2]
+    fields = capture.entries[0]
     assert fields["device"] == {"used_bytes": 100, "total_bytes": 1000}
     assert json_safe(fields) == fields
 
 
 def test_sampler_keeps_the_last_sample_when_a_read_fails_and_says_so_rarely():
-    clock, log = FakeClock(), RecordingLog()
+    (log, capture), clock = capturing_log(), FakeClock()
     probe = ScriptedProbe([W] + [OSError("proc vanished")] * 40 + [N])
     sampler = Sampler(probe, every_s=1.0, log_every_s=30.0, log=log, clock=clock)
     run_ticks(sampler, clock, 1)
     first = sampler.latest
-    log.take()
+    take(capture)
     run_ticks(sampler, clock, 30)
     assert sampler.latest is first  # the loop still sees the last good sample
-    failed = log.take()
-    assert [(e[0], e[1], e[2]["what"], e[2]["failures"]) for e in failed] == [("warning", "memory.sample_failed", "probe", 1)]
-    assert "proc vanished" in failed[0][2]["error"]
+    failed = take(capture)
+    assert [(e["log_level"], e["event"], e["what"], e["failures"]) for e in failed] == [
+        ("warning", "memory.sample_failed", "probe", 1)]
+    assert "proc vanished" in failed[0]["error"]
     run_ticks(sampler, clock, 1)  # 30 s after the first failure
-    assert [(e[1], e[2]["failures"]) for e in log.take()] == [("memory.sample_failed", 30)]
+    assert [(e["event"], e["failures"]) for e in take(capture)] == [("memory.sample_failed", 30)]
     run_ticks(sampler, clock, 11)
     assert sampler.latest.reading.level is N
-    assert [e[2]["trigger"] for e in log.take() if e[1] == "memory.sample"] == ["level_changed"]
+    assert [e["trigger"] for e in take(capture) if e["event"] == "memory.sample"] == ["level_changed"]
 
 
 def test_sampler_survives_a_failing_device_reader_and_logger():

@@ -25,7 +25,6 @@ from mtld.platform import launchd, power, systemd
 from mtld.platform.agent import (
     AgentError,
     AgentPlan,
-    RecordingRunner,
     SubprocessRunner,
     agent_status,
     apply,
@@ -35,6 +34,7 @@ from mtld.platform.agent import (
     plan_uninstall,
 )
 from mtld.settings import DaemonSettings, Settings
+from mtld.testing import RecordingRunner
 
 REPO = Path(__file__).resolve().parents[1]
 UID = 501
@@ -254,6 +254,7 @@ def test_the_systemd_unit(tmp_path):
     assert plan.dirs == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
 def test_systemd_itself_accepts_the_unit(tmp_path):
     env = {"MTLD_HOME": str(tmp_path / "my state/100%")}
@@ -443,6 +444,7 @@ def soon(condition, timeout_s: float = 5.0) -> bool:
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GNU tail --pid, as on Linux")
 
 
+@pytest.mark.slow
 @linux_only
 def test_sleep_inhibitor_lives_with_the_run_and_ends_on_stop(fake_inhibit, training_child):
     inhibitor = power.SleepInhibitor(platform="linux")
@@ -460,6 +462,7 @@ def test_sleep_inhibitor_lives_with_the_run_and_ends_on_stop(fake_inhibit, train
     inhibitor.stop()  # twice: fine
 
 
+@pytest.mark.slow
 @linux_only
 def test_sleep_inhibitor_ends_by_itself_when_the_run_ends(fake_inhibit, training_child):
     inhibitor = power.SleepInhibitor(platform="linux")

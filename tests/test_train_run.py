@@ -1,4 +1,7 @@
-"""Whole attempts in this process: every task type, results, events, predict, resume, the guard seam."""
+"""Whole attempts in this process: every task type, results, events, predict, resume, the guard seam.
+
+Tests that train whole runs are marked slow; the bad-input and tokenizer cases stay in `make test-fast`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import json
 
 import pytest
 
-from mtld.train import ScriptedGuard, run_attempt
+from mtld.testing import ScriptedGuard
+from mtld.train import run_attempt
 
 RESULT_KEYS = {
     "outcome", "exit_code", "step", "total_steps", "micro_batch_start", "micro_batch_end", "scaled_down",
@@ -54,6 +58,7 @@ def trained(tmp_path_factory, make_jobs):
     return jobs, run_dir
 
 
+@pytest.mark.slow
 def test_every_task_type_trains_and_is_evaluated(trained):
     _, run_dir = trained
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -74,6 +79,7 @@ def test_every_task_type_trains_and_is_evaluated(trained):
     assert metrics["evals"][0]["score"] < best
 
 
+@pytest.mark.slow
 def test_the_run_directory_holds_result_models_and_checkpoints(trained):
     _, run_dir = trained
     result = json.loads((run_dir / "result.json").read_text())
@@ -94,6 +100,7 @@ def test_the_run_directory_holds_result_models_and_checkpoints(trained):
     assert not list(run_dir.glob(".*"))  # no temporary folders or files left
 
 
+@pytest.mark.slow
 def test_events_carry_the_promised_fields(trained, read_events):
     _, run_dir = trained
     events = read_events(run_dir)
@@ -114,6 +121,7 @@ def test_events_carry_the_promised_fields(trained, read_events):
     assert not [e for e in events if e["event"] == "library.log" and e["level"] != "debug"]
 
 
+@pytest.mark.slow
 def test_predict_writes_a_prediction_per_row_and_task(trained, tmp_path, data_rows):
     from mtld.train.predict import predict
 
@@ -136,6 +144,7 @@ def test_predict_writes_a_prediction_per_row_and_task(trained, tmp_path, data_ro
     assert all(isinstance(p["predictions"]["multilabel"], list) for p in lines[:20])
 
 
+@pytest.mark.slow
 def test_predict_finds_the_best_model_and_refuses_a_folder_without_one(trained, tmp_path):
     from mtld.train.errors import BadInput
     from mtld.train.predict import predict, resolve_model_dir
@@ -168,11 +177,13 @@ def no_dropout_jobs(tmp_path_factory, make_jobs, tiny_model_no_dropout):
     return jobs, spec, runs
 
 
+@pytest.mark.slow
 def test_weights_after_training_do_not_depend_on_the_micro_batch(no_dropout_jobs):
     _, _, runs = no_dropout_jobs
     assert_same_weights(final_weights(runs[2]), final_weights(runs[8]), exact=False, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_the_gradient_of_a_step_does_not_depend_on_the_micro_batch(no_dropout_jobs):
     import numpy as np
     import structlog
@@ -205,6 +216,7 @@ def test_the_gradient_of_a_step_does_not_depend_on_the_micro_batch(no_dropout_jo
                 torch.testing.assert_close(grads[b][name], grads[8][name], rtol=1e-4, atol=1e-7, msg=lambda m: f"b={b} {name}: {m}")
 
 
+@pytest.mark.slow
 def test_guard_scale_down_halves_the_micro_batch_and_keeps_the_maths(no_dropout_jobs, read_events):
     jobs, spec, runs = no_dropout_jobs
     run_dir = jobs.run_dir(spec, micro_batch=8, name="guard-scale")
@@ -236,6 +248,7 @@ class InterruptMidStep:
         return "interrupt" if (self.step, self.calls) == (self.target, 3) else "ok"
 
 
+@pytest.mark.slow
 def test_guard_interrupt_checkpoints_and_the_resumed_run_ends_bit_identical(jobs, read_events):
     """Dropout on: an exact resume needs the RNG states as well as weights and optimizer."""
     spec = jobs.spec([jobs.task("classification", 40, n_eval=16), jobs.task("tokens", 24, n_eval=8)], epochs=2, eval_every=4)
@@ -395,6 +408,7 @@ def test_word_tags_land_on_each_words_first_sub_token(jobs, data_rows, python_to
     assert split.word_starts[-1][-1] == -1  # words past max_length are not trained on
 
 
+@pytest.mark.slow
 def test_csv_data_a_python_tokenizer_and_mixed_precision(jobs, data_rows, read_events):
     import csv
 

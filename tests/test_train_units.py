@@ -139,6 +139,7 @@ def test_first_signal_only_sets_the_flag():
     assert flag.requested and flag.name == "SIGTERM"
 
 
+@pytest.mark.slow
 def test_second_signal_escalates_to_the_default_action():
     code = (
         "import signal; from mtld.train.signals import StopFlag\n"
@@ -151,7 +152,7 @@ def test_second_signal_escalates_to_the_default_action():
 
 
 def test_scripted_guard_gives_each_advice_once_at_its_step():
-    from mtld.train.guard import ScriptedGuard
+    from mtld.testing import ScriptedGuard
 
     guard = ScriptedGuard({2: "scale_down", 4: "interrupt"})
     seen = []
@@ -171,6 +172,7 @@ def test_missing_package_names_the_extra():
     assert "foo" in missing_package_message(other, "the model")
 
 
+@pytest.mark.slow
 def test_importing_the_package_does_not_import_torch():
     code = "import sys, mtld.train; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from mtld.platform import launchd, systemd
-from mtld.platform.runner import RecordingRunner, Result, Runner, SubprocessRunner
+from mtld.platform.runner import Result, Runner, SubprocessRunner
 from mtld.rundir import write_atomic
 from mtld.settings import Settings, platform_dirs
 
 __all__ = [
-    "AgentError", "AgentPlan", "Command", "Runner", "SubprocessRunner", "RecordingRunner", "Result",
+    "AgentError", "AgentPlan", "Command", "Runner", "SubprocessRunner", "Result",
     "plan_install", "plan_uninstall", "agent_status", "apply", "describe", "stop_grace_s",
 ]
 

@@ -2,8 +2,8 @@
 
 `launchctl` and `systemctl --user` only exist (and only work) on the machines
 they manage, so agent code never calls subprocess directly: it asks a Runner.
-Tests use `RecordingRunner`, a fake that records every argv and answers from a
-script, instead of patching subprocess.
+Tests use `mtld.testing.RecordingRunner`, a fake that records every argv and
+answers from a script, instead of patching subprocess.
 """
 
 from __future__ import annotations
@@ -37,30 +37,3 @@ class SubprocessRunner:
             return Result(argv, 127, "", f"{argv[0]}: command not found")
         except subprocess.TimeoutExpired:
             return Result(argv, 124, "", f"{argv[0]}: timed out after {self.timeout_s:g} s")
-
-
-class RecordingRunner:
-    """A fake Runner: records each argv in `calls` and answers from a script.
-
-    `on("launchctl", "bootout", returncode=3, stderr="...")` scripts the answer
-    for every argv starting with those words (the longest matching prefix
-    wins); anything unscripted succeeds with empty output. Scripting one
-    prefix several times queues answers, used in turn (the last one repeats).
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-        self._script: dict[tuple[str, ...], list[Result]] = {}
-
-    def on(self, *prefix: str, returncode: int = 0, stdout: str = "", stderr: str = "") -> RecordingRunner:
-        self._script.setdefault(prefix, []).append(Result(list(prefix), returncode, stdout, stderr))
-        return self
-
-    def run(self, argv: list[str]) -> Result:
-        self.calls.append(list(argv))
-        matches = [p for p in self._script if tuple(argv[: len(p)]) == p]
-        if not matches:
-            return Result(list(argv), 0, "", "")
-        answers = self._script[max(matches, key=len)]
-        answer = answers.pop(0) if len(answers) > 1 else answers[0]
-        return Result(list(argv), answer.returncode, answer.stdout, answer.stderr)

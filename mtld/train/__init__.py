@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TextIO
 
 from mtld.train.errors import BadInput
-from mtld.train.guard import Advice, Guard, NoGuard, ScriptedGuard
+from mtld.train.guard import Advice, Guard, NoGuard
 
-__all__ = ["Advice", "BadInput", "Guard", "NoGuard", "ScriptedGuard", "run_attempt"]
+__all__ = ["Advice", "BadInput", "Guard", "NoGuard", "run_attempt"]
 
 
 def run_attempt(run_dir: Path, *, console: TextIO | None = None, guard: Guard | None = None) -> int:

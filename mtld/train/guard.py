@@ -4,15 +4,17 @@
 (the effective batch stays, so the maths stays the same); "interrupt"
 checkpoints at the last completed step and exits INTERRUPTED so the daemon
 requeues the run. A real guard (a later issue) reads the latest sample of a
-memory sampler thread; it must answer fast and never block.
+memory sampler thread; it must answer fast and never block. The fake for tests
+and demos, `ScriptedGuard`, lives in mtld.testing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Literal, Protocol
+from typing import Protocol
 
-Advice = Literal["ok", "scale_down", "interrupt"]
+from mtld.memory.guard import Advice
+
+__all__ = ["Advice", "Guard", "NoGuard"]
 
 
 class Guard(Protocol):
@@ -30,25 +32,3 @@ class NoGuard:
 
     def advice(self) -> Advice:
         return "ok"
-
-
-class ScriptedGuard:
-    """A fake for tests and demos: gives scripted advice at given optimizer steps.
-
-    `script` maps an optimizer step (0-based: the step about to run) to advice,
-    given once, at the first micro-step of that step.
-    """
-
-    def __init__(self, script: dict[int, Advice] | Iterable[tuple[int, Advice]]):
-        self.script = dict(script)
-        self.step = 0
-        self.given: list[tuple[int, Advice]] = []
-
-    def at_step(self, step: int) -> None:
-        self.step = step
-
-    def advice(self) -> Advice:
-        advice = self.script.pop(self.step, "ok")
-        if advice != "ok":
-            self.given.append((self.step, advice))
-        return advice

@@ -1,0 +1,129 @@
+"""Fakes for tests and demos (like `structlog.testing`): none of them is used by production code.
+
+- `ScriptedProbe`: a memory probe (mtld.memory.Probe) that reads a script.
+- `ScriptedGuard`: a step-loop guard (mtld.train.guard.Guard) that gives
+  scripted advice at given optimizer steps.
+- `RecordingRunner`: a service-manager Runner (mtld.platform.runner.Runner)
+  that records every argv and answers from a script, instead of patching
+  subprocess.
+- `FakeExecutor` / `FakeRun`: the daemon's executor seam (mtld.executor):
+  runs that end when a test says so, or with 75 (checkpointed) on SIGTERM, so
+  that a test drives `Daemon.tick(now)` with its own clock.
+
+Torch-free and light to import.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+
+from mtld.memory.guard import Advice
+from mtld.memory.levels import Level, Reading
+from mtld.executor import ExitStatus
+from mtld.platform.runner import Result
+
+__all__ = ["FakeExecutor", "FakeRun", "RecordingRunner", "ScriptedGuard", "ScriptedProbe"]
+
+
+class ScriptedProbe:
+    """A fake: each read gives the next item (a Reading, a Level, or an exception to raise); the last repeats."""
+
+    source = "scripted"
+
+    def __init__(self, items: Iterable[Reading | Level | str | BaseException]):
+        self.items = list(items)
+        self.reads = 0
+
+    def read(self) -> Reading:
+        item = self.items[min(self.reads, len(self.items) - 1)]
+        self.reads += 1
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, Reading):
+            return item
+        return Reading(Level(item), None, None, None, self.source)
+
+
+class ScriptedGuard:
+    """A fake for tests and demos: gives scripted advice at given optimizer steps.
+
+    `script` maps an optimizer step (0-based: the step about to run) to advice,
+    given once, at the first micro-step of that step.
+    """
+
+    def __init__(self, script: dict[int, Advice] | Iterable[tuple[int, Advice]]):
+        self.script = dict(script)
+        self.step = 0
+        self.given: list[tuple[int, Advice]] = []
+
+    def at_step(self, step: int) -> None:
+        self.step = step
+
+    def advice(self) -> Advice:
+        advice = self.script.pop(self.step, "ok")
+        if advice != "ok":
+            self.given.append((self.step, advice))
+        return advice
+
+
+class RecordingRunner:
+    """A fake Runner: records each argv in `calls` and answers from a script.
+
+    `on("launchctl", "bootout", returncode=3, stderr="...")` scripts the answer
+    for every argv starting with those words (the longest matching prefix
+    wins); anything unscripted succeeds with empty output. Scripting one
+    prefix several times queues answers, used in turn (the last one repeats).
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self._script: dict[tuple[str, ...], list[Result]] = {}
+
+    def on(self, *prefix: str, returncode: int = 0, stdout: str = "", stderr: str = "") -> RecordingRunner:
+        self._script.setdefault(prefix, []).append(Result(list(prefix), returncode, stdout, stderr))
+        return self
+
+    def run(self, argv: list[str]) -> Result:
+        self.calls.append(list(argv))
+        matches = [p for p in self._script if tuple(argv[: len(p)]) == p]
+        if not matches:
+            return Result(list(argv), 0, "", "")
+        answers = self._script[max(matches, key=len)]
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        return Result(list(argv), answer.returncode, answer.stdout, answer.stderr)
+
+
+class FakeRun:
+    """A run that never finishes on its own: it ends when `end()` is called, or (75, checkpointed) on SIGTERM."""
+
+    def __init__(self, pid: int, run_dir: Path):
+        self.pid, self.run_dir = pid, run_dir
+        self.signals: list[int] = []
+        self.status: ExitStatus | None = None
+
+    def signal(self, signum: int) -> None:
+        self.signals.append(signum)
+        if signum in (signal.SIGTERM, signal.SIGKILL) and self.status is None:
+            self.status = ExitStatus(code=75) if signum == signal.SIGTERM else ExitStatus(signal=signum)
+
+    def poll(self) -> ExitStatus | None:
+        return self.status
+
+    def end(self, code: int = 0) -> None:
+        self.status = ExitStatus(code=code)
+
+
+class FakeExecutor:
+    """Starts FakeRuns (no process); `runs` lists them in the order started."""
+
+    def __init__(self) -> None:
+        self.runs: list[FakeRun] = []
+
+    def start(self, run_dir: Path) -> FakeRun:
+        self.runs.append(FakeRun(pid=100000 + len(self.runs), run_dir=Path(run_dir)))
+        return self.runs[-1]
+
+    def adopt(self, pid: int, run_dir: Path, started_at: float) -> None:
+        return None
