@@ -1,7 +1,8 @@
 """The runtime and memory model: figures of earlier runs in, expected duration and peak out.
 
 Pure: no torch, no clock, no files. The I/O side (tokenizing a job into a
-`PlanSummary`, reading the family's history, the probe) is `mtld.estimating`.
+`PlanSummary`: mtld.jobestimate; the family's history and the probe:
+mtld.history); the figures come typed (mtld.runfiles.Figures).
 
 Step time. At micro-batch m an optimizer step of p padded tokens takes about
 `a_m + b_m × p` seconds. Each run's result.json keeps, per size, the running
@@ -31,11 +32,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-SIZES = (2, 4, 8)
+from mtld import MICRO_BATCH_SIZES as SIZES
+from mtld.runfiles import Figures, Sum
+
 LIVE_PRIOR_WEIGHT = 0.05  # the model counts as much as the first 5 % of the run's own steps
 
 
@@ -57,12 +60,11 @@ class Sums:
         return cls(int(n), x, y, xx, xy)
 
     @classmethod
-    def from_timing(cls, d: Mapping[str, Any]) -> Sums:
-        return cls(int(d.get("steps") or 0), float(d.get("padded_tokens") or 0), float(d.get("seconds") or 0),
-                   float(d.get("tokens_squared") or 0), float(d.get("tokens_seconds") or 0))
+    def from_timing(cls, d: Sum) -> Sums:
+        return cls(d.steps, float(d.padded_tokens), d.seconds, d.tokens_squared, d.tokens_seconds)
 
     def to_timing(self) -> dict[str, float]:
-        """The keys of result.json's timing (what from_timing reads)."""
+        """The fields of result.json's timing (mtld.runfiles.Sum, what from_timing reads)."""
         return {"steps": self.n, "padded_tokens": int(self.x), "seconds": round(self.y, 6), "tokens_squared": self.xx,
                 "tokens_seconds": round(self.xy, 6)}
 
@@ -126,28 +128,22 @@ class RunRecord:
     train_s: float | None = None
 
 
-def run_record(figures: Mapping[str, Any], *, micro_batch: int | None = None, probe: bool = False) -> RunRecord | None:
-    """A RunRecord from result.json's figures (as the store keeps them); None without timings."""
-    timing = figures.get("timing") or {}
-    sizes: dict[int, SizeRecord] = {}
-    for key, d in timing.items():
-        if not str(key).isdigit() or not isinstance(d, Mapping):
-            continue
-        total, warm = Sums.from_timing(d), Sums.from_timing(d.get("warmup") or {})
-        ev, sv = d.get("eval") or {}, d.get("saves") or {}
-        sizes[int(key)] = SizeRecord(total - warm, warm, int(ev.get("count") or 0), float(ev.get("seconds") or 0),
-                                     int(ev.get("tokens") or 0), int(sv.get("count") or 0), float(sv.get("seconds") or 0))
+def run_record(figures: Figures, *, micro_batch: int | None = None) -> RunRecord | None:
+    """A RunRecord from a run's (or a probe's) figures; None without timings."""
+    sizes = {
+        m: SizeRecord(Sums.from_timing(d) - Sums.from_timing(d.warmup), Sums.from_timing(d.warmup), d.eval.count,
+                      d.eval.seconds, d.eval.tokens, d.saves.count, d.saves.seconds)
+        for m, d in figures.timing.items()
+    }
     if not sizes:
         return None
-    startup = figures.get("startup_s")
-    duration, train = figures.get("duration_s"), figures.get("train_seconds")
+    startup, duration, train = figures.startup_s, figures.duration_s, figures.train_seconds
     if startup is None and duration is not None and train is not None:
         other = sum(s.eval_seconds + s.save_seconds for s in sizes.values())
-        startup = max(float(duration) - float(train) - other, 0.0)
-    peaks = {int(k): int(v) for k, v in (figures.get("peaks_by_size") or {}).items()}
-    end = figures.get("micro_batch_end") or micro_batch or figures.get("micro_batch")
-    return RunRecord(sizes, figures.get("peak_memory_bytes"), end, startup, probe, peaks,
-                     figures.get("samples"), figures.get("train_seconds"))
+        startup = max(duration - train - other, 0.0)
+    end = figures.micro_batch_end or micro_batch
+    return RunRecord(sizes, figures.peak_memory_bytes, end, startup, figures.probe, dict(figures.peaks_by_size),
+                     figures.samples, figures.train_seconds)
 
 
 # ---------------------------------------------------------------- the step model
@@ -270,7 +266,7 @@ def peak_by_size(records: Sequence[RunRecord]) -> dict[int, tuple[int, bool]]:
 
 @dataclass(frozen=True)
 class PlanSummary:
-    """What the runtime model needs from a job's batch plan (mtld.estimating.plan_summary)."""
+    """What the runtime model needs from a job's batch plan (mtld.jobestimate.plan_summary)."""
 
     steps: int
     effective_batch: int
@@ -334,7 +330,7 @@ def predict(plan: PlanSummary, records: Sequence[RunRecord], *, available_bytes:
 
 
 def launch_prior(plan: PlanSummary, records: Sequence[RunRecord], micro_batch: int) -> dict[str, Any] | None:
-    """What the child needs for its live ETA (Launch.timing_prior): JSON-safe."""
+    """What the child needs for its live ETA (Trainer.model, from Launch.history): JSON-safe."""
     models = step_models(records, plan.effective_batch)
     if not models:
         return None
@@ -382,3 +378,33 @@ def live_eta(*, model_left_s: float | None, model_done_s: float | None, elapsed_
         w = fraction_done / (fraction_done + LIVE_PRIOR_WEIGHT)
         factor = (1 - w) + w * (elapsed_s / model_done_s)
     return max(model_left_s * factor, 0.0) + other_left_s
+
+
+# ---------------------------------------------------------------- a plan's summary
+
+
+def summarize(plans: Sequence[Sequence[Any]], lengths: Sequence[Any], eval_lengths: Sequence[Any], train: Any,
+              padded_tokens: Callable[..., int]) -> PlanSummary:
+    """Steps, padded tokens per size, evaluations and saves of a batch plan (epochs of steps with
+    `.task` and `.ids`). `padded_tokens` is mtld.train.plan's, passed in to keep this module torch-free."""
+    steps = sum(len(p) for p in plans)
+    tokens = {m: int(sum(padded_tokens(s.ids, lengths[s.task], min(m, train.effective_batch_size))
+                         for p in plans for s in p)) for m in SIZES}
+    evaluations = evaluation_count(steps, len(plans), train.eval_every, any(x is not None for x in eval_lengths))
+    boundaries, number = set(), 0
+    for p in plans:
+        number += len(p)
+        boundaries.add(number)
+    checkpoints = boundaries | set(range(train.checkpoint_every, steps + 1, train.checkpoint_every))
+    return PlanSummary(
+        steps=steps, effective_batch=train.effective_batch_size, padded_tokens=tokens,
+        evaluations=evaluations, eval_tokens=int(sum(int(x.sum()) for x in eval_lengths if x is not None)),
+        saves=len(checkpoints) + 1,
+    )
+
+
+def evaluation_count(steps: int, epochs: int, eval_every: int, has_eval: bool) -> int:
+    """Evaluations of a run: every `eval_every` steps and after the last step, else one per epoch."""
+    if not has_eval:
+        return 0
+    return -(-steps // eval_every) if eval_every else epochs

@@ -1,15 +1,24 @@
-"""A job's family and the size its next attempt starts at: shared by the daemon, `mtld status`,
-`mtld estimate` and `mtld doctor`, and light to import (no scheduler, no torch)."""
+"""A job's family and the size its next attempt starts at: the one place that decides it.
+
+The daemon (`start_size` before each run), `mtld status` (`planned_size` for
+the queue's forecast), `mtld estimate` and `mtld doctor` all call these, so
+what they show is what the daemon will do. Light to import: no scheduler, no
+torch. The rules themselves are pure functions in mtld.policy.
+"""
 
 from __future__ import annotations
 
 import platform
 import shutil
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from mtld import policy
 from mtld.jobspec import JobSpec
+from mtld.memory import Reading
+from mtld.runfiles import Figures
 from mtld.settings import Settings
 from mtld.store import Job, Run, Store
 
@@ -19,22 +28,57 @@ def family(spec: JobSpec, device: str) -> str:
     return f"{spec.model}|{spec.max_length}|{device}"
 
 
-def next_size(store: Store, settings: Settings, job: Job, history: list[policy.FamilyRun]) -> tuple[int, str]:
-    """(micro-batch, reason) the job's next attempt starts at, before the memory check: pinned, the
-    family's decision for a first attempt, or where the previous attempt left off."""
-    earlier = [policy.EarlierRun(r.outcome, r.micro_batch, r.micro_batch_end) for r in store.runs_for(job.id)]
-    pinned = None if job.batch_size == "auto" else int(job.batch_size)
+def family_history(store: Store | None, fam: str) -> list[policy.FamilyRun]:
+    """The family's finished runs, oldest first, as the policy reads them."""
+    return [family_run(r) for r in store.family_runs(fam)] if store is not None else []
+
+
+def family_run(run: Run) -> policy.FamilyRun:
+    f = Figures.model_validate(run.figures)
+    return policy.FamilyRun(
+        outcome=run.outcome, micro_batch=run.micro_batch, micro_batch_end=run.micro_batch_end,
+        scaled_down=f.scaled_down, oom_count=f.oom_count, peak_bytes=f.peak_memory_bytes, budget_bytes=f.budget_bytes,
+    )
+
+
+def pinned_size(batch_size: str | int) -> int | None:
+    """A job's batch_size ("auto", or a size as the store or the spec spells it) as a pinned size."""
+    return None if batch_size == "auto" else int(batch_size)
+
+
+def earlier_runs(store: Store, job: Job) -> list[policy.EarlierRun]:
+    return [policy.EarlierRun(r.outcome, r.micro_batch, r.micro_batch_end) for r in store.runs_for(job.id)]
+
+
+def planned_size(settings: Settings, history: Sequence[policy.FamilyRun], *, pinned: int | None,
+                 earlier: Sequence[policy.EarlierRun] = ()) -> tuple[int, str]:
+    """(micro-batch, reason) the next attempt starts at before the memory check: pinned, the family's
+    decision for a first attempt, or where the job's previous attempt left off."""
     first = policy.family_start_size(history, settings.train.start_batch_size, settings.memory.headroom)
     return policy.start_micro_batch(pinned, first, earlier)
 
 
-def family_run(run: Run) -> policy.FamilyRun:
-    f = run.figures
-    return policy.FamilyRun(
-        outcome=run.outcome, micro_batch=run.micro_batch, micro_batch_end=run.micro_batch_end,
-        scaled_down=bool(f.get("scaled_down")), oom_count=int(f.get("oom_count") or 0),
-        peak_bytes=f.get("peak_memory_bytes"), budget_bytes=f.get("budget_bytes"),
+@dataclass(frozen=True)
+class Start:
+    """What the next attempt starts at now; micro_batch None: not now (deferred says why, briefly)."""
+
+    micro_batch: int | None
+    reason: str
+    deferred: str | None = None
+
+
+def start_size(settings: Settings, history: Sequence[policy.FamilyRun], *, pinned: int | None,
+               earlier: Sequence[policy.EarlierRun] = (), reading: Reading | None) -> Start:
+    """The planned size, then the memory check against the pressure and the free memory now."""
+    size, why = planned_size(settings, history, pinned=pinned, earlier=earlier)
+    placement = policy.place_run(
+        size, pressure=reading.level.value if reading else "normal",
+        available_bytes=reading.available_bytes if reading else None,
+        peaks=policy.peaks_by_size(history), pinned=pinned is not None,
     )
+    if placement.micro_batch is None:
+        return Start(None, placement.reason, placement.deferred)
+    return Start(placement.micro_batch, f"{why}; {placement.reason}" if placement.reason else why)
 
 
 def resolve_device(setting: str) -> str:

@@ -17,10 +17,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from mtld import MICRO_BATCH_SIZES
 from mtld.records import DataError, Fields, TaskType, check_utf8, label_names, parse_example, read_rows
 
-BatchSize = Literal["auto", 2, 4, 8]
-MICRO_BATCH_SIZES = (2, 4, 8)
+BatchSize = Literal["auto", *MICRO_BATCH_SIZES]  # type: ignore[valid-type]
 ROWS_CHECKED_AT_SUBMIT = 200
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mtld import exitcodes
-from mtld.jobspec import MICRO_BATCH_SIZES
+from mtld import MICRO_BATCH_SIZES, exitcodes
 
 # Outcomes that count against a job's attempts. Interruptions (checkpointed on
 # request) and runs lost with a dead daemon are not the job's fault.

@@ -3,9 +3,9 @@
 One folder per job holds everything about it across attempts:
 
     job.json        the resolved job spec (written at launch; the child reads it)
-    launch.json     how to run this attempt: micro-batch, device, ids, knobs
+    launch.json     how to run this attempt (mtld.runfiles.Launch)
     run.jsonl       the run log (one writer at a time: the current child)
-    result.json     the child's summary at exit: outcome, figures
+    result.json     the child's summary at exit (mtld.runfiles.RunResult)
     checkpoints/    step-NNNNNNNN.pt, newest last; resuming starts from the newest
     model/  best/   the final and the best model (encoder, heads, tokenizer, labels)
     metrics.json    per-task metrics of every evaluation
@@ -18,32 +18,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from mtld.jobspec import JobSpec, spec_from_json, spec_to_json
-
-
-@dataclass(frozen=True)
-class Launch:
-    """How to run one attempt. Written by the launcher, read by the child."""
-
-    micro_batch: int
-    device: str = "auto"
-    job_id: int | None = None
-    run_id: int | None = None
-    memory_fraction: float = 0.8  # share of the device's memory the run may use
-    progress_every_s: float = 5.0  # seconds between step.progress events
-    memory: dict[str, Any] | None = None  # the [memory] settings: the run samples pressure with them; None: no guard
-    timing_prior: dict[str, Any] | None = None  # {"history": [...]} (estimating.launch_history): for eta_s
-    threads: int | str = "auto"  # train.threads: a pinned count, or "auto" (mtld.train.threads)
-    threads_every_s: float = 2.0  # seconds between the thread governor's checks
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Launch:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+from mtld.runfiles import Launch, RunResult
 
 
 def write_atomic(path: Path, content: bytes, mode: int | None = None) -> None:
@@ -68,13 +47,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_atomic(path, (json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n").encode("utf-8"))
 
 
-def _read_json(path: Path) -> Any | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-
-
 class RunDir:
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -96,19 +68,21 @@ class RunDir:
         return spec_from_json(self.job_file.read_text(encoding="utf-8"))
 
     def write_launch(self, launch: Launch) -> None:
-        write_json_atomic(self.launch_file, asdict(launch))
+        write_atomic(self.launch_file, launch.to_json())
 
     def read_launch(self) -> Launch:
-        data = _read_json(self.launch_file)
-        if data is None:
-            raise FileNotFoundError(f"{self.launch_file} is missing")
-        return Launch.from_dict(data)
+        """FileNotFoundError when there is none; RunFileError when it is not one this mtld can use."""
+        return Launch.load(self.launch_file)
 
-    def write_result(self, result: dict[str, Any]) -> None:
-        write_json_atomic(self.result_file, result)
+    def write_result(self, result: RunResult) -> None:
+        write_atomic(self.result_file, result.to_json())
 
-    def read_result(self) -> dict[str, Any] | None:
-        return _read_json(self.result_file)
+    def read_result(self) -> RunResult | None:
+        """None when the attempt left none; RunFileError when it is not one this mtld can use."""
+        try:
+            return RunResult.load(self.result_file)
+        except FileNotFoundError:
+            return None
 
     def checkpoint_files(self) -> list[Path]:
         """Complete checkpoints, oldest first (temporary files are never listed)."""

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
+from mtld import MICRO_BATCH_SIZES
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
@@ -39,8 +40,9 @@ def _threads(value: object) -> int | str:
 
 
 def _micro_batch(size: int) -> int:
-    if size not in (2, 4, 8):
-        raise ValueError("Input should be 2, 4 or 8")
+    if size not in MICRO_BATCH_SIZES:
+        *smaller, largest = MICRO_BATCH_SIZES
+        raise ValueError(f"Input should be {', '.join(map(str, smaller))} or {largest}")
     return size
 
 

@@ -10,6 +10,7 @@ from mtld.estimate import (
     PlanSummary, RunRecord, SizeRecord, Sums, extras, fit_line, launch_prior, live_eta, peak_by_size, predict,
     run_record, step_models,
 )
+from mtld.runfiles import Figures
 
 
 def steps(a: float, b: float, tokens: list[int], noise: float = 0.0, seed: int = 0) -> list[tuple[float, float]]:
@@ -128,11 +129,11 @@ def test_run_record_reads_result_timing():
                                 "tokens_seconds": 500.0, "warmup": {"steps": 3, "padded_tokens": 300, "seconds": 2.0,
                                                                      "tokens_squared": 3e4, "tokens_seconds": 200.0},
                                 "eval": {"count": 1, "seconds": 1.5, "tokens": 300}, "saves": {"count": 2, "seconds": 0.5}}}}
-    r = run_record(figures)
+    r = run_record(Figures.model_validate(figures))
     assert r.sizes[4].steady == Sums(7, 700, 3.0, 7e4, 300.0)
     assert (r.startup_s, r.peak_bytes, r.peak_size) == (pytest.approx(6.0), 900, 4)
     assert extras([r]).eval_s_per_token == pytest.approx(0.005)
-    assert run_record({"timing": {}}) is None
+    assert run_record(Figures()) is None
 
 
 @pytest.mark.parametrize("kw, expected", [

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mtld import exitcodes
-from mtld.jobspec import MICRO_BATCH_SIZES, JobFileError, JobSpec, check_semantics, spec_to_json
+from mtld import MICRO_BATCH_SIZES
+from mtld.jobspec import JobFileError, JobSpec, check_semantics, spec_to_json
 from mtld.logs import configure, get_logger
-from mtld.rundir import Launch, RunDir
+from mtld.rundir import RunDir
+from mtld.runfiles import Launch, RunFileError, RunResult
 from mtld.train.errors import BadInput
 from mtld.train.guard import Guard, NoGuard
 from mtld.train.procstats import peak_vm_bytes
@@ -82,8 +84,8 @@ def run_attempt(run_dir: Path, *, console: TextIO | None = None, guard: Guard | 
         sys.stderr.write(f"mtld train: {message}\n")
     result = _result(outcome, message, summary, time.monotonic() - started)
     rd.write_result(result)
-    log.info("run.finished", **{k: result[k] for k in FINISHED_FIELDS})
-    return result["exit_code"]
+    log.info("run.finished", **result.model_dump(mode="json", include=set(FINISHED_FIELDS)))
+    return result.exit_code
 
 
 def _read_launch(rd: RunDir) -> tuple[Launch | None, str]:
@@ -91,7 +93,9 @@ def _read_launch(rd: RunDir) -> tuple[Launch | None, str]:
         return rd.read_launch(), ""
     except FileNotFoundError:
         return None, f"{rd.launch_file} is missing"
-    except (OSError, ValueError, TypeError) as e:
+    except RunFileError as e:
+        return None, str(e)
+    except OSError as e:
         return None, f"cannot read {rd.launch_file}: {e}"
 
 
@@ -112,26 +116,19 @@ def _is_oom(exc: Exception) -> bool:
     return is_oom(exc)
 
 
-def _result(outcome: str, message: str | None, summary: Summary, duration: float) -> dict[str, Any]:
-    result = {
-        "outcome": outcome, "exit_code": CODES[outcome], "message": message,
-        "step": None, "total_steps": None, "micro_batch_start": None, "micro_batch_end": None,
-        "scaled_down": False, "oom_count": 0, "peak_memory_bytes": None, "peak_vm_bytes": peak_vm_bytes(),
-        "samples_per_s": None, "tokens_per_s": None, "duration_s": round(duration, 3),
-        "device": None, "best_score": None, "resumed_from_step": None,
-        **summary.fields,
-    }
+def _result(outcome: str, message: str | None, summary: Summary, duration: float) -> RunResult:
+    fields: dict[str, Any] = {"peak_vm_bytes": peak_vm_bytes(), "duration_s": round(duration, 3), **summary.fields}
     if summary.runner is not None:
         r = summary.runner
-        result.update(micro_batch_end=r.micro_batch, scaled_down=r.scaled_down, oom_count=r.oom_count)
+        fields.update(micro_batch_end=r.micro_batch, scaled_down=r.scaled_down, oom_count=r.oom_count)
     if summary.trainer is not None:
         t = summary.trainer
-        result.update(step=t.position.step, best_score=t.evals.best_score, best_step=t.evals.best_step, **t.finish_figures())
+        fields.update(step=t.position.step, best_score=t.evals.best_score, best_step=t.evals.best_step, **t.finish_figures())
         latest = t.run_dir.latest_checkpoint()
-        result["checkpoint"] = str(latest) if latest else None
+        fields["checkpoint"] = str(latest) if latest else None
     if summary.meter is not None:
-        result["peak_memory_bytes"] = summary.meter.peak_bytes()
-    return result
+        fields["peak_memory_bytes"] = summary.meter.peak_bytes()
+    return RunResult(outcome=outcome, exit_code=CODES[outcome], message=message, **fields)
 
 
 # ---------------------------------------------------------------- set-up
@@ -169,7 +166,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         export=export, checkpoint_extra=lambda: {"fingerprint": parts.fingerprint, "micro_batch_start": micro_batch},
         progress_every_s=launch.progress_every_s, meter=summary.meter,
         threads=thread_policy(launch.threads, device.type, log=log, every_s=launch.threads_every_s),
-        timing_prior=launch.timing_prior,
+        history=launch.history,
     )
     summary.fields["total_steps"] = trainer.total_steps
     resumed = _resume(rd, trainer, parts.fingerprint, log)
@@ -192,10 +189,9 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
 def _memory_guard(launch: Launch, device: Any, log: Any) -> Any:
     """Sample memory pressure about once a second in a thread; the step loop asks the guard."""
     from mtld.memory import MemoryGuard, Sampler, budget_bytes, make_probe
-    from mtld.settings import MemorySettings
     from mtld.train import device as dev
 
-    settings = MemorySettings(**launch.memory)
+    settings = launch.memory
     probe = make_probe(settings)
     sampler = Sampler.from_settings(probe, settings, read_device=dev.memory_reader(device), log=log).start()
     reading = sampler.latest.reading if sampler.latest else None

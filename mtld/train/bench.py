@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mtld import MICRO_BATCH_SIZES
 from mtld.jobspec import load_job
-from mtld.rundir import Launch, RunDir
+from mtld.rundir import RunDir
+from mtld.runfiles import Launch, RunResult
 
 
 def whole_runs(job: Path, out: Path, sizes: list[int], device: str) -> list[dict[str, Any]]:
@@ -38,12 +40,12 @@ def whole_runs(job: Path, out: Path, sizes: list[int], device: str) -> list[dict
         started = time.monotonic()
         code = subprocess.run([sys.executable, "-m", "mtld.train", str(rd.path)], check=False).returncode
         wall = time.monotonic() - started
-        result = rd.read_result() or {}
+        result = rd.read_result() or RunResult(outcome="failed", exit_code=code)
         rows.append({
-            "micro_batch": b, "exit_code": code, "samples_per_s": result.get("samples_per_s"),
-            "tokens_per_s": result.get("tokens_per_s"), "train_s": result.get("train_seconds"),
-            "run_s": result.get("duration_s"), "process_s": round(wall, 2), "best_score": result.get("best_score"),
-            "peak_memory_bytes": result.get("peak_memory_bytes"),
+            "micro_batch": b, "exit_code": code, "samples_per_s": result.samples_per_s,
+            "tokens_per_s": result.tokens_per_s, "train_s": result.train_seconds,
+            "run_s": result.duration_s, "process_s": round(wall, 2), "best_score": result.best_score,
+            "peak_memory_bytes": result.peak_memory_bytes,
         })
         print(_row(rows[-1]), flush=True)
     return rows
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("job", type=Path)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(MICRO_BATCH_SIZES))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overhead-steps", type=int, default=60, help="0 skips the overhead comparison")
     parser.add_argument("--repeats", type=int, default=3)

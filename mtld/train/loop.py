@@ -9,7 +9,7 @@ were left.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +19,7 @@ import torch
 
 from mtld.jobspec import TrainSpec
 from mtld.rundir import RunDir, write_json_atomic
+from mtld.runfiles import Figures
 from mtld.train.checkpoint import save_checkpoint
 from mtld.train.data import TaskData
 from mtld.train.device import MemoryMeter, empty_cache, is_oom, rng_states, synchronize
@@ -83,7 +84,7 @@ class Trainer:
         timings: StepTimings | None = None,
         clock: Callable[[], float] = time.perf_counter,
         threads: ThreadGovernor | FixedThreads | None = None,
-        timing_prior: dict[str, Any] | None = None,
+        history: Sequence[Figures] = (),
     ):
         self.runner, self.tasks, self.plans, self.spec = runner, tasks, plans, spec
         self.run_dir, self.device, self.log, self.export = run_dir, device, log, export
@@ -94,7 +95,7 @@ class Trainer:
         self.progress = Progress()
         self.timings = timings or StepTimings()  # the seam for per-step (padded tokens, seconds) records
         self.threads = threads or FixedThreads()
-        self.timing_prior = timing_prior  # Launch.timing_prior: {"history": the family's earlier runs and probes}
+        self.history = list(history)  # Launch.history: the family's earlier runs and probes
         self.model: dict[str, Any] = {}  # the runtime model for this attempt (mtld.estimate.launch_prior)
         self.total_steps = sum(len(p) for p in plans)
         self.last_checkpoint_step = -1
@@ -106,8 +107,7 @@ class Trainer:
 
     def run(self) -> RunOutcome:
         self.attempt_start = replace(self.position)
-        history = (self.timing_prior or {}).get("history")
-        self.model = self.prior_from_history(history) if history else {}
+        self.model = self.prior_from_history(self.history) if self.history else {}
         self.progress.started = self.progress.window_start = self.clock()
         try:
             return self._run()
@@ -262,13 +262,12 @@ class Trainer:
         start = self.attempt_start.step
         return (self.position.step - start) / max(self.total_steps - start, 1)
 
-    def prior_from_history(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+    def prior_from_history(self, history: Sequence[Figures]) -> dict[str, Any]:
         """The family's history (from the daemon) and the plan left to this attempt → the runtime model;
         logged once, as run.estimate: predicted_s is this attempt's expected duration (from_step on)."""
-        from mtld.estimate import launch_prior, run_record
-        from mtld.estimating import summarize
+        from mtld.estimate import launch_prior, run_record, summarize
 
-        records = [r for r in (run_record(f, probe=bool(f.get("probe"))) for f in history) if r is not None]
+        records = [r for r in map(run_record, history) if r is not None]
         start = self.attempt_start
         left = [self.plans[start.epoch][start.index:], *self.plans[start.epoch + 1:]] if start.epoch < len(self.plans) else []
         plan = summarize(left, [t.train.lengths for t in self.tasks],

@@ -17,19 +17,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mtld.runfiles import RunResult
 
 STARTED = time.monotonic()
 WARMUP, SPREAD = 2, 6
 
 
-def probe(run_dir: Path) -> dict[str, Any]:
+def probe(run_dir: Path) -> RunResult:
     import numpy as np
     import structlog
     import torch
 
-    from mtld.policy import MICRO_BATCH_SIZES
+    from mtld import MICRO_BATCH_SIZES
     from mtld.rundir import RunDir
+    from mtld.runfiles import RunResult
     from mtld.train import device as dev
     from mtld.train.guard import NoGuard
     from mtld.train.inference import infer_split
@@ -82,8 +86,8 @@ def probe(run_dir: Path) -> dict[str, Any]:
         started = time.perf_counter()
         torch.save({"model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict()}, Path(tmp) / "probe.pt")
         timings.record_save(time.perf_counter() - started)
-    return {"probe": True, "outcome": "succeeded", "device": device.type, "timing": timings.as_dict(),
-            "peaks_by_size": peaks, "startup_s": round(startup, 3), "duration_s": round(time.monotonic() - STARTED, 3)}
+    return RunResult(probe=True, outcome="succeeded", exit_code=0, device=device.type, timing=timings.as_dict(),
+                     peaks_by_size=peaks, startup_s=round(startup, 3), duration_s=round(time.monotonic() - STARTED, 3))
 
 
 def kept_steps(measured: list[tuple[int, float]], limit: float = 2.0) -> list[tuple[int, float]]:
