@@ -42,9 +42,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mtld import estimate, estimating  # noqa: E402
+from mtld import estimate  # noqa: E402
+from mtld.history import run_probe  # noqa: E402
+from mtld.jobestimate import plan_summary  # noqa: E402
 from mtld.jobspec import spec_from_dict  # noqa: E402
-from mtld.rundir import Launch, RunDir  # noqa: E402
+from mtld.rundir import RunDir  # noqa: E402
+from mtld.runfiles import Figures, Launch, RunResult  # noqa: E402
 
 DATA = ROOT / "examples" / "data"
 PICTURE_DIR: Path | None = None
@@ -79,14 +82,18 @@ def job(base: Path, model: Path, n: int, seed: int, epochs: int) -> Any:
     return spec_from_dict(raw, base_dir=base, shown_as="bench.toml", check_data=False)
 
 
-def run(spec: Any, micro_batch: int, where: Path, prior: dict[str, Any] | None) -> dict[str, Any]:
+def run(spec: Any, micro_batch: int, where: Path, history: list[Figures]) -> tuple[RunResult, dict[str, Any] | None]:
+    """One run at `micro_batch` with the family's `history` (what the daemon hands a run: Launch.history):
+    its result and its live ETA at 10 %."""
     rd = RunDir(where)
     shutil.rmtree(where, ignore_errors=True)
     rd.write_job(spec)
-    rd.write_launch(Launch(micro_batch=micro_batch, device="cpu", progress_every_s=0.25, timing_prior=prior))
+    rd.write_launch(Launch(micro_batch=micro_batch, device="cpu", progress_every_s=0.25, history=history))
     subprocess.run([sys.executable, "-m", "mtld.train", str(where)], check=True, capture_output=True)
-    result = rd.read_result() or {}
-    return {"result": result, "eta": eta_at(where / "run.jsonl", 0.10)}
+    result = rd.read_result()
+    if result is None:
+        raise RuntimeError(f"{where}: the run left no result.json")
+    return result, eta_at(where / "run.jsonl", 0.10)
 
 
 def eta_at(log: Path, fraction: float) -> dict[str, Any] | None:
@@ -105,33 +112,33 @@ def one_model(name: str, model: Path, work: Path, sizes: list[int], data: dict[s
               rounds: int) -> list[dict]:
     """Every row `rounds` times (each round with its own earlier run and probe), then the medians."""
     started = time.monotonic()
-    plans = {label: estimating.plan_summary(job(work, model, n, 2, epochs)) for label, n in data.items()}
+    plans = {label: plan_summary(job(work, model, n, 2, epochs)) for label, n in data.items()}
     seen: dict[tuple[str, int], list[dict]] = {}
     for round_ in range(rounds):
         first_spec = job(work, model, data["small"], 1, epochs)
-        first = run(first_spec, 4, work / f"{name}-first", None)["result"]
-        history = [estimate.run_record(first)]
-        probe_figures = estimating.run_probe(first_spec, "cpu")
-        probed = estimate.run_record(probe_figures, probe=True)
-        prior = {"history": [first, probe_figures]}  # what the daemon gives a run: Launch.timing_prior
-        print(f"{name}, round {round_ + 1}: earlier run at 4: {first['duration_s']} s; probe done", flush=True)
+        first, _ = run(first_spec, 4, work / f"{name}-first", [])
+        history = [estimate.run_record(first.figures())]
+        probe_figures = run_probe(first_spec, "cpu")  # probe=True: the model reads it as a probe
+        probed = estimate.run_record(probe_figures)
+        prior = [first.figures(), probe_figures]  # what the daemon gives a run: Launch.history
+        print(f"{name}, round {round_ + 1}: earlier run at 4: {first.duration_s} s; probe done", flush=True)
         for label, n in data.items():
             spec, plan = job(work, model, n, 2, epochs), plans[label]
             only = {r.micro_batch: r for r in estimate.predict(plan, history)}
             both = {r.micro_batch: r for r in estimate.predict(plan, history + [probed])}
             for m in sizes:
-                got = run(spec, m, work / f"{name}-{label}-{m}", prior)
+                result, live = run(spec, m, work / f"{name}-{label}-{m}", prior)
                 if label == "large" and m == 4 and round_ == 0 and PICTURE_DIR is not None:  # for the README
                     from mtld.report import draw_report
 
                     draw_report(work / f"{name}-{label}-{m}", PICTURE_DIR / f"estimate_report_{name.split()[0]}.png")
-                actual = got["result"]["duration_s"]
+                actual = result.duration_s
                 row = {
                     "model": name, "data": label, "examples": n * len(TASKS), "steps": plan.steps, "micro_batch": m,
                     "actual_s": actual, "predicted_history_s": round(only[m].seconds, 2), "basis_history": only[m].basis,
                     "error_history": round(only[m].seconds / actual - 1, 4),
                     "predicted_probe_s": round(both[m].seconds, 2), "error_probe": round(both[m].seconds / actual - 1, 4),
-                    "live": got["eta"],
+                    "live": live,
                 }
                 seen.setdefault((label, m), []).append(row)
                 print(json.dumps(row), flush=True)

@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.run import demo_model  # noqa: E402
 from mtld.jobspec import load_job  # noqa: E402
-from mtld.rundir import Launch, RunDir  # noqa: E402
+from mtld.rundir import RunDir  # noqa: E402
+from mtld.runfiles import Launch  # noqa: E402
 
 
 def default_threads() -> int:
@@ -50,9 +51,11 @@ def one_run(work: Path, threads: int | str) -> dict[str, Any]:
     rd.write_job(load_job(ROOT / "examples" / "demo.toml"))
     rd.write_launch(Launch(micro_batch=8, device="cpu", threads=threads))
     subprocess.run([sys.executable, "-m", "mtld.train", str(rd.path)], env=child_env(), check=True, capture_output=True)
-    result = rd.read_result() or {}
+    result = rd.read_result()
+    if result is None:
+        raise RuntimeError(f"{rd.path}: the run left no result.json")
     changes = [json.loads(line) for line in (rd.path / "run.jsonl").read_text().splitlines() if '"threads.changed"' in line]
-    return {"samples_per_s": result["samples_per_s"], "duration_s": result["duration_s"],
+    return {"samples_per_s": result.samples_per_s, "duration_s": result.duration_s,
             "threads_changed": [(c["from"], c["to"]) for c in changes]}
 
 

@@ -1,6 +1,9 @@
-"""What users do to jobs: submit, cancel, retry. The CLI and the tests call these.
+"""What users do to jobs and the queue: submit, cancel, retry, unschedule, pause, resume.
+The CLI and the tests call these.
 
-Each operation changes the store, then writes its event to the daemon log.
+Each operation changes the store, then writes its event to the daemon log, then
+wakes the daemon when it has something to act on. `submit` also counts the
+job's training rows into mtld.rowcounts' cache, so `mtld status` need not.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ import signal
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 
-from mtld.jobspec import MICRO_BATCH_SIZES, JobSpec, load_job, spec_to_json
+from mtld import MICRO_BATCH_SIZES
+from mtld.jobspec import JobSpec, load_job, spec_to_json
 from mtld.logs import get_logger, iso
 from mtld.pidfile import running_pid
-from mtld.settings import Settings
+from mtld.rowcounts import remember_rows
 from mtld.schedule import ScheduleError, cron_trigger, next_firing
+from mtld.settings import Settings
 from mtld.store import Job, Schedule, Store
 
 
@@ -106,6 +111,7 @@ def submit(
         job_file=job.job_file,
     )
     wake_daemon(settings)
+    remember_rows(settings, spec)  # after the wake-up: the daemon need not wait for the count
     return job
 
 
@@ -120,7 +126,16 @@ def add_schedule(settings: Settings, store: Store, spec: JobSpec, job_file: Path
     get_logger(schedule_id=schedule.id).info("schedule.added", name=schedule.name, cron=schedule.cron,
                                              next_fire_at=iso(schedule.next_fire_at))
     wake_daemon(settings)
+    remember_rows(settings, spec)
     return schedule
+
+
+def unschedule(settings: Settings, store: Store, schedule_id: int) -> Schedule:
+    """Remove a recurring job (the jobs it already queued stay). Raises StoreError when there is none.
+    The daemon is not woken: it reads the schedules at each tick and finds this one gone."""
+    removed = store.remove_schedule(schedule_id)
+    get_logger(schedule_id=schedule_id).info("schedule.removed", name=removed.name)
+    return removed
 
 
 def fired_job_name(name: str, at: datetime) -> str:
@@ -146,6 +161,23 @@ def retry(settings: Settings, store: Store, job_id: int, *, now: datetime) -> Jo
     get_logger(job_id=job.id).info("job.retried")
     wake_daemon(settings)
     return job
+
+
+def pause(settings: Settings, store: Store, *, now: bool = False) -> None:
+    """Stop taking new jobs; `now`: also checkpoint the running job and put it back in the queue."""
+    store.set_flag("paused", "1")
+    if now:
+        store.set_flag("pause_now", "1")
+    get_logger().info("daemon.paused", now=now)
+    wake_daemon(settings)
+
+
+def resume(settings: Settings, store: Store) -> None:
+    """Take new jobs again after `pause`."""
+    store.set_flag("paused", None)
+    store.set_flag("pause_now", None)
+    get_logger().info("daemon.resumed")
+    wake_daemon(settings)
 
 
 def wake_daemon(settings: Settings) -> bool:

@@ -18,7 +18,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mtld import MICRO_BATCH_SIZES
 from mtld.rundir import RunDir
+from mtld.runfiles import RunFileError
 
 
 @dataclass
@@ -80,11 +82,14 @@ def run_series(run_dir: Path) -> RunSeries:
             s.actual_s = _ts(e) - t0
             s.outcome = e.get("outcome")
             s.peak_bytes = e.get("peak_memory_bytes")
-    result = rd.read_result() or {}
-    s.peak_bytes = s.peak_bytes or result.get("peak_memory_bytes")
-    if s.predicted_before_s is not None and s.actual_s is not None and result.get("duration_s"):
+    try:
+        result = rd.read_result()
+    except RunFileError:  # a result.json this mtld cannot read: draw the log alone
+        result = None
+    s.peak_bytes = s.peak_bytes or (result.peak_memory_bytes if result else None)
+    if s.predicted_before_s is not None and s.actual_s is not None and result and result.duration_s:
         # the prediction covers the whole attempt, set-up included; the axes start at run.started
-        s.predicted_before_s -= max(float(result["duration_s"]) - s.actual_s, 0.0)
+        s.predicted_before_s -= max(result.duration_s - s.actual_s, 0.0)
     return s
 
 
@@ -114,7 +119,7 @@ def draw_report(run_dir: Path, out: Path | None = None) -> Path:
     rate_ax.set_ylabel("samples/s")
     plot(batch_ax, s.micro_batch, color="tab:purple", drawstyle="steps-post")
     batch_ax.set_ylabel("micro-batch")
-    batch_ax.set_yticks([2, 4, 8])
+    batch_ax.set_yticks(MICRO_BATCH_SIZES)
     mem_ax = batch_ax.twinx()
     if s.memory_t:
         gib = [(x, y / 2**30) for x, y in zip(s.memory_t, s.available_bytes) if y is not None]

@@ -1,7 +1,9 @@
 """What `mtld status` shows: the store plus the tails of the run logs.
 
 Only the last few kilobytes of a run log are read (backwards), so this stays
-fast when a log is gigabytes long.
+fast when a log is gigabytes long. A read: it writes nothing. Row counts for the
+queue's forecast come from mtld.rowcounts' cache (filled by `mtld submit`);
+what the cache misses is counted for this call only.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mtld.family import family, family_run, next_size, resolve_device
-from mtld.estimating import ExampleCounts, family_records, queued_estimate
+from mtld.family import earlier_runs, family, family_history, pinned_size, planned_size, resolve_device
+from mtld.history import family_records, probe_dir
 from mtld.jobspec import spec_from_json
 from mtld.logs import iso, last_event
 from mtld.pidfile import running_pid
+from mtld.rowcounts import ExampleCounts, cache_file, queued_estimate
 from mtld.schedule import finish_time, first_open, inside, next_opening, open_window
 from mtld.settings import Settings
 from mtld.store import Job, Schedule, Store
@@ -99,7 +102,6 @@ def forecast(settings: Settings, store: Store, queued: list[Job], running_left_s
         out[job.id] = {"expected_start": iso(at.timestamp()), "expected_finish": iso(finish.timestamp()) if finish else None,
                        "expected_s": rounded(seconds)}
         t = finish.timestamp() if finish else None
-    durations.counts.save()
     return out
 
 
@@ -108,11 +110,12 @@ def rounded(seconds: float | None) -> float | None:
 
 
 class QueuedDurations:
-    """A queued job's expected seconds (mtld.estimating.queued_estimate) at the size it would start at."""
+    """A queued job's expected seconds (mtld.rowcounts.queued_estimate) at the size it would start at.
+    Row counts the cache misses are kept in memory, never saved: `mtld status` is a read."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings, self.store = settings, store
-        self.counts = ExampleCounts(settings.state_dir / "estimates" / "rows.json")
+        self.counts = ExampleCounts(cache_file(settings))
         self.device = resolve_device(settings.train.device)
         self.seconds: dict[int, float | None] = {}
         self.families: dict[str, tuple[list[Any], list[Any]]] = {}  # (policy history, timing records), read once
@@ -129,10 +132,11 @@ class QueuedDurations:
             return None
         fam = family(spec, self.device)
         if fam not in self.families:
-            self.families[fam] = ([family_run(r) for r in self.store.family_runs(fam)],
-                                  family_records(self.store, fam, self.settings.state_dir / "estimates"))
+            self.families[fam] = (family_history(self.store, fam),
+                                  family_records(self.store, fam, probe_dir(self.settings)))
         history, records = self.families[fam]
-        size, _ = next_size(self.store, self.settings, job, history)
+        size, _ = planned_size(self.settings, history, pinned=pinned_size(job.batch_size),
+                               earlier=earlier_runs(self.store, job))
         progress = run_progress(Path(job.run_dir)) if job.attempts else None
         done = progress["step"] / progress["total"] if progress and progress.get("total") else 0.0
         return queued_estimate(spec, records, size, done_fraction=done, counts=self.counts)

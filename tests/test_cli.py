@@ -16,7 +16,7 @@ from mtld import __version__
 from mtld.cli import app
 from mtld.jobs import BadOption, parse_not_before
 from mtld.settings import Settings, SettingsError, load_settings, platform_dirs
-from tests.test_jobspec import write_job
+from tests.conftest import write_job
 
 
 @pytest.fixture
@@ -70,6 +70,33 @@ def test_submit_status_cancel_and_the_log(home, job_file):
     assert json.loads(mtld("show", str(job_id), "--json")[1])["state"] == "queued"
 
 
+def test_pause_resume_and_unschedule_log_their_events(home, job_file):
+    assert mtld("pause", "--now") == (0, "paused: the running job checkpoints and goes back to the queue\n", "")
+    assert json.loads(mtld("status", "--json")[1])["daemon"]["paused"] is True
+    assert mtld("resume")[1] == "resumed\n"
+    assert json.loads(mtld("status", "--json")[1])["daemon"]["paused"] is False
+    schedule = json.loads(mtld("submit", str(job_file), "--every", "0 1 * * *", "--json")[1])
+    assert mtld("unschedule", str(schedule["id"]))[1] == f"schedule {schedule['id']} (demo) removed\n"
+    assert mtld("unschedule", str(schedule["id"]))[0] == 1
+    events = [json.loads(line) for line in (home / "logs" / "mtld.jsonl").read_text().splitlines()]
+    assert [(e["event"], e.get("now")) for e in events] == [
+        ("daemon.paused", True), ("daemon.resumed", None), ("schedule.added", None), ("schedule.removed", None)]
+    assert events[-1]["schedule_id"] == schedule["id"] and events[-1]["name"] == "demo"
+
+
+def test_submit_counts_the_rows_and_status_only_reads_them(home, job_file):
+    rows_cache = home / "estimates" / "rows.json"
+    mtld("submit", str(job_file))
+    counted = json.loads(rows_cache.read_text())
+    assert counted and all(len(v) == 3 and v[2] > 0 for v in counted.values())  # size, mtime, rows per data file
+    before = rows_cache.stat().st_mtime_ns
+    mtld("status")
+    assert rows_cache.stat().st_mtime_ns == before
+    rows_cache.unlink()
+    assert json.loads(mtld("status", "--json")[1])["queued"]
+    assert not rows_cache.exists()  # a read counts what the cache misses, and writes nothing
+
+
 def test_the_stored_spec_does_not_change_when_the_file_does(home, job_file):
     job_id = mtld("submit", str(job_file))[1].strip()
     job_file.write_text(job_file.read_text().replace("epochs = 2", "epochs = 9"))
@@ -111,6 +138,7 @@ def test_version():
     assert mtld("--version")[1].strip() == f"mtld {__version__}"
 
 
+@pytest.mark.slow
 def test_the_console_script_runs_in_a_real_process(home, job_file):
     env = {**os.environ, "MTLD_HOME": str(home)}
     mtld_bin = Path(sys.executable).parent / "mtld"
@@ -184,17 +212,18 @@ def test_not_before_parsing():
 def test_the_running_line_shows_its_progress_bar():
     from rich.console import Console
 
-    from mtld.cli import _running_line
+    from mtld.render import running_line
 
     console = Console(width=200, record=True)
-    console.print(_running_line({"id": 3, "name": "demo", "progress": {
+    console.print(running_line({"id": 3, "name": "demo", "progress": {
         "step": 150, "total": 300, "micro_batch": 4, "samples_per_s": 310.5, "eta_s": 75}}))
     text = console.export_text()
     assert "[############------------] 150/300 steps" in text and "ETA 1m15s" in text  # the bar is text, not markup
 
 
+@pytest.mark.slow
 def test_estimate_probe_prints_the_table_and_json_carries_the_same_figures(home, jobs):
-    from mtld.estimating import duration_text
+    from mtld.render import duration_text
 
     task = jobs.task("classification", 48, n_eval=8)
     lines = ['name = "probe"', f"model = {json.dumps(str(jobs.model))}", "max_length = 64", "[[tasks]]"]

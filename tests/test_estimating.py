@@ -1,4 +1,5 @@
-"""The I/O side of the runtime model: plan summary like the trainer's, history from the store, the probe."""
+"""The I/O side of the runtime model: plan summary like the trainer's (mtld.jobestimate), history from
+the store and the stored probes (mtld.history), the probe, row counts (mtld.rowcounts), the table (mtld.render)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mtld import estimate, estimating
+from mtld import estimate, history
+from mtld.jobestimate import plan_summary
+from mtld.render import estimate_json, estimate_table
+from mtld.rowcounts import ExampleCounts, queued_estimate
+from mtld.runfiles import Figures, Launch
 from mtld.store import Run
 
 
@@ -19,13 +24,13 @@ def test_summarize_counts_steps_tokens_evaluations_and_saves():
     lengths = [np.array([5, 9, 17, 30])]
     plans = [[Step(0, np.array([0, 1, 2, 3]))], [Step(0, np.array([3, 2])), Step(0, np.array([1, 0]))]]
     train = SimpleNamespace(effective_batch_size=4, eval_every=0, checkpoint_every=2)
-    s = estimating.summarize(plans, lengths, [np.array([3, 4])], train, padded_tokens)
+    s = estimate.summarize(plans, lengths, [np.array([3, 4])], train, padded_tokens)
     # widths pad to 8: 16 for (5, 9), 32 for (17, 30); a micro-batch of 4 pads all four to 32
     assert s.padded_tokens == {2: 96 + 96, 4: 128 + 96, 8: 128 + 96}
     assert (s.steps, s.evaluations, s.eval_tokens, s.saves) == (3, 2, 7, 3 + 1)  # checkpoints at 1, 2, 3; one export
     train_every = SimpleNamespace(effective_batch_size=4, eval_every=2, checkpoint_every=100)
-    assert estimating.summarize(plans, lengths, [None], train_every, padded_tokens).evaluations == 0
-    assert estimating.summarize(plans, lengths, [np.array([1])], train_every, padded_tokens).evaluations == 2
+    assert estimate.summarize(plans, lengths, [None], train_every, padded_tokens).evaluations == 0
+    assert estimate.summarize(plans, lengths, [np.array([1])], train_every, padded_tokens).evaluations == 2
 
 
 def test_plan_summary_matches_the_trainers_plan(jobs):
@@ -34,7 +39,7 @@ def test_plan_summary_matches_the_trainers_plan(jobs):
     from mtld.train.plan import epoch_plan, padded_tokens
 
     spec = jobs.spec([jobs.task("classification", 40, n_eval=10), jobs.task("tokens", 24)], epochs=2)
-    s = estimating.plan_summary(spec)
+    s = plan_summary(spec)
     tasks = load_tasks(spec, load_tokenizer(spec.model, trust_remote_code=False))
     lengths = [t.train.lengths for t in tasks]
     plans = [epoch_plan(lengths, batch_size=8, seed=spec.train.seed, epoch=e) for e in range(2)]
@@ -55,88 +60,94 @@ TIMING = {"4": {"steps": 10, "padded_tokens": 1000, "seconds": 2.0, "tokens_squa
 
 def test_family_records_reads_runs_and_stored_probes(tmp_path):
     store = fake_store([("succeeded", {"timing": TIMING}), ("failed", {"timing": TIMING}), ("succeeded", {})])
-    assert len(estimating.family_records(store, "f")) == 1
-    for i in range(estimating.PROBES_KEPT + 2):
-        estimating.store_probe(tmp_path, "f", {"probe": True, "timing": TIMING, "n": i})
-    kept = json.loads(estimating.probe_file(tmp_path, "f").read_text())["probes"]
-    assert [p["n"] for p in kept] == list(range(2, estimating.PROBES_KEPT + 2))
-    records = estimating.family_records(store, "f", tmp_path)
-    assert [r.probe for r in records] == [False] + [True] * estimating.PROBES_KEPT
-    assert estimating.family_records(store, "other", tmp_path) == []
+    assert len(history.family_records(store, "f")) == 1
+    for i in range(history.PROBES_KEPT + 2):
+        history.store_probe(tmp_path, "f", Figures(probe=True, timing=TIMING, samples=100 + i))
+    kept = json.loads(history.probe_file(tmp_path, "f").read_text())["probes"]
+    assert [p["samples"] for p in kept] == [100 + i for i in range(2, history.PROBES_KEPT + 2)]  # the newest kept
+    records = history.family_records(store, "f", tmp_path)
+    assert [r.probe for r in records] == [False] + [True] * history.PROBES_KEPT
+    assert history.family_records(store, "other", tmp_path) == []
 
 
 def test_table_and_json_carry_the_same_rows():
     plan = estimate.PlanSummary(steps=10, effective_batch=16, padded_tokens={2: 900, 4: 1000, 8: 1100},
                                 evaluations=1, eval_tokens=10, saves=2)
-    rows = estimate.predict(plan, [estimate.run_record({"timing": TIMING})], available_bytes=None, chosen=4)
-    text = estimating.render_table(plan, rows)
+    rows = estimate.predict(plan, [estimate.run_record(Figures(timing=TIMING))], available_bytes=None, chosen=4)
+    text = estimate_table(plan, rows)
     assert "history of 1 run  <- mtld would choose this" in text and "extrapolated from 4" in text
-    data = estimating.as_json(plan, rows)
+    data = estimate_json(plan, rows)
     assert [r["micro_batch"] for r in data["rows"]] == [2, 4, 8]
     assert data["rows"][1]["basis"] == "history of 1 run" and data["rows"][1]["chosen"]
 
 
+@pytest.mark.slow
 def test_probe_measures_every_size(jobs):
     spec = jobs.spec([jobs.task("classification", 48, n_eval=8)], effective_batch_size=8)
-    figures = estimating.run_probe(spec, "cpu")
-    assert set(figures["timing"]) == {"2", "4", "8"} and set(figures["peaks_by_size"]) == {"2", "4", "8"}
-    record = estimate.run_record(figures, probe=True)
-    rows = estimate.predict(estimating.plan_summary(spec), [record])
+    figures = history.run_probe(spec, "cpu")
+    assert figures.probe and set(figures.timing) == {2, 4, 8} and set(figures.peaks_by_size) == {2, 4, 8}
+    record = estimate.run_record(figures)
+    assert record.probe
+    rows = estimate.predict(plan_summary(spec), [record])
     assert all(r.seconds and r.seconds > 0 and r.basis == "probe" for r in rows)
 
 
 def test_rough_seconds_and_queued_estimate(jobs):
-    figures = {"timing": TIMING, "samples": 100, "train_seconds": 10.0, "duration_s": 15.0, "micro_batch_end": 4}
-    figures["timing"] = {"4": {**TIMING["4"], "eval": {"count": 2, "seconds": 1.0, "tokens": 50}}}
+    figures = Figures(timing={"4": {**TIMING["4"], "eval": {"count": 2, "seconds": 1.0, "tokens": 50}}}, samples=100,
+                      train_seconds=10.0, duration_s=15.0, micro_batch_end=4)
     records = [estimate.run_record(figures)]
     assert estimate.rough_seconds(records, 4, 200, 3) == pytest.approx(200 * 0.1 + 3 * 0.5 + 4.0)
     assert estimate.rough_seconds([], 4, 200, 3) is None
     spec = jobs.spec([jobs.task("classification", 40, n_eval=10)], epochs=2)
-    assert estimating.queued_estimate(spec, records, 4) == pytest.approx(80 * 0.1 + 2 * 0.5 + 4.0)
+    assert queued_estimate(spec, records, 4) == pytest.approx(80 * 0.1 + 2 * 0.5 + 4.0)
 
 
-def test_launch_history_is_compact_and_json_safe(tmp_path):
+def test_family_figures_are_the_finished_runs_then_the_probes_and_travel_in_launch_json(tmp_path):
     store = fake_store([("succeeded", {"timing": TIMING, "duration_s": 5.0, "best_score": 0.9}), ("failed", {"timing": TIMING})])
-    estimating.store_probe(tmp_path, "f", {"probe": True, "timing": TIMING, "peaks_by_size": {"2": 1}, "device": "cpu"})
-    prior = estimating.launch_history(store, "f", tmp_path)
-    assert json.loads(json.dumps(prior)) == {"history": [
-        {"timing": TIMING, "duration_s": 5.0, "micro_batch_end": 4},
-        {"probe": True, "timing": TIMING, "peaks_by_size": {"2": 1}},
-    ]}
-    assert estimating.launch_history(fake_store([]), "f") is None
+    history.store_probe(tmp_path, "f", Figures(probe=True, timing=TIMING, peaks_by_size={2: 1}, device="cpu"))
+    figures = history.family_figures(store, "f", tmp_path)
+    assert [f.stored() for f in figures] == [  # the failed run left out; the size it ended at from the store
+        {"timing": TIMING, "duration_s": 5.0, "best_score": 0.9, "micro_batch_end": 4},
+        {"probe": True, "timing": TIMING, "peaks_by_size": {"2": 1}, "device": "cpu"},
+    ]
+    launch = Launch(micro_batch=4, history=figures)
+    assert Launch.parse(json.loads(launch.to_json()), shown_as="launch.json").history == figures
+    assert history.family_figures(fake_store([]), "f") == []
 
 
+@pytest.mark.slow
 def test_a_run_with_history_logs_its_prediction_and_a_blended_eta(jobs, read_events):
-    from mtld.rundir import Launch, RunDir
+    from mtld.rundir import RunDir
     from mtld.train import run_attempt
 
     spec = jobs.spec([jobs.task("classification", 96, n_eval=16)], epochs=2)
     first = jobs.run_dir(spec, micro_batch=4, name="first", progress_every_s=0.0)
     assert run_attempt(first) == 0
-    history = {"history": [RunDir(first).read_result()]}
     second = jobs.run_dir(spec, micro_batch=4, name="second", progress_every_s=0.0)
     rd = RunDir(second)
-    rd.write_launch(Launch(**{**rd.read_launch().__dict__, "timing_prior": history}))
+    rd.write_launch(rd.read_launch().model_copy(update={"history": [RunDir(first).read_result().figures()]}))
     assert run_attempt(second) == 0
     (estimated,) = read_events(second, "run.estimate")
     assert estimated["predicted_s"] > 0 and estimated["basis"] == "history of 1 run"
-    result = rd.read_result()
-    assert result["timing"]["4"]["warmup"]["steps"] == 3 and result["timing"]["4"]["eval"]["count"] == 2
-    assert result["timing"]["4"]["saves"]["count"] >= 2
+    timing = rd.read_result().timing[4]
+    assert timing.warmup.steps == 3 and timing.eval.count == 2
+    assert timing.saves.count >= 2
     etas = [e["eta_s"] for e in read_events(second, "step.progress")]
     assert etas and all(e is not None and e >= 0 for e in etas)
 
 
+@pytest.mark.slow
 def test_a_resumed_attempt_predicts_only_what_is_left(jobs, read_events):
-    from mtld.rundir import Launch, RunDir
-    from mtld.train import ScriptedGuard, run_attempt
+    from mtld.rundir import RunDir
+    from mtld.testing import ScriptedGuard
+    from mtld.train import run_attempt
 
     spec = jobs.spec([jobs.task("classification", 96, n_eval=16)], epochs=2, checkpoint_every=1)  # 24 steps
     first = jobs.run_dir(spec, micro_batch=4, name="first", progress_every_s=0.0)
     assert run_attempt(first) == 0
     second = jobs.run_dir(spec, micro_batch=4, name="second", progress_every_s=0.0)
     rd = RunDir(second)
-    rd.write_launch(Launch(**{**rd.read_launch().__dict__, "timing_prior": {"history": [RunDir(first).read_result()]}}))
+    rd.write_launch(rd.read_launch().model_copy(update={"history": [RunDir(first).read_result().figures()]}))
     assert run_attempt(second, guard=ScriptedGuard({18: "interrupt"})) == 75
     assert run_attempt(second) == 0
     whole, rest = read_events(second, "run.estimate")
@@ -156,19 +167,19 @@ def test_probe_drops_disturbed_steps(measured, kept):
 
 
 def test_queued_estimate_counts_what_is_left_and_caches_row_counts(jobs, tmp_path):
-    figures = {"timing": {"4": {**TIMING["4"], "eval": {"count": 2, "seconds": 1.0, "tokens": 50}}},
-               "samples": 100, "train_seconds": 10.0, "duration_s": 15.0, "micro_batch_end": 4}
+    figures = Figures(timing={"4": {**TIMING["4"], "eval": {"count": 2, "seconds": 1.0, "tokens": 50}}}, samples=100,
+                      train_seconds=10.0, duration_s=15.0, micro_batch_end=4)
     records = [estimate.run_record(figures)]
     spec = jobs.spec([jobs.task("classification", 40, n_eval=10)], epochs=2)
     # a resumed job that trained a quarter of its steps: 3/4 of the examples and evaluations, all the start-up
-    assert estimating.queued_estimate(spec, records, 4, done_fraction=0.25) == pytest.approx(60 * 0.1 + 2 * 0.5 + 4.0)
+    assert queued_estimate(spec, records, 4, done_fraction=0.25) == pytest.approx(60 * 0.1 + 2 * 0.5 + 4.0)
 
     cache = tmp_path / "rows.json"
-    counts = estimating.ExampleCounts(cache)
+    counts = ExampleCounts(cache)
     train = Path(spec.tasks[0].train)
     assert counts.of(train) == 40
     counts.save()
-    again = estimating.ExampleCounts(cache)
+    again = ExampleCounts(cache)
     assert again.known == counts.known and not again.changed  # read from the file, not the data
     with train.open("a") as f:
         f.write(json.dumps({"text": "one more", "label": "pos"}) + "\n")

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 
 from mtld.report import draw_report, run_series
-from mtld.rundir import Launch, RunDir
+from mtld.rundir import RunDir
+from mtld.runfiles import Launch, RunResult
 
 
 def write_run(path: Path) -> Path:
     rd = RunDir(path)
     rd.path.mkdir(parents=True)
     rd.write_launch(Launch(micro_batch=4))
-    rd.write_result({"duration_s": 125.0, "peak_memory_bytes": 2**30})
+    rd.write_result(RunResult(outcome="succeeded", exit_code=0, duration_s=125.0, peak_memory_bytes=2**30))
     ts = lambda s: f"2026-01-01T00:{s // 60:02d}:{s % 60:02d}+00:00"  # noqa: E731
     events = [
         {"ts": ts(0), "event": "run.started"},  # an earlier attempt: left out
@@ -39,6 +40,13 @@ def test_series_of_the_last_attempt(tmp_path):
     assert (s.actual_s, s.outcome, s.peak_bytes) == (120.0, "succeeded", 2**30)
     assert s.predicted_before_s == pytest.approx(130.0 - 5.0)  # the set-up before run.started taken off
     assert s.memory_t == pytest.approx([40 / 60]) and s.eval_t == pytest.approx([1.5])
+
+
+def test_an_unreadable_result_leaves_the_log_series(tmp_path):
+    run = write_run(tmp_path / "run")
+    (run / "result.json").write_text('{"version": 99}')  # from a newer mtld
+    s = run_series(run)
+    assert s.predicted_before_s == 130.0 and s.loss == [1.0, 0.5]
 
 
 def test_draws_a_png(tmp_path):

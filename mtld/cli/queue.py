@@ -1,0 +1,161 @@
+"""Commands on the queue: submit, status, show, schedules, unschedule, cancel, retry, logs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from mtld import jobs, render
+from mtld.cli import Context, JsonFlag, app, emit_json, fail, get_job, out
+from mtld.jobspec import JobFileError, spec_from_json
+from mtld.logs import follow_files, format_event, read_events
+from mtld.status import job_view, schedule_view
+from mtld.store import TERMINAL, InvalidTransition, Job, StoreError, UnknownJob
+
+# ------------------------------------------------------------------ jobs
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    job_file: Annotated[Path, typer.Argument(help="The job file (TOML).")],
+    priority: Annotated[Optional[int], typer.Option(help="Higher runs first (default: the file's, else 0).")] = None,
+    not_before: Annotated[Optional[str], typer.Option(help="Do not start before: 2026-11-28T01:30 or 01:30.")] = None,
+    batch_size: Annotated[Optional[str], typer.Option(help="auto, 2, 4 or 8 (pins the micro-batch).")] = None,
+    every: Annotated[Optional[str], typer.Option(help="Recur: a cron expression, e.g. '0 1 * * *' (01:00 every night).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Validate a job file and queue it (prints the job id), or store it as a schedule with --every."""
+    c: Context = ctx.obj
+    now = datetime.now(timezone.utc)
+    options = {"--not-before": (not_before, lambda v: jobs.parse_not_before(v, now=now)),
+               "--batch-size": (batch_size, jobs.parse_batch_size), "--every": (every, jobs.parse_every)}
+    parsed = {}
+    for option, (value, parse) in options.items():
+        try:
+            parsed[option] = parse(value) if value else None
+        except jobs.BadOption as e:
+            fail(f"{job_file}: {option} - {e}", code=2)
+    try:
+        made = jobs.submit(c.settings, c.store, job_file, now=now, priority=priority, not_before=parsed["--not-before"],
+                           batch_size=parsed["--batch-size"], every=parsed["--every"])
+    except JobFileError as e:
+        fail(str(e), code=2)
+    if isinstance(made, Job):
+        emit_json(job_view(made)) if as_json else out.print(made.id)
+    elif as_json:
+        emit_json(schedule_view(made))
+    else:
+        out.print(f"schedule {made.id}: {made.cron}, next at {render.local(made.next_fire_at)}")
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """The daemon, the running job with its progress, the queue, the latest finished jobs."""
+    from mtld.status import collect
+
+    c: Context = ctx.obj
+    info = collect(c.settings, c.store)
+    if as_json:
+        emit_json(info)
+    else:
+        render.status(out, info)
+
+
+@app.command()
+def show(ctx: typer.Context, job_id: int, as_json: JsonFlag = False) -> None:
+    """One job: its spec, runs and state history."""
+    c: Context = ctx.obj
+    job = get_job(c, job_id)
+    runs = [r.to_dict() for r in c.store.runs_for(job_id)]
+    history = [t.to_dict() for t in c.store.transitions_for(job_id)]
+    spec = json.loads(spec_from_json(job.spec_json).model_dump_json())
+    view = job_view(job)
+    if as_json:
+        emit_json({**view, "spec": spec, "runs": runs, "transitions": history})
+    else:
+        render.show(out, view, spec, runs, history)
+
+
+@app.command()
+def schedules(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Recurring jobs, with their next firing."""
+    c: Context = ctx.obj
+    views = [schedule_view(s) for s in c.store.list_schedules()]
+    if as_json:
+        emit_json(views)
+    else:
+        render.schedules(out, views)
+
+
+@app.command()
+def unschedule(ctx: typer.Context, schedule_id: int) -> None:
+    """Remove a recurring job (jobs it already queued stay)."""
+    c: Context = ctx.obj
+    try:
+        removed = jobs.unschedule(c.settings, c.store, schedule_id)
+    except StoreError as e:
+        fail(str(e))
+    out.print(f"schedule {schedule_id} ({removed.name}) removed")
+
+
+@app.command()
+def cancel(ctx: typer.Context, job_id: int) -> None:
+    """Cancel a job. A running job checkpoints first, then ends cancelled."""
+    c: Context = ctx.obj
+    try:
+        job = jobs.cancel(c.settings, c.store, job_id, now=datetime.now(timezone.utc))
+    except (UnknownJob, InvalidTransition) as e:
+        fail(str(e))
+    out.print(f"job {job.id}: {'cancelled' if job.state == 'cancelled' else 'cancel requested (it stops at its next checkpoint)'}")
+
+
+@app.command()
+def retry(ctx: typer.Context, job_id: int) -> None:
+    """Queue a failed or cancelled job again (it resumes from its last checkpoint)."""
+    c: Context = ctx.obj
+    try:
+        job = jobs.retry(c.settings, c.store, job_id, now=datetime.now(timezone.utc))
+    except (UnknownJob, InvalidTransition) as e:
+        fail(str(e))
+    out.print(f"job {job.id}: queued")
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    job_id: int,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing until the job ends.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """A job's events from the daemon log and its run log, oldest first."""
+    c: Context = ctx.obj
+    job = get_job(c, job_id)
+    paths = [c.settings.daemon_log, Path(job.run_dir) / "run.jsonl"]
+    events = read_events(paths[0], match={"job_id": job_id}, since=job.submitted_at - 1)
+    events += read_events(paths[1])
+    events.sort(key=lambda e: e.get("ts", ""))
+    for event in events:
+        _print_event(event, as_json)
+    if not follow:
+        return
+
+    def job_over() -> bool:
+        return get_job(c, job_id).state in TERMINAL
+
+    for path, event in follow_files(paths, stop=job_over):
+        if path == paths[1] or event.get("job_id") == job_id:
+            _print_event(event, as_json)
+
+
+def _print_event(event: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
+    else:
+        out.print(format_event(event), markup=False)
+    sys.stdout.flush()

@@ -1,0 +1,120 @@
+"""Commands that train or read a model in the foreground: train, predict, estimate, report."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mtld import jobs, render
+from mtld.cli import Context, JsonFlag, app, emit_json, fail, get_job, out
+from mtld.jobspec import JobFileError, load_job
+
+# ------------------------------------------------------------------ training in the foreground
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    job_file: Annotated[Path, typer.Argument(help="The job file (TOML).")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: runs/NAME-TIME next to the job file's output). Reusing one resumes it.")] = None,
+    batch_size: Annotated[Optional[str], typer.Option(help="Micro-batch 2, 4 or 8 (default: the job's, else the configured start size).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps (default: the configured one).")] = None,
+) -> None:
+    """Run a job now, in the foreground, without the queue: the same code the daemon runs."""
+    from mtld.family import family, resolve_device
+    from mtld.history import family_figures, probe_dir
+    from mtld.rundir import RunDir
+    from mtld.runfiles import launch_for
+    from mtld.train import run_attempt
+
+    c: Context = ctx.obj
+    try:
+        spec = jobs.with_overrides(load_job(job_file), priority=None, not_before=None,
+                                   batch_size=jobs.parse_batch_size(batch_size) if batch_size else None)
+    except JobFileError as e:
+        fail(str(e), code=2)
+    except jobs.BadOption as e:
+        fail(f"{job_file}: --batch-size - {e}", code=2)
+    if device not in (None, "auto", "cpu", "cuda", "mps"):
+        fail(f"{job_file}: --device - must be auto, cpu, cuda or mps, not {device!r}", code=2)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = RunDir(out_dir or (spec.output or Path.cwd() / "runs") / f"{spec.name}-{stamp}")
+    if run_dir.job_file.exists() and run_dir.read_job() != spec:
+        fail(f"{run_dir.path}: holds a run of another job spec; choose another --out", code=2)
+    size = spec.train.batch_size if spec.train.batch_size != "auto" else c.settings.train.start_batch_size
+    device = device or c.settings.train.device
+    history = family_figures(c.store, family(spec, resolve_device(device)), probe_dir(c.settings))
+    run_dir.write_job(spec)
+    run_dir.write_launch(launch_for(c.settings, micro_batch=size, device=device, history=history))
+    code = run_attempt(run_dir.path, console=sys.stderr)
+    result = run_dir.read_result()
+    sys.stderr.write(f"{result.outcome if result else 'failed'}: {run_dir.path}\n")
+    raise typer.Exit(code)
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (its best model), or a model folder.")],
+    input_file: Annotated[Path, typer.Argument(help="JSON lines with the fields the tasks read.")],
+    output: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write (default: INPUT.predictions.jsonl).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Predict every task for each row of INPUT with a trained model."""
+    from mtld.train.errors import BadInput
+    from mtld.train.predict import predict as run_predict
+
+    target = output or input_file.with_suffix(".predictions.jsonl")
+    try:
+        rows = run_predict(run_dir, input_file, target, device=device)
+    except (BadInput, FileNotFoundError) as e:
+        fail(str(e), code=2)
+    out.print(f"{rows} rows -> {target}")
+
+
+@app.command()
+def estimate(
+    ctx: typer.Context,
+    job_file: Annotated[Path, typer.Argument(help="The job file (TOML).")],
+    probe: Annotated[bool, typer.Option("--probe", help="First time a few steps at each size in a child process.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """How long the job takes at micro-batch 2, 4 and 8, and whether each fits in memory now."""
+    from mtld.jobestimate import estimate_job
+
+    c: Context = ctx.obj
+    try:
+        spec = load_job(job_file)
+    except JobFileError as e:
+        fail(str(e), code=2)
+    settings, store = c.settings, c.store  # opened (and any config error reported) before the probe message
+    if probe:
+        sys.stderr.write(f"probing {spec.name}: a few timed steps at micro-batch 2, 4 and 8 in a child process "
+                         "(on the demo model about 20 s)...\n")
+    try:
+        plan, rows = estimate_job(spec, settings, store, probe=probe)
+    except RuntimeError as e:  # the probe child failed
+        fail(f"mtld estimate: {e}")
+    if as_json:
+        emit_json(render.estimate_json(plan, rows))
+    else:
+        out.print(render.estimate_table(plan, rows), markup=False)
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="A job id or a run folder.")],
+    output: Annotated[Optional[Path], typer.Option("--out", "-o", help="The PNG to write (default: RUN_DIR/report.png).")] = None,
+) -> None:
+    """Draw a run: loss, samples/s, micro-batch and memory over time, predicted against actual duration."""
+    from mtld.report import draw_report
+
+    c: Context = ctx.obj
+    run_dir = Path(get_job(c, int(run)).run_dir) if run.isdigit() else Path(run)
+    if not (run_dir / "run.jsonl").is_file():
+        fail(f"{run_dir}: no run log (run.jsonl) there", code=2)
+    out.print(str(draw_report(run_dir, output)), markup=False)

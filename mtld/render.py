@@ -1,0 +1,177 @@
+"""What the CLI prints for people: the tables and lines of `status`, `show`, `schedules`, `estimate`,
+`doctor` and `agent status`, and the estimate's JSON form.
+
+Each function takes what a command computed (the same dicts `--json` prints)
+and writes it to a rich Console; nothing here reads the store or the disk.
+Times are shown in local time, to the minute.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from mtld.estimate import PlanSummary, Prediction
+
+
+# ---------------------------------------------------------------- values
+
+
+def duration_text(seconds: float | None) -> str:
+    """1m05s, 2h03m; ? when unknown."""
+    if seconds is None:
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def bytes_text(n: int | None) -> str:
+    return "?" if n is None else f"{n / 2**20:,.0f} MiB"
+
+
+def local_iso(value: str | None) -> str:
+    """An ISO time (UTC, as --json has it) in local time: 2026-11-28 01:30."""
+    if not value:
+        return ""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def local(epoch: float | None) -> str:
+    """Seconds since the epoch in local time: 2026-11-28 01:30."""
+    if epoch is None:
+        return ""
+    return datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+# ---------------------------------------------------------------- mtld status, schedules
+
+
+def status(out: Console, info: dict[str, Any]) -> None:
+    """`mtld status`: the daemon, the running job, the run windows, the queue, schedules, finished jobs."""
+    d = info["daemon"]
+    state = "not running" if not d["running"] else f"running (pid {d['pid']})"
+    out.print(f"[bold]daemon[/]  {state}{', paused: no new jobs start' if d['paused'] else ''}")
+    for job in info["running"]:
+        out.print(running_line(job))
+    w = info["schedule"]
+    if w["windows"]:
+        when = f"inside, until {local_iso(w['closes_at'])}" if w["inside"] else f"outside; the next opens {local_iso(w['next_opens_at'])}"
+        out.print(f"[bold]windows[/] {', '.join(w['windows'])}: {when}")
+    if info["queued"]:
+        out.print("[bold]queued[/]")
+        out.print(jobs_table(info["queued"], ("id", "name", "priority", "batch_size", "expected_start", "expected_finish", "last_error")))
+    if info["schedules"]:
+        out.print("[bold]schedules[/]")
+        out.print(jobs_table(info["schedules"], ("id", "name", "cron", "next_fire_at", "fired")))
+    if info["finished"]:
+        out.print("[bold]finished[/]")
+        out.print(jobs_table(info["finished"], ("id", "name", "state", "finished_at", "attempts", "last_error")))
+    if not (info["running"] or info["queued"] or info["finished"]):
+        out.print("No jobs. Queue one with: mtld submit JOB.toml")
+
+
+def running_line(job: dict[str, Any]) -> str:
+    """The running job: its progress bar, steps, micro-batch, speed, ETA and memory level (rich markup)."""
+    p = job.get("progress") or {}
+    head = f"[bold]running[/] {job['id']} {job['name']}"
+    if not p.get("total"):
+        return f"{head}  starting (micro-batch {(job.get('run') or {}).get('micro_batch', '?')})"
+    done = p["step"] / p["total"]
+    bar = "#" * round(done * 24) + "-" * (24 - round(done * 24))
+    eta = duration_text(p.get("eta_s"))
+    memory = f"  memory {p['memory_level']}" if p.get("memory_level") else ""
+    return (f"{head}  \\[{bar}] {p['step']}/{p['total']} steps  micro-batch {p['micro_batch']}  "
+            f"{p['samples_per_s']} samples/s  ETA {eta}{memory}")
+
+
+def jobs_table(views: list[dict[str, Any]], columns: tuple[str, ...]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in columns:
+        table.add_column(column.upper().replace("_", " "), no_wrap=column != "last_error")
+    for view in views:
+        cells = []
+        for column in columns:
+            value = view.get(column)
+            if value is None and column.startswith("expected_"):
+                cells.append("?")  # depends on a duration no earlier run has measured
+            elif column.endswith(("_at", "not_before", "_start", "_finish")):
+                cells.append(local_iso(value))
+            else:
+                cells.append("" if value is None else str(value))
+        table.add_row(*cells)
+    return table
+
+
+def schedules(out: Console, views: list[dict[str, Any]]) -> None:
+    """`mtld schedules`: recurring jobs with their next firing."""
+    if not views:
+        out.print("No schedules. Add one with: mtld submit JOB.toml --every '0 1 * * *'")
+    else:
+        out.print(jobs_table(views, ("id", "name", "cron", "next_fire_at", "last_fired_at", "fired", "job_file")))
+
+
+# ---------------------------------------------------------------- mtld show
+
+
+def show(out: Console, view: dict[str, Any], spec: dict[str, Any], runs: list[dict[str, Any]],
+        transitions: list[dict[str, Any]]) -> None:
+    """`mtld show ID`: the job's fields, its tasks, each run with its sizes, its state history."""
+    for key in ("id", "name", "state", "priority", "batch_size", "submitted_at", "not_before", "attempts", "run_dir", "job_file", "last_error"):
+        if view.get(key) not in (None, ""):
+            out.print(f"[bold]{key:>12}[/]  {view[key]}")
+    out.print(f"[bold]{'tasks':>12}[/]  " + ", ".join(f"{t['name']} ({t['type']})" for t in spec["tasks"]))
+    for r in runs:
+        sizes = str(r["micro_batch"]) + (f"→{r['micro_batch_end']}" if r["micro_batch_end"] not in (None, r["micro_batch"]) else "")
+        out.print(f"[bold]{'run ' + str(r['attempt']):>12}[/]  {r['outcome'] or 'running'}  micro-batch {sizes}", markup=True)
+        if r.get("start_reason"):
+            out.print(f"{'':>12}  why {r['micro_batch']}: {r['start_reason']}", markup=False)
+    for t in transitions:
+        out.print(f"{'':>12}  {local(t['at'])}  {t['from_state'] or '-'} -> {t['to_state']}  ({t['reason']})")
+
+
+# ---------------------------------------------------------------- mtld estimate
+
+
+def estimate_table(plan: PlanSummary, rows: Sequence[Prediction]) -> str:
+    """`mtld estimate`: one line per size (plain text, no markup)."""
+    lines = [f"{plan.steps} optimizer steps, {plan.evaluations} evaluations, {plan.saves} saves",
+             f"{'size':>4}  {'duration':>9}  {'peak memory':>12}  {'fits now':>8}  basis"]
+    for r in rows:
+        fits = {True: "yes", False: "no", None: "?"}[r.fits]
+        peak = bytes_text(r.peak_bytes) + ("*" if r.peak_extrapolated else "")
+        mark = "  <- mtld would choose this" if r.chosen else ""
+        lines.append(f"{r.micro_batch:>4}  {duration_text(r.seconds):>9}  {peak:>12}  {fits:>8}  {r.basis}{mark}")
+    if any(r.extrapolated or r.peak_extrapolated for r in rows):
+        lines.append("extrapolated rows (basis 'extrapolated from', peaks marked *) are less certain; "
+                     "`mtld estimate --probe` measures every size")
+    return "\n".join(lines)
+
+
+def estimate_json(plan: PlanSummary, rows: Sequence[Prediction]) -> dict[str, Any]:
+    """`mtld estimate --json`: the plan's figures and the same rows as the table."""
+    return {"plan": {"steps": plan.steps, "evaluations": plan.evaluations, "saves": plan.saves,
+                     "padded_tokens": {str(k): v for k, v in plan.padded_tokens.items()}},
+            "rows": [r.as_dict() for r in rows]}
+
+
+# ---------------------------------------------------------------- mtld doctor, agent status
+
+
+def doctor(out: Console, info: dict[str, dict[str, Any]]) -> None:
+    for section, fields in info.items():
+        out.print(f"[bold]{section}[/]")
+        for key, value in fields.items():
+            shown = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
+            out.print(f"  {key:<22} {shown}", markup=False)
+
+
+def agent_status(out: Console, info: dict[str, Any]) -> None:
+    for key, value in info.items():
+        if value not in (None, ""):
+            out.print(f"[bold]{key:>10}[/]  {value}")
