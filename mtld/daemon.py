@@ -1,49 +1,43 @@
 """The daemon: runs the queue one job at a time, unattended.
 
-An APScheduler BlockingScheduler ticks every `poll_interval_s`; a tick
-supervises the running child (exit, cancel, pause --now) or starts the next
-eligible job. The queue itself is the SQLite store. Signal handlers only set
-flags; SIGUSR1 (sent by the CLI) and stop signals also make the next tick run
-at once. The daemon never imports torch: each run is a child process.
+One plain loop: wait on the wake-up (a timeout of `poll_interval_s`), then
+`tick(now)`. A tick supervises the running child (exit, cancel, pause --now,
+window end) or starts the next eligible job. The queue itself is the SQLite
+store. Signal handlers only count stop signals; every signal (SIGTERM/SIGINT,
+SIGUSR1 from the CLI, SIGCHLD when a run ends) also ends the wait at once,
+through `signal.set_wakeup_fd` (no lock is ever taken in a handler). The
+daemon never imports torch: each run is a child process. APScheduler supplies
+only the calendar arithmetic (mtld.schedule), not threads.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 
-from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.base import JobLookupError
-from apscheduler.schedulers import SchedulerNotRunningError
-from apscheduler.schedulers.blocking import BlockingScheduler
-
 from mtld import __version__, policy, schedule
-from mtld.executor import ExitStatus, LocalExecutor, RunHandle, wait_for_exit
-from mtld.family import family, family_run, next_size, resolve_device
-from mtld.estimating import launch_history
+from mtld.executor import Executor, ExitStatus, LocalExecutor, RunHandle, wait_for_exit
+from mtld.family import earlier_runs, family, family_history, pinned_size, resolve_device, start_size
+from mtld.history import family_figures, probe_dir
 from mtld.jobs import fired_job_name
 from mtld.jobspec import spec_from_json
 from mtld.logs import format_event, get_logger, last_event
-from mtld.memory import Reading, make_probe
+from mtld.memory import Probe, Reading, make_probe
 from mtld.pidfile import PidFile
 from mtld.platform.power import SleepInhibitor, notify, on_battery
-from mtld.rundir import Launch, RunDir
+from mtld.rundir import RunDir
+from mtld.runfiles import RunFileError, RunResult, launch_for
 from mtld.settings import Settings
 from mtld.store import Run, Store
+from mtld.wakeup import Wakeup
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORCED_STOP_GRACE_S = 5.0
-RESULT_FIGURES = (
-    "step", "total_steps", "micro_batch_start", "micro_batch_end", "scaled_down", "oom_count",
-    "peak_memory_bytes", "budget_bytes", "samples_per_s", "tokens_per_s", "duration_s", "device", "best_score",
-    "train_seconds", "samples", "timing", "resumed_from_step",
-)
 
 
 @dataclass
@@ -58,95 +52,81 @@ class ActiveRun:
 
 
 class Daemon:
+    """The queue's one loop. Tests drive `tick(now)` with their own clock and a fake executor."""
+
     def __init__(
         self,
         settings: Settings,
         store: Store,
         *,
-        executor: LocalExecutor | None = None,
+        executor: Executor | None = None,
+        probe: Probe | None = None,
+        clock: Callable[[], float] = time.time,
         exit_when_idle: bool = False,
         console: TextIO | None = None,
     ):
         self.settings = settings
         self.store = store
         self.executor = executor or LocalExecutor()
+        self.probe = probe or make_probe(settings.memory)
+        self.clock = clock
         self.exit_when_idle = exit_when_idle
         self.console = console
         self.log = get_logger()
         self.active: ActiveRun | None = None
         self.stop_signals = 0
-        self.wake = threading.Event()
+        self.wakeup = Wakeup()
         self.finished = False
         self.deferred_because: str | None = None
-        self.scheduler: BlockingScheduler | None = None
-        self.probe = make_probe(settings.memory)
         self.windows = settings.schedule.parsed()
 
     # ------------------------------------------------------------ lifecycle
 
     def handle_signal(self, signum: int, frame: object = None) -> None:
-        """Only set flags: the next tick (woken now) does the work."""
+        """Count stop signals; that is all (the wake-up fd has already ended the loop's wait)."""
         if signum in STOP_SIGNALS:
             self.stop_signals += 1
-        self.wake.set()
 
     def run(self) -> int:
         """Serve until stopped (or idle, with exit_when_idle). Raises AlreadyRunning."""
         pidfile = PidFile(self.settings.pid_file)
         pidfile.acquire()
+        previous = {s: signal.getsignal(s) for s in (*STOP_SIGNALS, signal.SIGUSR1, signal.SIGCHLD)}
         # SIGUSR1: the CLI queued or changed something. SIGCHLD: a run ended. Either way: tick now.
-        for signum in (*STOP_SIGNALS, signal.SIGUSR1, signal.SIGCHLD):
+        for signum in previous:
             signal.signal(signum, self.handle_signal)
+        self.wakeup.install()
         try:
             self.log.info("daemon.started", version=__version__, state_dir=str(self.settings.state_dir),
                           poll_interval_s=self.settings.daemon.poll_interval_s, exit_when_idle=self.exit_when_idle)
-            self.reconcile(now=time.time())
-            self.scheduler = BlockingScheduler(
-                executors={"default": ThreadPoolExecutor(max_workers=1)},  # one tick at a time
-                job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-                timezone=timezone.utc,
-            )
-            self.scheduler.add_listener(self._on_job_error, EVENT_JOB_ERROR)
-            self.scheduler.add_job(self.tick, "interval", seconds=self.settings.daemon.poll_interval_s,
-                                   id="tick", next_run_time=datetime.now(timezone.utc))
-            threading.Thread(target=self._waker, name="mtld-waker", daemon=True).start()
-            self.scheduler.start()  # blocks until finish()
+            self.reconcile(now=self.clock())
+            self.loop()
         finally:
-            self.finished = True
-            self.wake.set()
+            self.wakeup.uninstall()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             pidfile.release()
             self.log.info("daemon.stopped")
         return 0
 
-    def _waker(self) -> None:
-        """Turn a signal's flag into an immediate tick (the handler itself must not touch the scheduler)."""
-        while True:
-            self.wake.wait()
-            self.wake.clear()
-            if self.finished:
-                return
+    def loop(self) -> None:
+        """Tick, then wait for a signal, a wake-up or the poll interval; until `finish`."""
+        while not self.finished:
             try:
-                self.scheduler.modify_job("tick", next_run_time=datetime.now(timezone.utc))
-            except (JobLookupError, SchedulerNotRunningError, AttributeError):
-                pass
-
-    def _on_job_error(self, event: JobExecutionEvent) -> None:
-        self.log.error("daemon.tick_failed", exc_info=(type(event.exception), event.exception, event.exception.__traceback__))
+                self.tick(self.clock())
+            except Exception as e:  # a bug or a broken store must not end the daemon; the next tick tries again
+                self.log.error("daemon.tick_failed", error=f"{type(e).__name__}: {e}", exc_info=e)
+            if not self.finished:
+                self.wakeup.wait(self.settings.daemon.poll_interval_s)
 
     def finish(self, reason: str) -> None:
         self.log.info("daemon.stopping", reason=reason)
         self.finished = True
-        self.wake.set()
-        if self.scheduler is not None:
-            try:
-                self.scheduler.shutdown(wait=False)
-            except SchedulerNotRunningError:
-                pass
+        self.wakeup.set()
 
     # ------------------------------------------------------------ the tick
 
-    def tick(self, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+    def tick(self, now: float) -> None:
         if self.stop_signals:
             self.stop(now)
             return
@@ -183,36 +163,25 @@ class Daemon:
             return
         spec = spec_from_json(job.spec_json)
         fam = family(spec, resolve_device(self.settings.train.device))
-        history = [family_run(r) for r in self.store.family_runs(fam)]
-        pinned = None if job.batch_size == "auto" else int(job.batch_size)
-        size, why = next_size(self.store, self.settings, job, history)
         reading = self._read_pressure()
-        placement = policy.place_run(
-            size, pressure=reading.level.value if reading else "normal",
-            available_bytes=reading.available_bytes if reading else None,
-            peaks=policy.peaks_by_size(history), pinned=pinned is not None,
-        )
-        if placement.micro_batch is None:
-            self._defer(placement.deferred, placement.reason, job_id=job.id)
+        start = start_size(self.settings, family_history(self.store, fam), pinned=pinned_size(job.batch_size),
+                           earlier=earlier_runs(self.store, job), reading=reading)
+        if start.micro_batch is None:
+            self._defer(start.deferred, start.reason, job_id=job.id)
             return
         self.deferred_because = None
-        micro_batch = placement.micro_batch
-        why = f"{why}; {placement.reason}" if placement.reason else why
+        micro_batch = start.micro_batch
         log = self.log.bind(job_id=job.id)
-        log.info("policy.decided", micro_batch=micro_batch, reason=why, family=fam,
+        log.info("policy.decided", micro_batch=micro_batch, reason=start.reason, family=fam,
                  pressure=reading.level.value if reading else None)
 
-        run = self.store.start_run(job.id, micro_batch=micro_batch, family=fam, reason=why, now=now)
+        run = self.store.start_run(job.id, micro_batch=micro_batch, family=fam, reason=start.reason, now=now)
         log = log.bind(run_id=run.id)
         run_dir = RunDir(job.run_dir)
         run_dir.write_job(spec)
-        run_dir.write_launch(Launch(
-            micro_batch=micro_batch, device=self.settings.train.device, job_id=job.id, run_id=run.id,
-            memory_fraction=self.settings.memory.budget_fraction, progress_every_s=self.settings.train.progress_every_s,
-            memory=self.settings.memory.model_dump(mode="json"),
-            timing_prior=launch_history(self.store, fam, self.settings.state_dir / "estimates"),
-            threads=self.settings.train.threads,
-        ))
+        history = family_figures(self.store, fam, probe_dir(self.settings))
+        run_dir.write_launch(launch_for(self.settings, micro_batch=micro_batch, job_id=job.id, run_id=run.id,
+                                        history=history))
         try:
             handle = self.executor.start(run_dir.path)
         except OSError as e:
@@ -271,7 +240,7 @@ class Daemon:
         if active is not None:
             if active.stop_reason is None:
                 self.ask_to_stop(active, "shutdown")
-            deadline = time.monotonic() + self.settings.daemon.stop_timeout_s
+            deadline = time.monotonic() + self.settings.daemon.stop_timeout_s  # real seconds, whatever the clock
             status = None
             while status is None and time.monotonic() < deadline and self.stop_signals < 2:
                 status = wait_for_exit(active.handle, 0.2)
@@ -279,7 +248,7 @@ class Daemon:
             if forced:  # out of time, or a second signal: the last periodic checkpoint will have to do
                 active.handle.signal(signal.SIGKILL)
                 status = wait_for_exit(active.handle, FORCED_STOP_GRACE_S) or ExitStatus(signal=signal.SIGKILL)
-            self.record_exit(active, status, time.time(), forced_stop=forced)
+            self.record_exit(active, status, self.clock(), forced_stop=forced)
         self.finish("signal")
 
     # ------------------------------------------------------------ exits
@@ -301,17 +270,19 @@ class Daemon:
                 exit_code=status.code, signal=status.signal, earlier_failures=earlier_failures,
                 max_attempts=self.settings.daemon.max_attempts, backoff_s=self.settings.daemon.retry_backoff_s,
                 cancel_requested=job.cancel_requested, stop_reason=active.stop_reason,
-                message=(result or {}).get("message"), now=now,
+                message=result.message if result else None, now=now,
             )
         self._apply(job.id, active.run, status, decision, result, now, stop_reason=active.stop_reason)
 
     def _apply(self, job_id: int, run: Run, status: ExitStatus, decision: policy.ExitDecision,
-               result: dict[str, Any] | None, now: float, stop_reason: str | None = None) -> None:
-        figures = {k: result[k] for k in RESULT_FIGURES if result and k in result}
-        if status.max_rss_bytes:
-            figures["max_rss_bytes"] = status.max_rss_bytes
+               result: RunResult | None, now: float, stop_reason: str | None = None) -> None:
+        measured = result.figures() if result else None
+        if status.max_rss_bytes and measured is not None:
+            measured = measured.model_copy(update={"max_rss_bytes": status.max_rss_bytes})
+        figures = measured.stored() if measured is not None else (
+            {"max_rss_bytes": status.max_rss_bytes} if status.max_rss_bytes else {})
         self.store.finish_run(run.id, outcome=decision.outcome, exit_code=status.code, signal=status.signal,
-                              micro_batch_end=(result or {}).get("micro_batch_end"), figures=figures, now=now)
+                              micro_batch_end=result.micro_batch_end if result else None, figures=figures, now=now)
         job = self.store.transition(
             job_id, decision.job_state, reason=decision.reason, now=now,
             last_error=decision.reason if decision.job_state == "failed" else None,
@@ -342,13 +313,13 @@ class Daemon:
                     adopted.signal(signal.SIGKILL)
                     wait_for_exit(adopted, FORCED_STOP_GRACE_S)
             result = fresh_result(run_dir, run)
-            if result and result.get("outcome") == "succeeded":
+            if result and result.outcome == "succeeded":
                 decision = policy.ExitDecision("succeeded", "succeeded", "finished while no daemon was watching")
                 status = ExitStatus(code=0)
             else:
                 decision = policy.ExitDecision("lost", "queued", f"recovered at daemon start (child {action}); "
                                                "it resumes from its last checkpoint")
-                status = ExitStatus(code=(result or {}).get("exit_code"))
+                status = ExitStatus(code=result.exit_code if result else None)
             self.log.info("daemon.recovered", job_id=job.id, run_id=run.id, pid=run.pid, child=action)
             self._apply(job.id, run, status, decision, result, now)
         for job in self.store.list_jobs(["running"]):  # its run was recorded, its move was not
@@ -382,13 +353,17 @@ class Daemon:
             self.console.flush()
 
 
-def fresh_result(run_dir: RunDir, run: Run) -> dict[str, Any] | None:
-    """The child's result.json if this attempt wrote it (not a leftover of an earlier one)."""
-    result = run_dir.read_result()
+def fresh_result(run_dir: RunDir, run: Run) -> RunResult | None:
+    """The child's result.json if this attempt wrote it (not a leftover of an earlier one), and
+    this mtld can read it; a result it cannot read counts as none (the exit status still decides)."""
+    try:
+        result = run_dir.read_result()
+    except (RunFileError, OSError):
+        return None
     if result is None:
         return None
-    if result.get("run_id") is not None:
-        return result if result["run_id"] == run.id else None
+    if result.run_id is not None:
+        return result if result.run_id == run.id else None
     return result if run_dir.result_file.stat().st_mtime >= run.started_at else None
 
 

@@ -37,6 +37,14 @@ class RunHandle(Protocol):
     def poll(self) -> ExitStatus | None: ...
 
 
+class Executor(Protocol):
+    """Starts runs and finds the still-running ones of an earlier daemon."""
+
+    def start(self, run_dir: Path) -> RunHandle: ...
+
+    def adopt(self, pid: int, run_dir: Path, started_at: float) -> RunHandle | None: ...
+
+
 class ChildProcess:
     """A run child this process started: reaped with wait4 for status and rusage."""
 
