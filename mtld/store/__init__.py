@@ -1,6 +1,6 @@
 """The SQLite store: the single source of truth for jobs, runs and their history.
 
-Only this module writes SQL. The CLI and the daemon are separate processes that
+Only this package writes SQL (the schema: `schema`; the rows: `records`). The CLI and the daemon are separate processes that
 open the same file, so the file is in WAL mode (readers never wait for the
 writer) and every write is one short `BEGIN IMMEDIATE` transaction: the write
 lock is taken up front, so two writers never deadlock trying to upgrade a read
@@ -23,247 +23,36 @@ moves the job to `cancelled`.
 
 Times are REAL unix epoch seconds passed in by the caller as `now`; nothing
 here reads the clock, so tests and the daemon decide what "now" is. The module
-imports only the standard library: the CLI opens it on every command.
+imports only the standard library (and mtld's sizes constant): the CLI opens it on every command.
 """
+
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
-ALLOWED_MOVES: dict[str, frozenset[str]] = {
-    QUEUED: frozenset({RUNNING, CANCELLED}),
-    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLED, QUEUED}),
-    SUCCEEDED: frozenset(),
-    FAILED: frozenset({QUEUED}),
-    CANCELLED: frozenset({QUEUED}),
-}
-BATCH_SIZES = ("auto", "2", "4", "8")
-BUSY_TIMEOUT_S = 30.0
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # same rule as the job file: the name is a folder name
+from mtld.store.records import (
+    InvalidTransition, Job, Run, Schedule, SchemaTooNew, StoreError, Transition, UnknownJob, UnknownRun, column_list,
+    job_from_row, json_safe, run_from_row,
+)
+from mtld.store.schema import (
+    ALLOWED_MOVES, BATCH_SIZES, BUSY_TIMEOUT_S, CANCELLED, FAILED, MIGRATIONS, QUEUED, RUNNING, STATES, SUCCEEDED,
+    TERMINAL, SAFE_NAME, statements,
+)
 
-# Schema version N is MIGRATIONS[:N] applied in order. Only ever append.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: an id is never reused
-        name TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
-        priority INTEGER NOT NULL DEFAULT 0,
-        not_before REAL,
-        submitted_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        finished_at REAL,
-        batch_size TEXT NOT NULL CHECK (batch_size IN ('auto', '2', '4', '8')),
-        spec_json TEXT NOT NULL,
-        job_file TEXT NOT NULL,
-        run_dir TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL,
-        cancel_requested INTEGER NOT NULL DEFAULT 0,
-        last_error TEXT
-    );
-    CREATE INDEX jobs_by_state ON jobs (state, priority DESC, submitted_at, id);
-    CREATE TABLE runs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id INTEGER NOT NULL REFERENCES jobs (id),
-        attempt INTEGER NOT NULL,
-        started_at REAL NOT NULL,
-        ended_at REAL,
-        pid INTEGER,
-        micro_batch INTEGER NOT NULL,
-        micro_batch_end INTEGER,
-        family TEXT,
-        outcome TEXT,
-        exit_code INTEGER,
-        signal INTEGER,
-        figures TEXT NOT NULL DEFAULT '{}',
-        UNIQUE (job_id, attempt)
-    );
-    CREATE INDEX runs_active ON runs (ended_at) WHERE ended_at IS NULL;
-    CREATE TABLE transitions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id INTEGER NOT NULL REFERENCES jobs (id),
-        from_state TEXT,
-        to_state TEXT NOT NULL,
-        at REAL NOT NULL,
-        reason TEXT NOT NULL
-    );
-    CREATE INDEX transitions_by_job ON transitions (job_id, id);
-    CREATE TABLE flags (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
-    # 2: why each run started at its micro-batch (shown by `mtld show`), and the
-    # batch-size history read per family (model, max length, device).
-    """
-    ALTER TABLE runs ADD COLUMN start_reason TEXT;
-    CREATE INDEX runs_by_family ON runs (family, id) WHERE ended_at IS NOT NULL;
-    """,
-    # 3: recurring jobs. Each firing submits a fresh job from the stored spec.
-    """
-    CREATE TABLE schedules (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL,
-        cron TEXT NOT NULL,
-        spec_json TEXT NOT NULL,
-        job_file TEXT NOT NULL,
-        priority INTEGER NOT NULL DEFAULT 0,
-        batch_size TEXT NOT NULL CHECK (batch_size IN ('auto', '2', '4', '8')),
-        run_root TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        next_fire_at REAL NOT NULL,
-        last_fired_at REAL,
-        fired INTEGER NOT NULL DEFAULT 0
-    );
-    """,
+__all__ = [
+    "ALLOWED_MOVES", "BATCH_SIZES", "CANCELLED", "FAILED", "QUEUED", "RUNNING", "STATES", "SUCCEEDED", "TERMINAL",
+    "InvalidTransition", "Job", "Run", "Schedule", "SchemaTooNew", "Store", "StoreError", "Transition", "UnknownJob",
+    "UnknownRun",
 ]
-
-
-class StoreError(Exception):
-    """Base of the errors this module raises on purpose."""
-
-
-class UnknownJob(StoreError, LookupError):
-    def __init__(self, job_id: int):
-        self.job_id = job_id
-        super().__init__(f"no job {job_id}")
-
-
-class UnknownRun(StoreError, LookupError):
-    def __init__(self, run_id: int):
-        self.run_id = run_id
-        super().__init__(f"no run {run_id}")
-
-
-class InvalidTransition(StoreError):
-    """The job (or run) is not in a state that allows what was asked."""
-
-
-class SchemaTooNew(StoreError):
-    """The file was written by a newer mtld; refusing beats silently misreading it."""
-
-
-@dataclass(frozen=True)
-class Job:
-    id: int
-    name: str
-    state: str
-    priority: int
-    not_before: float | None
-    submitted_at: float
-    updated_at: float
-    finished_at: float | None
-    batch_size: str
-    spec_json: str
-    job_file: str
-    run_dir: str
-    attempts: int  # runs started since submit or the last retry (for giving up / backoff)
-    next_attempt_at: float | None
-    cancel_requested: bool
-    last_error: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Run:
-    id: int
-    job_id: int
-    attempt: int  # 1-based over the job's whole life; a retry does not restart it
-    started_at: float
-    ended_at: float | None
-    pid: int | None
-    micro_batch: int
-    micro_batch_end: int | None
-    family: str | None
-    outcome: str | None
-    exit_code: int | None
-    signal: int | None
-    figures: dict[str, Any]
-    start_reason: str | None = None  # why it started at its micro-batch
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Transition:
-    id: int
-    job_id: int
-    from_state: str | None
-    to_state: str
-    at: float
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    id: int
-    name: str
-    cron: str
-    spec_json: str
-    job_file: str
-    priority: int
-    batch_size: str
-    run_root: str
-    created_at: float
-    next_fire_at: float
-    last_fired_at: float | None
-    fired: int  # how many jobs it has submitted
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _columns(cls: type) -> str:
-    # Name columns explicitly: a later migration that adds a column must not break the dataclasses.
-    return ", ".join(f.name for f in fields(cls))
-
-
-def _job(row: sqlite3.Row) -> Job:
-    return Job(**{**dict(row), "cancel_requested": bool(row["cancel_requested"])})
-
-
-def _run(row: sqlite3.Row) -> Run:
-    return Run(**{**dict(row), "figures": json.loads(row["figures"])})
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinity are not JSON (`jq` refuses them): such a figure is stored as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _statements(script: str) -> Iterator[str]:
-    """Split a migration into statements: `executescript` would COMMIT our transaction."""
-    buffer = ""
-    for piece in script.split(";"):
-        buffer += piece + ";"
-        if sqlite3.complete_statement(buffer):  # a `;` inside a string, comment or trigger is not an end
-            if buffer.strip(" \t\n;"):
-                yield buffer.strip()
-            buffer = ""
 
 
 class Store:
@@ -338,21 +127,21 @@ class Store:
             if version > target:
                 raise SchemaTooNew(f"{self.path} has schema version {version}; this mtld knows up to {target}")
             for script in MIGRATIONS[version:]:
-                for statement in _statements(script):
+                for statement in statements(script):
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {target}")
 
     def _job(self, job_id: int) -> Job:
-        rows = self._rows(f"SELECT {_columns(Job)} FROM jobs WHERE id = ?", (job_id,))
+        rows = self._rows(f"SELECT {column_list(Job)} FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             raise UnknownJob(job_id)
-        return _job(rows[0])
+        return job_from_row(rows[0])
 
     def _run(self, run_id: int) -> Run:
-        rows = self._rows(f"SELECT {_columns(Run)} FROM runs WHERE id = ?", (run_id,))
+        rows = self._rows(f"SELECT {column_list(Run)} FROM runs WHERE id = ?", (run_id,))
         if not rows:
             raise UnknownRun(run_id)
-        return _run(rows[0])
+        return run_from_row(rows[0])
 
     def _move(self, db: sqlite3.Connection, job: Job, to_state: str, *, verb: str, reason: str, now: float,
               **columns: Any) -> Job:
@@ -378,7 +167,7 @@ class Store:
     def submit(self, *, name: str, spec_json: str, job_file: str, run_root: str | os.PathLike[str], now: float,
                priority: int = 0, not_before: float | None = None, batch_size: str | int = "auto") -> Job:
         """Queue a job. The spec text is copied: editing the job file later changes nothing."""
-        if not _SAFE_NAME.fullmatch(name):
+        if not SAFE_NAME.fullmatch(name):
             raise ValueError(f"job name {name!r} is not a safe folder name")
         if str(batch_size) not in BATCH_SIZES:
             raise ValueError(f"batch_size must be one of {', '.join(BATCH_SIZES)}, not {batch_size!r}")
@@ -407,13 +196,13 @@ class Store:
 
     def list_jobs(self, states: Iterable[str] | None = None) -> list[Job]:
         if states is None:
-            return [_job(r) for r in self._rows(f"SELECT {_columns(Job)} FROM jobs ORDER BY id")]
+            return [job_from_row(r) for r in self._rows(f"SELECT {column_list(Job)} FROM jobs ORDER BY id")]
         wanted = list(states)
         if unknown := set(wanted) - set(STATES):
             raise ValueError(f"unknown state(s): {', '.join(sorted(unknown))}")
         marks = ", ".join("?" * len(wanted))
-        rows = self._rows(f"SELECT {_columns(Job)} FROM jobs WHERE state IN ({marks}) ORDER BY id", wanted)
-        return [_job(r) for r in rows]
+        rows = self._rows(f"SELECT {column_list(Job)} FROM jobs WHERE state IN ({marks}) ORDER BY id", wanted)
+        return [job_from_row(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         """Jobs per state; every state is present, zero included."""
@@ -423,12 +212,12 @@ class Store:
     def next_eligible(self, *, now: float) -> Job | None:
         """The queued job to run next: due now, highest priority, then oldest, then lowest id."""
         rows = self._rows(
-            f"SELECT {_columns(Job)} FROM jobs WHERE state = ?"
+            f"SELECT {column_list(Job)} FROM jobs WHERE state = ?"
             " AND (not_before IS NULL OR not_before <= ?) AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
             " ORDER BY priority DESC, submitted_at, id LIMIT 1",
             (QUEUED, now, now),
         )
-        return _job(rows[0]) if rows else None
+        return job_from_row(rows[0]) if rows else None
 
     def transition(self, job_id: int, to_state: str, *, reason: str, now: float,
                    last_error: str | None = None, next_attempt_at: float | None = None) -> Job:
@@ -490,7 +279,7 @@ class Store:
 
         Figures are stored as strict JSON (NaN becomes null); None keeps `{}`. A value JSON
         cannot hold raises TypeError before anything is written."""
-        figures_json = None if figures is None else json.dumps(_json_safe(figures), allow_nan=False, sort_keys=True)
+        figures_json = None if figures is None else json.dumps(json_safe(figures), allow_nan=False, sort_keys=True)
         with self._write() as db:
             run = self._run(run_id)
             if run.ended_at is not None:
@@ -503,25 +292,25 @@ class Store:
             return self._run(run_id)
 
     def runs_for(self, job_id: int) -> list[Run]:
-        rows = self._rows(f"SELECT {_columns(Run)} FROM runs WHERE job_id = ? ORDER BY id", (job_id,))
-        return [_run(r) for r in rows]
+        rows = self._rows(f"SELECT {column_list(Run)} FROM runs WHERE job_id = ? ORDER BY id", (job_id,))
+        return [run_from_row(r) for r in rows]
 
     def latest_run(self, job_id: int) -> Run | None:
-        rows = self._rows(f"SELECT {_columns(Run)} FROM runs WHERE job_id = ? ORDER BY id DESC LIMIT 1", (job_id,))
-        return _run(rows[0]) if rows else None
+        rows = self._rows(f"SELECT {column_list(Run)} FROM runs WHERE job_id = ? ORDER BY id DESC LIMIT 1", (job_id,))
+        return run_from_row(rows[0]) if rows else None
 
     def family_runs(self, family: str, limit: int = 20) -> list[Run]:
         """The family's most recent finished runs, oldest first: its batch-size history."""
-        rows = self._rows(f"SELECT {_columns(Run)} FROM runs WHERE family = ? AND ended_at IS NOT NULL"
+        rows = self._rows(f"SELECT {column_list(Run)} FROM runs WHERE family = ? AND ended_at IS NOT NULL"
                           " ORDER BY id DESC LIMIT ?", (family, limit))
-        return [_run(r) for r in reversed(rows)]
+        return [run_from_row(r) for r in reversed(rows)]
 
     def active_runs(self) -> list[Run]:
         """Runs not yet finished: at daemon start, each is either still alive or lost."""
-        return [_run(r) for r in self._rows(f"SELECT {_columns(Run)} FROM runs WHERE ended_at IS NULL ORDER BY id")]
+        return [run_from_row(r) for r in self._rows(f"SELECT {column_list(Run)} FROM runs WHERE ended_at IS NULL ORDER BY id")]
 
     def transitions_for(self, job_id: int) -> list[Transition]:
-        rows = self._rows(f"SELECT {_columns(Transition)} FROM transitions WHERE job_id = ? ORDER BY id", (job_id,))
+        rows = self._rows(f"SELECT {column_list(Transition)} FROM transitions WHERE job_id = ? ORDER BY id", (job_id,))
         return [Transition(**dict(r)) for r in rows]
 
     # -- schedules --------------------------------------------------------------------------
@@ -537,11 +326,11 @@ class Store:
         return self.get_schedule(schedule_id)
 
     def get_schedule(self, schedule_id: int) -> Schedule | None:
-        rows = self._rows(f"SELECT {_columns(Schedule)} FROM schedules WHERE id = ?", (schedule_id,))
+        rows = self._rows(f"SELECT {column_list(Schedule)} FROM schedules WHERE id = ?", (schedule_id,))
         return Schedule(**dict(rows[0])) if rows else None
 
     def list_schedules(self) -> list[Schedule]:
-        return [Schedule(**dict(r)) for r in self._rows(f"SELECT {_columns(Schedule)} FROM schedules ORDER BY id")]
+        return [Schedule(**dict(r)) for r in self._rows(f"SELECT {column_list(Schedule)} FROM schedules ORDER BY id")]
 
     def remove_schedule(self, schedule_id: int) -> Schedule:
         with self._write() as db:
