@@ -12,7 +12,14 @@ ifeq ($(shell uname -s),Linux)
 TORCH ?= torch==2.13.0
 endif
 
-.PHONY: setup test demo bench clean
+# The suite runs in parallel: pytest-xdist, one worker per core, a whole test
+# file per worker (loadfile), so that a file's module-scoped fixtures (a tiny
+# model, a training run) are built once and its tests never race each other.
+# `make test` runs everything, as CI does; `make test-fast` leaves out the tests
+# marked slow (real processes, signals, rlimits, whole training runs).
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
+
+.PHONY: setup test test-fast demo bench clean
 
 $(BIN)/.mtld-ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +31,10 @@ $(BIN)/.mtld-ready: pyproject.toml
 setup: $(BIN)/.mtld-ready
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
+
+test-fast: setup
+	$(PYTEST) -m "not slow"
 
 demo: setup
 	BIN=$(BIN) examples/demo.sh

@@ -1,20 +1,34 @@
-"""Shared fixtures: a tiny BERT built once per session, and small synthetic task data.
+"""Shared fixtures and helpers: a tiny BERT built once per session (once per
+xdist worker), small synthetic task data, job files, child processes, and a
+real daemon's MTLD_HOME.
 
 The data is generated, not shipped: each task type has a rule the tiny model
 can learn in a few epochs (sentiment words decide the label, topic words the
 topics, names and cities the entity tags), so tests can check that training
 does something, not only that it runs.
+
+Tests that start real processes (a child run, a daemon, the CLI as a
+process), send real signals, set rlimits or train whole runs are marked
+`slow`; `make test-fast` leaves them out.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+from structlog.testing import CapturingLogger, LogCapture
+
+REPO = Path(__file__).resolve().parents[1]
 
 FILLER = "the a this that movie film day place it was is really quite very here there".split()
 POSITIVE, NEGATIVE = ["good", "great", "lovely"], ["bad", "awful", "boring"]
@@ -187,10 +201,18 @@ def make_jobs(tiny_model: Path):
     return lambda base, model=None: Jobs(Path(base), Path(model or tiny_model))
 
 
-def events(run_dir: Path, name: str | None = None) -> list[dict[str, Any]]:
-    lines = (run_dir / "run.jsonl").read_text(encoding="utf-8").splitlines()
+def log_events(path: Path, name: str | None = None) -> list[dict[str, Any]]:
+    """The events of a JSON-lines log (a run's run.jsonl, the daemon's mtld.jsonl), oldest first; none if it is not there yet."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     found = [json.loads(line) for line in lines if line.strip()]
     return [e for e in found if name is None or e["event"] == name]
+
+
+def events(run_dir: Path, name: str | None = None) -> list[dict[str, Any]]:
+    """A run directory's events (run.jsonl, which must exist)."""
+    if not (run_dir / "run.jsonl").exists():
+        raise FileNotFoundError(run_dir / "run.jsonl")
+    return log_events(run_dir / "run.jsonl", name)
 
 
 @pytest.fixture
@@ -209,3 +231,201 @@ def data_rows():
 def model_builder(one_thread: None):
     """model_builder(out_dir, **build_tiny_model options) -> a tiny model on the test vocabulary."""
     return build_model
+
+
+# ------------------------------------------------------------------ child processes
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a child `python -m mtld...`, with this checkout on PYTHONPATH."""
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+    """Wait for a child started with stderr=PIPE: (exit status, its stderr)."""
+    _, err = process.communicate(timeout=timeout)
+    return process.returncode, err
+
+
+# ------------------------------------------------------------------ job files (test_jobspec, test_cli)
+
+
+GOOD_JOB = """\
+name = "demo"
+model = "model"
+max_length = 64
+
+[[tasks]]
+name = "sentiment"
+type = "classification"
+train = "data/sentiment.jsonl"
+labels = ["pos", "neg"]
+
+[[tasks]]
+name = "score"
+type = "regression"
+train = "data/score.csv"
+text_field = "a"
+text_pair_field = "b"
+label_field = "score"
+
+[[tasks]]
+name = "entities"
+type = "token_classification"
+train = "data/entities.jsonl"
+text_field = "tokens"
+label_field = "tags"
+
+[train]
+epochs = 2
+batch_size = "auto"
+"""
+
+SENTIMENT = [{"text": "great film", "label": "pos"}, {"text": "dull film", "label": "neg"}]
+SCORE_CSV = "a,b,score\nthe cat sat,a cat sat,4.5\nred car,blue sky,0.5\n"
+ENTITIES = [{"tokens": ["Ann", "went", "to", "Kyoto"], "tags": ["B-PER", "O", "O", "B-LOC"]}]
+
+
+def write_job(folder: Path, text: str = GOOD_JOB) -> Path:
+    """A job file (GOOD_JOB unless told) with a model folder and its three small data files next to it."""
+    (folder / "model").mkdir(exist_ok=True)
+    data = folder / "data"
+    data.mkdir(exist_ok=True)
+    (data / "sentiment.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SENTIMENT), encoding="utf-8")
+    (data / "score.csv").write_text(SCORE_CSV, encoding="utf-8")
+    (data / "entities.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ENTITIES), encoding="utf-8")
+    path = folder / "job.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------ a real daemon (test_daemon, test_adaptive, test_schedule)
+
+
+DAEMON_WORDS = ["good", "bad", "fine", "awful", "great", "poor", "nice", "dull", "Kyoto", "Ann", "Bob", "Osaka"]
+DAEMON_JOB = """\
+name = "{name}"
+model = "{model}"
+max_length = 32
+
+[[tasks]]
+name = "sentiment"
+type = "classification"
+train = "sentiment.jsonl"
+eval = "sentiment.jsonl"
+
+[[tasks]]
+name = "entities"
+type = "token_classification"
+train = "entities.jsonl"
+text_field = "tokens"
+label_field = "tags"
+
+[train]
+epochs = {epochs}
+checkpoint_every = {checkpoint_every}
+effective_batch_size = 8
+"""
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A folder with a one-layer tiny model and two small task files, for jobs a real daemon runs (see job_file)."""
+    from mtld.tinymodel import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("daemon-job")
+    sentiment, entities = [], []
+    for i in range(96):
+        a, b = DAEMON_WORDS[i % 8], DAEMON_WORDS[(i * 5 + 3) % 8]
+        sentiment.append({"text": f"the film was {a} and {b}", "label": "pos" if DAEMON_WORDS.index(a) % 2 == 0 else "neg"})
+        name, place = ("Ann", "Kyoto") if i % 2 else ("Bob", "Osaka")
+        entities.append({"tokens": [name, "went", "to", place, "today"], "tags": ["B-PER", "O", "O", "B-LOC", "O"]})
+    for file, rows in (("sentiment.jsonl", sentiment), ("entities.jsonl", entities)):
+        (folder / file).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_tiny_model(folder / "model", (r["text"] for r in sentiment), layers=1, hidden=32, heads=2, vocab_size=200)
+    return folder
+
+
+def job_file(data_dir: Path, name: str = "job", epochs: int = 1, checkpoint_every: int = 50) -> Path:
+    """A job file in `data_dir` (the fixture) for its model and data."""
+    path = data_dir / f"{name}.toml"
+    path.write_text(DAEMON_JOB.format(name=name, model=data_dir / "model", epochs=epochs, checkpoint_every=checkpoint_every))
+    return path
+
+
+class Home:
+    """One MTLD_HOME: run the CLI and the daemon against it as real processes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.env = {
+            **os.environ,
+            "MTLD_HOME": str(path),
+            "MTLD_DAEMON__POLL_INTERVAL_S": "0.5",
+            "MTLD_DAEMON__NOTIFY": "false",
+            "MTLD_DAEMON__PREVENT_SLEEP": "false",
+            "MTLD_DAEMON__STOP_TIMEOUT_S": "20",
+            "MTLD_TRAIN__DEVICE": "cpu",
+            "MTLD_TRAIN__PROGRESS_EVERY_S": "0",
+            "OMP_NUM_THREADS": "1",
+        }
+        self.env.pop("MTLD_CONFIG", None)
+
+    def mtld(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mtld", *args], env=self.env, capture_output=True, text=True,
+                              check=check, timeout=60)
+
+    def submit(self, job: Path, *args: str) -> int:
+        return int(self.mtld("submit", str(job), *args).stdout)
+
+    def daemon(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "mtld", "daemon", "--quiet", *args], env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def store(self):
+        from mtld.store import Store
+
+        return Store(self.path / "state.db")
+
+    def job(self, job_id: int):
+        with self.store() as store:
+            return store.get(job_id)
+
+    def runs(self, job_id: int):
+        with self.store() as store:
+            return store.runs_for(job_id)
+
+    def daemon_events(self, name: str | None = None) -> list[dict]:
+        return log_events(self.path / "logs" / "mtld.jsonl", name)
+
+    def run_events(self, job_id: int, name: str | None = None) -> list[dict]:
+        return log_events(Path(self.job(job_id).run_dir) / "run.jsonl", name)
+
+    def wait_for(self, what, timeout: float = 120, poll: float = 0.1):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = what()
+            if value:
+                return value
+            time.sleep(poll)
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+# ------------------------------------------------------------------ captured log events
+
+
+def capturing_log() -> tuple[Any, LogCapture]:
+    """A bound structlog logger, as the sampler gets in the daemon, whose events land in `LogCapture.entries`.
+
+    Each entry is the event's dict: "event", "log_level" and its fields. The
+    capture drops the event, so the CapturingLogger underneath is never called;
+    structlog's global configuration is left alone.
+    """
+    capture = LogCapture()
+    return structlog.wrap_logger(CapturingLogger(), wrapper_class=structlog.BoundLogger, processors=[capture]), capture
+
+
+def take(capture: LogCapture) -> list[dict]:
+    """The entries captured since the last take."""
+    entries, capture.entries = capture.entries, []
+    return entries

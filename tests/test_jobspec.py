@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -12,53 +11,7 @@ from typer.testing import CliRunner
 from mtld.cli import app
 from mtld.jobspec import JobFileError, load_job
 from mtld.store import Store
-
-GOOD_JOB = """\
-name = "demo"
-model = "model"
-max_length = 64
-
-[[tasks]]
-name = "sentiment"
-type = "classification"
-train = "data/sentiment.jsonl"
-labels = ["pos", "neg"]
-
-[[tasks]]
-name = "score"
-type = "regression"
-train = "data/score.csv"
-text_field = "a"
-text_pair_field = "b"
-label_field = "score"
-
-[[tasks]]
-name = "entities"
-type = "token_classification"
-train = "data/entities.jsonl"
-text_field = "tokens"
-label_field = "tags"
-
-[train]
-epochs = 2
-batch_size = "auto"
-"""
-
-SENTIMENT = [{"text": "great film", "label": "pos"}, {"text": "dull film", "label": "neg"}]
-SCORE_CSV = "a,b,score\nthe cat sat,a cat sat,4.5\nred car,blue sky,0.5\n"
-ENTITIES = [{"tokens": ["Ann", "went", "to", "Kyoto"], "tags": ["B-PER", "O", "O", "B-LOC"]}]
-
-
-def write_job(folder: Path, text: str = GOOD_JOB) -> Path:
-    (folder / "model").mkdir(exist_ok=True)
-    data = folder / "data"
-    data.mkdir(exist_ok=True)
-    (data / "sentiment.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SENTIMENT), encoding="utf-8")
-    (data / "score.csv").write_text(SCORE_CSV, encoding="utf-8")
-    (data / "entities.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ENTITIES), encoding="utf-8")
-    path = folder / "job.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
+from tests.conftest import GOOD_JOB, write_job
 
 
 def edit(old: str, new: str):

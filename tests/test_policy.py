@@ -56,26 +56,31 @@ def test_after_exit(kwargs, outcome, job_state, retry_in, reason_part):
     assert reason_part in decision.reason
 
 
+FIRST = (4, "the family's start size")  # what the family decided for a first attempt
+
+
 @pytest.mark.parametrize(
-    ("pinned", "earlier", "expected"),
+    ("pinned", "earlier", "expected", "reason_part"),
     [
-        (None, [], 4),
-        (8, [], 8),
-        (2, [EarlierRun("killed", 8, None)], 2),
-        (None, [EarlierRun("killed", 8, None)], 4),
-        (None, [EarlierRun("killed", 4, None)], 2),
-        (None, [EarlierRun("killed", 2, None)], 2),
-        (None, [EarlierRun("killed", 8, 4)], 2),  # it had already scaled down to 4 in the run
-        (None, [EarlierRun("interrupted", 8, 4)], 4),
-        (None, [EarlierRun("interrupted", 8, None)], 8),
-        (None, [EarlierRun("lost", 2, 2)], 2),
-        (None, [EarlierRun("out_of_memory", 2, 2)], 2),
-        (None, [EarlierRun("killed", 8, None), EarlierRun("interrupted", 4, None)], 4),
+        (None, [], 4, "the family's start size"),
+        (None, [EarlierRun(None, 8, None)], 4, "the family's start size"),  # the last run never ended: a first attempt
+        (8, [], 8, "pinned"),
+        (2, [EarlierRun("killed", 8, None)], 2, "pinned"),
+        (None, [EarlierRun("killed", 8, None)], 4, "killed at 8: one size down"),
+        (None, [EarlierRun("killed", 4, None)], 2, "killed at 4: one size down"),
+        (None, [EarlierRun("killed", 2, None)], 2, "killed at 2: one size down"),
+        (None, [EarlierRun("killed", 8, 4)], 2, "killed at 4: one size down"),  # it had already scaled down to 4 in the run
+        (None, [EarlierRun("interrupted", 8, 4)], 4, "ended at (interrupted)"),
+        (None, [EarlierRun("interrupted", 8, None)], 8, "ended at (interrupted)"),
+        (None, [EarlierRun("lost", 2, 2)], 2, "ended at (lost)"),
+        (None, [EarlierRun("out_of_memory", 2, 2)], 2, "ended at (out_of_memory)"),
+        (None, [EarlierRun("killed", 8, None), EarlierRun("interrupted", 4, None)], 4, "ended at (interrupted)"),  # the last one counts
     ],
 )
-def test_start_micro_batch(pinned, earlier, expected):
-    size, reason = start_micro_batch(pinned, (4, "family"), earlier)
-    assert size == expected and reason
+def test_start_micro_batch(pinned, earlier, expected, reason_part):
+    size, reason = start_micro_batch(pinned, FIRST, earlier)
+    assert size == expected
+    assert reason_part in reason
 
 
 def test_one_size_down():
@@ -111,26 +116,32 @@ def test_family_start_size(history, expected, reason_part):
 
 
 @pytest.mark.parametrize(
-    ("size", "pressure", "available", "peaks", "pinned", "expected", "deferred"),
-    [
-        (8, "normal", 10_000, {}, False, 8, None),
-        (8, "critical", 10_000, {}, False, None, "memory_critical"),
-        (8, "critical", 10_000, {}, True, None, "memory_critical"),
-        (8, "warn", 10_000, {}, False, 4, None),
-        (8, "warn", 10_000, {}, True, 8, None),  # pinned: never changed
-        (2, "warn", 10_000, {}, False, 2, None),
-        (8, "normal", 500, {8: 900, 4: 600, 2: 300}, False, 2, None),
-        (8, "normal", 500, {8: 900}, False, 4, None),  # no figure for 4: it is tried
-        (8, "normal", 200, {8: 900, 4: 600, 2: 300}, False, None, "does_not_fit"),
-        (4, "normal", 500, {4: 600}, True, None, "does_not_fit"),
-        (8, "warn", 500, {4: 600, 2: 300}, False, 2, None),
-        (8, "normal", None, {8: 900}, False, 8, None),  # nothing known about what is free
+    ("size", "pressure", "available", "peaks", "pinned", "expected", "deferred", "reason_part"),
+    [  # reason_part "": nothing changed, so nothing to say
+        (8, "normal", 10_000, {}, False, 8, None, ""),
+        (8, "critical", 10_000, {}, False, None, "memory_critical", "memory pressure is critical"),
+        (8, "critical", 10_000, {}, True, None, "memory_critical", "memory pressure is critical"),
+        (8, "warn", 10_000, {}, False, 4, None, "memory pressure is warn: 8 → 4"),
+        (8, "warn", 10_000, {}, True, 8, None, ""),  # pinned: never changed
+        (2, "warn", 10_000, {}, False, 2, None, ""),  # already the smallest
+        (8, "normal", 500, {8: 900, 4: 600, 2: 300}, False, 2, None,
+         "8 peaked at 900 bytes > 500 available: 4; 4 peaked at 600 bytes > 500 available: 2"),
+        (8, "normal", 500, {8: 900}, False, 4, None, "8 peaked at 900 bytes > 500 available: 4"),  # no figure for 4: it is tried
+        (8, "normal", 200, {8: 900, 4: 600, 2: 300}, False, None, "does_not_fit",
+         "micro-batch 2 peaked at 300 bytes; only 200 are available now"),
+        (4, "normal", 500, {4: 600}, True, None, "does_not_fit", "micro-batch 4 peaked at 600 bytes; only 500"),
+        (8, "warn", 500, {4: 600, 2: 300}, False, 2, None,
+         "memory pressure is warn: 8 → 4; 4 peaked at 600 bytes > 500 available: 2"),
+        (8, "normal", None, {8: 900}, False, 8, None, ""),  # nothing known about what is free
     ],
 )
-def test_place_run(size, pressure, available, peaks, pinned, expected, deferred):
+def test_place_run(size, pressure, available, peaks, pinned, expected, deferred, reason_part):
     placement = place_run(size, pressure=pressure, available_bytes=available, peaks=peaks, pinned=pinned)
     assert (placement.micro_batch, placement.deferred) == (expected, deferred)
-    assert placement.reason or (expected == size and deferred is None)
+    if reason_part:
+        assert reason_part in placement.reason
+    else:
+        assert placement.reason == ""
 
 
 def test_peaks_by_size_keeps_the_highest_at_the_size_a_run_ended():

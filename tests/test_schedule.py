@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from mtld.executor import ExitStatus
 from mtld.jobspec import JobSpec, spec_to_json
 from mtld.logs import configure
 from mtld.schedule import (ScheduleError, finish_time, firing, first_open, inside, next_firing, next_opening,
                            open_window, parse_window)
 from mtld.settings import Settings
 from mtld.store import Store
-from tests.test_daemon import data_dir  # noqa: F401  (a fixture)
+from mtld.testing import FakeExecutor
+from tests.conftest import Home, finish, job_file, log_events
 
 
 def at(text: str) -> datetime:
@@ -117,35 +118,6 @@ def test_next_firing_and_bad_cron():
 # ------------------------------------------------------------------ the daemon's tick, clock injected
 
 
-class FakeChild:
-    """A run that never finishes on its own: it ends (75, checkpointed) on SIGTERM, or when told."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.signals: list[int] = []
-        self.status: ExitStatus | None = None
-
-    def signal(self, signum: int) -> None:
-        self.signals.append(signum)
-        if signum == signal.SIGTERM:
-            self.status = ExitStatus(code=75)
-
-    def poll(self) -> ExitStatus | None:
-        return self.status
-
-
-class FakeExecutor:
-    def __init__(self):
-        self.children: list[FakeChild] = []
-
-    def start(self, run_dir: Path) -> FakeChild:
-        self.children.append(FakeChild(pid=100000 + len(self.children)))
-        return self.children[-1]
-
-    def adopt(self, pid: int, run_dir: Path, started_at: float) -> None:
-        return None
-
-
 def make_daemon(tmp_path, monkeypatch, **schedule):
     from mtld.daemon import Daemon
 
@@ -170,7 +142,7 @@ def submit(store: Store, settings: Settings, now: datetime):
 
 
 def events(settings: Settings, name: str) -> list[dict]:
-    return [e for e in map(json.loads, settings.daemon_log.read_text().splitlines()) if e["event"] == name]
+    return log_events(settings.daemon_log, name)
 
 
 @pytest.mark.parametrize(("at_window_end", "interrupted"), [("checkpoint", True), ("finish", False)])
@@ -179,14 +151,14 @@ def test_a_run_reaching_the_window_end(tmp_path, monkeypatch, at_window_end, int
                                                     at_window_end=at_window_end)
     job = submit(store, settings, at("Fri 2026-11-27 20:00"))
     daemon.tick(now=at("Fri 2026-11-27 21:00").timestamp())
-    assert executor.children == []
+    assert executor.runs == []
     [deferred] = events(settings, "run.deferred")
     assert deferred["reason"] == "outside_window"
     daemon.tick(now=at("Fri 2026-11-27 21:30").timestamp())
     assert len(events(settings, "run.deferred")) == 1  # logged when it changes, not every tick
 
     daemon.tick(now=at("Fri 2026-11-27 22:00").timestamp())
-    [child] = executor.children
+    [child] = executor.runs
     daemon.tick(now=at("Sat 2026-11-28 06:59").timestamp())
     assert child.signals == []
     daemon.tick(now=at("Sat 2026-11-28 07:00").timestamp())
@@ -197,12 +169,12 @@ def test_a_run_reaching_the_window_end(tmp_path, monkeypatch, at_window_end, int
         [stopped] = events(settings, "run.interrupted")
         assert stopped["reason"] == "window_end"
         daemon.tick(now=at("Sat 2026-11-28 12:00").timestamp())
-        assert len(executor.children) == 1  # waits for the next window
+        assert len(executor.runs) == 1  # waits for the next window
         daemon.tick(now=at("Sat 2026-11-28 22:01").timestamp())
-        assert len(executor.children) == 2
+        assert len(executor.runs) == 2
     else:
         assert child.signals == [] and store.get(job.id).state == "running"
-        child.status = ExitStatus(code=0)
+        child.end(0)
         daemon.tick(now=at("Sat 2026-11-28 08:00").timestamp())
         assert store.get(job.id).state == "succeeded"
 
@@ -218,7 +190,7 @@ def test_a_schedule_fires_into_a_dated_job_and_missed_nights_fire_once(tmp_path,
     daemon.tick(now=at("Tue 2026-11-24 01:00").timestamp())
     [first] = store.list_jobs()
     assert first.name == "nightly-20261124-0100" and first.run_dir.endswith(f"/{first.id}-nightly-20261124-0100")
-    executor.children[0].status = ExitStatus(code=0)
+    executor.runs[0].end(0)
 
     # The machine sleeps from Tuesday to Saturday morning: three nights missed, one run.
     daemon.tick(now=at("Sat 2026-11-28 08:00").timestamp())
@@ -234,27 +206,36 @@ def test_a_schedule_fires_into_a_dated_job_and_missed_nights_fire_once(tmp_path,
 # ------------------------------------------------------------------ for real
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_job_recurring_every_minute_runs_twice_into_two_folders(tmp_path, data_dir):
-    from tests.test_daemon import Home, finish, job_file
-
+    """A real daemon: a firing missed while no daemon ran fires at once, the next one on the minute."""
     home = Home(tmp_path / "home")
     made = home.mtld("submit", str(job_file(data_dir, name="minutely")), "--every", "* * * * *", "--json")
     schedule = json.loads(made.stdout)
     assert schedule["cron"] == "* * * * *" and json.loads(home.mtld("schedules", "--json").stdout)[0]["id"] == schedule["id"]
-    daemon = home.daemon()
+    db = sqlite3.connect(home.path / "state.db")  # as if the machine had slept through its last firings
+    with db:
+        db.execute("UPDATE schedules SET next_fire_at = next_fire_at - 180 WHERE id = ?", (schedule["id"],))
+    db.close()
 
     def succeeded() -> list:
         with home.store() as store:
             return [j for j in store.list_jobs() if j.state == "succeeded"]
 
-    done = home.wait_for(lambda: len(succeeded()) >= 2 and succeeded(), timeout=200, poll=1)
-    home.mtld("unschedule", str(schedule["id"]))
-    daemon.terminate()
-    assert finish(daemon)[0] == 0
+    daemon = home.daemon()
+    try:
+        done = home.wait_for(lambda: len(succeeded()) >= 2 and succeeded(), timeout=200, poll=1)
+        home.mtld("unschedule", str(schedule["id"]))
+        daemon.terminate()
+        assert finish(daemon)[0] == 0
+    finally:  # a failed wait must not leave a daemon training next to the other tests
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
     first, second = done[:2]
     assert first.run_dir != second.run_dir and all((Path(j.run_dir) / "model").is_dir() for j in (first, second))
     assert first.name.startswith("minutely-") and first.name != second.name
-    fired = [e for e in home.daemon_events("schedule.fired")]
-    assert len(fired) >= 2 and fired[0]["schedule_id"] == schedule["id"]
+    fired = home.daemon_events("schedule.fired")
+    assert [(e["schedule_id"], e["missed"]) for e in fired[:2]] == [(schedule["id"], True), (schedule["id"], False)]
     assert json.loads(home.mtld("schedules", "--json").stdout) == []

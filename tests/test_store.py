@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import stat
 import subprocess
@@ -16,8 +15,8 @@ import pytest
 
 from mtld import store as store_module
 from mtld.store import InvalidTransition, Store, UnknownJob, UnknownRun
+from tests.conftest import REPO, child_env
 
-REPO = Path(__file__).resolve().parents[1]
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 # Written out here, not imported: the test must disagree with the code when the code is wrong.
 ALLOWED = {
@@ -386,11 +385,11 @@ def test_a_store_may_be_used_from_another_thread(db):
     assert db.get(result[0]) is not None
 
 
+@pytest.mark.slow
 def test_importing_the_store_stays_light():
     heavy = "{'pydantic', 'torch', 'numpy', 'structlog', 'apscheduler'}"
     code = f"import sys, mtld.store; print(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy}))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
-                         env=os.environ | {"PYTHONPATH": str(REPO)})
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO, env=child_env())
     assert out.stdout.strip() == "[]"
 
 
@@ -412,10 +411,11 @@ with Store(path) as store:
 """
 
 
+@pytest.mark.slow
 def test_fifty_processes_create_and_submit_to_one_new_file(tmp_path):
     n = 50
     path, barrier = tmp_path / "state" / "state.db", tmp_path / "go"
-    env = os.environ | {"PYTHONPATH": str(REPO)}
+    env = child_env()
     children = [
         subprocess.Popen([sys.executable, "-c", CHILD, str(i), str(path), str(barrier)], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from mtld.train.threads import CpuTimes, FixedThreads, ThreadGovernor, others_busy, target_threads, thread_policy
-from tests.conftest import events
+from mtld.train.threads import (
+    CpuTimes,
+    FixedThreads,
+    ThreadGovernor,
+    others_busy,
+    target_threads,
+    thread_policy,
+)
+from tests.conftest import capturing_log, child_env, events
 
 
 @pytest.mark.parametrize(("ceiling", "cores", "others", "expected"), [
@@ -32,17 +38,9 @@ def test_others_busy_leaves_out_this_process():
     assert others_busy(after, CpuTimes(15.0, 112.0, 27.0)) == 0.0
 
 
-class Log:
-    def __init__(self):
-        self.events = []
-
-    def info(self, event, **fields):
-        self.events.append((event, fields))
-
-
 def governed(readings):
     """A governor with a ceiling of 2 on 2 cores whose n-th reading says others used readings[n] cores."""
-    log, set_to = Log(), []
+    (log, captured), set_to = capturing_log(), []
     state = {"busy": 0.0, "t": 0.0}
 
     def read(now):
@@ -50,11 +48,11 @@ def governed(readings):
         state["t"] = now
         return CpuTimes(now, state["busy"], 0.0)
 
-    return ThreadGovernor(2, cores=2, log=log, every_s=5.0, read=read, set_threads=set_to.append), log, set_to
+    return ThreadGovernor(2, cores=2, log=log, every_s=5.0, read=read, set_threads=set_to.append), captured, set_to
 
 
 def test_two_checks_in_a_row_must_agree_before_the_count_changes():
-    gov, log, set_to = governed([0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    gov, captured, set_to = governed([0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
     for t in (0, 1, 2, 3, 4):  # within every_s of the first reading: not read again
         gov.check(float(t))
     assert set_to == []
@@ -64,7 +62,8 @@ def test_two_checks_in_a_row_must_agree_before_the_count_changes():
     gov.check(30.0)
     gov.check(35.0)  # quiet twice → back to 2
     assert set_to == [1, 2]
-    assert [f for e, f in log.events if e == "threads.changed"] == [
+    changed = [e for e in captured.entries if e["event"] == "threads.changed"]
+    assert [{k: e[k] for k in ("from", "to", "others_busy")} for e in changed] == [
         {"from": 2, "to": 1, "others_busy": 1.0}, {"from": 1, "to": 2, "others_busy": 0.0}]
 
 
@@ -73,22 +72,22 @@ def test_a_pinned_count_or_a_gpu_is_left_alone(monkeypatch):
 
     before = torch.get_num_threads()
     try:
-        assert isinstance(thread_policy(3, "cpu", log=Log()), FixedThreads) and torch.get_num_threads() == 3
+        assert isinstance(thread_policy(3, "cpu", log=capturing_log()[0]), FixedThreads) and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
-    assert isinstance(thread_policy("auto", "cuda", log=Log()), FixedThreads)
+    assert isinstance(thread_policy("auto", "cuda", log=capturing_log()[0]), FixedThreads)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert isinstance(thread_policy("auto", "cpu", log=Log()), FixedThreads)
+    assert isinstance(thread_policy("auto", "cpu", log=capturing_log()[0]), FixedThreads)
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert isinstance(thread_policy("auto", "cpu", log=Log()), ThreadGovernor)
+    assert isinstance(thread_policy("auto", "cpu", log=capturing_log()[0]), ThreadGovernor)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores: one for the busy program, one for the run")
 def test_a_run_next_to_a_busy_program_gives_up_a_core(jobs):
     spec = jobs.spec([jobs.task("classification", 240)], epochs=3, effective_batch_size=8)
     run_dir = jobs.run_dir(spec, micro_batch=4, threads="auto", threads_every_s=0.3)
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env = {k: v for k, v in child_env().items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         subprocess.run([sys.executable, "-m", "mtld.train", str(run_dir)], env=env, check=True, timeout=300,

@@ -14,7 +14,6 @@ probe runs of the same jobs, not guessed.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import signal
 import subprocess
@@ -24,10 +23,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2", "PYTHONPATH": str(REPO)}
+from tests.conftest import REPO, child_env, events, finish
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS and /proc VmPeak are Linux figures")
+CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS and /proc VmPeak are Linux figures")]
 
 
 def start(run_dir: Path, *, limit_bytes: int | None = None) -> subprocess.Popen:
@@ -36,14 +37,9 @@ def start(run_dir: Path, *, limit_bytes: int | None = None) -> subprocess.Popen:
 
     return subprocess.Popen(
         [sys.executable, "-m", "mtld.train", str(run_dir)],
-        cwd=REPO, env=os.environ | CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, env=child_env(**CHILD_ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=limit if limit_bytes else None,
     )
-
-
-def finish(process: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
-    _, err = process.communicate(timeout=timeout)
-    return process.returncode, err
 
 
 def result(run_dir: Path) -> dict:
@@ -51,14 +47,10 @@ def result(run_dir: Path) -> dict:
 
 
 def wait_for_event(run_dir: Path, name: str, process: subprocess.Popen, timeout: float = 120) -> dict:
-    log = run_dir / "run.jsonl"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if log.exists():
-            for line in log.read_text(encoding="utf-8").splitlines():
-                event = json.loads(line)
-                if event["event"] == name:
-                    return event
+        if (run_dir / "run.jsonl").exists() and (found := events(run_dir, name)):
+            return found[0]
         assert process.poll() is None, f"the child ended before {name}: {process.communicate()[1][-2000:]}"
         time.sleep(0.01)
     raise AssertionError(f"no {name} event within {timeout} s")
@@ -125,8 +117,7 @@ def oom_probes(tmp_path_factory, make_jobs, memory_hungry_model):
         code, err = finish(process)
         assert code == 0, err[-2000:]
     figures = {b: result(d)["peak_vm_bytes"] for b, d in dirs.items()}
-    after_setup = [e for e in map(json.loads, (dirs[2] / "run.jsonl").read_text().splitlines()) if e["event"] == "run.started"]
-    figures["setup"] = after_setup[0]["peak_vm_bytes"]
+    figures["setup"] = events(dirs[2], "run.started")[0]["peak_vm_bytes"]
     assert figures["setup"] < figures[2] < figures[8]
     assert figures[8] - figures[2] > 100 * 2**20, figures  # room for a limit between them
     return jobs, long, figures
