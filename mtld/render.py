@@ -65,7 +65,7 @@ def status(out: Console, info: dict[str, Any]) -> None:
         out.print(f"[bold]windows[/] {', '.join(w['windows'])}: {when}")
     if info["queued"]:
         out.print("[bold]queued[/]")
-        out.print(jobs_table(info["queued"], ("id", "name", "priority", "batch_size", "expected_start", "expected_finish", "last_error")))
+        out.print(jobs_table(info["queued"], ("id", "name", "priority", "batch_size", "expected_start", "expected_finish", "hold", "last_error")))
     if info["schedules"]:
         out.print("[bold]schedules[/]")
         out.print(jobs_table(info["schedules"], ("id", "name", "cron", "next_fire_at", "fired")))
@@ -99,7 +99,7 @@ def jobs_table(views: list[dict[str, Any]], columns: tuple[str, ...]) -> Table:
         for column in columns:
             value = view.get(column)
             if value is None and column.startswith("expected_"):
-                cells.append("?")  # depends on a duration no earlier run has measured
+                cells.append("-" if view.get("hold") else "?")  # "?": no earlier run has measured a duration
             elif column.endswith(("_at", "not_before", "_start", "_finish")):
                 cells.append(local_iso(value))
             else:

@@ -42,6 +42,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "cancel_requested": job.cancel_requested,
         "last_error": job.last_error,
+        "hold": job.hold,
         "run_dir": job.run_dir,
         "job_file": job.job_file,
     }
@@ -79,12 +80,14 @@ def forecast(settings: Settings, store: Store, queued: list[Job], running_left_s
     """Expected start, finish and duration of each queued job, by replaying the daemon's choice
     (the highest-priority job that is due, one at a time, inside the run windows) with each job's
     expected duration from its family's history. Unknown from the first unknown duration on;
-    nothing is expected while the daemon is paused."""
+    nothing is expected while the daemon is paused, nor for a job on hold."""
     windows = settings.schedule.parsed()
     durations = durations or QueuedDurations(settings, store)
     out: dict[int, dict[str, Any]] = {}
     t = None if store.get_flag("paused") == "1" or running_left_s is None else now.timestamp() + running_left_s
-    pending = list(queued)
+    pending = [j for j in queued if j.hold is None]  # a held job starts only when released
+    out.update({j.id: {"expected_start": None, "expected_finish": None, "expected_s": rounded(durations.of(j))}
+                for j in queued if j.hold is not None})
     while pending:
         if t is None:
             out.update({j.id: {"expected_start": None, "expected_finish": None, "expected_s": rounded(durations.of(j))}

@@ -439,3 +439,27 @@ def test_fifty_processes_create_and_submit_to_one_new_file(tmp_path):
     with Store(path) as s:
         assert sorted(j.id for j in s.list_jobs()) == sorted(ids)
         assert s.counts()["queued"] == n
+
+
+def test_a_held_job_is_never_next_until_released(db):
+    held = db.submit(name="a", spec_json="{}", job_file="/j.toml", run_root="/runs", now=1.0, priority=9)
+    other = db.submit(name="b", spec_json="{}", job_file="/j.toml", run_root="/runs", now=2.0)
+    db.set_hold(held.id, "disk full: 3.0 GB needed on /runs", now=3.0)
+    assert db.next_eligible(now=10.0).id == other.id
+    assert db.get(held.id).hold == "disk full: 3.0 GB needed on /runs"
+    assert db.retry(held.id, now=4.0).hold is None  # `mtld retry` releases a held job
+    assert db.next_eligible(now=10.0).id == held.id
+    reasons = [t.reason for t in db.transitions_for(held.id)]
+    assert reasons == ["submitted", "held: disk full: 3.0 GB needed on /runs", "released"]
+
+
+def test_a_hold_comes_with_a_requeue_and_goes_with_any_other_move(db):
+    job = db.submit(name="a", spec_json="{}", job_file="/j.toml", run_root="/runs", now=1.0)
+    db.start_run(job.id, micro_batch=4, now=2.0)
+    assert db.transition(job.id, "queued", reason="memory", hold="memory pressure", now=3.0).hold == "memory pressure"
+    assert db.next_eligible(now=10.0) is None
+    assert db.cancel(job.id, now=4.0).hold is None
+    with pytest.raises(ValueError):
+        db.transition(job.id, "failed", reason="x", hold="no", now=5.0)
+    with pytest.raises(InvalidTransition):
+        db.set_hold(job.id, "late", now=6.0)

@@ -153,6 +153,8 @@ class Store:
             raise InvalidTransition(f"job {job.id} is {job.state}; cannot {verb}")
         columns |= {"state": to_state, "updated_at": now, "cancel_requested": 0,
                     "finished_at": now if to_state in TERMINAL else None}
+        if to_state != QUEUED:
+            columns["hold"] = None  # a hold belongs to a waiting job only
         assignments = ", ".join(f"{name} = ?" for name in columns)  # names come from this module only
         changed = db.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ?",
                              (*columns.values(), job.id, job.state)).rowcount
@@ -213,6 +215,7 @@ class Store:
         """The queued job to run next: due now, highest priority, then oldest, then lowest id."""
         rows = self._rows(
             f"SELECT {column_list(Job)} FROM jobs WHERE state = ?"
+            " AND hold IS NULL"
             " AND (not_before IS NULL OR not_before <= ?) AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
             " ORDER BY priority DESC, submitted_at, id LIMIT 1",
             (QUEUED, now, now),
@@ -220,16 +223,33 @@ class Store:
         return job_from_row(rows[0]) if rows else None
 
     def transition(self, job_id: int, to_state: str, *, reason: str, now: float,
-                   last_error: str | None = None, next_attempt_at: float | None = None) -> Job:
-        """Move a job along an allowed edge. `last_error` and `next_attempt_at` are set to
-        exactly what is given (None clears them): a requeue passes its backoff and why."""
+                   last_error: str | None = None, next_attempt_at: float | None = None,
+                   hold: str | None = None) -> Job:
+        """Move a job along an allowed edge. `last_error`, `next_attempt_at` and `hold` are set to
+        exactly what is given (None clears them): a requeue passes its backoff or its hold, and why."""
         if to_state not in STATES:
             raise ValueError(f"unknown state {to_state!r}")
         if to_state == RUNNING:
             raise ValueError("a job starts running only through start_run, which also records the run")
+        if hold is not None and to_state != QUEUED:
+            raise ValueError("only a queued job can be on hold")
         with self._write() as db:
             return self._move(db, self._job(job_id), to_state, verb=f"move to {to_state}", reason=reason, now=now,
-                              last_error=last_error, next_attempt_at=next_attempt_at)
+                              last_error=last_error, next_attempt_at=next_attempt_at, hold=hold)
+
+    def set_hold(self, job_id: int, hold: str | None, *, now: float) -> Job:
+        """Put a queued job on hold (`hold`: why) or release it (None); recorded as a transition."""
+        with self._write() as db:
+            job = self._job(job_id)
+            if job.state != QUEUED:
+                raise InvalidTransition(f"job {job_id} is {job.state}; only a queued job can be "
+                                        f"{'held' if hold else 'released'}")
+            if job.hold == hold:
+                return job
+            db.execute("UPDATE jobs SET hold = ?, updated_at = ? WHERE id = ?", (hold, now, job_id))
+            db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) VALUES (?, ?, ?, ?, ?)",
+                       (job_id, QUEUED, QUEUED, now, f"held: {hold}" if hold else "released"))
+            return self._job(job_id)
 
     def cancel(self, job_id: int, *, now: float) -> Job:
         """Cancel a queued job now; for a running one, only ask (the daemon stops the child)."""
@@ -241,7 +261,11 @@ class Store:
             return self._move(db, job, CANCELLED, verb="cancel", reason="cancelled before it ran", now=now)
 
     def retry(self, job_id: int, *, now: float) -> Job:
-        """Queue a failed or cancelled job again, as if fresh: attempts, error and backoff reset."""
+        """Queue a failed or cancelled job again, as if fresh: attempts, error and backoff reset.
+        A queued job on hold is released instead."""
+        job = self._job(job_id)
+        if job.state == QUEUED and job.hold is not None:
+            return self.set_hold(job_id, None, now=now)
         with self._write() as db:
             job = self._job(job_id)
             if job.state not in (FAILED, CANCELLED):

@@ -50,6 +50,7 @@ class Job:
     next_attempt_at: float | None
     cancel_requested: bool
     last_error: str | None
+    hold: str | None = None  # why a queued job waits for a condition or a person (never started while set)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

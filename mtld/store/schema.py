@@ -99,6 +99,11 @@ MIGRATIONS: list[str] = [
         fired INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 4: a queued job on hold waits for a condition or a person, not the clock: the daemon never
+    # starts it; `mtld retry` (or the daemon, once the condition is gone) releases it.
+    """
+    ALTER TABLE jobs ADD COLUMN hold TEXT;
+    """,
 ]
 
 
