@@ -10,13 +10,15 @@ joined by `__`), the config file, the defaults below (the repository's
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
 from mtld import MICRO_BATCH_SIZES
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import SettingsError as SourceError
 
 
 class SettingsError(Exception):
@@ -24,7 +26,7 @@ class SettingsError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf and nan are never a setting
 
 
 def _threads(value: object) -> int | str:
@@ -57,7 +59,7 @@ class TrainSettings(_Section):
 
 class MemorySettings(_Section):
     probe: Literal["auto", "macos", "linux", "simulated"] = "auto"
-    simulated_file: Path | None = None
+    simulated_file: Path | None = Field(default=None, validate_default=True)
     psi_some_warn: float = Field(default=10.0, ge=0, le=100)
     psi_full_critical: float = Field(default=5.0, ge=0, le=100)
     available_warn: float = Field(default=0.10, ge=0, le=1)
@@ -67,12 +69,20 @@ class MemorySettings(_Section):
     sample_every_s: float = Field(default=1.0, gt=0, le=60)
     log_every_s: float = Field(default=30.0, gt=0)
 
+    @field_validator("simulated_file")
+    @classmethod
+    def _simulated_needs_its_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # Refused here, at load, so that status, doctor and the daemon agree.
+        if value is None and info.data.get("probe") == "simulated":
+            raise ValueError('required when memory.probe = "simulated" (a file holding normal, warn or critical)')
+        return value
+
 
 class DaemonSettings(_Section):
     poll_interval_s: float = Field(default=2.0, gt=0, le=60)
     stop_timeout_s: float = Field(default=15.0, gt=0, le=600)
     max_attempts: int = Field(default=3, ge=1, le=100)
-    retry_backoff_s: float = Field(default=60.0, ge=0)
+    retry_backoff_s: float = Field(default=60.0, ge=0, le=86_400)
     prevent_sleep: bool = True
     hold_on_battery: bool = False
     notify: bool = True
@@ -96,10 +106,29 @@ class ScheduleSettings(_Section):
         return [parse_window(w) for w in self.windows]
 
 
+def _home(value: object) -> Path | None:
+    """MTLD_HOME (or `home`): an absolute folder, or one that can be made (empty or relative would put the
+    state wherever the command happens to run)."""
+    if value is None:
+        return None
+    text = str(value)
+    if not text.strip():
+        raise ValueError("must be an absolute folder path, not empty")
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        raise ValueError(f"must be an absolute folder path, not {text!r}")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{existing} is not a folder" + ("" if existing == path else f" (so {path} cannot be made)"))
+    return path
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MTLD_", env_nested_delimiter="__", extra="forbid")
 
-    home: Path | None = None
+    home: Annotated[Path | None, BeforeValidator(_home)] = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     train: TrainSettings = TrainSettings()
     daemon: DaemonSettings = DaemonSettings()
@@ -167,7 +196,7 @@ def load_settings(config: Path | None = None) -> Settings:
     """Settings from `config` (or MTLD_CONFIG, or the per-user file) and the environment."""
     named = config or (Path(os.environ["MTLD_CONFIG"]) if os.environ.get("MTLD_CONFIG") else None)
     if named is not None and not named.is_file():
-        raise SettingsError(f"{named}: config file not found")
+        raise SettingsError(f"{named}: {'not a regular file' if named.exists() else 'config file not found'}")
     user = user_config_file()
     path = named or (user if user.is_file() else None)
 
@@ -177,14 +206,21 @@ def load_settings(config: Path | None = None) -> Settings:
     try:
         return SettingsFromFile()
     except ValidationError as e:
-        where = str(path) if path else "environment"
-        lines = [f"{where}: {'.'.join(map(str, err['loc']))} - {_message(err)}" for err in e.errors()]
-        raise SettingsError("\n".join(lines)) from None
+        raise SettingsError("\n".join(_problem(err, path) for err in e.errors())) from None
+    except SourceError as e:  # an MTLD_SECTION (or a list) that is not JSON; it names the field only
+        field = re.search(r'field "(\w+)"', str(e))
+        prefix = f"MTLD_{field.group(1)}".upper() if field else "MTLD_"
+        names = sorted(n for n in os.environ if n.upper().startswith(prefix)) or [prefix]
+        raise SettingsError(f"{', '.join(names)}: not valid JSON (a section or a list set in the environment is JSON, "
+                            """e.g. MTLD_DAEMON='{"notify": false}'; or set one key: MTLD_DAEMON__NOTIFY=false)""") from None
     except (OSError, ValueError) as e:  # TOML syntax errors are ValueErrors
         raise SettingsError(f"{path}: {e}") from None
 
 
-def _message(err: dict) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    return err["msg"].removeprefix("Value error, ")
+def _problem(err: dict, path: Path | None) -> str:
+    """One line: `MTLD_KEY: message` when the environment set the value, else `FILE: dotted.key - message`."""
+    message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+    variable = "MTLD_" + "__".join(map(str, err["loc"])).upper()
+    if any(name.upper() == variable for name in os.environ):
+        return f"{variable}: {message}"
+    return f"{path or 'environment'}: {'.'.join(map(str, err['loc']))} - {message}"
