@@ -22,6 +22,7 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 ALLOWED = {
     ("queued", "running"),
     ("queued", "cancelled"),
+    ("queued", "failed"),  # the daemon could not start it as stored
     ("running", "succeeded"),
     ("running", "failed"),
     ("running", "cancelled"),

@@ -11,6 +11,7 @@ A job moves only along these edges (`ALLOWED_MOVES`):
     (submit)  -> queued
     queued    -> running                       start_run: an attempt begins
     queued    -> cancelled                     cancel before it ever ran
+    queued    -> failed                        the daemon could not start it (the reason is its last_error)
     running   -> succeeded | failed | cancelled    the attempt ended
     running   -> queued                        interrupted, lost, or backing off
     failed    -> queued                        retry
@@ -19,7 +20,7 @@ A job moves only along these edges (`ALLOWED_MOVES`):
 `succeeded` is final. Each move is checked and made inside one transaction and
 recorded in `transitions` with its reason. A running job is cancelled in two
 steps: `cancel` sets `cancel_requested`; the daemon stops the child and then
-moves the job to `cancelled`.
+moves the job to `cancelled` (with no daemon to do it, `cancel_unwatched` does).
 
 Times are REAL unix epoch seconds passed in by the caller as `now`; nothing
 here reads the clock, so tests and the daemon decide what "now" is. The module
@@ -44,8 +45,8 @@ from mtld.store.records import (
     job_from_row, json_safe, run_from_row,
 )
 from mtld.store.schema import (
-    ALLOWED_MOVES, BATCH_SIZES, BUSY_TIMEOUT_S, CANCELLED, FAILED, MIGRATIONS, QUEUED, RUNNING, STATES, SUCCEEDED,
-    TERMINAL, SAFE_NAME, statements,
+    ALLOWED_MOVES, BATCH_SIZES, BUSY_TIMEOUT_S, CANCELLED, FAILED, MAX_ID, MIGRATIONS, QUEUED, RUNNING, STATES,
+    SUCCEEDED, TERMINAL, SAFE_NAME, statements,
 )
 
 __all__ = [
@@ -132,12 +133,16 @@ class Store:
             db.execute(f"PRAGMA user_version = {target}")
 
     def _job(self, job_id: int) -> Job:
+        if not 0 < job_id <= MAX_ID:
+            raise UnknownJob(job_id)
         rows = self._rows(f"SELECT {column_list(Job)} FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             raise UnknownJob(job_id)
         return job_from_row(rows[0])
 
     def _run(self, run_id: int) -> Run:
+        if not 0 < run_id <= MAX_ID:
+            raise UnknownRun(run_id)
         rows = self._rows(f"SELECT {column_list(Run)} FROM runs WHERE id = ?", (run_id,))
         if not rows:
             raise UnknownRun(run_id)
@@ -167,7 +172,8 @@ class Store:
     # -- jobs -------------------------------------------------------------------------------
 
     def submit(self, *, name: str, spec_json: str, job_file: str, run_root: str | os.PathLike[str], now: float,
-               priority: int = 0, not_before: float | None = None, batch_size: str | int = "auto") -> Job:
+               priority: int = 0, not_before: float | None = None, batch_size: str | int = "auto",
+               reason: str = "submitted") -> Job:
         """Queue a job. The spec text is copied: editing the job file later changes nothing."""
         if not SAFE_NAME.fullmatch(name):
             raise ValueError(f"job name {name!r} is not a safe folder name")
@@ -176,7 +182,7 @@ class Store:
         with self._write() as db:
             return self._insert_job(db, name=name, spec_json=spec_json, job_file=str(job_file), priority=priority,
                                     not_before=not_before, batch_size=str(batch_size), run_root=str(run_root),
-                                    now=now, reason="submitted")
+                                    now=now, reason=reason)
 
     def _insert_job(self, db: sqlite3.Connection, *, name: str, spec_json: str, job_file: str, priority: int,
                     not_before: float | None, batch_size: str, run_root: str, now: float, reason: str) -> Job:
@@ -250,6 +256,36 @@ class Store:
             db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) VALUES (?, ?, ?, ?, ?)",
                        (job_id, QUEUED, QUEUED, now, f"held: {hold}" if hold else "released"))
             return self._job(job_id)
+
+    def change_queued(self, job_id: int, *, spec_json: str, priority: int, not_before: float | None,
+                      batch_size: str, now: float) -> Job:
+        """A queued job's new priority, not-before time and batch size (and the spec that says so), recorded
+        as a transition that names what changed. InvalidTransition unless the job is queued."""
+        if str(batch_size) not in BATCH_SIZES:
+            raise ValueError(f"batch_size must be one of {', '.join(BATCH_SIZES)}, not {batch_size!r}")
+        with self._write() as db:
+            job = self._job(job_id)
+            if job.state != QUEUED:
+                raise InvalidTransition(f"job {job_id} is {job.state}; only a queued job can be changed")
+            changes = [f"{name} {old} -> {new}" for name, old, new in (
+                ("priority", job.priority, priority), ("not_before", job.not_before, not_before),
+                ("batch_size", job.batch_size, batch_size)) if old != new]
+            db.execute("UPDATE jobs SET spec_json = ?, priority = ?, not_before = ?, batch_size = ?, updated_at = ?"
+                       " WHERE id = ?", (spec_json, priority, not_before, batch_size, now, job_id))
+            db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) VALUES (?, ?, ?, ?, ?)",
+                       (job_id, QUEUED, QUEUED, now, "changed: " + (", ".join(changes) or "nothing")))
+            return self._job(job_id)
+
+    def cancel_unwatched(self, job_id: int, *, now: float) -> Job:
+        """Cancel a running job that no daemon watches: close its open runs (outcome cancelled) and move it
+        to cancelled, in one transaction. A job not running is cancelled as `cancel` would."""
+        with self._write() as db:
+            job = self._job(job_id)
+            if job.state != RUNNING:
+                return self._move(db, job, CANCELLED, verb="cancel", reason="cancelled before it ran", now=now)
+            db.execute("UPDATE runs SET ended_at = ?, outcome = 'cancelled' WHERE job_id = ? AND ended_at IS NULL",
+                       (now, job_id))
+            return self._move(db, job, CANCELLED, verb="cancel", reason="cancelled with no daemon running", now=now)
 
     def cancel(self, job_id: int, *, now: float) -> Job:
         """Cancel a queued job now; for a running one, only ask (the daemon stops the child)."""
@@ -350,6 +386,8 @@ class Store:
         return self.get_schedule(schedule_id)
 
     def get_schedule(self, schedule_id: int) -> Schedule | None:
+        if not 0 < schedule_id <= MAX_ID:
+            return None
         rows = self._rows(f"SELECT {column_list(Schedule)} FROM schedules WHERE id = ?", (schedule_id,))
         return Schedule(**dict(rows[0])) if rows else None
 

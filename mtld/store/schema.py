@@ -15,7 +15,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 ALLOWED_MOVES: dict[str, frozenset[str]] = {
-    QUEUED: frozenset({RUNNING, CANCELLED}),
+    QUEUED: frozenset({RUNNING, CANCELLED, FAILED}),  # failed: the daemon could not start it as stored
     RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLED, QUEUED}),
     SUCCEEDED: frozenset(),
     FAILED: frozenset({QUEUED}),
@@ -24,6 +24,7 @@ ALLOWED_MOVES: dict[str, frozenset[str]] = {
 BATCH_SIZES = ("auto", *map(str, MICRO_BATCH_SIZES))
 BATCH_SIZES_SQL = ", ".join(f"'{s}'" for s in BATCH_SIZES)
 BUSY_TIMEOUT_S = 30.0
+MAX_ID = 2**63 - 1  # SQLite's INTEGER: a larger id names no row (and would not even bind)
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # same rule as the job file: the name is a folder name
 
 # Schema version N is MIGRATIONS[:N] applied in order. Only ever append.
