@@ -11,64 +11,95 @@ from __future__ import annotations
 import os
 import re
 import signal
-from datetime import datetime, time, timedelta, timezone
+from datetime import datetime, time, timedelta
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from mtld import MICRO_BATCH_SIZES
 from mtld.jobspec import JobSpec, load_job, spec_to_json
 from mtld.logs import get_logger, iso
 from mtld.pidfile import running_pid
 from mtld.rowcounts import remember_rows
-from mtld.schedule import ScheduleError, cron_trigger, next_firing
+from mtld.schedule import ScheduleError, check_cron, next_firing
 from mtld.settings import Settings
 from mtld.store import Job, Schedule, Store
 
 
 class BadOption(ValueError):
-    """A command-line value that cannot be used (reported like a job file problem)."""
+    """A command-line value that cannot be used: one line, `--option: message` (exit status 2)."""
+
+    def __init__(self, option: str, message: str):
+        self.option, self.message = option, message
+        super().__init__(f"{option}: {message}")
 
 
 def parse_not_before(text: str, *, now: datetime) -> datetime:
-    """`2026-11-28T01:30` (local unless it has an offset) or `01:30` (its next occurrence)."""
+    """`2026-11-28T01:30` (local unless it has an offset), `01:30` (its next occurrence) or `now`."""
     now = now.astimezone()
+    if text == "now":
+        return now
     if re.fullmatch(r"\d{1,2}:\d{2}", text):
         try:
             at = time.fromisoformat(text.zfill(5))
         except ValueError:
-            raise BadOption(f"not a time of day: {text!r}") from None
+            raise BadOption("--not-before", f"not a time of day: {text!r}") from None
         candidate = now.replace(hour=at.hour, minute=at.minute, second=0, microsecond=0)
         return candidate if candidate > now else candidate + timedelta(days=1)
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise BadOption(f"not a time: {text!r} (use 2026-11-28T01:30 or 01:30)") from None
+        raise BadOption("--not-before", f"not a time: {text!r} (use 2026-11-28T01:30 or 01:30)") from None
     return when.astimezone() if when.tzinfo is None else when
 
 
 def parse_batch_size(text: str) -> str:
     if text == "auto" or (text.isdigit() and int(text) in MICRO_BATCH_SIZES):
         return text
-    raise BadOption(f"batch size must be auto, 2, 4 or 8, not {text!r}")
-
-
-def with_overrides(spec: JobSpec, *, priority: int | None, not_before: datetime | None, batch_size: str | None,
-                   every: str | None = None) -> JobSpec:
-    """The spec as it will run: command-line options win over the job file."""
-    schedule = spec.schedule.model_copy(update={
-        k: v for k, v in (("priority", priority), ("not_before", not_before), ("cron", every)) if v is not None
-    })
-    train = spec.train
-    if batch_size is not None:
-        train = train.model_copy(update={"batch_size": batch_size if batch_size == "auto" else int(batch_size)})
-    return spec.model_copy(update={"schedule": schedule, "train": train})
+    raise BadOption("--batch-size", f"must be auto, 2, 4 or 8, not {text!r}")
 
 
 def parse_every(text: str) -> str:
     try:
-        cron_trigger(text, timezone.utc)
+        return check_cron(text)
     except ScheduleError as e:
-        raise BadOption(str(e)) from None
-    return text
+        raise BadOption("--every", str(e)) from None
+
+
+def parse_options(*, now: datetime, not_before: str | None = None, batch_size: str | None = None,
+                  every: str | None = None) -> dict[str, Any]:
+    """The command line's text options, parsed; None: not given (an empty value is given, and refused)."""
+    return {
+        "not_before": None if not_before is None else parse_not_before(not_before, now=now),
+        "batch_size": None if batch_size is None else parse_batch_size(batch_size),
+        "every": None if every is None else parse_every(every),
+    }
+
+
+# Where each command-line option lands in the job spec.
+OPTION_KEYS = {"--priority": ("schedule", "priority"), "--not-before": ("schedule", "not_before"),
+               "--every": ("schedule", "cron"), "--batch-size": ("train", "batch_size")}
+
+
+def with_overrides(spec: JobSpec, *, priority: int | None, not_before: datetime | None, batch_size: str | None,
+                   every: str | None = None) -> JobSpec:
+    """The spec as it will run: command-line options win over the job file, and the result goes through
+    the job file's own validation (BadOption names the option that broke it)."""
+    given = {"--priority": priority, "--not-before": not_before, "--every": every,
+             "--batch-size": batch_size if batch_size in (None, "auto") else int(batch_size)}
+    data = spec.model_dump()
+    for option, value in given.items():
+        if value is not None:
+            section, key = OPTION_KEYS[option]
+            data[section][key] = value
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        error = e.errors()[0]
+        option = next((o for o, where in OPTION_KEYS.items() if tuple(error["loc"][:2]) == where),
+                      ".".join(map(str, error["loc"])))
+        raise BadOption(option, error["msg"].removeprefix("Value error, ")) from None
 
 
 def submit(
@@ -88,19 +119,7 @@ def submit(
                           every=every)
     if spec.schedule.cron:
         return add_schedule(settings, store, spec, job_file, now=now)
-    start_after = spec.schedule.not_before
-    if start_after is not None and start_after.tzinfo is None:
-        start_after = start_after.astimezone()  # a TOML local date-time means local time
-    job = store.submit(
-        name=spec.name,
-        spec_json=spec_to_json(spec),
-        job_file=str(job_file.resolve()),
-        priority=spec.schedule.priority,
-        not_before=start_after.timestamp() if start_after else None,
-        batch_size=str(spec.train.batch_size),
-        run_root=str(spec.output or settings.runs_dir),
-        now=now.timestamp(),
-    )
+    job = _queue(settings, store, spec, str(job_file.resolve()), now=now, reason="submitted")
     get_logger(job_id=job.id).info(
         "job.submitted",
         name=job.name,
@@ -113,6 +132,23 @@ def submit(
     wake_daemon(settings)
     remember_rows(settings, spec)  # after the wake-up: the daemon need not wait for the count
     return job
+
+
+def _queue(settings: Settings, store: Store, spec: JobSpec, job_file: str, *, now: datetime, reason: str) -> Job:
+    start_after = spec.schedule.not_before
+    if start_after is not None and start_after.tzinfo is None:
+        start_after = start_after.astimezone()  # a TOML local date-time means local time
+    return store.submit(
+        name=spec.name,
+        spec_json=spec_to_json(spec),
+        job_file=job_file,
+        priority=spec.schedule.priority,
+        not_before=start_after.timestamp() if start_after else None,
+        batch_size=str(spec.train.batch_size),
+        run_root=str(spec.output or settings.runs_dir),
+        now=now.timestamp(),
+        reason=reason,
+    )
 
 
 def add_schedule(settings: Settings, store: Store, spec: JobSpec, job_file: Path, *, now: datetime) -> Schedule:

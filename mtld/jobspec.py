@@ -7,7 +7,9 @@ listing every problem as `FILE: dotted.key - message`. The same function runs at
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +24,7 @@ from mtld.records import DataError, Fields, TaskType, check_utf8, label_names, p
 
 BatchSize = Literal["auto", *MICRO_BATCH_SIZES]  # type: ignore[valid-type]
 ROWS_CHECKED_AT_SUBMIT = 200
+JOB_FILE_LIMIT = 1 << 20  # bytes: a job file is a few hundred; anything this big is not one
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -64,11 +67,9 @@ class TrainSpec(_Strict):
 
 def _cron(expression: str | None) -> str | None:
     if expression is not None:
-        from datetime import timezone
+        from mtld.schedule import check_cron
 
-        from mtld.schedule import cron_trigger
-
-        cron_trigger(expression, timezone.utc)  # raises ScheduleError (a ValueError) with the reason
+        check_cron(expression)  # raises ScheduleError (a ValueError) with the reason, e.g. it never fires
     return expression
 
 
@@ -117,14 +118,35 @@ def load_job(path: Path, *, shown_as: str | None = None, check_data: bool = True
     """
     shown = shown_as or str(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(read_job_text(path))
     except FileNotFoundError:
         raise JobFileError([Problem(shown, "(file)", "not found")]) from None
-    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as e:
+    except (UnicodeDecodeError, OSError) as e:
         raise JobFileError([Problem(shown, "(file)", f"cannot read: {e.__class__.__name__}")]) from None
+    except NotAJobFile as e:
+        raise JobFileError([Problem(shown, "(file)", str(e))]) from None
     except tomllib.TOMLDecodeError as e:
         raise JobFileError([_syntax_problem(shown, e)]) from None
     return spec_from_dict(raw, base_dir=path.resolve().parent, shown_as=shown, check_data=check_data)
+
+
+class NotAJobFile(ValueError):
+    """A path that names something other than a regular file of job-file size."""
+
+
+def read_job_text(path: Path) -> str:
+    """A job file's text: regular files only (a FIFO or /dev/zero would hang or never end), at most
+    JOB_FILE_LIMIT bytes. The open does not block, so a FIFO is refused, not waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotAJobFile("not a regular file" + (" (a folder)" if stat.S_ISDIR(mode) else ""))
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(JOB_FILE_LIMIT + 1)
+    if len(data) > JOB_FILE_LIMIT:
+        raise NotAJobFile(f"larger than {JOB_FILE_LIMIT >> 20} MiB: not a job file")
+    return data.decode("utf-8")
 
 
 def spec_from_dict(raw: dict[str, Any], *, base_dir: Path, shown_as: str, check_data: bool = True) -> JobSpec:
@@ -187,7 +209,11 @@ def check_semantics(spec: JobSpec, shown: str) -> list[Problem]:
             problems.append(Problem(shown, f"{key}.labels", "the label list has duplicates"))
     for key in ("model", "tokenizer"):
         name = getattr(spec, key)
-        if name is None or Path(name).is_dir():
+        if name is not None and Path(name).is_dir():
+            if key == "model" and not (Path(name) / "config.json").is_file():
+                problems.append(Problem(shown, key, f"{name} is not a model folder (it has no config.json)"))
+            continue
+        if name is None:
             continue
         if looks_like_path(name):
             problems.append(Problem(shown, key, f"model folder not found: {name}"))
@@ -196,7 +222,22 @@ def check_semantics(spec: JobSpec, shown: str) -> list[Problem]:
                 Problem(shown, key, f"{name!r} is neither a folder next to the job file nor in the local Hugging Face cache "
                         "(mtld never downloads at run time: download it first, or give a folder)")
             )
+    if spec.output is not None and (problem := folder_problem(spec.output)):
+        problems.append(Problem(shown, "output", problem))
     return problems
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why run folders cannot be made under `folder` (None when they can): the nearest part of the path
+    that exists must be a folder this user may write in."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot make run folders in {folder}: {existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot make run folders in {folder}: {existing} is not writable"
+    return None
 
 
 def in_hub_cache(repo_id: str) -> bool:
@@ -277,3 +318,12 @@ def spec_to_json(spec: JobSpec) -> str:
 
 def spec_from_json(text: str) -> JobSpec:
     return JobSpec.model_validate_json(text)
+
+
+def stored_spec(text: str, *, shown_as: str) -> JobSpec:
+    """A spec the store holds, checked by the same model; JobFileError (one line a problem) when an
+    older mtld let through what this one refuses."""
+    try:
+        return JobSpec.model_validate_json(text)
+    except ValidationError as e:
+        raise JobFileError([_validation_problem(shown_as, err) for err in e.errors()]) from None

@@ -3,7 +3,9 @@
 
 Each function takes what a command computed (the same dicts `--json` prints)
 and writes it to a rich Console; nothing here reads the store or the disk.
-Times are shown in local time, to the minute.
+Times are shown in local time, to the minute. Text that comes from users or
+runs (names, paths, errors, reasons) is never read as rich markup: a label
+such as "[/]" in an error message prints as itself.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from mtld.estimate import PlanSummary, Prediction
@@ -62,7 +66,7 @@ def status(out: Console, info: dict[str, Any]) -> None:
     w = info["schedule"]
     if w["windows"]:
         when = f"inside, until {local_iso(w['closes_at'])}" if w["inside"] else f"outside; the next opens {local_iso(w['next_opens_at'])}"
-        out.print(f"[bold]windows[/] {', '.join(w['windows'])}: {when}")
+        out.print(f"[bold]windows[/] {escape(', '.join(w['windows']))}: {when}")
     if info["queued"]:
         out.print("[bold]queued[/]")
         out.print(jobs_table(info["queued"], ("id", "name", "priority", "batch_size", "expected_start", "expected_finish", "hold", "last_error")))
@@ -79,7 +83,7 @@ def status(out: Console, info: dict[str, Any]) -> None:
 def running_line(job: dict[str, Any]) -> str:
     """The running job: its progress bar, steps, micro-batch, speed, ETA and memory level (rich markup)."""
     p = job.get("progress") or {}
-    head = f"[bold]running[/] {job['id']} {job['name']}"
+    head = f"[bold]running[/] {job['id']} {escape(job['name'])}"
     if not p.get("total"):
         return f"{head}  starting (micro-batch {(job.get('run') or {}).get('micro_batch', '?')})"
     done = p["step"] / p["total"]
@@ -104,7 +108,7 @@ def jobs_table(views: list[dict[str, Any]], columns: tuple[str, ...]) -> Table:
                 cells.append(local_iso(value))
             else:
                 cells.append("" if value is None else str(value))
-        table.add_row(*cells)
+        table.add_row(*map(Text, cells))  # Text: a cell is never read as markup
     return table
 
 
@@ -124,15 +128,16 @@ def show(out: Console, view: dict[str, Any], spec: dict[str, Any], runs: list[di
     """`mtld show ID`: the job's fields, its tasks, each run with its sizes, its state history."""
     for key in ("id", "name", "state", "priority", "batch_size", "submitted_at", "not_before", "attempts", "run_dir", "job_file", "last_error"):
         if view.get(key) not in (None, ""):
-            out.print(f"[bold]{key:>12}[/]  {view[key]}")
-    out.print(f"[bold]{'tasks':>12}[/]  " + ", ".join(f"{t['name']} ({t['type']})" for t in spec["tasks"]))
+            out.print(f"[bold]{key:>12}[/]  {escape(str(view[key]))}")
+    tasks = ", ".join(f"{t.get('name')} ({t.get('type')})" for t in spec.get("tasks") or [])
+    out.print(f"[bold]{'tasks':>12}[/]  {escape(tasks)}")
     for r in runs:
         sizes = str(r["micro_batch"]) + (f"→{r['micro_batch_end']}" if r["micro_batch_end"] not in (None, r["micro_batch"]) else "")
-        out.print(f"[bold]{'run ' + str(r['attempt']):>12}[/]  {r['outcome'] or 'running'}  micro-batch {sizes}", markup=True)
+        out.print(f"[bold]{'run ' + str(r['attempt']):>12}[/]  {escape(r['outcome'] or 'running')}  micro-batch {sizes}", markup=True)
         if r.get("start_reason"):
             out.print(f"{'':>12}  why {r['micro_batch']}: {r['start_reason']}", markup=False)
     for t in transitions:
-        out.print(f"{'':>12}  {local(t['at'])}  {t['from_state'] or '-'} -> {t['to_state']}  ({t['reason']})")
+        out.print(f"{'':>12}  {local(t['at'])}  {t['from_state'] or '-'} -> {t['to_state']}  ({t['reason']})", markup=False)
 
 
 # ---------------------------------------------------------------- mtld estimate
@@ -174,4 +179,4 @@ def doctor(out: Console, info: dict[str, dict[str, Any]]) -> None:
 def agent_status(out: Console, info: dict[str, Any]) -> None:
     for key, value in info.items():
         if value not in (None, ""):
-            out.print(f"[bold]{key:>10}[/]  {value}")
+            out.print(f"[bold]{key:>10}[/]  {escape(str(value))}")

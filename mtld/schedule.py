@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta, tzinfo
+from datetime import datetime, time, timedelta, timezone, tzinfo
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -128,6 +128,13 @@ def cron_trigger(expression: str, timezone: tzinfo) -> CronTrigger:
         return CronTrigger.from_crontab(expression, timezone=timezone)
     except ValueError as e:
         raise ScheduleError(f"{expression!r} is not a cron expression ({e}): use five fields, e.g. '0 1 * * *'") from None
+
+
+def check_cron(expression: str) -> str:
+    """A cron expression that parses and fires at least once: `0 0 31 2 *` parses but never fires. Five
+    fields repeat within 28 years, so one firing after any fixed date means it fires."""
+    next_firing(expression, datetime(2000, 1, 1, tzinfo=timezone.utc))
+    return expression
 
 
 def next_firing(expression: str, after: datetime) -> datetime:

@@ -35,10 +35,10 @@ def job_view(job: Job) -> dict[str, Any]:
         "priority": job.priority,
         "batch_size": job.batch_size,
         "submitted_at": iso(job.submitted_at),
-        "not_before": iso(job.not_before) if job.not_before else None,
+        "not_before": time_or_none(job.not_before),
         "updated_at": iso(job.updated_at),
-        "finished_at": iso(job.finished_at) if job.finished_at else None,
-        "next_attempt_at": iso(job.next_attempt_at) if job.next_attempt_at else None,
+        "finished_at": time_or_none(job.finished_at),
+        "next_attempt_at": time_or_none(job.next_attempt_at),
         "attempts": job.attempts,
         "cancel_requested": job.cancel_requested,
         "last_error": job.last_error,
@@ -46,6 +46,14 @@ def job_view(job: Job) -> dict[str, Any]:
         "run_dir": job.run_dir,
         "job_file": job.job_file,
     }
+
+
+def time_or_none(epoch: float | None) -> str | None:
+    """ISO time, or None when unset or beyond what a date can hold (a stored time must not break `status`)."""
+    try:
+        return iso(epoch) if epoch else None
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def schedule_view(schedule: Schedule) -> dict[str, Any]:
@@ -70,9 +78,12 @@ def windows_view(settings: Settings, now: datetime) -> dict[str, Any]:
     }
 
 
+LATEST = 32_503_680_000.0  # 3000-01-01: later times (a long backoff doubled many times) are "some day"
+
+
 def earliest(job: Job) -> float:
     """When the daemon may first pick the job: its not_before and its retry time."""
-    return max(job.not_before or 0.0, job.next_attempt_at or 0.0)
+    return min(max(job.not_before or 0.0, job.next_attempt_at or 0.0), LATEST)
 
 
 def forecast(settings: Settings, store: Store, queued: list[Job], running_left_s: float | None,
@@ -162,12 +173,15 @@ def running_left(store: Store, job: Job, progress: dict[str, Any] | None, now: d
 def run_progress(run_dir: Path) -> dict[str, Any] | None:
     """The latest step.progress of a run, plus the memory level if it has been sampled."""
     log = run_dir / "run.jsonl"
-    event = last_event(log, {"step.progress"}, scan_limit=2000)
+    try:
+        event = last_event(log, {"step.progress"}, scan_limit=2000)
+        sample = last_event(log, {"memory.sample"}, scan_limit=2000) if event else None
+    except OSError:  # a run folder that cannot be read has no progress to show
+        return None
     if event is None:
         return None
     progress = {k: event.get(k) for k in PROGRESS_FIELDS}
     progress["at"] = event.get("ts")
-    sample = last_event(log, {"memory.sample"}, scan_limit=2000)
     progress["memory_level"] = sample.get("pressure") if sample else None
     return progress
 

@@ -289,6 +289,7 @@ ENTITIES = [{"tokens": ["Ann", "went", "to", "Kyoto"], "tags": ["B-PER", "O", "O
 def write_job(folder: Path, text: str = GOOD_JOB) -> Path:
     """A job file (GOOD_JOB unless told) with a model folder and its three small data files next to it."""
     (folder / "model").mkdir(exist_ok=True)
+    (folder / "model" / "config.json").write_text("{}")  # what makes a folder a model folder at submit
     data = folder / "data"
     data.mkdir(exist_ok=True)
     (data / "sentiment.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SENTIMENT), encoding="utf-8")

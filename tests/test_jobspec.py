@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def write_data(name: str, content: bytes):
 
 
 def remove(name: str):
-    return lambda folder: (folder / name).unlink() if (folder / name).is_file() else (folder / name).rmdir()
+    return lambda folder: (folder / name).unlink() if (folder / name).is_file() else shutil.rmtree(folder / name)
 
 
 # (case id, change to a good job folder, expected key, a fragment of the message)

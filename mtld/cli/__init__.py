@@ -10,6 +10,7 @@ agent, doctor). Rendering is mtld.render's.
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -20,7 +21,8 @@ from rich.console import Console
 from mtld import __version__
 from mtld.logs import configure
 from mtld.settings import Settings, SettingsError, load_settings
-from mtld.store import Job, Store
+from mtld.store import Job, Store, StoreError
+from mtld.store.schema import MAX_ID
 
 app = typer.Typer(
     help="Train multi-task BERT-style encoders overnight, one job at a time.",
@@ -46,13 +48,20 @@ class Context:
                 self._settings = load_settings(self.config)
             except SettingsError as e:
                 fail(str(e), code=2)
-            configure(self._settings.daemon_log, level=self._settings.log_level)
+            try:
+                configure(self._settings.daemon_log, level=self._settings.log_level)
+            except OSError as e:
+                fail(f"{self._settings.daemon_log}: cannot write the log ({e.strerror or e})", code=2)
         return self._settings
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store(self.settings.db_path)
+            path = self.settings.db_path
+            try:
+                self._store = Store(path)
+            except (sqlite3.DatabaseError, StoreError, OSError) as e:  # damaged, too new, or not writable
+                fail(f"{path}: cannot use the job store ({e})", code=2)
         return self._store
 
 
@@ -78,9 +87,24 @@ def main_options(
     version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True)] = False,
 ) -> None:
     ctx.obj = Context(config)
+    _contexts.append(ctx.obj)
+
+
+_contexts: list[Context] = []  # the command's, for the last-resort handler's report folder
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def check_ids(value: int | list[int] | None) -> int | list[int] | None:
+    """A job id the store could hold: 1 to 2**63-1 (a larger number is bad input, not an unknown job)."""
+    for job_id in value if isinstance(value, list) else [value]:
+        if job_id is not None and not 0 < job_id <= MAX_ID:
+            fail(f"{job_id}: not a job id (ids run from 1 to {MAX_ID})", code=2)
+    return value
+
+
+JobId = Annotated[int, typer.Argument(metavar="ID", callback=check_ids, help="A job id.")]
 
 
 
@@ -95,8 +119,20 @@ def get_job(c: Context, job_id: int) -> Job:
 
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The console script. The last resort: no traceback reaches a user; an internal error prints one
+    line naming a crash report (mtld.crash) and exits 1."""
+    try:
+        app(args=argv, prog_name="mtld")  # also under `python -m mtld`: completions call `mtld`
+    except Exception as e:  # SystemExit and KeyboardInterrupt are not Exceptions: they pass
+        from mtld.crash import write_report
+
+        settings = _contexts[-1]._settings if _contexts else None
+        report = write_report(e, sys.argv[1:] if argv is None else argv, settings.state_dir if settings else None)
+        where = f"; report: {report}" if report else " (no report could be written)"
+        summary = " ".join(str(e).split())[:200]
+        sys.stderr.write(f"mtld: internal error: {type(e).__name__}: {summary}{where}\n")
+        sys.exit(1)
 
 
 # The commands register themselves on `app` when their modules load (in the order `mtld --help` lists them).

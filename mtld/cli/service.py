@@ -26,6 +26,7 @@ def daemon(
 
     c: Context = ctx.obj
     configure(c.settings.daemon_log, level=c.settings.log_level, console=None if quiet else sys.stderr)
+    c.store.close()  # opened first so that a store which cannot be used is one line, not a crash report
     try:
         code = serve(c.settings, exit_when_idle=exit_when_idle, console=None if quiet else sys.stderr)
     except AlreadyRunning as e:

@@ -34,11 +34,11 @@ def train(
     c: Context = ctx.obj
     try:
         spec = jobs.with_overrides(load_job(job_file), priority=None, not_before=None,
-                                   batch_size=jobs.parse_batch_size(batch_size) if batch_size else None)
+                                   batch_size=None if batch_size is None else jobs.parse_batch_size(batch_size))
     except JobFileError as e:
         fail(str(e), code=2)
     except jobs.BadOption as e:
-        fail(f"{job_file}: --batch-size - {e}", code=2)
+        fail(str(e), code=2)
     if device not in (None, "auto", "cpu", "cuda", "mps"):
         fail(f"{job_file}: --device - must be auto, cpu, cuda or mps, not {device!r}", code=2)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -72,7 +72,7 @@ def predict(
         rows = run_predict(run_dir, input_file, target, device=device)
     except (BadInput, FileNotFoundError) as e:
         fail(str(e), code=2)
-    out.print(f"{rows} rows -> {target}")
+    out.print(f"{rows} rows -> {target}", markup=False)
 
 
 @app.command()
