@@ -8,11 +8,20 @@ SIGUSR1 from the CLI, SIGCHLD when a run ends) also ends the wait at once,
 through `signal.set_wakeup_fd` (no lock is ever taken in a handler). The
 daemon never imports torch: each run is a child process. APScheduler supplies
 only the calendar arithmetic (mtld.schedule), not threads.
+
+Nothing accepted may stall the queue: a failure while starting, recording or
+finishing a run fails that run or its job (the reason in `last_error`), never
+the tick and never the start-up; each idle tick settles a job marked running
+that has no live run (`reconcile`), as the start-up does. Only a store that
+cannot be used at all (sqlite3.OperationalError: locked, full, I/O) defers
+the job instead (`run.deferred`, reason `store_unavailable`): the next tick
+tries again.
 """
 
 from __future__ import annotations
 
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -20,24 +29,24 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TextIO
 
-from mtld import __version__, policy, schedule
+from mtld import __version__, schedule
+from mtld.bookkeeping import FORCED_STOP_GRACE_S, Bookkeeping, describe
 from mtld.executor import Executor, ExitStatus, LocalExecutor, RunHandle, wait_for_exit
 from mtld.family import earlier_runs, family, family_history, pinned_size, resolve_device, start_size
 from mtld.history import family_figures, probe_dir
 from mtld.jobs import fired_job_name
-from mtld.jobspec import spec_from_json
+from mtld.jobspec import stored_spec
 from mtld.logs import format_event, get_logger, last_event
 from mtld.memory import Probe, Reading, make_probe
 from mtld.pidfile import PidFile
-from mtld.platform.power import SleepInhibitor, notify, on_battery
+from mtld.platform.power import SleepInhibitor, on_battery
 from mtld.rundir import RunDir
-from mtld.runfiles import RunFileError, RunResult, launch_for
+from mtld.runfiles import launch_for
 from mtld.settings import Settings
-from mtld.store import Run, Store
+from mtld.store import InvalidTransition, Job, Run, Schedule, Store
 from mtld.wakeup import Wakeup
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-FORCED_STOP_GRACE_S = 5.0
 
 
 @dataclass
@@ -51,8 +60,9 @@ class ActiveRun:
     last_progress: dict[str, Any] | None = field(default=None, repr=False)
 
 
-class Daemon:
-    """The queue's one loop. Tests drive `tick(now)` with their own clock and a fake executor."""
+class Daemon(Bookkeeping):
+    """The queue's one loop. Tests drive `tick(now)` with their own clock and a fake executor.
+    How a run's end is recorded, and runs without a live child are settled: mtld.bookkeeping."""
 
     def __init__(
         self,
@@ -79,6 +89,7 @@ class Daemon:
         self.finished = False
         self.deferred_because: str | None = None
         self.windows = settings.schedule.parsed()
+        self.failed_firings: set[tuple[int, float]] = set()  # (schedule, due time) already logged as failed
 
     # ------------------------------------------------------------ lifecycle
 
@@ -99,7 +110,10 @@ class Daemon:
         try:
             self.log.info("daemon.started", version=__version__, state_dir=str(self.settings.state_dir),
                           poll_interval_s=self.settings.daemon.poll_interval_s, exit_when_idle=self.exit_when_idle)
-            self.reconcile(now=self.clock())
+            try:
+                self.reconcile(now=self.clock())
+            except Exception as e:  # the store may be out for now: each idle tick settles what is left
+                self.log.error("daemon.recover_failed", error=describe(e), exc_info=e)
             self.loop()
         finally:
             self.wakeup.uninstall()
@@ -136,6 +150,7 @@ class Daemon:
         if self.store.get_flag("pause_now") == "1":  # seen: the running child (if any) was asked to stop
             self.store.set_flag("pause_now", None)
         if self.active is None:
+            self.reconcile(now, adopt=False)  # a job whose start or end could not be recorded: settle it now
             if self.store.get_flag("paused") != "1":
                 self.dispatch(now)
             if self.active is None and self.exit_when_idle and self._queue_is_empty():
@@ -161,35 +176,64 @@ class Daemon:
         if job is None:
             self.deferred_because = None
             return
-        spec = spec_from_json(job.spec_json)
+        try:
+            planned = self._plan(job, now)
+        except sqlite3.OperationalError as e:  # the store is out (locked, full): the job waits for the next tick
+            self._defer("store_unavailable", describe(e), job_id=job.id)
+            return
+        except Exception as e:
+            self._start_failed(job.id, "reading its stored spec and history", e, now)
+            return
+        if planned is not None:
+            self._launch(job, *planned, now)
+
+    def _plan(self, job: Job, now: float) -> tuple[Any, str, int, str] | None:
+        """(spec, family, micro-batch, why) of the job's next attempt; None when it must wait (logged)."""
+        spec = stored_spec(job.spec_json, shown_as=f"job {job.id}")  # an older mtld may have let it through
         fam = family(spec, resolve_device(self.settings.train.device))
         reading = self._read_pressure()
         start = start_size(self.settings, family_history(self.store, fam), pinned=pinned_size(job.batch_size),
                            earlier=earlier_runs(self.store, job), reading=reading)
         if start.micro_batch is None:
             self._defer(start.deferred, start.reason, job_id=job.id)
-            return
+            return None
         self.deferred_because = None
-        micro_batch = start.micro_batch
-        log = self.log.bind(job_id=job.id)
-        log.info("policy.decided", micro_batch=micro_batch, reason=start.reason, family=fam,
-                 pressure=reading.level.value if reading else None)
+        self.log.info("policy.decided", job_id=job.id, micro_batch=start.micro_batch, reason=start.reason, family=fam,
+                      pressure=reading.level.value if reading else None)
+        return spec, fam, start.micro_batch, start.reason
 
-        run = self.store.start_run(job.id, micro_batch=micro_batch, family=fam, reason=start.reason, now=now)
+    def _launch(self, job: Job, spec: Any, fam: str, micro_batch: int, reason: str, now: float) -> None:
+        """Record the attempt, write its run folder, start its child. A failure fails the job (the run folder
+        cannot be written, the child cannot start); once the child runs, nothing here stops it."""
+        log = self.log.bind(job_id=job.id)
+        try:
+            run = self.store.start_run(job.id, micro_batch=micro_batch, family=fam, reason=reason, now=now)
+        except InvalidTransition:
+            return  # cancelled or changed since it was picked: the next tick picks again
+        except sqlite3.OperationalError as e:
+            self._defer("store_unavailable", describe(e), job_id=job.id)
+            return
+        except Exception as e:
+            self._start_failed(job.id, "recording its start", e, now)
+            return
         log = log.bind(run_id=run.id)
         run_dir = RunDir(job.run_dir)
-        run_dir.write_job(spec)
-        history = family_figures(self.store, fam, probe_dir(self.settings))
-        run_dir.write_launch(launch_for(self.settings, micro_batch=micro_batch, job_id=job.id, run_id=run.id,
-                                        history=history))
+        step = "reading the family's figures"
         try:
+            history = family_figures(self.store, fam, probe_dir(self.settings))
+            step = "writing the run folder"
+            run_dir.write_job(spec)
+            run_dir.write_launch(launch_for(self.settings, micro_batch=micro_batch, job_id=job.id, run_id=run.id,
+                                            history=history))
+            step = "starting the child"
             handle = self.executor.start(run_dir.path)
-        except OSError as e:
-            self.store.finish_run(run.id, outcome="crashed", now=now)
-            self.store.transition(job.id, "failed", reason=f"could not start the run: {e}", last_error=str(e), now=now)
-            log.error("run.start_failed", error=str(e))
+        except Exception as e:
+            self._start_failed(job.id, step, e, now)
             return
-        self.store.set_run_pid(run.id, handle.pid)
+        try:
+            self.store.set_run_pid(run.id, handle.pid)
+        except Exception as e:  # only a restarted daemon needs the pid, to find the child: the run goes on
+            log.warning("run.pid_unrecorded", error=describe(e))
         self.active = ActiveRun(job.id, run, handle, run_dir)
         if self.settings.daemon.prevent_sleep:
             inhibitor = SleepInhibitor()
@@ -198,14 +242,22 @@ class Daemon:
         log.info("run.launched", pid=handle.pid, attempt=run.attempt, micro_batch=micro_batch,
                  run_dir=str(run_dir.path), sleep_inhibited=self.active.inhibitor is not None)
 
+    def _start_failed(self, job_id: int, step: str, error: Exception, now: float) -> None:
+        self.log.error("run.start_failed", job_id=job_id, step=step, error=describe(error))
+        self._fail_job(job_id, f"could not start: {step}: {describe(error)}", now, outcome="start_failed")
+
     def supervise(self, now: float) -> None:
         active = self.active
-        status = active.handle.poll()
+        try:
+            status = active.handle.poll()
+        except ChildProcessError:  # reaped elsewhere: gone, how it ended unknown (its result.json may say)
+            status = ExitStatus()
         if status is not None:
             self.record_exit(active, status, now)
             return
         if active.stop_reason is None:
-            if self.store.get(active.job_id).cancel_requested:
+            job = self.store.get(active.job_id)
+            if job is None or job.cancel_requested:
                 self.ask_to_stop(active, "cancel")
             elif self.store.get_flag("pause_now") == "1":
                 self.ask_to_stop(active, "pause")
@@ -218,15 +270,24 @@ class Daemon:
         """Submit a job for every schedule that is due; missed firings coalesce into one."""
         local = datetime.fromtimestamp(now).astimezone()
         for recurring in self.store.list_schedules():
-            due = datetime.fromtimestamp(recurring.next_fire_at).astimezone()
-            fire, next_at = schedule.firing(recurring.cron, due, local)
-            if not fire:
-                continue
-            job = self.store.fire_schedule(recurring.id, due_at=recurring.next_fire_at, next_fire_at=next_at.timestamp(),
-                                           name=fired_job_name(recurring.name, due), now=now)
-            if job is not None:
-                self.log.info("schedule.fired", schedule_id=recurring.id, job_id=job.id, due_at=due.isoformat(),
-                              missed=local - due > timedelta(minutes=1), next_fire_at=next_at.isoformat())
+            try:
+                self._fire(recurring, local, now)
+            except Exception as e:  # that schedule is skipped (logged once), never the tick
+                if (recurring.id, recurring.next_fire_at) not in self.failed_firings:
+                    self.failed_firings.add((recurring.id, recurring.next_fire_at))
+                    self.log.error("schedule.fire_failed", schedule_id=recurring.id, error=describe(e))
+
+    def _fire(self, recurring: Schedule, local: datetime, now: float) -> None:
+        due = datetime.fromtimestamp(recurring.next_fire_at).astimezone()
+        fire, next_at = schedule.firing(recurring.cron, due, local)
+        if not fire:
+            return
+        stored_spec(recurring.spec_json, shown_as=f"schedule {recurring.id}")  # what the job will run: still valid
+        job = self.store.fire_schedule(recurring.id, due_at=recurring.next_fire_at, next_fire_at=next_at.timestamp(),
+                                       name=fired_job_name(recurring.name, due), now=now)
+        if job is not None:
+            self.log.info("schedule.fired", schedule_id=recurring.id, job_id=job.id, due_at=due.isoformat(),
+                          missed=local - due > timedelta(minutes=1), next_fire_at=next_at.isoformat())
 
     def ask_to_stop(self, active: ActiveRun, reason: str) -> None:
         """SIGTERM: the child finishes its micro-step, checkpoints and exits 75."""
@@ -251,82 +312,6 @@ class Daemon:
             self.record_exit(active, status, self.clock(), forced_stop=forced)
         self.finish("signal")
 
-    # ------------------------------------------------------------ exits
-
-    def record_exit(self, active: ActiveRun, status: ExitStatus, now: float, *, forced_stop: bool = False) -> None:
-        self.active = None
-        if active.inhibitor is not None:
-            active.inhibitor.stop()
-        job = self.store.get(active.job_id)
-        result = fresh_result(active.run_dir, active.run)
-        earlier_failures = sum(
-            1 for r in self.store.runs_for(job.id) if r.id != active.run.id and r.outcome in policy.FAILED_OUTCOMES
-        )
-        if forced_stop:
-            decision = policy.ExitDecision("interrupted", "queued", "stopped at daemon shutdown without a final "
-                                           "checkpoint; it resumes from its last one")
-        else:
-            decision = policy.after_exit(
-                exit_code=status.code, signal=status.signal, earlier_failures=earlier_failures,
-                max_attempts=self.settings.daemon.max_attempts, backoff_s=self.settings.daemon.retry_backoff_s,
-                cancel_requested=job.cancel_requested, stop_reason=active.stop_reason,
-                message=result.message if result else None, now=now,
-            )
-        self._apply(job.id, active.run, status, decision, result, now, stop_reason=active.stop_reason)
-
-    def _apply(self, job_id: int, run: Run, status: ExitStatus, decision: policy.ExitDecision,
-               result: RunResult | None, now: float, stop_reason: str | None = None) -> None:
-        measured = result.figures() if result else None
-        if status.max_rss_bytes and measured is not None:
-            measured = measured.model_copy(update={"max_rss_bytes": status.max_rss_bytes})
-        figures = measured.stored() if measured is not None else (
-            {"max_rss_bytes": status.max_rss_bytes} if status.max_rss_bytes else {})
-        self.store.finish_run(run.id, outcome=decision.outcome, exit_code=status.code, signal=status.signal,
-                              micro_batch_end=result.micro_batch_end if result else None, figures=figures, now=now)
-        job = self.store.transition(
-            job_id, decision.job_state, reason=decision.reason, now=now,
-            last_error=decision.reason if decision.job_state == "failed" else None,
-            next_attempt_at=decision.retry_at,
-        )
-        log = self.log.bind(job_id=job_id, run_id=run.id)
-        if decision.outcome == "interrupted" and stop_reason:
-            log.info("run.interrupted", reason=stop_reason, step=figures.get("step"))
-        log.info("run.exited", outcome=decision.outcome, exit_code=status.code, signal=status.signal,
-                 wall_s=round(now - run.started_at, 3), **figures)
-        event = {"succeeded": "job.succeeded", "failed": "job.failed", "cancelled": "job.cancelled"}.get(
-            job.state, "job.requeued")
-        (log.warning if job.state == "failed" else log.info)(event, reason=decision.reason, retry_at=decision.retry_at)
-        if job.state in ("succeeded", "failed", "cancelled") and self.settings.daemon.notify:
-            notify(f"mtld: {job.name} {job.state}", decision.reason)
-
-    def reconcile(self, now: float) -> None:
-        """After a crash or SIGKILL of an earlier daemon: settle every run still marked running."""
-        for run in self.store.active_runs():
-            job = self.store.get(run.job_id)
-            run_dir = RunDir(job.run_dir)
-            adopted = self.executor.adopt(run.pid, run_dir.path, run.started_at) if run.pid else None
-            action = "gone"
-            if adopted is not None:  # still training: stop it cleanly, then requeue
-                action = "stopped"
-                adopted.signal(signal.SIGTERM)
-                if wait_for_exit(adopted, self.settings.daemon.stop_timeout_s) is None:
-                    adopted.signal(signal.SIGKILL)
-                    wait_for_exit(adopted, FORCED_STOP_GRACE_S)
-            result = fresh_result(run_dir, run)
-            if result and result.outcome == "succeeded":
-                decision = policy.ExitDecision("succeeded", "succeeded", "finished while no daemon was watching")
-                status = ExitStatus(code=0)
-            else:
-                decision = policy.ExitDecision("lost", "queued", f"recovered at daemon start (child {action}); "
-                                               "it resumes from its last checkpoint")
-                status = ExitStatus(code=result.exit_code if result else None)
-            self.log.info("daemon.recovered", job_id=job.id, run_id=run.id, pid=run.pid, child=action)
-            self._apply(job.id, run, status, decision, result, now)
-        for job in self.store.list_jobs(["running"]):  # its run was recorded, its move was not
-            if not any(r.ended_at is None for r in self.store.runs_for(job.id)):
-                self.store.transition(job.id, "queued", reason="recovered at daemon start", now=now)
-                self.log.info("daemon.recovered", job_id=job.id, child="none")
-
     # ------------------------------------------------------------ helpers
 
     def _defer(self, reason: str, message: str, **fields: Any) -> None:
@@ -346,25 +331,14 @@ class Daemon:
         """For a person watching the daemon's terminal: the child's latest progress line."""
         if self.console is None:
             return
-        event = last_event(active.run_dir.log_file, {"step.progress"}, scan_limit=200)
+        try:
+            event = last_event(active.run_dir.log_file, {"step.progress"}, scan_limit=200)
+        except OSError:
+            return
         if event is not None and event != active.last_progress:
             active.last_progress = event
             self.console.write(format_event(event) + "\n")
             self.console.flush()
-
-
-def fresh_result(run_dir: RunDir, run: Run) -> RunResult | None:
-    """The child's result.json if this attempt wrote it (not a leftover of an earlier one), and
-    this mtld can read it; a result it cannot read counts as none (the exit status still decides)."""
-    try:
-        result = run_dir.read_result()
-    except (RunFileError, OSError):
-        return None
-    if result is None:
-        return None
-    if result.run_id is not None:
-        return result if result.run_id == run.id else None
-    return result if run_dir.result_file.stat().st_mtime >= run.started_at else None
 
 
 def serve(settings: Settings, *, exit_when_idle: bool = False, console: TextIO | None = sys.stderr) -> int:

@@ -9,6 +9,8 @@
 - `FakeExecutor` / `FakeRun`: the daemon's executor seam (mtld.executor):
   runs that end when a test says so, or with 75 (checkpointed) on SIGTERM, so
   that a test drives `Daemon.tick(now)` with its own clock.
+- `FaultyStore`: a real mtld.store.Store whose named methods fail on cue, to
+  drill what the daemon does when its bookkeeping cannot be written.
 
 Torch-free and light to import.
 """
@@ -16,15 +18,16 @@ Torch-free and light to import.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from mtld.memory.guard import Advice
 from mtld.memory.levels import Level, Reading
 from mtld.executor import ExitStatus
 from mtld.platform.runner import Result
 
-__all__ = ["FakeExecutor", "FakeRun", "RecordingRunner", "ScriptedGuard", "ScriptedProbe"]
+__all__ = ["FakeExecutor", "FakeRun", "FaultyStore", "RecordingRunner", "ScriptedGuard", "ScriptedProbe"]
 
 
 class ScriptedProbe:
@@ -127,3 +130,35 @@ class FakeExecutor:
 
     def adopt(self, pid: int, run_dir: Path, started_at: float) -> None:
         return None
+
+
+class FaultyStore:
+    """A Store that fails on cue: `fail("finish_run", OSError(...), times=1, when=lambda *a, **kw: ...)` makes
+    the next `times` calls of that method for which `when` holds raise the error; everything else is the real
+    store's (pass this where a Store goes). `failed` lists the methods that raised, in order."""
+
+    def __init__(self, store: Any):
+        self.store = store
+        self.faults: dict[str, list[Any]] = {}
+        self.failed: list[str] = []
+
+    def fail(self, method: str, error: BaseException, *, times: int = 1,
+             when: Callable[..., bool] | None = None) -> FaultyStore:
+        self.faults[method] = [error, times, when]
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self.store, name)
+        if name not in self.faults:
+            return real
+
+        def maybe_failing(*args: Any, **kwargs: Any) -> Any:
+            fault = self.faults[name]
+            error, times, when = fault
+            if times > 0 and (when is None or when(*args, **kwargs)):
+                fault[1] -= 1
+                self.failed.append(name)
+                raise error
+            return real(*args, **kwargs)
+
+        return maybe_failing
