@@ -1,4 +1,4 @@
-"""What users do to jobs and the queue: submit, cancel, retry, unschedule, pause, resume.
+"""What users do to jobs and the queue: submit, cancel, retry, restart, change, wait, unschedule, pause, resume.
 The CLI and the tests call these.
 
 Each operation changes the store, then writes its event to the daemon log, then
@@ -8,9 +8,12 @@ job's training rows into mtld.rowcounts' cache, so `mtld status` need not.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import time as time_module
+from collections.abc import Callable
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,13 +21,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from mtld import MICRO_BATCH_SIZES
-from mtld.jobspec import JobSpec, load_job, spec_to_json
+from mtld.jobspec import JobSpec, load_job, spec_from_dict, spec_to_json, stored_spec
 from mtld.logs import get_logger, iso
 from mtld.pidfile import running_pid
 from mtld.rowcounts import remember_rows
 from mtld.schedule import ScheduleError, check_cron, next_firing
 from mtld.settings import Settings
-from mtld.store import Job, Schedule, Store
+from mtld.store import TERMINAL, InvalidTransition, Job, Schedule, Store, UnknownJob
 
 
 class BadOption(ValueError):
@@ -180,15 +183,33 @@ def fired_job_name(name: str, at: datetime) -> str:
 
 
 def cancel(settings: Settings, store: Store, job_id: int, *, now: datetime) -> Job:
-    """Cancel a queued job now; ask the daemon to stop a running one (it checkpoints first)."""
+    """Cancel a queued job now; ask the daemon to stop a running one (it checkpoints first). With no
+    daemon, nobody would ever act on the request: stop the run's child if it is still alive, and cancel here."""
     job = store.cancel(job_id, now=now.timestamp())
     log = get_logger(job_id=job.id)
     if job.state == "cancelled":
         log.info("job.cancelled", reason="user")
+    elif running_pid(settings.pid_file) is None:
+        stopped = _stop_unwatched_child(store, job)
+        job = store.cancel_unwatched(job_id, now=now.timestamp())
+        log.info("job.cancelled", reason="user; no daemon was running", child="stopped" if stopped else "gone")
     else:
         log.info("job.cancel_requested", state=job.state)
         wake_daemon(settings)
     return job
+
+
+def _stop_unwatched_child(store: Store, job: Job) -> bool:
+    """SIGTERM the child of the job's open run if it still runs (it checkpoints and exits): True if it did."""
+    from mtld.executor import LocalExecutor
+
+    for run in store.runs_for(job.id):
+        if run.ended_at is None and run.pid:
+            child = LocalExecutor().adopt(run.pid, Path(job.run_dir), run.started_at)
+            if child is not None:
+                child.signal(signal.SIGTERM)
+                return True
+    return False
 
 
 def retry(settings: Settings, store: Store, job_id: int, *, now: datetime) -> Job:
@@ -197,6 +218,71 @@ def retry(settings: Settings, store: Store, job_id: int, *, now: datetime) -> Jo
     get_logger(job_id=job.id).info("job.retried")
     wake_daemon(settings)
     return job
+
+
+def restart(settings: Settings, store: Store, job_id: int, *, now: datetime, priority: int | None = None,
+            not_before: datetime | None = None, batch_size: str | None = None) -> Job:
+    """A new job from a finished job's stored spec, checked again like a job file (its data and model
+    must still be there). Raises UnknownJob, InvalidTransition, JobFileError, BadOption."""
+    old = store.get(job_id)
+    if old is None:
+        raise UnknownJob(job_id)
+    if old.state not in TERMINAL:
+        raise InvalidTransition(f"job {job_id} is {old.state}; only a finished job can be restarted")
+    raw = json.loads(old.spec_json)
+    raw.get("schedule", {}).pop("cron", None)  # a fired job's spec names its schedule's cron: a restart runs once
+    spec = spec_from_dict(raw, base_dir=Path(old.job_file).parent, shown_as=f"job {job_id}")
+    spec = with_overrides(spec, priority=priority, not_before=not_before, batch_size=batch_size)
+    job = _queue(settings, store, spec, old.job_file, now=now, reason=f"restarted from job {job_id}")
+    get_logger(job_id=job.id).info("job.restarted", name=job.name, from_job=job_id, priority=job.priority,
+                                   batch_size=job.batch_size)
+    wake_daemon(settings)
+    return job
+
+
+def change(settings: Settings, store: Store, job_id: int, *, now: datetime, priority: int | None = None,
+           not_before: datetime | None = None, batch_size: str | None = None) -> Job:
+    """Change a queued job's priority, not-before time or batch size, through the job file's validation.
+    Raises UnknownJob, InvalidTransition (not queued), BadOption, JobFileError (a stored spec no longer valid)."""
+    job = store.get(job_id)
+    if job is None:
+        raise UnknownJob(job_id)
+    spec = with_overrides(stored_spec(job.spec_json, shown_as=f"job {job_id}"), priority=priority, not_before=not_before,
+                          batch_size=batch_size)
+    start_after = spec.schedule.not_before
+    if start_after is not None and start_after.tzinfo is None:
+        start_after = start_after.astimezone()
+    changed = store.change_queued(job_id, spec_json=spec_to_json(spec), priority=spec.schedule.priority,
+                                  not_before=start_after.timestamp() if start_after else None,
+                                  batch_size=str(spec.train.batch_size), now=now.timestamp())
+    get_logger(job_id=job_id).info("job.changed", priority=changed.priority, batch_size=changed.batch_size,
+                                   not_before=iso(changed.not_before) if changed.not_before else None)
+    wake_daemon(settings)
+    return changed
+
+
+def wait(store: Store, job_ids: list[int], *, on_change: Callable[[list[Job | None]], None], poll_s: float = 1.0,
+         sleep: Callable[[float], None] = time_module.sleep) -> list[Job | None]:
+    """Block until every job has ended (None: removed meanwhile); `on_change` hears each new set of states.
+    Reads the store only, so any process may wait, not just the daemon's parent. Raises UnknownJob first."""
+    for job_id in job_ids:
+        if store.get(job_id) is None:
+            raise UnknownJob(job_id)
+    seen = None
+    while True:
+        current = [store.get(job_id) for job_id in job_ids]
+        states = [job.state if job else None for job in current]
+        if states != seen:
+            on_change(current)
+            seen = states
+        if all(state in TERMINAL or state is None for state in states):
+            return current
+        sleep(poll_s)
+
+
+def wait_status(ended: list[Job | None]) -> int:
+    """`mtld wait`'s exit status: 0 when every job succeeded, else 1."""
+    return 0 if all(job is not None and job.state == "succeeded" for job in ended) else 1
 
 
 def pause(settings: Settings, store: Store, *, now: bool = False) -> None:

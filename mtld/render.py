@@ -76,8 +76,10 @@ def status(out: Console, info: dict[str, Any]) -> None:
     if info["finished"]:
         out.print("[bold]finished[/]")
         out.print(jobs_table(info["finished"], ("id", "name", "state", "finished_at", "attempts", "last_error")))
+    if info.get("finished_hidden"):
+        out.print(f"{info['finished_hidden']} older finished jobs not shown: mtld status --all")
     if not (info["running"] or info["queued"] or info["finished"]):
-        out.print("No jobs. Queue one with: mtld submit JOB.toml")
+        out.print("No jobs." + ("" if info.get("states") else " Queue one with: mtld submit JOB.toml"))
 
 
 def running_line(job: dict[str, Any]) -> str:

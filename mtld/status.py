@@ -186,7 +186,10 @@ def run_progress(run_dir: Path) -> dict[str, Any] | None:
     return progress
 
 
-def collect(settings: Settings, store: Store, now: datetime | None = None) -> dict[str, Any]:
+def collect(settings: Settings, store: Store, now: datetime | None = None, *, states: list[str] | None = None,
+            every_finished: bool = False) -> dict[str, Any]:
+    """What `mtld status` shows. `states`: only jobs in these states, all of them; `every_finished`: every
+    finished job, not only the RECENT_FINISHED latest."""
     now = (now or datetime.now()).astimezone()
     jobs = store.list_jobs()
     running = [j for j in jobs if j.state == "running"]
@@ -202,12 +205,19 @@ def collect(settings: Settings, store: Store, now: datetime | None = None) -> di
         active.append(view)
         left = running_left(store, job, view["progress"], now, durations)
     expected = forecast(settings, store, queued, left, now, durations)
+    if states:
+        active = [view for view in active if view["state"] in states]
+        queued = [j for j in queued if j.state in states]
+        finished = [j for j in finished if j.state in states]
+    shown = finished if states or every_finished else finished[:RECENT_FINISHED]
     return {
         "daemon": {"running": pid is not None, "pid": pid, "paused": store.get_flag("paused") == "1"},
         "counts": store.counts(),
+        "states": states or None,
         "running": active,
         "queued": [{**job_view(j), **expected[j.id]} for j in queued],
-        "finished": [job_view(j) for j in finished[:RECENT_FINISHED]],
+        "finished": [job_view(j) for j in shown],
+        "finished_hidden": len(finished) - len(shown),
         "schedule": windows_view(settings, now),
         "schedules": [schedule_view(s) for s in store.list_schedules()],
     }

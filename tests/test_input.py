@@ -99,6 +99,7 @@ REFUSED = [
      'environment: memory.simulated_file - required when memory.probe = "simulated"'),
     ("simulated probe without its file, daemon", {"MTLD_MEMORY__PROBE": "simulated"}, None, ["daemon", "--exit-when-idle"],
      'environment: memory.simulated_file - required when memory.probe = "simulated"'),
+    ("an unknown --state", {}, None, ["status", "--state", "done"], "--state: must be one of queued, running"),
 ]
 
 

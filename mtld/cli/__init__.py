@@ -2,7 +2,8 @@
 
 This module holds the app and what every command shares (settings and the
 store, one-line failures, JSON output); the commands live by topic:
-`queue` (submit, status, show, schedules, cancel, retry, logs), `training`
+`queue` (submit, status, show, schedules, cancel, retry, logs), `lifecycle`
+(wait, restart, set), `training`
 (train, predict, estimate, report) and `service` (daemon, pause, resume,
 agent, doctor). Rendering is mtld.render's.
 """
@@ -27,7 +28,7 @@ from mtld.store.schema import MAX_ID
 app = typer.Typer(
     help="Train multi-task BERT-style encoders overnight, one job at a time.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion SHELL; nothing is written unless asked
     pretty_exceptions_enable=False,
 )
 out = Console(highlight=False, soft_wrap=True)  # soft_wrap: long lines are never broken
@@ -136,4 +137,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # The commands register themselves on `app` when their modules load (in the order `mtld --help` lists them).
-from mtld.cli import queue, training, service  # noqa: E402,F401,I001
+from mtld.cli import queue, lifecycle, training, service  # noqa: E402,F401,I001

@@ -15,7 +15,7 @@ from mtld.cli import Context, JobId, JsonFlag, app, emit_json, fail, get_job, ou
 from mtld.jobspec import JobFileError, spec_from_json
 from mtld.logs import follow_files, format_event, read_events
 from mtld.status import job_view, schedule_view
-from mtld.store import TERMINAL, InvalidTransition, Job, StoreError, UnknownJob
+from mtld.store import STATES, TERMINAL, InvalidTransition, Job, StoreError, UnknownJob
 
 # ------------------------------------------------------------------ jobs
 
@@ -47,12 +47,20 @@ def submit(
 
 
 @app.command()
-def status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+def status(
+    ctx: typer.Context,
+    every: Annotated[bool, typer.Option("--all", help="Every finished job, not only the 10 latest.")] = False,
+    states: Annotated[Optional[list[str]], typer.Option("--state", help=f"Only jobs in this state (repeatable): {', '.join(STATES)}.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
     """The daemon, the running job with its progress, the queue, the latest finished jobs."""
     from mtld.status import collect
 
     c: Context = ctx.obj
-    info = collect(c.settings, c.store)
+    for state in states or []:
+        if state not in STATES:
+            fail(f"--state: must be one of {', '.join(STATES)}, not {state!r}", code=2)
+    info = collect(c.settings, c.store, states=states, every_finished=every)
     if as_json:
         emit_json(info)
     else:
