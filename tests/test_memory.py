@@ -594,8 +594,10 @@ def test_make_probe(probe, platform, kind):
 def test_make_probe_simulated(tmp_path):
     (tmp_path / "p").write_text("warn")
     assert make_probe(MemorySettings(probe="simulated", simulated_file=tmp_path / "p")).read().level is W
-    with pytest.raises(SettingsError, match="memory.simulated_file"):
-        make_probe(MemorySettings(probe="simulated"))
+    with pytest.raises(ValueError, match="simulated_file"):  # refused where the settings load
+        MemorySettings(probe="simulated")
+    with pytest.raises(SettingsError, match="memory.simulated_file"):  # and by make_probe, should one get through
+        make_probe(MemorySettings.model_construct(probe="simulated", simulated_file=None))
 
 
 @pytest.mark.slow
