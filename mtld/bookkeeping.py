@@ -110,13 +110,13 @@ class Bookkeeping:
         if self.settings.daemon.notify:
             notify(f"mtld: {job.name} {job.state}", reason)
 
-    def reconcile(self, now: float, *, adopt: bool = True) -> None:
-        """Settle every job marked running that has no live run here: at start-up, after a crash or SIGKILL
-        of an earlier daemon (`adopt`: stop a child it left running), and at each idle tick, for a run whose
-        start or end could not be recorded. A job that cannot be settled is failed; the others go on."""
+    def reconcile(self, now: float, *, at_start: bool = True) -> None:
+        """Settle every job marked running that has no live run here (a child still alive is stopped cleanly
+        first): at start-up, after a crash or SIGKILL of an earlier daemon, and at each idle tick, for a run
+        whose start or end could not be recorded. A job that cannot be settled is failed; the others go on."""
         for run in self.store.active_runs():
             if self.active is None or run.id != self.active.run.id:
-                self._settle(run.job_id, now, self._recover_run, run, now, adopt)
+                self._settle(run.job_id, now, self._recover_run, run, now, at_start)
         for job in self.store.list_jobs([RUNNING]):  # its run was recorded, its move was not
             if (self.active is None or job.id != self.active.job_id) and \
                     not any(r.ended_at is None for r in self.store.runs_for(job.id)):
@@ -130,10 +130,10 @@ class Bookkeeping:
             if not isinstance(e, sqlite3.OperationalError):  # the store is out (locked, full): the next tick tries
                 self._fail_job(job_id, f"the daemon could not settle its run: {describe(e)}", now, outcome="lost")
 
-    def _recover_run(self, run: Run, now: float, adopt: bool) -> None:
+    def _recover_run(self, run: Run, now: float, at_start: bool) -> None:
         job = self.store.get(run.job_id)
         run_dir = RunDir(job.run_dir)
-        adopted = self.executor.adopt(run.pid, run_dir.path, run.started_at) if adopt and run.pid else None
+        adopted = self.executor.adopt(run.pid, run_dir.path, run.started_at) if run.pid else None
         action = "gone"
         if adopted is not None:  # still training: stop it cleanly, then requeue
             action = "stopped"
@@ -149,7 +149,7 @@ class Bookkeeping:
             decision = policy.ExitDecision("cancelled", "cancelled", "cancelled by the user")
             status = ExitStatus(code=result.exit_code if result else None)
         else:
-            when = "at daemon start" if adopt else "with no live run"
+            when = "at daemon start" if at_start else "with no live run"
             decision = policy.ExitDecision("lost", "queued", f"recovered {when} (child {action}); "
                                            "it resumes from its last checkpoint")
             status = ExitStatus(code=result.exit_code if result else None)

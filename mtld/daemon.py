@@ -150,7 +150,7 @@ class Daemon(Bookkeeping):
         if self.store.get_flag("pause_now") == "1":  # seen: the running child (if any) was asked to stop
             self.store.set_flag("pause_now", None)
         if self.active is None:
-            self.reconcile(now, adopt=False)  # a job whose start or end could not be recorded: settle it now
+            self.reconcile(now, at_start=False)  # a job whose start or end could not be recorded: settle it now
             if self.store.get_flag("paused") != "1":
                 self.dispatch(now)
             if self.active is None and self.exit_when_idle and self._queue_is_empty():

@@ -117,7 +117,7 @@ def submit(
     every: str | None = None,
 ) -> Job | Schedule:
     """Validate the job file and queue it, or store it as a schedule when it recurs.
-    Raises JobFileError; nothing is queued then."""
+    Raises JobFileError or BadOption; nothing is queued then."""
     spec = with_overrides(load_job(job_file), priority=priority, not_before=not_before, batch_size=batch_size,
                           every=every)
     if spec.schedule.cron:
@@ -137,16 +137,20 @@ def submit(
     return job
 
 
-def _queue(settings: Settings, store: Store, spec: JobSpec, job_file: str, *, now: datetime, reason: str) -> Job:
+def _start_after(spec: JobSpec) -> float | None:
     start_after = spec.schedule.not_before
     if start_after is not None and start_after.tzinfo is None:
         start_after = start_after.astimezone()  # a TOML local date-time means local time
+    return start_after.timestamp() if start_after else None
+
+
+def _queue(settings: Settings, store: Store, spec: JobSpec, job_file: str, *, now: datetime, reason: str) -> Job:
     return store.submit(
         name=spec.name,
         spec_json=spec_to_json(spec),
         job_file=job_file,
         priority=spec.schedule.priority,
-        not_before=start_after.timestamp() if start_after else None,
+        not_before=_start_after(spec),
         batch_size=str(spec.train.batch_size),
         run_root=str(spec.output or settings.runs_dir),
         now=now.timestamp(),
@@ -249,12 +253,9 @@ def change(settings: Settings, store: Store, job_id: int, *, now: datetime, prio
         raise UnknownJob(job_id)
     spec = with_overrides(stored_spec(job.spec_json, shown_as=f"job {job_id}"), priority=priority, not_before=not_before,
                           batch_size=batch_size)
-    start_after = spec.schedule.not_before
-    if start_after is not None and start_after.tzinfo is None:
-        start_after = start_after.astimezone()
     changed = store.change_queued(job_id, spec_json=spec_to_json(spec), priority=spec.schedule.priority,
-                                  not_before=start_after.timestamp() if start_after else None,
-                                  batch_size=str(spec.train.batch_size), now=now.timestamp())
+                                  not_before=_start_after(spec), batch_size=str(spec.train.batch_size),
+                                  now=now.timestamp())
     get_logger(job_id=job_id).info("job.changed", priority=changed.priority, batch_size=changed.batch_size,
                                    not_before=iso(changed.not_before) if changed.not_before else None)
     wake_daemon(settings)
