@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -122,11 +123,23 @@ def agent_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
 
 @app.command()
-def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+def doctor(
+    ctx: typer.Context,
+    as_json: JsonFlag = False,
+    selftest: Annotated[bool, typer.Option("--selftest", help="Run every check this machine allows (on throwaway "
+                                           "state) and write a report to attach to a bug report.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="With --selftest: the short checks only (under a minute).")] = False,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="With --selftest: the report's file "
+                                                     "(default: mtld-selftest-DATE.json here).")] = None,
+) -> None:
     """What mtld sees on this machine: device, memory probe and budget, folders, the agent."""
     from mtld.doctor import diagnose
 
     c: Context = ctx.obj
+    if selftest:
+        from mtld.selftest.cli import run
+
+        raise typer.Exit(run(c.settings, quick=quick, out_file=out_file, as_json=as_json))
     info = diagnose(c.settings)
     if as_json:
         emit_json(info)

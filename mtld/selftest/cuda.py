@@ -1,0 +1,2 @@
+"""CUDA checks (placeholder until written)."""
+CHECKS: list = []

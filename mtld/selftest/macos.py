@@ -1,0 +1,2 @@
+"""macOS checks (placeholder until written)."""
+CHECKS: list = []
