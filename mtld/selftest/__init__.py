@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from mtld import __version__
-from mtld.selftest import common, cuda, linux, macos
+from mtld.selftest import common, cuda, linux, macos, macos_agent
 from mtld.selftest.base import Context, Failed, Skipped, Spec, run_check
 from mtld.selftest.report import Check, Report
 
 __all__ = ["ALL_CHECKS", "Context", "Failed", "Report", "Skipped", "Spec", "default_out", "run_selftest",
            "write_report"]
 
-ALL_CHECKS: list[Spec] = [*common.CHECKS, *linux.CHECKS, *macos.CHECKS, *cuda.CHECKS]
+ALL_CHECKS: list[Spec] = [*common.CHECKS, *linux.CHECKS, *macos.CHECKS, *macos_agent.CHECKS, *cuda.CHECKS]
 
 
 def default_out(now: datetime | None = None, folder: Path = Path(".")) -> Path:

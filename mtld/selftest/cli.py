@@ -32,7 +32,11 @@ def run(settings: Settings, *, quick: bool, out_file: Path | None, as_json: bool
     from mtld.selftest.show import line, table
 
     path = out_file or default_out()
-    report = run_selftest(quick=quick, out_dir=path.parent, shared={"user_folders": user_folders(settings)},
+    from mtld.platform.agent import stop_grace_s
+
+    shared = {"user_folders": user_folders(settings), "exit_timeout_s": stop_grace_s(settings),
+              "budget_fraction": settings.memory.budget_fraction}
+    report = run_selftest(quick=quick, out_dir=path.parent, shared=shared,
                           progress=lambda check: print(line(check), file=sys.stderr, flush=True))
     write_report(report, path)
     if as_json:

@@ -54,25 +54,26 @@ def workspace(ctx: Context) -> dict[str, Any]:
     return ctx.shared["workspace"]
 
 
-def job_spec(ctx: Context, *, epochs: int = 1, checkpoint_every: int = 1000):
+def job_spec(ctx: Context, *, epochs: int = 1, checkpoint_every: int = 1000, mixed_precision: bool = False):
     from mtld.jobspec import spec_from_dict
 
     ws = workspace(ctx)
     raw = {"name": "selftest", "model": str(ws["model"]), "max_length": 32,
            "tasks": [{"name": "sentiment", "type": "classification", "train": str(ws["data"]), "labels": ["neg", "pos"]}],
            "train": {"epochs": epochs, "learning_rate": 1e-3, "effective_batch_size": EFFECTIVE,
-                     "checkpoint_every": checkpoint_every, "seed": 7}}
+                     "checkpoint_every": checkpoint_every, "seed": 7, "mixed_precision": mixed_precision}}
     return spec_from_dict(raw, base_dir=ws["base"], shown_as="selftest", check_data=False)
 
 
-def run_dir(ctx: Context, spec: Any, micro_batch: int, name: str) -> Path:
+def run_dir(ctx: Context, spec: Any, micro_batch: int, name: str, *, device: str | None = None,
+            progress_every_s: float = 60.0) -> Path:
     from mtld.rundir import RunDir
     from mtld.runfiles import Launch
 
     rd = RunDir(workspace(ctx)["base"] / "runs" / name)
     rd.write_job(spec)
-    rd.write_launch(Launch(micro_batch=micro_batch, device=ctx.shared.get("device", "auto"), threads=1,
-                           progress_every_s=60.0))
+    rd.write_launch(Launch(micro_batch=micro_batch, device=device or ctx.shared.get("device", "auto"), threads=1,
+                           progress_every_s=progress_every_s))
     return rd.path
 
 
