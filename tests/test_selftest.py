@@ -94,6 +94,12 @@ def test_the_report_counts_and_the_table_says_what_a_failure_means(tmp_path):
     assert "1 passed, 1 failed, 0 skipped" in text and "r.json" in text
 
 
+def test_quick_without_selftest_is_a_usage_error():
+    done = subprocess.run([sys.executable, "-m", "mtld", "doctor", "--quick"], env=child_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr == "--quick and --out go with --selftest\n"
+
+
 def test_user_bus_offline_and_inhibit_without_logind_are_skips_that_say_why(tmp_path):
     runner = RecordingRunner().on("systemctl", returncode=1, stdout="offline\n")
     runner.on("systemd-inhibit", returncode=1, stderr="Failed to connect to bus: No such file or directory\n")

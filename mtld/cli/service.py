@@ -136,6 +136,8 @@ def doctor(
     from mtld.doctor import diagnose
 
     c: Context = ctx.obj
+    if (quick or out_file) and not selftest:
+        fail("--quick and --out go with --selftest", code=2)
     if selftest:
         from mtld.selftest.cli import run
 
