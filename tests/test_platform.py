@@ -244,6 +244,8 @@ def test_install_warns_about_data_macos_hides_from_agents(tmp_path):
     [how] = [n for n in plan.notes if "Full Disk Access" in n]
     assert PYTHON in how and "move it out" in how
     assert not [n for n in mac_install(tmp_path)[0].notes if "Full Disk Access" in n]
+    from_env = mac_install(tmp_path, env={"MTLD_HOME": str(tmp_path / "Downloads/m")})[0].notes  # as the agent gets it
+    assert any(n.startswith("warning: MTLD_HOME") and "~/Downloads" in n for n in from_env)
     assert not [n for n in linux_install(tmp_path, data_paths=[("d", docs)])[0].notes if "Full Disk" in n]
 
 

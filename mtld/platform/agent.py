@@ -113,7 +113,8 @@ def plan_install(
     if manager == "launchd":
         state_dir, log_dir = _places(settings, platform, home, env)
         plist = launchd.plist_path(home)
-        warnings = privacy.agent_warnings([("MTLD_HOME", state_dir), *data_paths], home=home, python=python)
+        state = Path(service_env["MTLD_HOME"]) if service_env.get("MTLD_HOME") else state_dir  # what the agent uses
+        warnings = privacy.agent_warnings([("MTLD_HOME", state), *data_paths], home=home, python=python)
         return AgentPlan(
             dirs=[log_dir],
             files={plist: launchd.render_plist(program, service_env, log_dir, grace)},
