@@ -206,7 +206,8 @@ def agent_runner(tmp_path, reads, timeout=30):
 
 
 def test_throwaway_agent_bootstrap_print_bootout_and_bootstrap_again(tmp_path):
-    runner = agent_runner(tmp_path, ["ok /Users/ann/Library/Application Support/mtld", "denied /Users/ann/Documents/data"])
+    runner = agent_runner(tmp_path, ["ok /Users/ann/Library/Application Support/mtld", "denied /Users/ann/Documents/data",
+                                     "missing /Users/ann/new"])
     ctx = mac(tmp_path, runner, exit_timeout_s=30, user_folders=[("MTLD_HOME", Path("/Users/ann/x"))])
 
     check = run_check(by_name(macos_agent, "macos.launchd_agent"), ctx)
@@ -226,6 +227,9 @@ def test_throwaway_agent_bootstrap_print_bootout_and_bootstrap_again(tmp_path):
 
     folders = run_check(by_name(macos_agent, "macos.agent_folders"), ctx)
     assert folders.status == "fail" and "/Users/ann/Documents/data" in folders.why and "Full Disk Access" in folders.why
+    assert folders.figures == {"readable": 1, "denied": ["/Users/ann/Documents/data"], "missing": ["/Users/ann/new"]}
+    ctx.shared["agent_reads"] = ["ok /a", "missing /b"]
+    assert run_check(by_name(macos_agent, "macos.agent_folders"), ctx).status == "pass"
 
 
 def test_an_exit_timeout_launchd_clamped_is_a_failure_and_the_agent_is_still_removed(tmp_path):
@@ -377,3 +381,30 @@ def test_cuda_checks_skip_without_a_gpu_and_losses_are_judged_finite(tmp_path):
         assert (check.status, check.why) == ("skipped", "no CUDA device")
     assert cuda.finite_losses([{"loss": 0.7}, {"loss": 0.6}]) == (2, [])
     assert cuda.finite_losses([{"loss": 0.7}, {"loss": float("nan")}, {"loss": None}])[1][1] is None
+
+
+def test_the_agent_script_reports_folders_and_traps_sigterm(tmp_path):
+    """The throwaway agent's script itself, run as launchd would run it: /bin/sh SCRIPT FOLDERS..."""
+    import os
+    import signal
+    import time
+
+    script, out = tmp_path / "agent.sh", tmp_path / "agent.out"
+    script.write_text(macos_agent.AGENT_SCRIPT)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o000)
+    agent = subprocess.Popen(["/bin/sh", str(script), str(tmp_path), str(tmp_path / "nope"), str(locked)],
+                             env={**os.environ, "MTLD_SELFTEST_OUT": str(out)})
+    try:
+        deadline = time.monotonic() + 10
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        lines = out.read_text().splitlines()
+        assert lines[:2] == [f"ok {tmp_path}", f"missing {tmp_path / 'nope'}"]
+        assert lines[2] == (f"ok {locked}" if os.geteuid() == 0 else f"denied {locked}")  # root reads anything
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=5) == 0  # at once, not after the sleep: the wait is interruptible
+        assert out.read_text().splitlines()[-1] == "SIGTERM"
+    finally:
+        agent.kill()
+        locked.chmod(0o700)

@@ -100,7 +100,7 @@ def footprint_bytes(ctx: Context) -> int | None:
     if "footprint" in ctx.shared:
         return ctx.shared["footprint"]()
     try:
-        libproc = ctypes.CDLL("/usr/lib/libproc.dylib")
+        libproc = ctypes.CDLL(None)  # proc_pid_rusage is in libSystem, already loaded
         buffer = (ctypes.c_uint64 * 16)()  # rusage_info_v0: 16-byte uuid, then 9 uint64 counters
         if libproc.proc_pid_rusage(os.getpid(), 0, ctypes.byref(buffer)) != 0:
             return None

@@ -19,9 +19,10 @@ from mtld.selftest.base import Context, Failed, Skipped, Spec, require
 AGENT_SCRIPT = """\
 #!/bin/sh
 # mtld's self-test agent: says which folders it can read, then waits; on SIGTERM it notes it and exits 0.
-trap 'echo "SIGTERM" >> "$MTLD_SELFTEST_OUT"; exit 0' TERM
+trap 'kill $! 2>/dev/null; echo "SIGTERM" >> "$MTLD_SELFTEST_OUT"; exit 0' TERM
 for dir in "$@"; do
-    if ls "$dir" >/dev/null 2>&1; then echo "ok $dir"; else echo "denied $dir"; fi
+    if [ ! -e "$dir" ]; then echo "missing $dir"
+    elif ls "$dir" >/dev/null 2>&1; then echo "ok $dir"; else echo "denied $dir"; fi
 done > "$MTLD_SELFTEST_OUT.tmp" && mv "$MTLD_SELFTEST_OUT.tmp" "$MTLD_SELFTEST_OUT"
 while :; do sleep 60 & wait $!; done
 """
@@ -109,7 +110,8 @@ def check_agent_folders(ctx: Context) -> dict[str, Any]:
     if reads is None:
         raise Skipped("the throwaway agent did not run (see macos.launchd_agent)")
     denied = [line.split(" ", 1)[1] for line in reads if line.startswith("denied ")]
-    figures = {"readable": sum(1 for line in reads if line.startswith("ok ")), "denied": denied}
+    figures = {"readable": sum(1 for line in reads if line.startswith("ok ")), "denied": denied,
+               "missing": [line.split(" ", 1)[1] for line in reads if line.startswith("missing ")]}  # not made yet
     require(not denied, f"an agent cannot read {', '.join(denied)}: move the data out of ~/Documents, ~/Desktop and "
             "~/Downloads, or give the Python running mtld Full Disk Access (System Settings > Privacy & Security)",
             **figures)
