@@ -149,3 +149,25 @@ def test_quick_selftest_passes_here_and_its_json_validates(tmp_path):
     assert by_name["train.sigterm_resume"].figures["max_abs_diff_vs_uninterrupted"] <= 1e-6
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # nothing else left here
     print(f"quick self-test: {wall_s:.1f} s wall, report {report.seconds} s")
+
+
+def test_queued_jobs_data_is_what_install_warns_about_and_what_the_agent_must_read(tmp_path):
+    from types import SimpleNamespace
+
+    from mtld.cli.service import _queued_data
+    from mtld.jobspec import spec_from_dict, spec_to_json
+    from mtld.selftest.cli import user_folders
+    from mtld.settings import Settings
+    from mtld.store import Store
+
+    settings = Settings.model_construct(home=tmp_path / "state")
+    docs = tmp_path / "Documents/corpus"
+    (tmp_path / "model").mkdir()
+    spec = spec_from_dict({"name": "j", "model": str(tmp_path / "model"), "tasks": [
+        {"name": "t", "type": "classification", "train": str(docs / "train.jsonl"), "eval": str(docs / "eval.jsonl")}]},
+        base_dir=tmp_path, shown_as="j.toml", check_data=False)
+    with Store(settings.db_path) as store:
+        job = store.submit(name="j", spec_json=spec_to_json(spec), job_file="j.toml", run_root=tmp_path / "runs", now=1.0)
+        assert _queued_data(SimpleNamespace(store=store)) == [
+            (f"job {job.id} data", docs / "train.jsonl"), (f"job {job.id} data", docs / "eval.jsonl")]
+    assert user_folders(settings) == [("MTLD_HOME", tmp_path / "state"), (f"job {job.id} data", docs)]
