@@ -126,8 +126,10 @@ def test_a_second_daemon_on_the_same_state_refuses_to_start(home, data_dir):
     first = home.daemon()
     home.wait_for(lambda: (home.path / "daemon.pid").exists() and home.daemon_events("daemon.started"))
     second = home.mtld("daemon", check=False)
-    assert second.returncode == 1
+    assert second.returncode == 0  # so that launchd's KeepAlive {SuccessfulExit: false} leaves it down
     assert f"already running on this state (pid {first.pid}" in second.stderr
+    [refused] = home.daemon_events("daemon.already_running")
+    assert refused["pid"] == first.pid and "exits 0" in refused["message"]
     first.send_signal(signal.SIGINT)
     assert finish(first)[0] == 0
 

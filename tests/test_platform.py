@@ -8,6 +8,7 @@ exactly, commands go through a RecordingRunner, and what can run for real
 from __future__ import annotations
 
 import configparser
+import math
 import os
 import plistlib
 import shlex
@@ -33,6 +34,9 @@ from mtld.platform.agent import (
     plan_install,
     plan_uninstall,
 )
+from mtld.daemon import FORCED_STOP_GRACE_S
+from mtld.platform.agent import WaitUntilGone
+from mtld.platform.privacy import protected_folder
 from mtld.settings import DaemonSettings, Settings
 from mtld.testing import RecordingRunner
 
@@ -72,7 +76,8 @@ def test_the_plist_parses_and_holds_the_keys(tmp_path):
     assert plist["RunAtLoad"] is True
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
     assert plist["ProcessType"] == "Interactive"
-    assert plist["ExitTimeOut"] == 13 + 5  # never kills the daemon while it waits for a checkpoint
+    # the daemon's worst case: 12.3 s for the checkpoint, 5 s after its SIGKILL, then a margin to record it
+    assert plist["ExitTimeOut"] == math.ceil(12.3 + FORCED_STOP_GRACE_S) + 10 == 28
     assert plist["ThrottleInterval"] == 10
     logs = tmp_path / "Library/Logs/mtld"
     assert plist["StandardOutPath"] == str(logs / "daemon.stdout.log")
@@ -128,39 +133,94 @@ def test_the_checked_in_example_is_what_the_code_renders():
     assert example["StandardOutPath"] == "/Users/you/Library/Logs/mtld/daemon.stdout.log"
 
 
-def test_install_writes_the_plist_then_boots_out_bootstraps_and_kickstarts(tmp_path):
-    plan, path = mac_install(tmp_path)
-    runner = RecordingRunner().on("launchctl", "bootout", returncode=113, stderr="Could not find service")
+class FakeClock:
+    """monotonic() for the wait loop: advances only when the code sleeps."""
 
-    apply(plan, runner)
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+NOT_FOUND = dict(returncode=113, stderr='Could not find service "io.mtld.daemon" in domain for port')
+
+
+def test_install_boots_out_waits_until_gone_writes_the_plist_and_bootstraps_without_kickstart(tmp_path):
+    plan, path = mac_install(tmp_path)
+    runner = RecordingRunner().on("launchctl", "bootout", **NOT_FOUND).on("launchctl", "print", **NOT_FOUND)
+    clock = FakeClock()
+
+    apply(plan, runner, sleep=clock.sleep, clock=clock)
 
     assert runner.calls == [
         ["launchctl", "bootout", "gui/501/io.mtld.daemon"],  # not loaded yet: ignored
-        ["launchctl", "bootstrap", "gui/501", str(path)],
-        ["launchctl", "kickstart", "-k", "gui/501/io.mtld.daemon"],
-    ]
+        ["launchctl", "print", "gui/501/io.mtld.daemon"],  # gone at once: no wait
+        ["launchctl", "bootstrap", "gui/501", str(path)],  # RunAtLoad (implied by KeepAlive) starts it
+    ]  # and no `kickstart -k`: it would SIGKILL the daemon bootstrap just started
+    assert clock.slept == []
     assert plistlib.loads(path.read_bytes())["Label"] == "io.mtld.daemon"
     assert path.stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "Library/Logs/mtld").is_dir()
     assert list(path.parent.iterdir()) == [path]  # no temporary file left
 
 
+def test_reinstall_during_a_run_waits_for_the_old_daemon_before_bootstrap(tmp_path):
+    plan, path = mac_install(tmp_path)
+    written_when = []
+    runner = RecordingRunner()
+    runner.on("launchctl", "print", stdout=LAUNCHCTL_PRINT.replace("state = running", "state = SIGTERMed"))
+    runner.on("launchctl", "print", stdout=LAUNCHCTL_PRINT.replace("state = running", "state = SIGTERMed"))
+    runner.on("launchctl", "print", **NOT_FOUND)
+    clock = FakeClock()
+
+    def sleep(seconds):
+        written_when.append(path.exists())
+        clock.sleep(seconds)
+
+    apply(plan, runner, sleep=sleep, clock=clock)
+
+    assert [c[1] for c in runner.calls] == ["bootout", "print", "print", "print", "bootstrap"]
+    assert clock.slept == [0.5, 0.5]
+    assert written_when == [False, False]  # the plist is written only once the old daemon is gone
+
+
+def test_the_wait_is_bounded_by_exit_timeout_plus_a_margin_and_changes_nothing(tmp_path):
+    plan, path = mac_install(tmp_path, settings=settings(stop_timeout_s=15))
+    [wait] = [c for c in plan.commands if isinstance(c, WaitUntilGone)]
+    assert wait.timeout_s == plistlib.loads(plan.files[path])["ExitTimeOut"] + 10 == 40
+    runner = RecordingRunner().on("launchctl", "print", stdout=LAUNCHCTL_PRINT)  # never goes
+    clock = FakeClock()
+
+    with pytest.raises(AgentError, match=r"still there 40 s after .* state = running"):
+        apply(plan, runner, sleep=clock.sleep, clock=clock)
+
+    assert clock.now - 1000.0 == pytest.approx(40.0)
+    assert "bootstrap" not in [c[1] for c in runner.calls]
+    assert not path.exists()  # nothing written: the old agent is left as it was
+
+
 def test_bootstrap_is_retried_while_launchd_still_removes_the_old_agent(tmp_path):
     plan, _ = mac_install(tmp_path)
-    runner = RecordingRunner()
+    runner = RecordingRunner().on("launchctl", "print", **NOT_FOUND)
     runner.on("launchctl", "bootstrap", returncode=5, stderr="Bootstrap failed: 5: Input/output error")
     runner.on("launchctl", "bootstrap", returncode=0)
     slept = []
 
     apply(plan, runner, sleep=slept.append)
 
-    assert [c[1] for c in runner.calls] == ["bootout", "bootstrap", "bootstrap", "kickstart"]
+    assert [c[1] for c in runner.calls] == ["bootout", "print", "bootstrap", "bootstrap"]
     assert slept == [2.0]
 
 
 def test_a_failing_checked_command_raises_with_the_command_and_its_stderr(tmp_path):
     plan, path = mac_install(tmp_path)
-    runner = RecordingRunner()
+    runner = RecordingRunner().on("launchctl", "print", **NOT_FOUND)
     runner.on("launchctl", "bootstrap", returncode=5, stderr="Bootstrap failed: 5: Input/output error\n")
 
     with pytest.raises(AgentError) as e:
@@ -169,20 +229,47 @@ def test_a_failing_checked_command_raises_with_the_command_and_its_stderr(tmp_pa
     assert str(e.value) == (
         f"`launchctl bootstrap gui/501 {path}` failed (exit status 5): Bootstrap failed: 5: Input/output error"
     )
-    assert [c[1] for c in runner.calls] == ["bootout"] + ["bootstrap"] * 4  # kickstart never ran
+    assert [c[1] for c in runner.calls] == ["bootout", "print"] + ["bootstrap"] * 4
+
+
+def test_install_warns_about_data_macos_hides_from_agents(tmp_path):
+    docs = tmp_path / "Documents/corpus/train.jsonl"
+    plan, _ = mac_install(tmp_path, settings=settings(home=tmp_path / "Desktop/mtld"),
+                          data_paths=[("job 3 data", docs), ("job 4 data", tmp_path / "data/x.jsonl")])
+    warnings = [n for n in plan.notes if n.startswith("warning:")]
+    assert warnings == [
+        f"warning: MTLD_HOME ({tmp_path}/Desktop/mtld) is under ~/Desktop, which macOS hides from agents unless allowed",
+        f"warning: job 3 data ({docs}) is under ~/Documents, which macOS hides from agents unless allowed",
+    ]
+    [how] = [n for n in plan.notes if "Full Disk Access" in n]
+    assert PYTHON in how and "move it out" in how
+    assert not [n for n in mac_install(tmp_path)[0].notes if "Full Disk Access" in n]
+    from_env = mac_install(tmp_path, env={"MTLD_HOME": str(tmp_path / "Downloads/m")})[0].notes  # as the agent gets it
+    assert any(n.startswith("warning: MTLD_HOME") and "~/Downloads" in n for n in from_env)
+    assert not [n for n in linux_install(tmp_path, data_paths=[("d", docs)])[0].notes if "Full Disk" in n]
+
+
+@pytest.mark.parametrize(("path", "folder"), [
+    ("Documents", "~/Documents"), ("Downloads/a/b.jsonl", "~/Downloads"), ("Desktop/../data/x", None),
+    ("DocumentsX/x", None), ("Library/x", None),
+])  # fmt: skip
+def test_protected_folder(tmp_path, path, folder):
+    assert protected_folder(tmp_path / path, tmp_path) == folder
 
 
 def test_uninstall_boots_out_and_removes_the_plist(tmp_path):
     plan, path = mac_install(tmp_path)
-    apply(plan, RecordingRunner())
+    apply(plan, RecordingRunner().on("launchctl", "print", **NOT_FOUND))
     runner = RecordingRunner()
 
+    runner.on("launchctl", "print", **NOT_FOUND)
     apply(plan_uninstall(settings(), platform="darwin", uid=UID, home=tmp_path, env={}), runner)
 
-    assert runner.calls == [["launchctl", "bootout", "gui/501/io.mtld.daemon"]]
+    assert runner.calls == [["launchctl", "bootout", "gui/501/io.mtld.daemon"],
+                            ["launchctl", "print", "gui/501/io.mtld.daemon"]]  # returns once the daemon is gone
     assert not path.exists()
     again = plan_uninstall(settings(), platform="darwin", uid=UID, home=tmp_path, env={})
-    apply(again, RecordingRunner())  # nothing left to remove: fine
+    apply(again, RecordingRunner().on("launchctl", "print", **NOT_FOUND))  # nothing left to remove: fine
 
 
 LAUNCHCTL_PRINT = """\
@@ -205,7 +292,7 @@ gui/501/io.mtld.daemon = {
 
 
 def test_status_reads_launchctl_print(tmp_path):
-    apply(mac_install(tmp_path)[0], RecordingRunner())
+    apply(mac_install(tmp_path)[0], RecordingRunner().on("launchctl", "print", **NOT_FOUND))
     runner = RecordingRunner().on("launchctl", "print", stdout=LAUNCHCTL_PRINT)
 
     status = agent_status(runner, platform="darwin", uid=UID, home=tmp_path, env={})
@@ -215,6 +302,28 @@ def test_status_reads_launchctl_print(tmp_path):
         "manager": "launchd", "name": "io.mtld.daemon", "file": str(launchd.plist_path(tmp_path)),
         "installed": True, "loaded": True, "running": True, "pid": 4242, "state": "running", "error": None,
     }  # fmt: skip
+
+
+# The lines launchd prints for an agent's settings (format strings "exit timeout = %u", "umask = %o";
+# "spawn type = daemon (3)" is a real line for the default ProcessType, the number of "interactive" assumed).
+LAUNCHCTL_PRINT_DETAILS = LAUNCHCTL_PRINT.replace("\tpid = 4242\n", """\
+\tdomain = gui/501 [100003]
+\tasid = 100003
+\tminimum runtime = 10
+\texit timeout = 30
+\tumask = 77
+\truns = 1
+\tpid = 4242
+\tspawn type = interactive (4)
+""")
+
+
+def test_print_details_read_exit_timeout_umask_and_process_type():
+    details = launchd.parse_print_details(LAUNCHCTL_PRINT_DETAILS)
+    assert details == {"exit_timeout_s": 30, "umask": 0o077, "process_type": "interactive",
+                       "last_exit_code": "(never exited)"}
+    assert launchd.parse_print(0, LAUNCHCTL_PRINT_DETAILS)["pid"] == 4242
+    assert launchd.parse_print_details("")["exit_timeout_s"] is None
 
 
 def test_status_of_an_agent_not_loaded(tmp_path):
@@ -244,7 +353,7 @@ def test_the_systemd_unit(tmp_path):
     assert Path(shlex.split(service["ExecStart"])[0]).is_absolute()
     assert service["Restart"] == "on-failure"
     assert service["KillMode"] == "mixed"
-    assert service["TimeoutStopSec"] == "35"
+    assert service["TimeoutStopSec"] == "45"  # 30 + FORCED_STOP_GRACE_S + a 10 s margin, as ExitTimeOut
     assert service["Environment"] == (
         "PATH=/opt/env/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin PYTHONUNBUFFERED=1 "
         '"MTLD_HOME=/data/my state/100%%"'  # quoted for the space, % doubled (systemd specifiers)
@@ -272,7 +381,7 @@ def test_systemd_itself_accepts_the_unit(tmp_path):
 @pytest.mark.skipif(not shutil.which("plutil"), reason="plutil is macOS's")
 def test_plutil_accepts_the_plist(tmp_path):
     plan, path = mac_install(tmp_path, env={"MTLD_HOME": str(tmp_path / "a b")})
-    apply(plan, RecordingRunner())
+    apply(plan, RecordingRunner().on("launchctl", "print", **NOT_FOUND))
     result = subprocess.run(["plutil", "-lint", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -343,7 +452,9 @@ def test_dry_run_describes_files_and_commands(tmp_path):
     assert "<string>Interactive</string>" in text
     assert "launchctl bootout gui/501/io.mtld.daemon  # failure ignored" in text
     assert f"launchctl bootstrap gui/501 {path}" in text
-    assert text.index("bootout") < text.index("<plist") < text.index("bootstrap") < text.index("kickstart")
+    assert "until ! launchctl print gui/501/io.mtld.daemon >/dev/null; do sleep 0.5; done  # at most 40 s" in text
+    assert text.index("bootout") < text.index("until") < text.index("<plist") < text.index("bootstrap")
+    assert "kickstart" not in text
     assert not path.exists()
 
     text = describe(linux_install(tmp_path)[0])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -30,7 +31,13 @@ def daemon(
     try:
         code = serve(c.settings, exit_when_idle=exit_when_idle, console=None if quiet else sys.stderr)
     except AlreadyRunning as e:
-        fail(str(e))
+        # Exit 0: launchd's KeepAlive {SuccessfulExit: false} (launchd.plist(5)) and systemd's
+        # Restart=on-failure (systemd.service(5)) start a daemon again only after a failure;
+        # a non-zero exit here would respawn it every ThrottleInterval while the first one runs.
+        get_logger().warning("daemon.already_running", pid=e.pid, message=f"{e}; this one exits 0 so that "
+                             "launchd or systemd does not start it again")
+        sys.stderr.write(f"{e}: not starting a second one\n")
+        raise typer.Exit(0)
     raise typer.Exit(code)
 
 
@@ -63,7 +70,8 @@ def _agent_change(ctx: typer.Context, install: bool, dry_run: bool) -> None:
 
     c: Context = ctx.obj
     config = c.config.resolve() if c.config else None
-    plan = agent.plan_install(c.settings, config=config) if install else agent.plan_uninstall(c.settings)
+    plan = (agent.plan_install(c.settings, config=config, data_paths=_queued_data(c)) if install
+            else agent.plan_uninstall(c.settings))
     if dry_run:
         out.print(agent.describe(plan), markup=False, highlight=False)
         return
@@ -76,6 +84,19 @@ def _agent_change(ctx: typer.Context, install: bool, dry_run: bool) -> None:
     for note in plan.notes:
         out.print(note, markup=False)
     out.print("installed: the daemon now starts at login and restarts if it fails" if install else "uninstalled")
+
+
+def _queued_data(c: Context) -> list:
+    """(what, path) of every queued job's data files, for the macOS privacy warning; none if unreadable."""
+    from mtld.jobspec import spec_from_json
+
+    try:
+        queued = c.store.list_jobs(["queued"])
+        specs = [(job.id, spec_from_json(job.spec_json)) for job in queued]
+    except Exception:  # a warning must never stop an install
+        return []
+    return [(f"job {job_id} data", path) for job_id, spec in specs for task in spec.tasks
+            for path in (task.train, task.eval) if path is not None]
 
 
 @agent_app.command("install")
@@ -103,11 +124,25 @@ def agent_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
 
 @app.command()
-def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+def doctor(
+    ctx: typer.Context,
+    as_json: JsonFlag = False,
+    selftest: Annotated[bool, typer.Option("--selftest", help="Run every check this machine allows (on throwaway "
+                                           "state) and write a report to attach to a bug report.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="With --selftest: the short checks only (under a minute).")] = False,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="With --selftest: the report's file "
+                                                     "(default: mtld-selftest-DATE.json here).")] = None,
+) -> None:
     """What mtld sees on this machine: device, memory probe and budget, folders, the agent."""
     from mtld.doctor import diagnose
 
     c: Context = ctx.obj
+    if (quick or out_file) and not selftest:
+        fail("--quick and --out go with --selftest", code=2)
+    if selftest:
+        from mtld.selftest.cli import run
+
+        raise typer.Exit(run(c.settings, quick=quick, out_file=out_file, as_json=as_json))
     info = diagnose(c.settings)
     if as_json:
         emit_json(info)

@@ -16,15 +16,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
-from mtld.platform import launchd, systemd
+from mtld.platform import launchd, privacy, systemd
 from mtld.platform.runner import Result, Runner, SubprocessRunner
 from mtld.rundir import write_atomic
 from mtld.settings import Settings, platform_dirs
 
 __all__ = [
-    "AgentError", "AgentPlan", "Command", "Runner", "SubprocessRunner", "Result",
+    "AgentError", "AgentPlan", "Command", "WaitUntilGone", "Runner", "SubprocessRunner", "Result",
     "plan_install", "plan_uninstall", "agent_status", "apply", "describe", "stop_grace_s",
 ]
 
@@ -48,18 +48,40 @@ class Command:
     retry_delay_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class WaitUntilGone:
+    """Run `argv` until it fails (the service is no longer known), at most `timeout_s` seconds.
+
+    `launchctl bootout` returns once launchd accepted the request, not once the
+    job exited (it shows `state = SIGTERMed` meanwhile, and a `bootstrap` of the
+    same label fails with "5: Input/output error" until it is gone).
+    """
+
+    argv: list[str]
+    timeout_s: float
+    interval_s: float = 0.5
+    before_files: bool = True
+
+
 @dataclass
 class AgentPlan:
     files: dict[Path, bytes] = field(default_factory=dict)
     remove: list[Path] = field(default_factory=list)
-    commands: list[Command] = field(default_factory=list)
+    commands: list[Command | WaitUntilGone] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     dirs: list[Path] = field(default_factory=list)  # created first; launchd does not create log folders
 
 
+STOP_MARGIN_S = 10  # for recording the exit in the store and the log after the child is gone
+WAIT_MARGIN_S = 10  # beyond the service manager's own SIGKILL, before we give up waiting for it
+
+
 def stop_grace_s(settings: Settings) -> int:
-    """Seconds the service manager waits after SIGTERM: the daemon's own bound plus 5."""
-    return math.ceil(settings.daemon.stop_timeout_s) + 5
+    """Seconds the service manager waits after SIGTERM before SIGKILL: longer than the daemon's
+    worst-case stop (wait for the child's checkpoint, SIGKILL it and wait again, record) plus a margin."""
+    from mtld.daemon import FORCED_STOP_GRACE_S
+
+    return math.ceil(settings.daemon.stop_timeout_s + FORCED_STOP_GRACE_S) + STOP_MARGIN_S
 
 
 # ------------------------------------------------------------------ planning
@@ -74,10 +96,13 @@ def plan_install(
     home: Path | None = None,
     env: Mapping[str, str] | None = None,
     config: Path | None = None,
+    data_paths: Iterable[tuple[str, Path]] = (),
 ) -> AgentPlan:
     """What installing (or reinstalling) the agent writes and runs; None means this process's value.
 
     `config` is a config file named with --config; it is carried as MTLD_CONFIG.
+    `data_paths` are (what, path) the daemon will read (queued jobs' data): on
+    macOS, those that privacy protection hides from agents get a warning.
     """
     manager = _manager(platform)
     python = _interpreter(python)
@@ -86,18 +111,22 @@ def plan_install(
     service_env = _service_env(python, platform, env, config)
     grace = stop_grace_s(settings)
     if manager == "launchd":
-        log_dir = _places(settings, platform, home, env)[1]
+        state_dir, log_dir = _places(settings, platform, home, env)
         plist = launchd.plist_path(home)
+        state = Path(service_env["MTLD_HOME"]) if service_env.get("MTLD_HOME") else state_dir  # what the agent uses
+        warnings = privacy.agent_warnings([("MTLD_HOME", state), *data_paths], home=home, python=python)
         return AgentPlan(
             dirs=[log_dir],
             files={plist: launchd.render_plist(program, service_env, log_dir, grace)},
+            # No `kickstart -k` after bootstrap: KeepAlive implies RunAtLoad (launchd.plist(5),
+            # SuccessfulExit), so bootstrap starts the daemon, and -k would kill it (launchctl(1)).
             commands=[
-                Command(launchd.bootout_argv(uid), check=False, before_files=True),
-                # launchd may still be tearing the old agent down ("Bootstrap failed: 5").
+                *_launchd_stop(uid, grace),
+                # launchd may still be releasing the label ("Bootstrap failed: 5").
                 Command(launchd.bootstrap_argv(uid, plist), retries=3, retry_delay_s=2.0),
-                Command(launchd.kickstart_argv(uid)),
             ],
             notes=[
+                *warnings,
                 f"mtld daemon starts at login and again after a crash; its output goes to {log_dir}.",
                 "Remove it with `mtld agent uninstall`.",
             ],
@@ -134,7 +163,7 @@ def plan_uninstall(
     kept = f"Jobs and checkpoints stay in {state}, logs in {logs}."
     if manager == "launchd":
         return AgentPlan(
-            commands=[Command(launchd.bootout_argv(uid), check=False, before_files=True)],
+            commands=_launchd_stop(uid, stop_grace_s(settings)),
             remove=[launchd.plist_path(home)],
             notes=[kept],
         )
@@ -146,6 +175,15 @@ def plan_uninstall(
         remove=[systemd.unit_path(home, env)],
         notes=[kept],
     )
+
+
+def _launchd_stop(uid: int, grace: int) -> list[Command | WaitUntilGone]:
+    """bootout (fails harmlessly when not loaded), then wait until launchd has let the old daemon go:
+    it gets SIGTERM, then SIGKILL after ExitTimeOut (`grace`), so this is bounded."""
+    return [
+        Command(launchd.bootout_argv(uid), check=False, before_files=True),
+        WaitUntilGone(launchd.print_argv(uid), timeout_s=grace + WAIT_MARGIN_S),
+    ]
 
 
 def agent_status(
@@ -225,7 +263,8 @@ def _service_env(python: str, platform: str, env: Mapping[str, str], config: Pat
 # ------------------------------------------------------------------ carrying out
 
 
-def apply(plan: AgentPlan, runner: Runner, *, sleep: Callable[[float], None] = time.sleep) -> None:
+def apply(plan: AgentPlan, runner: Runner, *, sleep: Callable[[float], None] = time.sleep,
+          clock: Callable[[], float] = time.monotonic) -> None:
     """Create folders, run the stop commands, write and remove files, then run the rest.
 
     A failing command with check=True raises AgentError after its retries; the
@@ -235,17 +274,21 @@ def apply(plan: AgentPlan, runner: Runner, *, sleep: Callable[[float], None] = t
         folder.mkdir(parents=True, exist_ok=True)
     for command in plan.commands:
         if command.before_files:
-            _run(command, runner, sleep)
+            _run(command, runner, sleep, clock)
     for path, content in plan.files.items():
         write_atomic(path, content, mode=0o644)  # launchd refuses a plist that others may write
     for path in plan.remove:
         path.unlink(missing_ok=True)
     for command in plan.commands:
         if not command.before_files:
-            _run(command, runner, sleep)
+            _run(command, runner, sleep, clock)
 
 
-def _run(command: Command, runner: Runner, sleep: Callable[[float], None]) -> None:
+def _run(command: Command | WaitUntilGone, runner: Runner, sleep: Callable[[float], None],
+         clock: Callable[[], float]) -> None:
+    if isinstance(command, WaitUntilGone):
+        _wait_until_gone(command, runner, sleep, clock)
+        return
     for attempt in range(command.retries + 1):
         if attempt:
             sleep(command.retry_delay_s)
@@ -254,6 +297,20 @@ def _run(command: Command, runner: Runner, sleep: Callable[[float], None]) -> No
             return
     detail = (result.stderr or result.stdout).strip() or "no output"
     raise AgentError(f"`{shlex.join(command.argv)}` failed (exit status {result.returncode}): {detail}")
+
+
+def _wait_until_gone(wait: WaitUntilGone, runner: Runner, sleep: Callable[[float], None],
+                     clock: Callable[[], float]) -> None:
+    deadline = clock() + wait.timeout_s
+    while True:
+        result = runner.run(wait.argv)
+        if result.returncode != 0:  # 113: "Could not find service": gone
+            return
+        if clock() >= deadline:
+            state = launchd.parse_print(result.returncode, result.stdout).get("state") or "unknown"
+            raise AgentError(f"the old agent is still there {wait.timeout_s:g} s after it was asked to stop "
+                             f"(`{shlex.join(wait.argv)}`: state = {state}); nothing was changed, try again")
+        sleep(wait.interval_s)
 
 
 def describe(plan: AgentPlan) -> str:
@@ -270,7 +327,10 @@ def describe(plan: AgentPlan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _shell_line(command: Command) -> str:
+def _shell_line(command: Command | WaitUntilGone) -> str:
+    if isinstance(command, WaitUntilGone):
+        return (f"until ! {shlex.join(command.argv)} >/dev/null; do sleep {command.interval_s:g}; done"
+                f"  # at most {command.timeout_s:g} s")
     return shlex.join(command.argv) + ("  # failure ignored" if not command.check else "")
 
 

@@ -30,8 +30,8 @@ def plist_dict(program: list[str], env: dict[str, str], log_dir: Path, exit_time
         # The default (Standard) tier lets the system throttle CPU and I/O of
         # background agents, which makes overnight training crawl.
         "ProcessType": "Interactive",
-        # launchd sends SIGTERM, then SIGKILL after this many seconds: longer
-        # than the daemon's own wait for its child to checkpoint.
+        # launchd sends SIGTERM, then SIGKILL after this many seconds (launchd.plist(5),
+        # ExitTimeOut): longer than the daemon's own worst-case stop, with a margin.
         "ExitTimeOut": exit_timeout_s,
         "ThrottleInterval": THROTTLE_INTERVAL_S,
         "StandardOutPath": str(log_dir / "daemon.stdout.log"),
@@ -57,10 +57,6 @@ def bootstrap_argv(uid: int, plist: Path) -> list[str]:
     return ["launchctl", "bootstrap", f"gui/{uid}", str(plist)]
 
 
-def kickstart_argv(uid: int) -> list[str]:
-    return ["launchctl", "kickstart", "-k", service_target(uid)]
-
-
 def print_argv(uid: int) -> list[str]:
     return ["launchctl", "print", service_target(uid)]
 
@@ -77,6 +73,20 @@ def parse_print(returncode: int, stdout: str) -> dict:
     state = fields.get("state")
     pid = int(fields["pid"]) if fields.get("pid", "").isdigit() else None
     return {"loaded": True, "running": state == "running", "pid": pid, "state": state}
+
+
+def parse_print_details(stdout: str) -> dict:
+    """The service's own `exit timeout`, `umask` (octal), `spawn type` (the ProcessType) and
+    `last exit code` lines from `launchctl print` (a format launchctl(1) calls unstable: absent keys are None)."""
+    fields = dict(re.findall(r"^\t(exit timeout|umask|spawn type|last exit code) = (.+)$", stdout, flags=re.MULTILINE))
+    timeout, umask = fields.get("exit timeout", ""), fields.get("umask", "")
+    spawn = fields.get("spawn type")
+    return {
+        "exit_timeout_s": int(timeout) if timeout.isdigit() else None,
+        "umask": int(umask, 8) if umask and all(c in "01234567" for c in umask) else None,
+        "process_type": spawn.split(" (")[0] if spawn else None,  # "interactive (4)" -> "interactive"
+        "last_exit_code": fields.get("last exit code"),
+    }
 
 
 if __name__ == "__main__":
