@@ -359,9 +359,16 @@ class Home:
 
     def __init__(self, path: Path):
         self.path = path
+        # The pressure the daemon and its runs see: "normal" unless a test writes warn or critical. The real
+        # probes are tested on their own (test_memory); here a busy shared machine must not decide the size.
+        self.pressure = path.parent / "pressure"
+        self.pressure.parent.mkdir(parents=True, exist_ok=True)
+        self.pressure.write_text("normal\n")
         self.env = {
             **os.environ,
             "MTLD_HOME": str(path),
+            "MTLD_MEMORY__PROBE": "simulated",
+            "MTLD_MEMORY__SIMULATED_FILE": str(self.pressure),
             "MTLD_DAEMON__POLL_INTERVAL_S": "0.5",
             "MTLD_DAEMON__NOTIFY": "false",
             "MTLD_DAEMON__PREVENT_SLEEP": "false",

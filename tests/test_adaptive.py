@@ -18,14 +18,8 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 @pytest.fixture
 def home(tmp_path) -> Home:
-    home = Home(tmp_path / "home")
-    home.pressure = tmp_path / "pressure"
-    home.pressure.write_text("normal\n")
-    home.env.update({
-        "MTLD_MEMORY__PROBE": "simulated",
-        "MTLD_MEMORY__SIMULATED_FILE": str(home.pressure),
-        "MTLD_MEMORY__SAMPLE_EVERY_S": "0.2",
-    })
+    home = Home(tmp_path / "home")  # with a simulated probe: write home.pressure to change the level
+    home.env["MTLD_MEMORY__SAMPLE_EVERY_S"] = "0.2"
     return home
 
 

@@ -10,7 +10,6 @@ import plistlib
 import re
 import signal
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from mtld.platform import launchd, power
