@@ -380,8 +380,11 @@ class Home:
         self.env.pop("MTLD_CONFIG", None)
 
     def mtld(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "mtld", *args], env=self.env, capture_output=True, text=True,
-                              check=check, timeout=60)
+        done = subprocess.run([sys.executable, "-m", "mtld", *args], env=self.env, capture_output=True, text=True,
+                              timeout=60)
+        if check and done.returncode != 0:  # say what it said: CalledProcessError would hide stderr
+            raise AssertionError(f"mtld {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
+        return done
 
     def submit(self, job: Path, *args: str) -> int:
         return int(self.mtld("submit", str(job), *args).stdout)

@@ -163,6 +163,7 @@ def test_queued_jobs_data_is_what_install_warns_about_and_what_the_agent_must_re
     settings = Settings.model_construct(home=tmp_path / "state")
     docs = tmp_path / "Documents/corpus"
     (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
     spec = spec_from_dict({"name": "j", "model": str(tmp_path / "model"), "tasks": [
         {"name": "t", "type": "classification", "train": str(docs / "train.jsonl"), "eval": str(docs / "eval.jsonl")}]},
         base_dir=tmp_path, shown_as="j.toml", check_data=False)
