@@ -53,11 +53,14 @@ class TrainSettings(_Section):
     progress_every_s: float = Field(default=5.0, ge=0)
     # "auto": as many as the other programs leave cores free (mtld.train.threads); a number pins it.
     threads: Annotated[int | str, BeforeValidator(_threads)] = "auto"
+    # Optimizer steps in a row whose loss or gradient norm is NaN or infinite (each one skipped) that end a run.
+    max_nonfinite_steps: int = Field(default=10, ge=1, le=10_000)
 
 
 class MemorySettings(_Section):
-    probe: Literal["auto", "macos", "linux", "simulated"] = "auto"
+    probe: Literal["auto", "macos", "linux", "simulated", "replay"] = "auto"
     simulated_file: Path | None = None
+    replay_file: Path | None = None
     psi_some_warn: float = Field(default=10.0, ge=0, le=100)
     psi_full_critical: float = Field(default=5.0, ge=0, le=100)
     available_warn: float = Field(default=0.10, ge=0, le=1)
@@ -66,6 +69,12 @@ class MemorySettings(_Section):
     headroom: float = Field(default=0.6, gt=0, le=1)
     sample_every_s: float = Field(default=1.0, gt=0, le=60)
     log_every_s: float = Field(default=30.0, gt=0)
+    # Hysteresis (mtld.memory.guard) and restarts after pressure (mtld.policy): README, "Memory and the micro-batch".
+    dwell_s: float = Field(default=5.0, ge=0, le=600)
+    quiet_s: float = Field(default=30.0, ge=0, le=3600)
+    resume_calm_s: float = Field(default=60.0, ge=0, le=86400)
+    interrupt_limit: int = Field(default=3, ge=1, le=100)
+    interrupt_window_s: float = Field(default=3600.0, gt=0)
 
 
 class DaemonSettings(_Section):

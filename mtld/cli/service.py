@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -102,11 +103,27 @@ def agent_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
 
 @app.command()
-def doctor(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """What mtld sees on this machine: device, memory probe and budget, folders, the agent."""
-    from mtld.doctor import diagnose
+def doctor(
+    ctx: typer.Context,
+    as_json: JsonFlag = False,
+    record_trace: Annotated[Path | None, typer.Option(
+        "--record-trace", help="Record memory readings to FILE (JSON lines, one a second) instead.",
+        metavar="FILE")] = None,
+    seconds: Annotated[float, typer.Option("--seconds", min=1, help="How long --record-trace records.")] = 60.0,
+    pid: Annotated[int | None, typer.Option("--pid", help="Whose footprint --record-trace records "
+                                                          "(default: the daemon's running run).")] = None,
+) -> None:
+    """What mtld sees on this machine: device, memory probe and budget (and which signal decides), folders,
+    the agent. With --record-trace: a memory trace of this machine, for `probe = "replay"` and the tests."""
+    from mtld.doctor import diagnose, record
 
     c: Context = ctx.obj
+    if record_trace is not None:
+        try:
+            record(c.settings, record_trace, seconds=seconds, pid=pid, say=lambda line: out.print(line, markup=False))
+        except (OSError, ValueError) as e:
+            fail(f"--record-trace: {e}", code=2)
+        return
     info = diagnose(c.settings)
     if as_json:
         emit_json(info)
