@@ -16,13 +16,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 from mtld import __version__, policy, schedule
 from mtld.executor import Executor, ExitStatus, LocalExecutor, RunHandle, wait_for_exit
-from mtld.family import earlier_runs, family, family_history, pinned_size, resolve_device, start_size
+from mtld.family import (
+    earlier_runs, family, family_history, pinned_size, pressure_interrupt, resolve_device, start_size,
+)
 from mtld.history import family_figures, probe_dir
 from mtld.jobs import fired_job_name
 from mtld.jobspec import spec_from_json
@@ -79,6 +81,7 @@ class Daemon:
         self.finished = False
         self.deferred_because: str | None = None
         self.windows = settings.schedule.parsed()
+        self.calm_since: float | None = None  # since when the pressure level has read normal (policy.calm_since)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -164,8 +167,10 @@ class Daemon:
         spec = spec_from_json(job.spec_json)
         fam = family(spec, resolve_device(self.settings.train.device))
         reading = self._read_pressure()
+        self.calm_since = policy.calm_since(self.calm_since, reading.level.value if reading else None, now)
         start = start_size(self.settings, family_history(self.store, fam), pinned=pinned_size(job.batch_size),
-                           earlier=earlier_runs(self.store, job), reading=reading)
+                           earlier=earlier_runs(self.store, job), reading=reading,
+                           calm_for_s=None if self.calm_since is None else now - self.calm_since)
         if start.micro_batch is None:
             self._defer(start.deferred, start.reason, job_id=job.id)
             return
@@ -272,7 +277,22 @@ class Daemon:
                 cancel_requested=job.cancel_requested, stop_reason=active.stop_reason,
                 message=result.message if result else None, now=now,
             )
+            if decision.outcome == "interrupted" and result is not None and result.stop_reason == "memory_critical":
+                decision = self._pressure_interrupted(job.id, active.run, decision, now)
         self._apply(job.id, active.run, status, decision, result, now, stop_reason=active.stop_reason)
+
+    def _pressure_interrupted(self, job_id: int, run: Run, decision: policy.ExitDecision,
+                              now: float) -> policy.ExitDecision:
+        """The run stopped itself for memory pressure: the next start waits for calm (dispatch), and the
+        job's pressure interrupts since it was last released may put it on hold (policy.pressure_hold)."""
+        self.calm_since = None
+        released = max((t.at for t in self.store.transitions_for(job_id) if t.reason == "released"), default=0.0)
+        earlier = [r.ended_at for r in self.store.runs_for(job_id)
+                   if r.id != run.id and pressure_interrupt(r) and r.ended_at is not None and r.ended_at >= released]
+        memory = self.settings.memory
+        hold = policy.pressure_hold([*earlier, now], now=now, limit=memory.interrupt_limit,
+                                    window_s=memory.interrupt_window_s, job_id=job_id)
+        return replace(decision, hold=hold, reason=f"{decision.reason}; held: {hold}") if hold else decision
 
     def _apply(self, job_id: int, run: Run, status: ExitStatus, decision: policy.ExitDecision,
                result: RunResult | None, now: float, stop_reason: str | None = None) -> None:
@@ -286,7 +306,7 @@ class Daemon:
         job = self.store.transition(
             job_id, decision.job_state, reason=decision.reason, now=now,
             last_error=decision.reason if decision.job_state == "failed" else None,
-            next_attempt_at=decision.retry_at,
+            next_attempt_at=decision.retry_at, hold=decision.hold,
         )
         log = self.log.bind(job_id=job_id, run_id=run.id)
         if decision.outcome == "interrupted" and stop_reason:
@@ -296,8 +316,10 @@ class Daemon:
         event = {"succeeded": "job.succeeded", "failed": "job.failed", "cancelled": "job.cancelled"}.get(
             job.state, "job.requeued")
         (log.warning if job.state == "failed" else log.info)(event, reason=decision.reason, retry_at=decision.retry_at)
-        if job.state in ("succeeded", "failed", "cancelled") and self.settings.daemon.notify:
-            notify(f"mtld: {job.name} {job.state}", decision.reason)
+        if decision.hold:
+            log.warning("job.held", hold=decision.hold)
+        if (job.state in ("succeeded", "failed", "cancelled") or decision.hold) and self.settings.daemon.notify:
+            notify(f"mtld: {job.name} {'held' if decision.hold else job.state}", decision.hold or decision.reason)
 
     def reconcile(self, now: float) -> None:
         """After a crash or SIGKILL of an earlier daemon: settle every run still marked running."""
