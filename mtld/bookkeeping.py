@@ -15,10 +15,12 @@ from __future__ import annotations
 import signal
 import sqlite3
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from mtld import policy
 from mtld.executor import ExitStatus, wait_for_exit
+from mtld.family import pressure_interrupt
 from mtld.jobspec import JobFileError
 from mtld.platform.power import notify
 from mtld.rundir import RunDir
@@ -62,7 +64,22 @@ class Bookkeeping:
                 cancel_requested=job.cancel_requested, stop_reason=active.stop_reason,
                 message=result.message if result else None, now=now,
             )
+            if decision.outcome == "interrupted" and result is not None and result.stop_reason == "memory_critical":
+                decision = self._pressure_interrupted(job.id, active.run, decision, now)
         self._apply(job.id, active.run, status, decision, result, now, stop_reason=active.stop_reason)
+
+    def _pressure_interrupted(self, job_id: int, run: Run, decision: policy.ExitDecision,
+                              now: float) -> policy.ExitDecision:
+        """The run stopped itself for memory pressure: the next start waits for calm (dispatch), and the
+        job's pressure interrupts since it was last released may put it on hold (policy.pressure_hold)."""
+        self.calm_since = None
+        released = max((t.at for t in self.store.transitions_for(job_id) if t.reason == "released"), default=0.0)
+        earlier = [r.ended_at for r in self.store.runs_for(job_id)
+                   if r.id != run.id and pressure_interrupt(r) and r.ended_at is not None and r.ended_at >= released]
+        memory = self.settings.memory
+        hold = policy.pressure_hold([*earlier, now], now=now, limit=memory.interrupt_limit,
+                                    window_s=memory.interrupt_window_s, job_id=job_id)
+        return replace(decision, hold=hold, reason=f"{decision.reason}; held: {hold}") if hold else decision
 
     def _apply(self, job_id: int, run: Run, status: ExitStatus, decision: policy.ExitDecision,
                result: RunResult | None, now: float, stop_reason: str | None = None) -> None:
@@ -76,7 +93,7 @@ class Bookkeeping:
         job = self.store.transition(
             job_id, decision.job_state, reason=decision.reason, now=now,
             last_error=decision.reason if decision.job_state == "failed" else None,
-            next_attempt_at=decision.retry_at,
+            next_attempt_at=decision.retry_at, hold=decision.hold,
         )
         log = self.log.bind(job_id=job_id, run_id=run.id)
         if decision.outcome == "interrupted" and stop_reason:
@@ -86,8 +103,10 @@ class Bookkeeping:
         event = {"succeeded": "job.succeeded", "failed": "job.failed", "cancelled": "job.cancelled"}.get(
             job.state, "job.requeued")
         (log.warning if job.state == "failed" else log.info)(event, reason=decision.reason, retry_at=decision.retry_at)
-        if job.state in ("succeeded", "failed", "cancelled") and self.settings.daemon.notify:
-            notify(f"mtld: {job.name} {job.state}", decision.reason)
+        if decision.hold:
+            log.warning("job.held", hold=decision.hold)
+        if (job.state in ("succeeded", "failed", "cancelled") or decision.hold) and self.settings.daemon.notify:
+            notify(f"mtld: {job.name} {'held' if decision.hold else job.state}", decision.hold or decision.reason)
 
     def _fail_job(self, job_id: int, reason: str, now: float, *, outcome: str) -> None:
         """The last resort: close the job's open runs (`outcome`) and fail it (cancelled, if that was asked),

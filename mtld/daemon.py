@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TextIO
 
-from mtld import __version__, schedule
+from mtld import __version__, policy, schedule
 from mtld.bookkeeping import FORCED_STOP_GRACE_S, Bookkeeping, describe
 from mtld.executor import Executor, ExitStatus, LocalExecutor, RunHandle, wait_for_exit
-from mtld.family import earlier_runs, family, family_history, pinned_size, resolve_device, start_size
+from mtld.family import (
+    earlier_runs, family, family_history, pinned_size, resolve_device, start_size,
+)
 from mtld.history import family_figures, probe_dir
 from mtld.jobs import fired_job_name
 from mtld.jobspec import stored_spec
@@ -90,6 +92,7 @@ class Daemon(Bookkeeping):
         self.deferred_because: str | None = None
         self.windows = settings.schedule.parsed()
         self.failed_firings: set[tuple[int, float]] = set()  # (schedule, due time) already logged as failed
+        self.calm_since: float | None = None  # since when the pressure level has read normal (policy.calm_since)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -192,8 +195,10 @@ class Daemon(Bookkeeping):
         spec = stored_spec(job.spec_json, shown_as=f"job {job.id}")  # an older mtld may have let it through
         fam = family(spec, resolve_device(self.settings.train.device))
         reading = self._read_pressure()
+        self.calm_since = policy.calm_since(self.calm_since, reading.level.value if reading else None, now)
         start = start_size(self.settings, family_history(self.store, fam), pinned=pinned_size(job.batch_size),
-                           earlier=earlier_runs(self.store, job), reading=reading)
+                           earlier=earlier_runs(self.store, job), reading=reading,
+                           calm_for_s=None if self.calm_since is None else now - self.calm_since)
         if start.micro_batch is None:
             self._defer(start.deferred, start.reason, job_id=job.id)
             return None

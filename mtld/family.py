@@ -47,7 +47,13 @@ def pinned_size(batch_size: str | int) -> int | None:
 
 
 def earlier_runs(store: Store, job: Job) -> list[policy.EarlierRun]:
-    return [policy.EarlierRun(r.outcome, r.micro_batch, r.micro_batch_end) for r in store.runs_for(job.id)]
+    return [policy.EarlierRun(r.outcome, r.micro_batch, r.micro_batch_end, pressure_interrupt(r))
+            for r in store.runs_for(job.id)]
+
+
+def pressure_interrupt(run: Run) -> bool:
+    """The run checkpointed and stopped itself because memory pressure stayed critical."""
+    return run.outcome == "interrupted" and run.figures.get("stop_reason") == "memory_critical"
 
 
 def planned_size(settings: Settings, history: Sequence[policy.FamilyRun], *, pinned: int | None,
@@ -68,13 +74,19 @@ class Start:
 
 
 def start_size(settings: Settings, history: Sequence[policy.FamilyRun], *, pinned: int | None,
-               earlier: Sequence[policy.EarlierRun] = (), reading: Reading | None) -> Start:
-    """The planned size, then the memory check against the pressure and the free memory now."""
+               earlier: Sequence[policy.EarlierRun] = (), reading: Reading | None,
+               calm_for_s: float | None = None) -> Start:
+    """The planned size, then the memory check against the pressure and the free memory now
+    (`fit_bytes`: on macOS the kernel's figure, not psutil's). After a pressure interrupt the
+    level must have been normal for `memory.resume_calm_s` (`calm_for_s`: for how long it has);
+    an unreadable level never holds the queue."""
     size, why = planned_size(settings, history, pinned=pinned, earlier=earlier)
+    settle = reading is not None and bool(earlier) and earlier[-1].pressure
     placement = policy.place_run(
         size, pressure=reading.level.value if reading else "normal",
-        available_bytes=reading.available_bytes if reading else None,
+        available_bytes=reading.fit_bytes if reading else None,
         peaks=policy.peaks_by_size(history), pinned=pinned is not None,
+        calm_for_s=calm_for_s, calm_needed_s=settings.memory.resume_calm_s if settle else 0.0,
     )
     if placement.micro_batch is None:
         return Start(None, placement.reason, placement.deferred)

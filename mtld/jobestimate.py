@@ -52,4 +52,4 @@ def estimate_job(spec: JobSpec, settings: Settings, store: Any, *, reading: Read
     if probe:
         store_probe(probe_dir(settings), fam, run_probe(spec, device))
     records = family_records(store, fam, probe_dir(settings))
-    return plan, estimate.predict(plan, records, available_bytes=reading.available_bytes, chosen=chosen)
+    return plan, estimate.predict(plan, records, available_bytes=reading.fit_bytes, chosen=chosen)

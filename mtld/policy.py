@@ -1,7 +1,9 @@
 """Pure decisions: records and numbers in, a decision out. No clock, no OS, no torch.
 
 - `after_exit`: what a run's exit means for its job (done, retry when, fail why).
+- `pressure_hold`: after memory-pressure interrupts, whether a job is held instead of requeued.
 - `start_micro_batch`: the micro-batch the next attempt of a job starts at.
+- `place_run`: before a run, the pressure and free memory now (defer, step down).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class ExitDecision:
     job_state: str  # where the job goes: succeeded, queued, failed, cancelled
     reason: str  # said in the log, the store and `mtld show`
     retry_at: float | None = None  # a backed-off retry starts no earlier than this
+    hold: str | None = None  # requeued on hold: never started until `mtld retry` releases it
 
 
 def after_exit(
@@ -62,7 +65,7 @@ def after_exit(
     elif signal is not None:
         outcome, what = "crashed", f"killed by signal {signal}"
     else:
-        outcome, what = "crashed", f"exited with status {exit_code}"
+        outcome, what = "crashed", f"exited with status {exit_code}" + (f" ({message})" if message else "")
     failures = earlier_failures + 1
     if failures >= max_attempts:
         return ExitDecision(outcome, "failed", f"{what}; gave up after {failures} attempts")
@@ -72,6 +75,21 @@ def after_exit(
     return ExitDecision(outcome, "queued", f"{what}; retrying in {delay:.0f} s", retry_at=now + delay)
 
 
+def pressure_hold(interrupted_at: Sequence[float], *, now: float, limit: int, window_s: float,
+                  job_id: int) -> str | None:
+    """After a memory-pressure interrupt: the hold to put the job on, or None to requeue it as usual.
+
+    `interrupted_at` are the times of the job's pressure interrupts (this one
+    included) since it was last released. `limit` of them within `window_s`
+    → hold: a job that keeps being interrupted is not restarted in a loop.
+    """
+    recent = sorted(t for t in interrupted_at if now - t <= window_s)
+    if len(recent) < limit:
+        return None
+    minutes = max(1, round((now - recent[0]) / 60))
+    return f"memory pressure: {len(recent)} interrupts in {minutes} min — `mtld retry {job_id}` to release"
+
+
 @dataclass(frozen=True)
 class EarlierRun:
     """What the next attempt needs to know about the job's previous run."""
@@ -79,6 +97,7 @@ class EarlierRun:
     outcome: str | None
     micro_batch: int
     micro_batch_end: int | None
+    pressure: bool = False  # it interrupted itself for memory pressure
 
 
 def one_size_down(size: int) -> int:
@@ -92,7 +111,7 @@ def start_micro_batch(pinned: int | None, first: tuple[int, str], earlier: Seque
     A pinned size (job file or --batch-size) always wins. A first attempt
     takes `first` (the family's decision). A later attempt continues from where
     the previous one left off: the size that worked, one size down after an
-    out-of-memory kill.
+    out-of-memory kill or a memory-pressure interrupt.
     """
     if pinned is not None:
         return pinned, "pinned by the job (adaptation off)"
@@ -102,6 +121,8 @@ def start_micro_batch(pinned: int | None, first: tuple[int, str], earlier: Seque
     worked = last.micro_batch_end or last.micro_batch
     if last.outcome == "killed":
         return one_size_down(worked), f"the last attempt was killed at {worked}: one size down"
+    if last.outcome == "interrupted" and last.pressure:
+        return one_size_down(worked), f"the last attempt was interrupted by memory pressure at {worked}: one size down"
     return worked, f"the size the last attempt ended at ({last.outcome})"
 
 
@@ -168,12 +189,18 @@ class Placement:
     deferred: str | None = None  # a short code when deferred: memory_critical, does_not_fit
 
 
-def place_run(size: int, *, pressure: str, available_bytes: int | None, peaks: dict[int, int], pinned: bool) -> Placement:
-    """Before a run: critical → defer; warn → one size down; a size whose peak
-    exceeds what is available now → step down until one fits, else defer.
-    A pinned size is never changed, only deferred."""
+def place_run(size: int, *, pressure: str, available_bytes: int | None, peaks: dict[int, int], pinned: bool,
+              calm_for_s: float | None = None, calm_needed_s: float = 0.0) -> Placement:
+    """Before a run: critical → defer; after a pressure interrupt, not normal for
+    `calm_needed_s` yet (`calm_for_s`: how long it has been normal, None: not
+    now) → defer; warn → one size down; a size whose peak exceeds what is
+    available now → step down until one fits, else defer. A pinned size is
+    never changed, only deferred."""
     if pressure == "critical":
         return Placement(None, "memory pressure is critical", "memory_critical")
+    if calm_needed_s > 0 and (calm_for_s or 0.0) < calm_needed_s:
+        return Placement(None, f"after a memory-pressure interrupt, waiting for the level to stay normal for "
+                               f"{calm_needed_s:.0f} s (normal for {calm_for_s or 0.0:.0f} s now)", "memory_settling")
     reasons = []
     if pressure == "warn" and not pinned and size > MICRO_BATCH_SIZES[0]:
         reasons.append(f"memory pressure is warn: {size} → {one_size_down(size)}")
@@ -187,3 +214,13 @@ def place_run(size: int, *, pressure: str, available_bytes: int | None, peaks: d
                            f"{one_size_down(size)}")
             size = one_size_down(size)
     return Placement(size, "; ".join(reasons))
+
+
+def calm_since(previous: float | None, pressure: str | None, now: float) -> float | None:
+    """Since when the pressure level has been normal without a break (None: it is not normal now).
+    An unreadable level (None) leaves it as it was."""
+    if pressure is None:
+        return previous
+    if pressure != "normal":
+        return None
+    return now if previous is None else previous

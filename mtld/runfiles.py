@@ -120,6 +120,8 @@ class Figures(BaseModel):
     micro_batch_end: int | None = None
     scaled_down: bool = False
     oom_count: int = 0
+    skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient norm
+    stop_reason: str | None = None  # why an interrupted attempt stopped itself: "signal" or "memory_critical"
     peak_memory_bytes: int | None = None
     budget_bytes: int | None = None
     max_rss_bytes: int | None = None  # from the parent's wait4: set by the daemon, not the child
@@ -174,6 +176,7 @@ class Launch(_File):
     history: list[Figures] = Field(default_factory=list)  # the family's earlier runs and probes: for eta_s
     threads: int | str = "auto"  # train.threads: a pinned count, or "auto" (mtld.train.threads)
     threads_every_s: float = 2.0  # seconds between the thread governor's checks
+    max_nonfinite_steps: int = 10  # train.max_nonfinite_steps: skipped steps in a row that end the run
 
 
 def launch_for(settings: Settings, *, micro_batch: int, device: str | None = None, job_id: int | None = None,
@@ -183,4 +186,5 @@ def launch_for(settings: Settings, *, micro_batch: int, device: str | None = Non
         micro_batch=micro_batch, device=device or settings.train.device, job_id=job_id, run_id=run_id,
         memory_fraction=settings.memory.budget_fraction, progress_every_s=settings.train.progress_every_s,
         memory=settings.memory, history=history or [], threads=settings.train.threads,
+        max_nonfinite_steps=settings.train.max_nonfinite_steps,
     )

@@ -55,11 +55,14 @@ class TrainSettings(_Section):
     progress_every_s: float = Field(default=5.0, ge=0)
     # "auto": as many as the other programs leave cores free (mtld.train.threads); a number pins it.
     threads: Annotated[int | str, BeforeValidator(_threads)] = "auto"
+    # Optimizer steps in a row whose loss or gradient norm is NaN or infinite (each one skipped) that end a run.
+    max_nonfinite_steps: int = Field(default=10, ge=1, le=10_000)
 
 
 class MemorySettings(_Section):
-    probe: Literal["auto", "macos", "linux", "simulated"] = "auto"
+    probe: Literal["auto", "macos", "linux", "simulated", "replay"] = "auto"
     simulated_file: Path | None = Field(default=None, validate_default=True)
+    replay_file: Path | None = Field(default=None, validate_default=True)
     psi_some_warn: float = Field(default=10.0, ge=0, le=100)
     psi_full_critical: float = Field(default=5.0, ge=0, le=100)
     available_warn: float = Field(default=0.10, ge=0, le=1)
@@ -68,13 +71,21 @@ class MemorySettings(_Section):
     headroom: float = Field(default=0.6, gt=0, le=1)
     sample_every_s: float = Field(default=1.0, gt=0, le=60)
     log_every_s: float = Field(default=30.0, gt=0)
+    # Hysteresis (mtld.memory.guard) and restarts after pressure (mtld.policy): README, "Memory and the micro-batch".
+    dwell_s: float = Field(default=5.0, ge=0, le=600)
+    quiet_s: float = Field(default=30.0, ge=0, le=3600)
+    resume_calm_s: float = Field(default=60.0, ge=0, le=86400)
+    interrupt_limit: int = Field(default=3, ge=1, le=100)
+    interrupt_window_s: float = Field(default=3600.0, gt=0)
 
-    @field_validator("simulated_file")
+    @field_validator("simulated_file", "replay_file")
     @classmethod
-    def _simulated_needs_its_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+    def _probe_needs_its_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         # Refused here, at load, so that status, doctor and the daemon agree.
-        if value is None and info.data.get("probe") == "simulated":
-            raise ValueError('required when memory.probe = "simulated" (a file holding normal, warn or critical)')
+        kind = info.field_name.removesuffix("_file")
+        if value is None and info.data.get("probe") == kind:
+            what = "a file holding normal, warn or critical" if kind == "simulated" else "a recorded trace"
+            raise ValueError(f'required when memory.probe = "{kind}" ({what})')
         return value
 
 

@@ -19,7 +19,13 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 @pytest.fixture
 def home(tmp_path) -> Home:
     home = Home(tmp_path / "home")  # with a simulated probe: write home.pressure to change the level
-    home.env["MTLD_MEMORY__SAMPLE_EVERY_S"] = "0.2"
+    home.env.update({
+        "MTLD_MEMORY__SAMPLE_EVERY_S": "0.2",
+        # the hysteresis at a test's pace: the demo runs last seconds, not hours
+        "MTLD_MEMORY__DWELL_S": "0.4",
+        "MTLD_MEMORY__QUIET_S": "2",
+        "MTLD_MEMORY__RESUME_CALM_S": "1",
+    })
     return home
 
 
@@ -100,6 +106,8 @@ def test_critical_mid_run_interrupts_defers_and_resumes_without_losing_a_step(ho
 
     first, second = home.runs(job_id)
     assert (first.outcome, first.exit_code, second.outcome) == ("interrupted", 75, "succeeded")
+    assert (first.micro_batch, second.micro_batch) == (4, 2)  # after a pressure interrupt: one size down
+    assert first.figures["stop_reason"] == "memory_critical"
     [interrupted] = home.run_events(job_id, "run.interrupted")
     assert interrupted["reason"] == "memory_critical"
     started = home.run_events(job_id, "run.started")

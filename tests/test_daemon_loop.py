@@ -262,3 +262,80 @@ def test_wakeup_from_code_and_from_a_signal(monkeypatch):
         wakeup.close()
         signal.signal(signal.SIGUSR1, previous)
 
+
+
+# ------------------------------------------------------------------ memory pressure: no restart loops
+
+
+def end_run(run, outcome: str = "interrupted", *, size: int | None = None, stop_reason: str | None = "memory_critical"):
+    """What the child writes when it ends: interrupted for memory pressure (75) by default, or succeeded (0)."""
+    from mtld.rundir import RunDir
+    from mtld.runfiles import RunResult
+
+    launch = RunDir(run.run_dir).read_launch()
+    code = 75 if outcome == "interrupted" else 0
+    RunDir(run.run_dir).write_result(RunResult(
+        outcome=outcome, exit_code=code, run_id=launch.run_id, micro_batch_start=launch.micro_batch,
+        micro_batch_end=size or launch.micro_batch, stop_reason=stop_reason if code else None,
+        peak_memory_bytes=100, budget_bytes=1000, step=10, total_steps=10 if code == 0 else 20))
+    run.end(code)
+
+
+def started_sizes(store: Store, job: int) -> list[int]:
+    return [run.micro_batch for run in store.runs_for(job)]
+
+
+def test_after_a_pressure_interrupt_the_job_waits_for_calm_starts_one_size_down_and_is_held_after_three(make):
+    daemon, store, executor, settings = make()  # the probe reads normal throughout; start size 4
+    job = submit(store, settings)
+    daemon.tick(T0)
+    end_run(executor.runs[0])
+    daemon.tick(T0 + 10)  # the exit is recorded; the level is normal from now on, but only just
+    daemon.tick(T0 + 69)
+    assert len(executor.runs) == 1 and store.get(job).state == "queued" and store.get(job).hold is None
+    [settling] = [e for e in events(settings, "run.deferred") if e["reason"] == "memory_settling"]
+    assert "stay normal for 60 s" in settling["message"] and settling["job_id"] == job
+    daemon.tick(T0 + 70)  # 60 s of calm
+    assert started_sizes(store, job) == [4, 2]
+    assert "interrupted by memory pressure at 4: one size down" in events(settings, "policy.decided")[1]["reason"]
+
+    end_run(executor.runs[1])
+    daemon.tick(T0 + 100)
+    daemon.tick(T0 + 160)
+    assert started_sizes(store, job) == [4, 2, 2]
+    end_run(executor.runs[2])
+    daemon.tick(T0 + 200)  # the third pressure interrupt within the hour: held, not requeued to spin
+    held = store.get(job)
+    assert (held.state, held.hold) == ("queued", f"memory pressure: 3 interrupts in 3 min — `mtld retry {job}` to release")
+    [event] = events(settings, "job.held")
+    assert event["hold"] == held.hold and event["job_id"] == job
+    assert "held: memory pressure" in store.transitions_for(job)[-1].reason
+    for t in range(201, 2000, 100):
+        daemon.tick(T0 + t)
+    assert len(executor.runs) == 3  # never started while held, however calm
+
+    store.retry(job, now=T0 + 2000)  # `mtld retry` releases it; earlier interrupts no longer count
+    daemon.tick(T0 + 2001)
+    daemon.tick(T0 + 2061)
+    assert started_sizes(store, job) == [4, 2, 2, 2]
+    end_run(executor.runs[3])
+    daemon.tick(T0 + 2100)
+    assert store.get(job).hold is None and store.get(job).state == "queued"
+    daemon.tick(T0 + 2160)
+    end_run(executor.runs[4], "succeeded")
+    daemon.tick(T0 + 2170)
+    assert store.get(job).state == "succeeded"
+
+    # the family's remembered size recovers by the usual rule: a clean run at 2 under the headroom → one size up
+    second = submit(store, settings, name="again")
+    daemon.tick(T0 + 2180)
+    assert started_sizes(store, second) == [4] and store.get(second).state == "running"
+
+
+def test_an_interrupt_the_daemon_asked_for_is_not_a_pressure_interrupt(make):
+    daemon, store, executor, settings = make()
+    job = submit(store, settings)
+    daemon.tick(T0)
+    end_run(executor.runs[0], stop_reason="signal")
+    daemon.tick(T0 + 1)  # resumes at once, at the size it ended at
+    assert started_sizes(store, job) == [4, 4] and store.get(job).state == "running"

@@ -15,18 +15,20 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import os
 import subprocess
 import sys
 import time
 import typing
 from pathlib import Path
 
+import psutil
 import pytest
 
 import mtld.memory
 from mtld.memory import make_probe
 from mtld.memory.figures import MemoryFigures, parse_meminfo
-from mtld.memory.guard import GuardDecision, MemoryGuard, budget_bytes, guard_advice
+from mtld.memory.guard import GuardState, Hysteresis, MemoryGuard, budget_bytes, guard_advice, used_bytes
 from mtld.memory.levels import Level, Reading, available_level, worst
 from mtld.memory.linux import (
     LinuxProbe,
@@ -36,10 +38,16 @@ from mtld.memory.linux import (
     parse_psi,
     psi_level,
 )
+from mtld.memory.figures import process_footprint
 from mtld.memory.macos import (
+    AVAILABLE_SYSCTL,
     PRESSURE_SYSCTL,
+    PROC_PID_RUSAGE,
+    RUSAGE_INFO_V0,
     SYSCTLBYNAME,
     MacProbe,
+    RusageInfoV0,
+    phys_footprint,
     macos_level,
     sysctl_by_command,
     sysctl_by_ctypes,
@@ -229,23 +237,98 @@ def test_budget_bytes(device_type, total, limit, fraction, expected):
     assert budget_bytes(device_type=device_type, device_total=total, cgroup_limit=limit, fraction=fraction) == expected
 
 
-@pytest.mark.parametrize(("level", "used", "budget", "scaled", "expected"), [
-    (N, 500, 1000, False, ("ok", None, False)),
-    (N, None, 1000, False, ("ok", None, False)),
-    (N, 500, None, False, ("ok", None, False)),
-    (N, 500, 1000, True, ("ok", None, False)),  # the episode is over
-    (W, 500, 1000, False, ("scale_down", "pressure", True)),
-    (W, 500, 1000, True, ("ok", None, True)),  # once per episode
-    (N, 1001, 1000, False, ("scale_down", "budget", True)),
-    (N, 1000, 1000, False, ("ok", None, False)),  # at the budget is within it
-    (N, 1001, 1000, True, ("ok", None, True)),
-    (W, 1001, 1000, False, ("scale_down", "pressure", True)),  # pressure named first
-    (C, 500, 1000, False, ("interrupt", "pressure", False)),
-    (C, 500, 1000, True, ("interrupt", "pressure", True)),
-    (C, None, None, False, ("interrupt", "pressure", False)),
+RULES = Hysteresis(dwell_s=5.0, quiet_s=30.0)
+
+
+def replay_guard(rows, rules: Hysteresis = RULES, size: int = 8):
+    """(time, level, used) rows through guard_advice → (advice times, the micro-batch path, interrupt time).
+    A halving at 2 is ignored, as the step loop does."""
+    state, advised, path, interrupted = GuardState(), [], [size], None
+    for now, level, used in rows:
+        decision = guard_advice(state, level, used, 1000, float(now), rules)
+        state = decision.state
+        if decision.advice == "scale_down":
+            advised.append(now)
+            if path[-1] > 2:
+                path.append(path[-1] // 2)
+        elif decision.advice == "interrupt" and interrupted is None:
+            interrupted = now
+    return advised, path, interrupted
+
+
+def levels(*pattern: Level, seconds: int, used: int = 500):
+    """`pattern` repeated once a second for `seconds` seconds."""
+    return [(t, pattern[t % len(pattern)], used) for t in range(seconds)]
+
+
+@pytest.mark.parametrize(("rows", "advised", "path", "interrupted"), [
+    (levels(N, seconds=300), [], [8], None),
+    # warn and normal alternating at 1 Hz for 5 minutes: one halving (5 s of warn within the episode), never two
+    (levels(W, N, seconds=300), [10], [8, 4], None),
+    (levels(N, W, seconds=300), [11], [8, 4], None),
+    # sustained warn: one halving per dwell + quiet (5 s, then every 35 s), down to 2 and no further
+    (levels(W, seconds=300), [5, 40, 75, 110, 145, 180, 215, 250, 285], [8, 4, 2], None),
+    (levels(W, seconds=39), [5], [8, 4], None),
+    # a 3 s warn or critical spike: under the dwell, nothing
+    ([(t, W if t < 3 else N, 500) for t in range(120)], [], [8], None),
+    ([(t, C if t < 3 else N, 500) for t in range(120)], [], [8], None),
+    # sustained critical: interrupt after the dwell (and a halving is due at the same moment: interrupt first)
+    (levels(C, seconds=10), [], [8], 5),
+    # critical 3 s in every 8: the episode never ends, critical adds up to the dwell in the second spike
+    (levels(C, C, C, N, N, N, N, N, seconds=60), [], [8], 10),
+    # over the budget: like warn
+    ([(t, N, 1500) for t in range(60)], [5, 40], [8, 4, 2], None),
+    ([(t, N, 1000) for t in range(60)], [], [8], None),  # at the budget is within it
+    ([(t, N, 1500 if t % 2 else 500) for t in range(300)], [11], [8, 4], None),
+    # an episode ends after 30 s of normal: the next one may halve again at once (after its own dwell)
+    ([(t, W if t < 10 or 50 <= t < 60 else N, 500) for t in range(100)], [5, 55], [8, 4, 2], None),
+    # two bursts of warn, 4 s and 3 s: 29 s of normal between them do not end the episode, so its trouble adds
+    # up to the dwell in the second; 31 s do, and neither burst alone reaches it
+    ([(t, W if t < 4 or 33 <= t < 36 else N, 500) for t in range(100)], [34], [8, 4], None),
+    ([(t, W if t < 4 or 35 <= t < 38 else N, 500) for t in range(100)], [], [8], None),
 ])
-def test_guard_advice(level, used, budget, scaled, expected):
-    assert guard_advice(level, used, budget, scaled) == GuardDecision(*expected)
+def test_guard_advice_over_time(rows, advised, path, interrupted):
+    assert replay_guard(rows) == (advised, path, interrupted)
+
+
+def test_guard_advice_dwell_and_quiet_come_from_the_rules():
+    assert replay_guard(levels(W, seconds=60), Hysteresis(dwell_s=2, quiet_s=10)) == ([2, 14, 26, 38, 50], [8, 4, 2],
+                                                                                        None)
+    assert replay_guard(levels(W, N, seconds=60), Hysteresis(dwell_s=0, quiet_s=10))[0] == [0, 10, 20, 30, 40, 50]
+    assert replay_guard(levels(C, seconds=10), Hysteresis(dwell_s=0, quiet_s=10))[2] == 0  # dwell 0: the old way
+
+
+def test_guard_advice_a_long_gap_counts_as_max_gap():
+    # a laptop asleep for an hour between two warn samples: not an hour of trouble
+    rows = [(0, W, 500), (3600, W, 500), (3601, W, 500)]
+    assert replay_guard(rows, Hysteresis(dwell_s=10, quiet_s=30, max_gap_s=5))[0] == []
+
+
+def test_guard_advice_single_samples():
+    calm = GuardState()
+    ok = guard_advice(calm, N, 500, 1000, 7.0)
+    assert (ok.advice, ok.reason, ok.state) == ("ok", None, GuardState(last_at=7.0))
+    first = guard_advice(calm, W, None, None, 7.0)
+    assert first.advice == "ok" and first.state.episode_since == 7.0 and first.state.last_trouble
+    assert guard_advice(first.state, W, None, None, 12.0) == ("scale_down", "pressure", guard_advice(
+        first.state, W, None, None, 12.0).state)
+    over = guard_advice(guard_advice(calm, N, 1001, 1000, 0.0).state, N, 1001, 1000, 5.0)
+    assert (over.advice, over.reason) == ("scale_down", "budget")
+    both = guard_advice(guard_advice(calm, W, 1001, 1000, 0.0).state, W, 1001, 1000, 5.0)
+    assert (both.advice, both.reason) == ("scale_down", "pressure")  # pressure named first
+
+
+@pytest.mark.parametrize(("device", "footprint", "allocated", "expected"), [
+    ("cpu", 3 * GiB, None, 3 * GiB),
+    ("cuda", 3 * GiB, 5 * GiB, 5 * GiB),  # the budget is the card's: host memory is not in it
+    ("mps", 6 * GiB, 4 * GiB, 6 * GiB),  # the footprint already holds the Metal buffers: not 10
+    ("mps", 2 * GiB, 4 * GiB, 4 * GiB),  # a footprint that leaves them out: at least the driver's figure
+    ("mps", None, 4 * GiB, 4 * GiB),
+    ("mps", None, None, None),
+    ("cpu", None, None, None),
+])
+def test_used_bytes(device, footprint, allocated, expected):
+    assert used_bytes(device, footprint=footprint, device=allocated) == expected
 
 
 def test_advice_is_declared_once_and_the_guard_seam_uses_it():
@@ -529,27 +612,83 @@ ROOMY = MemoryFigures(16 * GiB, 8 * GiB, 0)
 TIGHT = MemoryFigures(16 * GiB, GiB, 2 * GiB)  # 6.25 % available
 
 
-@pytest.mark.parametrize(("value", "figures", "level"), [
-    (1, ROOMY, N), (2, ROOMY, W), (4, ROOMY, C), (1, TIGHT, W), (4, TIGHT, C),
+def sysctls(**values: int):
+    """A sysctl reader over recorded values; a name not recorded raises OSError, as sysctlbyname does."""
+    names = {"pressure": PRESSURE_SYSCTL, "available": AVAILABLE_SYSCTL}
+
+    def read(name: str) -> int:
+        recorded = {names[k]: v for k, v in values.items()}
+        if name not in recorded:
+            raise OSError(errno.ENOENT, f"no such sysctl: {name}")
+        return recorded[name]
+
+    return read
+
+
+@pytest.mark.parametrize(("value", "figures", "level", "by_available"), [
+    (1, ROOMY, N, N), (2, ROOMY, W, N), (4, ROOMY, C, N),
+    # psutil's available share at 6 % (free + inactive, while MPS holds wired memory): data, not a trigger
+    (1, TIGHT, N, W), (2, TIGHT, W, W), (4, TIGHT, C, W),
+    (1, MemoryFigures(16 * GiB, GiB // 2, 0), N, C),  # 3 %: still the kernel's normal
 ])
-def test_mac_probe_recorded(value, figures, level):
-    reading = MacProbe(SETTINGS, sysctl={PRESSURE_SYSCTL: value}.__getitem__, figures=lambda: figures).read()
+def test_mac_probe_the_kernel_decides_the_available_share_is_data(value, figures, level, by_available):
+    reading = MacProbe(SETTINGS, sysctl=sysctls(pressure=value, available=41), figures=lambda: figures).read()
     assert reading.level is level
-    assert reading.detail["sysctl_pressure_level"] == value
+    assert reading.detail["sysctl_pressure_level"] == value and reading.detail["kernel_level"] == level.value
+    assert reading.detail["available_level"] == by_available.value
+    assert reading.detail["available_share"] == round(figures.available_bytes / figures.total_bytes, 4)
     assert (reading.total_bytes, reading.available_bytes, reading.swap_used_bytes) == figures
+    assert reading.usable_bytes == reading.fit_bytes == 16 * GiB * 41 // 100  # kern.memorystatus_level: 41 %
     assert "notes" not in reading.detail and reading.source == "macos"
+    json_safe(reading.to_dict())
 
 
 def test_mac_probe_unknown_or_unreadable_level_is_noted():
     reading = MacProbe(SETTINGS, sysctl=lambda name: 3, figures=lambda: ROOMY).read()
     assert reading.level is N and "unknown" in reading.detail["notes"][0]
 
-    def broken(name: str) -> int:
-        raise OSError(errno.ENOENT, "no such sysctl")
+    reading = MacProbe(SETTINGS, sysctl=sysctls(), figures=lambda: TIGHT).read()
+    assert reading.level is W  # from the available share, only because the kernel cannot be read
+    assert reading.detail["kernel_level"] is None
+    assert "no such sysctl" in reading.detail["notes"][0] and "available share instead" in reading.detail["notes"][0]
+    assert reading.usable_bytes is None and reading.fit_bytes == GiB  # fits checked against psutil's figure
+    assert "fits checked against the available share" in reading.detail["notes"][1]
 
-    reading = MacProbe(SETTINGS, sysctl=broken, figures=lambda: TIGHT).read()
-    assert reading.level is W  # from available memory alone
-    assert "no such sysctl" in reading.detail["notes"][0]
+
+def fake_proc_pid_rusage(footprints: dict[int, int]):
+    """A PROC_PID_RUSAGE function over recorded footprints (ESRCH for an unknown pid)."""
+
+    @PROC_PID_RUSAGE
+    def proc_pid_rusage(pid, flavor, buffer):
+        if pid not in footprints or flavor != RUSAGE_INFO_V0:
+            ctypes.set_errno(errno.ESRCH)
+            return -1
+        buffer.contents.ri_resident_size = 1
+        buffer.contents.ri_phys_footprint = footprints[pid]
+        return 0
+
+    return proc_pid_rusage
+
+
+def test_phys_footprint_reads_rusage_info_v0():
+    assert ctypes.sizeof(RusageInfoV0) == 96 and RusageInfoV0.ri_phys_footprint.offset == 72  # bsd/sys/resource.h
+    function = fake_proc_pid_rusage({42: 5 * GiB, os.getpid(): 123})
+    assert phys_footprint(42, function) == 5 * GiB
+    assert phys_footprint(None, function) == 123  # this process
+    with pytest.raises(OSError, match="proc_pid_rusage"):
+        phys_footprint(7, function)
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="off macOS")
+def test_phys_footprint_off_macos_is_an_oserror_and_the_footprint_is_the_resident_set():
+    with pytest.raises(OSError, match="macOS only"):
+        phys_footprint()
+    assert abs(process_footprint() - psutil.Process().memory_info().rss) < 64 * 2**20
+
+
+@pytest.mark.skipif(sys.platform != "darwin", reason="macOS only")
+def test_phys_footprint_live():
+    assert 10 * 2**20 < phys_footprint() == process_footprint() < 64 * GiB
 
 
 # ------------------------------------------------------------------ simulated, scripted, make_probe
@@ -725,37 +864,139 @@ def test_sampler_from_settings():
 
 
 def test_memory_guard_over_a_scripted_run():
-    # (level, device used) per sampler tick → the first and second advice the loop gets after it
-    script = [
-        (N, 500, "ok", "ok", None),
-        (W, 500, "scale_down", "ok", "pressure"),
-        (W, 500, "ok", "ok", "pressure"),  # same episode: no second halving
-        (W, 1200, "ok", "ok", "pressure"),  # over budget too, still the same episode
-        (N, 500, "ok", "ok", "pressure"),  # the episode ends
-        (N, 1200, "scale_down", "ok", "budget"),
-        (N, 1100, "ok", "ok", "budget"),
-        (C, 1100, "interrupt", "interrupt", "pressure"),
-        (N, 900, "ok", "ok", "pressure"),
-        (W, 900, "scale_down", "ok", "pressure"),
-    ]
-    figures = iter([{"used_bytes": used} for _, used, *_ in script])
-    sampler = Sampler(ScriptedProbe([level for level, *_ in script]), read_device=lambda: next(figures),
-                      clock=FakeClock())
-    guard = MemoryGuard(sampler, budget_bytes=1000)
+    # (level, device used) per sampler tick, a second apart → the first and second advice after it
+    script = [(N, 500)] + [(W, 500)] * 6 + [(N, 500)] * 3 + [(N, 1200)] * 30 + [(C, 1100)] * 6
+    # warn from 1 → halve at 6 (5 s); normal 7-9 does not end the episode; over budget from 10 and critical
+    # from 40 keep the trouble unbroken → halve again at 6 + 30 + 5 = 41; critical for 5 s → interrupt at 45
+    expected = {6: ("scale_down", "ok"), 41: ("scale_down", "ok"), 45: ("interrupt", "interrupt")}
+    clock = FakeClock(0.0)
+    figures = iter([{"used_bytes": used} for _, used in script])
+    sampler = Sampler(ScriptedProbe([level for level, _ in script]), read_device=lambda: next(figures), clock=clock)
+    guard = MemoryGuard(sampler, budget_bytes=1000, rules=RULES)
     assert guard.advice() == "ok"  # no sample yet
-    got = []
+    got = {}
     for step, _ in enumerate(script):
         sampler.tick()
+        clock.now += 1.0
         guard.at_step(step)
-        got.append((guard.advice(), guard.advice(), guard.last_reason))
-    assert got == [(first, second, reason) for *_, first, second, reason in script]
-    assert guard.last_detail == {"pressure": "warn", "used_bytes": 900, "budget_bytes": 1000, "step": 9}
+        advice = (guard.advice(), guard.advice())
+        if advice != ("ok", "ok"):
+            got[step] = advice
+    assert got == expected
+    assert guard.last_reason == "pressure"
+    assert guard.last_detail == {"pressure": "critical", "used_bytes": 1100, "budget_bytes": 1000, "step": 45}
 
 
 def test_memory_guard_without_budget_or_device_figures_follows_pressure():
-    sampler = Sampler(ScriptedProbe([N, W]), clock=FakeClock())
-    guard = MemoryGuard(sampler, budget_bytes=None)
-    sampler.tick()
-    assert guard.advice() == "ok"
-    sampler.tick()
-    assert guard.advice() == "scale_down" and guard.last_reason == "pressure"
+    clock = FakeClock(0.0)
+    sampler = Sampler(ScriptedProbe([N] + [W] * 10), clock=clock)
+    guard = MemoryGuard(sampler, budget_bytes=None, rules=Hysteresis(dwell_s=2, quiet_s=30))
+    advice = []
+    for _ in range(6):
+        sampler.tick()
+        clock.now += 1.0
+        advice.append(guard.advice())
+    assert advice == ["ok", "ok", "ok", "scale_down", "ok", "ok"] and guard.last_reason == "pressure"
+
+
+# ------------------------------------------------------------------ traces: format, replay, record
+
+
+def test_a_trace_is_read_row_by_row_and_refused_with_the_row_that_is_wrong(tmp_path):
+    from mtld.memory.replay import TraceError, parse_trace, read_trace
+
+    good = '{"t": 0, "platform": "darwin", "kernel_level": 1, "available_share": 0.5, "total_bytes": 1000}'
+    rows = parse_trace([good, "", good.replace('"t": 0', '"t": 1')])
+    assert [r.t for r in rows] == [0.0, 1.0] and rows[0].available_bytes == 500
+    for lines, message in [
+        ([good, "{"], "trace:2: Expecting property name"),
+        ([good.replace("darwin", "windows")], "trace:1: platform - Input should be 'darwin' or 'linux'"),
+        ([good.replace('"t": 0', '"t": 0, "colour": 1')], "trace:1: colour - Extra inputs are not permitted"),
+        ([good.replace('"t": 0', '"t": 5'), good], "trace:2: t goes back in time"),
+        ([], "trace: no rows"),
+    ]:
+        with pytest.raises(TraceError, match=message):
+            parse_trace(lines)
+    with pytest.raises(TraceError, match="cannot read"):
+        read_trace(tmp_path / "missing.jsonl")
+
+
+def test_make_probe_replay(tmp_path):
+    from mtld.memory.replay import ReplayProbe
+
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text('{"t": 0, "platform": "darwin", "kernel_level": 2, "available_share": 0.5, "total_bytes": 1000}\n')
+    probe = make_probe(MemorySettings(probe="replay", replay_file=trace))
+    assert isinstance(probe, ReplayProbe) and probe.read().level is W
+    with pytest.raises(SettingsError, match="memory.replay_file - required"):
+        make_probe(MemorySettings(probe="replay"))
+    trace.write_text("nonsense\n")
+    with pytest.raises(SettingsError, match=r"memory.replay_file - .*trace.jsonl:1"):
+        make_probe(MemorySettings(probe="replay", replay_file=trace))
+
+
+def test_a_recorded_trace_replays_to_the_same_levels():
+    import io
+
+    from mtld.memory.replay import ReplayProbe, parse_trace, record_trace
+
+    levels = iter([1, 2, 4, 1])
+    value = {"now": 1}
+
+    def sysctl(name: str) -> int:
+        if name == PRESSURE_SYSCTL:
+            value["now"] = next(levels)
+            return value["now"]
+        return 30
+
+    clock = FakeClock(100.0)
+
+    def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    out = io.StringIO()
+    probe = MacProbe(SETTINGS, sysctl=sysctl, figures=lambda: TIGHT)
+    footprints = iter([GiB, 2 * GiB, OSError("gone"), None])
+
+    def footprint():
+        item = next(footprints)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    assert record_trace(probe, out, seconds=4, footprint=footprint, clock=clock, sleep=sleep) == 4
+    rows = parse_trace(out.getvalue().splitlines())
+    assert [(r.t, r.kernel_level, r.memorystatus_level, r.footprint_bytes, r.level) for r in rows] == [
+        (0.0, 1, 30, GiB, "normal"), (1.0, 2, 30, 2 * GiB, "warn"), (2.0, 4, 30, None, "critical"),
+        (3.0, 1, 30, None, "normal")]
+    assert rows[0].available_share == round(1 / 16, 5) and rows[0].platform == "darwin"
+    t = {"now": 0.0}
+    replay = ReplayProbe(rows, SETTINGS, clock=lambda: t["now"], start=0.0)
+    got = []
+    for second in range(4):
+        t["now"] = second + 0.5
+        got.append(replay.read().level)
+    assert got == [N, W, C, N]
+
+
+def test_record_trace_wants_a_platform_probe():
+    import io
+
+    from mtld.memory.replay import TraceError, record_trace
+
+    with pytest.raises(TraceError, match="macOS or Linux"):
+        record_trace(ScriptedProbe([N]), io.StringIO(), seconds=1)
+
+
+def test_doctor_records_a_trace_of_this_machine(tmp_path):
+    trace = tmp_path / "night.jsonl"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MTLD_")}, "MTLD_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-m", "mtld", "doctor", "--record-trace", str(trace), "--seconds", "2",
+                           "--pid", str(os.getpid())], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "2 rows" in done.stdout
+    from mtld.memory.replay import read_trace
+
+    rows = read_trace(trace)
+    assert len(rows) == 2 and rows[0].footprint_bytes > 0
+    assert rows[0].platform == ("darwin" if sys.platform == "darwin" else "linux")

@@ -8,10 +8,12 @@ from mtld.policy import (
     EarlierRun,
     FamilyRun,
     after_exit,
+    calm_since,
     family_start_size,
     one_size_down,
     peaks_by_size,
     place_run,
+    pressure_hold,
     start_micro_batch,
 )
 
@@ -75,6 +77,11 @@ FIRST = (4, "the family's start size")  # what the family decided for a first at
         (None, [EarlierRun("lost", 2, 2)], 2, "ended at (lost)"),
         (None, [EarlierRun("out_of_memory", 2, 2)], 2, "ended at (out_of_memory)"),
         (None, [EarlierRun("killed", 8, None), EarlierRun("interrupted", 4, None)], 4, "ended at (interrupted)"),  # the last one counts
+        # a memory-pressure interrupt: one size smaller than where it was stopped
+        (None, [EarlierRun("interrupted", 8, None, pressure=True)], 4, "interrupted by memory pressure at 8: one size down"),
+        (None, [EarlierRun("interrupted", 8, 4, pressure=True)], 2, "interrupted by memory pressure at 4: one size down"),
+        (None, [EarlierRun("interrupted", 2, 2, pressure=True)], 2, "interrupted by memory pressure at 2: one size down"),
+        (4, [EarlierRun("interrupted", 4, None, pressure=True)], 4, "pinned"),
     ],
 )
 def test_start_micro_batch(pinned, earlier, expected, reason_part):
@@ -142,6 +149,65 @@ def test_place_run(size, pressure, available, peaks, pinned, expected, deferred,
         assert reason_part in placement.reason
     else:
         assert placement.reason == ""
+
+
+@pytest.mark.parametrize(
+    ("pressure", "calm_for", "needed", "expected", "deferred", "reason_part"),
+    [
+        ("normal", None, 0.0, 8, None, ""),  # no interrupt before: no wait
+        ("normal", 0.0, 60.0, None, "memory_settling", "stay normal for 60 s (normal for 0 s now)"),
+        ("normal", 59.5, 60.0, None, "memory_settling", "(normal for 60 s now)"),
+        ("normal", 60.0, 60.0, 8, None, ""),
+        ("warn", None, 60.0, None, "memory_settling", "normal for 0 s now"),
+        ("critical", None, 60.0, None, "memory_critical", "critical"),  # critical is said first
+        ("pinned", 120.0, 60.0, 8, None, ""),
+    ],
+)
+def test_place_run_waits_for_calm_after_a_pressure_interrupt(pressure, calm_for, needed, expected, deferred,
+                                                             reason_part):
+    pinned = pressure == "pinned"
+    placement = place_run(8, pressure="normal" if pinned else pressure, available_bytes=None, peaks={},
+                          pinned=pinned, calm_for_s=calm_for, calm_needed_s=needed)
+    assert (placement.micro_batch, placement.deferred) == (expected, deferred)
+    assert reason_part in placement.reason
+
+
+@pytest.mark.parametrize(("previous", "pressure", "expected"), [
+    (None, "normal", 50.0), (10.0, "normal", 10.0), (10.0, "warn", None), (10.0, "critical", None),
+    (None, "warn", None), (10.0, None, 10.0), (None, None, None),  # unreadable: as it was
+])
+def test_calm_since(previous, pressure, expected):
+    assert calm_since(previous, pressure, 50.0) == expected
+
+
+HOUR = 3600.0
+
+
+@pytest.mark.parametrize(("times", "expected"), [
+    ([NOW], None),
+    ([NOW - 600, NOW], None),
+    ([NOW - 2400, NOW - 1200, NOW], "memory pressure: 3 interrupts in 40 min — `mtld retry 7` to release"),
+    ([NOW - HOUR, NOW - 60, NOW], "memory pressure: 3 interrupts in 60 min — `mtld retry 7` to release"),
+    ([NOW - HOUR - 1, NOW - 60, NOW], None),  # the first is outside the window
+    ([NOW - 30, NOW], None),
+    ([NOW - 120, NOW - 60, NOW - 30, NOW], "memory pressure: 4 interrupts in 2 min — `mtld retry 7` to release"),
+    ([NOW - 50, NOW - 20, NOW], "memory pressure: 3 interrupts in 1 min — `mtld retry 7` to release"),
+])
+def test_pressure_hold(times, expected):
+    assert pressure_hold(times, now=NOW, limit=3, window_s=HOUR, job_id=7) == expected
+
+
+def test_pressure_hold_follows_the_limit_and_window():
+    times = [NOW - 1800, NOW]
+    assert pressure_hold(times, now=NOW, limit=2, window_s=HOUR, job_id=1) is not None
+    assert pressure_hold(times, now=NOW, limit=2, window_s=1000, job_id=1) is None
+    assert pressure_hold([NOW], now=NOW, limit=1, window_s=1, job_id=1).startswith("memory pressure: 1 interrupts")
+
+
+def test_a_crash_says_what_the_run_said():
+    decision = decide(code=1, message="3 optimizer steps in a row had a non-finite loss")
+    assert decision.outcome == "crashed"
+    assert "exited with status 1 (3 optimizer steps in a row had a non-finite loss)" in decision.reason
 
 
 def test_peaks_by_size_keeps_the_highest_at_the_size_a_run_ended():

@@ -223,6 +223,8 @@ def test_guard_scale_down_halves_the_micro_batch_and_keeps_the_maths(no_dropout_
     assert run_attempt(run_dir, guard=ScriptedGuard({3: "scale_down", 6: "scale_down", 9: "scale_down"})) == 0
     scaled = read_events(run_dir, "batch.scaled_down")
     assert [(e["from"], e["to"], e["reason"], e["step"]) for e in scaled] == [(8, 4, "memory_guard", 3), (4, 2, "memory_guard", 6)]
+    for e in scaled:  # the cache (CPU: the heap, malloc_trim) is handed back, and the fall is said
+        assert e["freed_bytes"] == e["device_bytes_before"] - e["device_bytes_after"]
     result = json.loads((run_dir / "result.json").read_text())
     assert result["scaled_down"] and result["micro_batch_start"] == 8 and result["micro_batch_end"] == 2
     assert result["step"] == result["total_steps"] == json.loads((runs[8] / "result.json").read_text())["total_steps"]

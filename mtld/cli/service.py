@@ -132,17 +132,33 @@ def doctor(
     quick: Annotated[bool, typer.Option("--quick", help="With --selftest: the short checks only (under a minute).")] = False,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="With --selftest: the report's file "
                                                      "(default: mtld-selftest-DATE.json here).")] = None,
+    record_trace: Annotated[Optional[Path], typer.Option(
+        "--record-trace", help="Record memory readings to FILE (JSON lines, one a second) instead.",
+        metavar="FILE")] = None,
+    seconds: Annotated[float, typer.Option("--seconds", min=1, help="How long --record-trace records.")] = 60.0,
+    pid: Annotated[Optional[int], typer.Option("--pid", help="Whose footprint --record-trace records "
+                                                             "(default: the daemon's running run).")] = None,
 ) -> None:
-    """What mtld sees on this machine: device, memory probe and budget, folders, the agent."""
-    from mtld.doctor import diagnose
+    """What mtld sees on this machine: device, memory probe and budget (and which signal decides), folders,
+    the agent. With --selftest: every check this machine allows, as a report. With --record-trace: a memory
+    trace of this machine, for `probe = "replay"` and the tests."""
+    from mtld.doctor import diagnose, record
 
     c: Context = ctx.obj
     if (quick or out_file) and not selftest:
         fail("--quick and --out go with --selftest", code=2)
+    if selftest and record_trace is not None:
+        fail("--selftest and --record-trace: one at a time", code=2)
     if selftest:
         from mtld.selftest.cli import run
 
         raise typer.Exit(run(c.settings, quick=quick, out_file=out_file, as_json=as_json))
+    if record_trace is not None:
+        try:
+            record(c.settings, record_trace, seconds=seconds, pid=pid, say=lambda line: out.print(line, markup=False))
+        except (OSError, ValueError) as e:
+            fail(f"--record-trace: {e}", code=2)
+        return
     info = diagnose(c.settings)
     if as_json:
         emit_json(info)

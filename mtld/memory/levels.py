@@ -62,8 +62,16 @@ class Reading:
     available_bytes: int | None
     total_bytes: int | None
     swap_used_bytes: int | None
-    source: str  # "linux", "macos", "simulated", "scripted"
+    source: str  # "linux", "macos", "simulated", "replay", "scripted"
     detail: dict[str, Any] = field(default_factory=dict)  # raw inputs; "notes": what could not be read
+    # What a new run can use by the platform's own account, where that is not `available_bytes`:
+    # on macOS the kernel's kern.memorystatus_level share of RAM. None: `available_bytes` is that figure.
+    usable_bytes: int | None = None
+
+    @property
+    def fit_bytes(self) -> int | None:
+        """What the fits-or-defer check compares a size's peak with."""
+        return self.available_bytes if self.usable_bytes is None else self.usable_bytes
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe fields for `memory.sample` events and `mtld doctor`."""
@@ -72,6 +80,7 @@ class Reading:
             "available_bytes": self.available_bytes,
             "total_bytes": self.total_bytes,
             "swap_used_bytes": self.swap_used_bytes,
+            "usable_bytes": self.fit_bytes,
             "source": self.source,
             "detail": dict(self.detail),
         }

@@ -181,6 +181,8 @@ class LinuxProbe:
     """
 
     source = "linux"
+    decides = ("PSI (/proc/pressure/memory some/full avg10), the MemAvailable share and, in a limited cgroup, "
+               "its headroom and memory.pressure")
 
     def __init__(self, settings: MemorySettings, *, root: Path = Path("/")):
         self.settings = settings

@@ -38,6 +38,7 @@ class SimulatedProbe:
     """
 
     source = "simulated"
+    decides = "the level written in memory.simulated_file"
 
     def __init__(self, path: Path, *, figures: Callable[[], MemoryFigures] = memory_figures):
         self.path, self.figures = Path(path), figures

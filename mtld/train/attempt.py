@@ -11,6 +11,7 @@ Exit statuses (mtld.exitcodes): 0 succeeded, 2 bad input, 75 interrupted
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -120,7 +121,10 @@ def _result(outcome: str, message: str | None, summary: Summary, duration: float
     fields: dict[str, Any] = {"peak_vm_bytes": peak_vm_bytes(), "duration_s": round(duration, 3), **summary.fields}
     if summary.runner is not None:
         r = summary.runner
-        fields.update(micro_batch_end=r.micro_batch, scaled_down=r.scaled_down, oom_count=r.oom_count)
+        fields.update(micro_batch_end=r.micro_batch, scaled_down=r.scaled_down, oom_count=r.oom_count,
+                      skipped_steps=r.skipped_steps)
+        if outcome == "interrupted":
+            fields["stop_reason"] = r.stop_reason
     if summary.trainer is not None:
         t = summary.trainer
         fields.update(step=t.position.step, best_score=t.evals.best_score, best_step=t.evals.best_step, **t.finish_figures())
@@ -154,6 +158,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
     micro_batch = _micro_batch(launch.micro_batch, spec.train.effective_batch_size)
     summary.fields.update(device=device.type, micro_batch_start=micro_batch, micro_batch_end=micro_batch)
     parts = build(spec, device, micro_batch, stop=stop, guard=guard, log=log)
+    parts.runner.nan_steps = nan_steps_for_tests(os.environ.get(NAN_STEPS_ENV, ""))
     summary.runner = parts.runner
 
     def export(out_dir: Path) -> None:
@@ -166,7 +171,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         export=export, checkpoint_extra=lambda: {"fingerprint": parts.fingerprint, "micro_batch_start": micro_batch},
         progress_every_s=launch.progress_every_s, meter=summary.meter,
         threads=thread_policy(launch.threads, device.type, log=log, every_s=launch.threads_every_s),
-        history=launch.history,
+        history=launch.history, max_nonfinite_steps=launch.max_nonfinite_steps,
     )
     summary.fields["total_steps"] = trainer.total_steps
     resumed = _resume(rd, trainer, parts.fingerprint, log)
@@ -188,7 +193,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
 
 def _memory_guard(launch: Launch, device: Any, log: Any) -> Any:
     """Sample memory pressure about once a second in a thread; the step loop asks the guard."""
-    from mtld.memory import MemoryGuard, Sampler, budget_bytes, make_probe
+    from mtld.memory import MemoryGuard, Sampler, budget_bytes, hysteresis, make_probe
     from mtld.train import device as dev
 
     settings = launch.memory
@@ -199,8 +204,21 @@ def _memory_guard(launch: Launch, device: Any, log: Any) -> Any:
     budget = budget_bytes(device_type=device.type, device_total=dev.total_memory_bytes(device),
                           cgroup_limit=cgroup, fraction=settings.budget_fraction)
     log.info("memory.guard", probe=type(probe).__name__, budget_bytes=budget, device=device.type,
-             sample_every_s=settings.sample_every_s)
-    return MemoryGuard(sampler, budget)
+             sample_every_s=settings.sample_every_s, decides=getattr(probe, "decides", None),
+             dwell_s=settings.dwell_s, quiet_s=settings.quiet_s)
+    return MemoryGuard(sampler, budget, hysteresis(settings))
+
+
+# For tests only: "5" or "5,9" or "5-14" makes those optimizer steps' loss NaN (read here, in the child).
+NAN_STEPS_ENV = "MTLD_TEST_NAN_STEPS"
+
+
+def nan_steps_for_tests(text: str) -> frozenset[int]:
+    steps: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, _, last = part.partition("-")
+        steps.update(range(int(first), int(last or first) + 1))
+    return frozenset(steps)
 
 
 def _read_job(rd: RunDir) -> JobSpec:

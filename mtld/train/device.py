@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import random
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +55,12 @@ def prepare(device: torch.device, memory_fraction: float) -> None:
         torch.set_float32_matmul_precision("high")  # TF32 on Ampere and later: fine for fine-tuning
 
 
+def all_finite(tensors: Any) -> bool:
+    """True when no tensor holds NaN or inf (one device sync for all of them)."""
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return not flags or bool(torch.stack(flags).all())
+
+
 def empty_cache(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -71,19 +79,22 @@ def synchronize(device: torch.device) -> None:
 class MemoryMeter:
     """Peak memory of the run: the device allocator's, or the process's on CPU.
 
-    CUDA keeps its own high-water mark; MPS only reports the current driver
-    allocation, so it is sampled at progress and evaluation points.
+    CUDA keeps its own high-water mark; MPS only reports the current figures,
+    so they are sampled at progress and evaluation points: the same figure the
+    guard compares with the budget (the larger of phys_footprint and the
+    driver's allocation), so the family's headroom rule reads what the guard does.
     """
 
     def __init__(self, device: torch.device):
         self.device = device
         self.peak_sampled = 0
+        self._read = memory_reader(device) if device.type == "mps" else None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
     def sample(self) -> None:
-        if self.device.type == "mps":
-            self.peak_sampled = max(self.peak_sampled, torch.mps.driver_allocated_memory())
+        if self._read is not None:
+            self.peak_sampled = max(self.peak_sampled, self._read()["used_bytes"] or 0)
 
     def peak_bytes(self) -> int:
         if self.device.type == "cuda":
@@ -103,19 +114,53 @@ def total_memory_bytes(device: torch.device) -> int:
     return int(psutil.virtual_memory().total)
 
 
-def memory_reader(device: torch.device) -> Callable[[], dict[str, int]]:
+def memory_reader(device: torch.device) -> Callable[[], dict[str, int | None]]:
     """For the memory sampler thread: what the run uses now, and what the device has.
 
-    CUDA: memory the caching allocator holds; MPS: the driver's allocation;
-    CPU: the process's resident set. All are cheap reads without a device sync.
+    `used_bytes` is what the guard compares with the budget (mtld.memory.used_bytes): CUDA the
+    memory the caching allocator holds; MPS the larger of the process's phys_footprint and the Metal
+    driver's allocation; CPU the process's footprint (macOS phys_footprint, else the resident set).
+    `footprint_bytes` and `device_bytes` are the two figures behind it. All are cheap reads without
+    a device sync.
     """
+    from mtld.memory import used_bytes
+
     total = total_memory_bytes(device)
+    footprint = _footprint_reader()
+    device_bytes = device_reader(device)
+
+    def read() -> dict[str, int | None]:
+        own = footprint()
+        allocated = device_bytes() if device_bytes is not None else None
+        return {"used_bytes": used_bytes(device.type, footprint=own, device=allocated), "total_bytes": total,
+                "footprint_bytes": own, "device_bytes": allocated}
+
+    return read
+
+
+def _footprint_reader() -> Callable[[], int]:
+    if sys.platform == "darwin":  # the kernel's ledger, not the resident set (mtld.memory.macos.phys_footprint)
+        from mtld.memory import phys_footprint
+
+        return phys_footprint
     process = psutil.Process()
+    return lambda: int(process.memory_info().rss)
+
+
+def device_reader(device: torch.device) -> Callable[[], int] | None:
+    """The device allocator's own figure: CUDA's reserve, MPS's driver allocation (cached buffers included,
+    torch.mps.driver_allocated_memory); None on CPU."""
     if device.type == "cuda":
-        return lambda: {"used_bytes": int(torch.cuda.memory_reserved(device)), "total_bytes": total}
+        return lambda: int(torch.cuda.memory_reserved(device))
     if device.type == "mps":
-        return lambda: {"used_bytes": int(torch.mps.driver_allocated_memory()), "total_bytes": total}
-    return lambda: {"used_bytes": int(process.memory_info().rss), "total_bytes": total}
+        return lambda: int(torch.mps.driver_allocated_memory())
+    return None
+
+
+def device_used_bytes(device: torch.device) -> int:
+    """The figure a scale-down should make fall: the device allocator's, or the process's on CPU."""
+    reader = device_reader(device) or _footprint_reader()
+    return reader()
 
 
 def rng_states(device: torch.device) -> dict[str, Any]:
@@ -164,3 +209,14 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     if not enabled or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
         return None
     return torch.bfloat16
+
+
+def malloc_trim() -> bool | None:
+    """glibc's malloc_trim(0): hand the heap's free pages back to the OS (True if any were). None where the C
+    library has no malloc_trim (macOS, musl)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))

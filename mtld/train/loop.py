@@ -3,11 +3,14 @@
 The position in the batch plan is (epoch, index of the next step in that
 epoch's plan); `step` counts optimizer steps overall. A checkpoint is always
 taken at a step boundary, so resuming from it replays exactly the steps that
-were left.
+were left. A step skipped for a non-finite loss still moves the position on
+(its examples are passed over); `max_nonfinite_steps` of them in a row end
+the run as failed, and weights that are not finite are never saved.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,7 +25,7 @@ from mtld.rundir import RunDir, write_json_atomic
 from mtld.runfiles import Figures
 from mtld.train.checkpoint import save_checkpoint
 from mtld.train.data import TaskData
-from mtld.train.device import MemoryMeter, empty_cache, is_oom, rng_states, synchronize
+from mtld.train.device import MemoryMeter, all_finite, empty_cache, is_oom, rng_states, synchronize
 from mtld.train.inference import Aborted, infer_split
 from mtld.train.metrics import aggregate_score, task_metrics
 from mtld.train.plan import Step, padded_tokens
@@ -30,8 +33,12 @@ from mtld.train.step import StepRunner
 from mtld.train.threads import FixedThreads, ThreadGovernor
 from mtld.train.timing import StepTimings, eta_seconds
 
-RunOutcome = Literal["succeeded", "interrupted", "out_of_memory"]
+RunOutcome = Literal["succeeded", "interrupted", "out_of_memory", "failed"]
 EVAL_BATCH_FACTOR = 4  # inference keeps no activations for backward: a few times the micro-batch fits
+
+
+class NonFiniteWeights(Exception):
+    """The model's weights hold NaN or inf: nothing may be saved from it."""
 
 
 @dataclass
@@ -85,6 +92,7 @@ class Trainer:
         clock: Callable[[], float] = time.perf_counter,
         threads: ThreadGovernor | FixedThreads | None = None,
         history: Sequence[Figures] = (),
+        max_nonfinite_steps: int = 10,
     ):
         self.runner, self.tasks, self.plans, self.spec = runner, tasks, plans, spec
         self.run_dir, self.device, self.log, self.export = run_dir, device, log, export
@@ -96,6 +104,7 @@ class Trainer:
         self.timings = timings or StepTimings()  # the seam for per-step (padded tokens, seconds) records
         self.threads = threads or FixedThreads()
         self.history = list(history)  # Launch.history: the family's earlier runs and probes
+        self.max_nonfinite_steps = max_nonfinite_steps
         self.model: dict[str, Any] = {}  # the runtime model for this attempt (mtld.estimate.launch_prior)
         self.total_steps = sum(len(p) for p in plans)
         self.last_checkpoint_step = -1
@@ -111,6 +120,8 @@ class Trainer:
         self.progress.started = self.progress.window_start = self.clock()
         try:
             return self._run()
+        except NonFiniteWeights as e:
+            return self.failed(str(e))
         finally:
             synchronize(self.device)  # so the throughput figures count work still queued on a GPU
             self.progress.ended = self.clock()
@@ -130,6 +141,13 @@ class Trainer:
                 return self.out_of_memory(
                     f"out of memory at micro-batch {self.runner.micro_batch} on step {self.position.step}, twice: {self.runner.last_oom}"
                 )
+            if result.outcome == "skipped" and self.runner.nonfinite_in_a_row >= self.max_nonfinite_steps:
+                latest = self.run_dir.latest_checkpoint()
+                return self.failed(
+                    f"{self.runner.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient "
+                    f"norm (the last, step {self.position.step}: {result.skipped}); none reached the weights, and "
+                    f"the checkpoints ({latest.name if latest else 'none yet'}) and best/ are from before: lower "
+                    "the learning rate or check the data")
             finished = self.clock()
             self.account(step, result.loss, result.padded_tokens, finished - started)
             epoch_end = self.advance(len(plan))
@@ -140,11 +158,12 @@ class Trainer:
                 last_eval_step = number
                 if ended := self.evaluate_or_end():
                     return ended
-            if epoch_end or number % self.spec.checkpoint_every == 0:
+            if (epoch_end or number % self.spec.checkpoint_every == 0) and not self.runner.nonfinite_in_a_row:
                 self.checkpoint()
         if last_eval_step != self.position.step and (ended := self.evaluate_or_end()):
             return ended
         started = self.clock()
+        self.check_weights("the final model")
         self.export(self.run_dir.model_dir)
         self.exclude(self.clock() - started)
         self.timings.record_save(self.clock() - started)
@@ -178,6 +197,12 @@ class Trainer:
         self.message = f"stopped at step {self.position.step} of {self.total_steps} ({stop.name or reason})"
         self.log.info("run.interrupted", step=self.position.step, reason=reason, signal=stop.name, checkpoint=str(path) if path else None)
         return "interrupted"
+
+    def failed(self, message: str) -> RunOutcome:
+        """End the run without saving anything more (the model may be the problem)."""
+        self.message = message
+        self.log.error("run.failed", outcome="failed", error=message)
+        return "failed"
 
     def out_of_memory(self, message: str) -> RunOutcome:
         empty_cache(self.device)
@@ -331,8 +356,10 @@ class Trainer:
             return False
         self.evals.pending = False
         score = aggregate_score(metrics, {t.info.name: t.info.type for t in self.tasks})
-        improved = score is not None and (self.evals.best_score is None or score > self.evals.best_score)
+        improved = (score is not None and math.isfinite(score)
+                    and (self.evals.best_score is None or score > self.evals.best_score))
         if improved:
+            self.check_weights("best/")
             self.evals.best_score, self.evals.best_step = score, self.position.step
             self.export(self.run_dir.best_dir)
         epochs_done = self.position.step / len(self.plans[0])
@@ -363,6 +390,7 @@ class Trainer:
         if self.position.step == self.last_checkpoint_step:
             return self.run_dir.latest_checkpoint()
         started = self.clock()
+        self.check_weights("a checkpoint")
         state = {
             "step": self.position.step,
             "epoch": self.position.epoch,
@@ -387,6 +415,13 @@ class Trainer:
         self.log.info("checkpoint.saved", step=self.position.step, path=str(path), bytes=path.stat().st_size,
                       seconds=round(duration, 3))
         return path
+
+    def check_weights(self, what: str) -> None:
+        """Raise NonFiniteWeights before `what` is written from a model holding NaN or inf (one device sync)."""
+        if not all_finite(self.runner.model.parameters()):
+            latest = self.run_dir.latest_checkpoint()
+            raise NonFiniteWeights(f"the model's weights are not finite at step {self.position.step}: {what} was not "
+                                   f"written (the last checkpoint: {latest.name if latest else 'none'})")
 
     def restore(self, state: dict[str, Any]) -> None:
         self.position = Position(state["epoch"], state["index"], state["step"])

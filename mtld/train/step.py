@@ -5,7 +5,10 @@ weight, where U counts the units (examples, or labelled tokens for token
 tasks) of the WHOLE step; the accumulated gradient is then the same whatever
 the micro-batch size. The optimizer steps only when the whole effective batch
 went through; an allocation failure halves the micro-batch and redoes the step
-from its start, from the RNG state the step started with.
+from its start, from the RNG state the step started with. A step whose loss or
+gradient norm is NaN or infinite changes nothing (no optimizer or scheduler
+step): it is skipped, like torch.amp.GradScaler skips a step with inf/NaN
+gradients, and for the same price, one device sync per step.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 
 from mtld.train.data import TaskData
-from mtld.train.device import empty_cache, is_oom, set_rng_states, torch_rng_states
+from mtld.train.device import device_used_bytes, empty_cache, is_oom, malloc_trim, set_rng_states, torch_rng_states
 from mtld.train.guard import Guard
 from mtld.train.inference import autocast
 from mtld.train.model import MultiTaskModel, loss_sum
@@ -25,7 +28,8 @@ from mtld.train.plan import Step
 from mtld.train.signals import StopFlag
 
 MIN_MICRO_BATCH = 2
-Outcome = Literal["done", "stopped", "out_of_memory"]
+Outcome = Literal["done", "stopped", "out_of_memory", "skipped"]
+GUARD_REASONS = ("pressure", "budget", "memory_guard")  # scale-downs a guard asked for: free what is cached
 
 
 @dataclass
@@ -33,6 +37,7 @@ class StepResult:
     outcome: Outcome
     loss: torch.Tensor | None = None  # weighted mean loss of the step, still on the device
     padded_tokens: int = 0  # of the micro-batches that made the final, successful pass
+    skipped: str | None = None  # why a skipped step changed nothing (its loss or gradient norm was not finite)
 
 
 class StepRunner:
@@ -50,12 +55,17 @@ class StepRunner:
         stop: StopFlag,
         guard: Guard,
         log: Any,
+        nan_steps: frozenset[int] = frozenset(),
     ):
         self.model, self.tasks, self.optimizer, self.scheduler = model, tasks, optimizer, scheduler
         self.device, self.micro_batch, self.max_grad_norm, self.amp = device, micro_batch, max_grad_norm, amp
         self.stop, self.guard, self.log = stop, guard, log
+        self.nan_steps = nan_steps  # a test hook (MTLD_TEST_NAN_STEPS): these steps' losses are made NaN
         self.scaled_down = False
         self.oom_count = 0
+        self.nonfinite_in_a_row = 0
+        self.skipped_steps = 0
+        self.trim_heap = True  # CPU: malloc_trim after a guard's scale-down (bench.trim measures with it off)
         self.stop_reason: str | None = None  # "signal" or "memory_critical" once stopped
         self.last_oom: str | None = None
         self._params = [p for p in model.parameters() if p.requires_grad]
@@ -85,7 +95,16 @@ class StepRunner:
             else:
                 self.scale_down("out_of_memory", number, detail=self.last_oom)
         if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
+        if why := nonfinite(result.loss, norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_in_a_row += 1
+            self.skipped_steps += 1
+            self.log.warning("step.skipped", step=number, reason=why, in_a_row=self.nonfinite_in_a_row)
+            return StepResult("skipped", None, result.padded_tokens, skipped=why)
+        self.nonfinite_in_a_row = 0
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -101,6 +120,8 @@ class StepRunner:
         task = self.tasks[step.task]
         kind, split = task.info.type, task.train
         scale = task.info.weight / max(int(split.units[step.ids].sum()), 1)
+        if number in self.nan_steps:
+            scale = float("nan")
         total: torch.Tensor | None = None
         padded = 0
         position = 0
@@ -139,9 +160,37 @@ class StepRunner:
         """Halve the micro-batch for the rest of the run; the effective batch stays."""
         if self.micro_batch <= MIN_MICRO_BATCH:
             return
-        new = self.micro_batch // 2
+        old, new = self.micro_batch, self.micro_batch // 2
         fields = {"detail": detail} if detail else {}
-        self.log.warning("batch.scaled_down", **{"from": self.micro_batch, "to": new}, reason=reason, step=step,
-                         **fields, **figures)
         self.micro_batch = new
         self.scaled_down = True
+        if reason in GUARD_REASONS:
+            fields.update(self.free_memory())
+        self.log.warning("batch.scaled_down", **{"from": old, "to": new}, reason=reason, step=step,
+                         **fields, **figures)
+
+    def free_memory(self) -> dict[str, Any]:
+        """After a guard's scale-down: hand the allocator's cached blocks back (torch.cuda.empty_cache,
+        torch.mps.empty_cache: "releases all unoccupied cached memory"), as the OOM path does; on CPU also
+        glibc's malloc_trim(0), without which the resident set does not fall at all (bench/trim.md). Says how
+        far the device's figure (CPU: the process's) fell."""
+        try:
+            before = device_used_bytes(self.device)
+            empty_cache(self.device)
+            if self.device.type == "cpu" and self.trim_heap:
+                malloc_trim()
+            after = device_used_bytes(self.device)
+        except Exception as e:  # a figure that cannot be read must not cost the run
+            return {"freed_error": f"{type(e).__name__}: {e}"[:200]}
+        return {"device_bytes_before": before, "device_bytes_after": after, "freed_bytes": before - after}
+
+
+def nonfinite(loss: torch.Tensor | None, norm: torch.Tensor) -> str | None:
+    """Why a step must not reach the optimizer (its loss or gradient norm is NaN or infinite), or None.
+    One device sync in the common case; the figures are read only when something is wrong."""
+    finite = torch.isfinite(norm) if loss is None else torch.isfinite(loss) & torch.isfinite(norm)
+    if bool(finite):
+        return None
+    if loss is not None and not bool(torch.isfinite(loss)):
+        return f"loss is {float(loss)}"
+    return f"gradient norm is {float(norm)}"
