@@ -78,7 +78,7 @@ def test_sigterm_of_the_daemon_requeues_the_run_with_a_checkpoint_and_exits_in_t
 
 
 def test_cancel_of_a_running_job(home, data_dir):
-    job_id = home.submit(job_file(data_dir, epochs=6))
+    job_id = home.submit(job_file(data_dir, epochs=40))  # long enough to be running when the cancel comes
     daemon = home.daemon("--exit-when-idle")
     home.wait_for(lambda: home.run_events(job_id, "step.progress"))
     status = json.loads(home.mtld("status", "--json").stdout)

@@ -928,8 +928,8 @@ def test_make_probe_replay(tmp_path):
     trace.write_text('{"t": 0, "platform": "darwin", "kernel_level": 2, "available_share": 0.5, "total_bytes": 1000}\n')
     probe = make_probe(MemorySettings(probe="replay", replay_file=trace))
     assert isinstance(probe, ReplayProbe) and probe.read().level is W
-    with pytest.raises(SettingsError, match="memory.replay_file - required"):
-        make_probe(MemorySettings(probe="replay"))
+    with pytest.raises(ValueError, match="required when memory.probe = \"replay\""):
+        MemorySettings(probe="replay")  # refused when the settings load, as the simulated probe's file is
     trace.write_text("nonsense\n")
     with pytest.raises(SettingsError, match=r"memory.replay_file - .*trace.jsonl:1"):
         make_probe(MemorySettings(probe="replay", replay_file=trace))

@@ -16,7 +16,6 @@ from mtld.selftest.base import Context, Failed, Skipped, Spec, require
 
 PRESSURE = "kern.memorystatus_vm_pressure_level"  # 1 normal, 2 warn, 4 critical (XNU bsd/kern/kern_memorystatus*.c)
 FREE_LEVEL = "kern.memorystatus_level"  # percentage of memory the kernel counts as available
-TRACE_KEYS = ("t", "kernel_level", "available_share", "footprint_bytes", "device_bytes")  # the replay probe's format
 CHUNK = 256 << 20
 
 
@@ -143,6 +142,7 @@ def check_pressure_trace(ctx: Context) -> dict[str, Any]:
     JSON-lines trace; samples where only psutil's available share looks alarming are counted."""
     from mtld.memory.levels import Level, available_level
     from mtld.memory.macos import macos_level
+    from mtld.memory.replay import TraceRow
     from mtld.settings import MemorySettings
 
     mps = _mps(ctx)
@@ -164,10 +164,13 @@ def check_pressure_trace(ctx: Context) -> dict[str, Any]:
                 except RuntimeError as e:  # the machine said no before 60 %: data, not a failure
                     stopped_by = str(e).splitlines()[0][:200]
             share = available_share(ctx)
-            kernel = macos_level(sysctl_ctypes(ctx, PRESSURE))
-            sample = {"t": round(ctx.clock() - start, 2), "kernel_level": kernel.value,
-                      "available_share": round(share, 4), "footprint_bytes": footprint_bytes(ctx),
-                      "device_bytes": mps.driver_allocated(), "memorystatus_level": sysctl_ctypes(ctx, FREE_LEVEL)}
+            raw = sysctl_ctypes(ctx, PRESSURE)
+            kernel = macos_level(raw)
+            row = TraceRow(t=round(ctx.clock() - start, 2), platform="darwin", kernel_level=raw,
+                           memorystatus_level=sysctl_ctypes(ctx, FREE_LEVEL), available_share=round(share, 4),
+                           footprint_bytes=footprint_bytes(ctx), device_bytes=mps.driver_allocated(), device="mps",
+                           level=kernel.value)  # the replay probe's format (mtld.memory.replay)
+            sample = row.model_dump(exclude_none=True)
             trace.write(json.dumps(sample) + "\n")
             by_share = available_level(int(share * 1e6), 1_000_000, warn=settings.available_warn,
                                        critical=settings.available_critical)
