@@ -185,6 +185,7 @@ class Jobs:
         from mtld.rundir import Launch, RunDir
 
         rd = RunDir(self.base / name)
+        rd.claim({"job_id": 7, "store": "tests"})  # as a launcher does (mtld.rundir)
         rd.write_job(spec)
         rd.write_launch(Launch(micro_batch=micro_batch, device="cpu", job_id=7, run_id=11, **launch))
         return rd.path

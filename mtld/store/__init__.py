@@ -23,7 +23,8 @@ moves the job to `cancelled`.
 
 Times are REAL unix epoch seconds passed in by the caller as `now`; nothing
 here reads the clock, so tests and the daemon decide what "now" is. The module
-imports only the standard library (and mtld's sizes constant): the CLI opens it on every command.
+imports only the standard library (and mtld's sizes constant and stdlib-only mtld.disk): the CLI opens it on
+every command.
 """
 
 
@@ -39,6 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mtld.disk import private_dir
 from mtld.store.records import (
     InvalidTransition, Job, Run, Schedule, SchemaTooNew, StoreError, Transition, UnknownJob, UnknownRun, column_list,
     job_from_row, json_safe, run_from_row,
@@ -60,7 +62,7 @@ class Store:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)
         # Create the file private before SQLite does; its -wal and -shm files copy this mode.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.RLock()
