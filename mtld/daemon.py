@@ -12,15 +12,18 @@ only the calendar arithmetic (mtld.schedule), not threads.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TextIO
 
-from mtld import __version__, policy, schedule
+from mtld import __version__, disk, policy, schedule
+from mtld.diskguard import DiskGuard
 from mtld.executor import Executor, ExitStatus, LocalExecutor, RunHandle, wait_for_exit
 from mtld.family import earlier_runs, family, family_history, pinned_size, resolve_device, start_size
 from mtld.history import family_figures, probe_dir
@@ -30,7 +33,7 @@ from mtld.logs import format_event, get_logger, last_event
 from mtld.memory import Probe, Reading, make_probe
 from mtld.pidfile import PidFile
 from mtld.platform.power import SleepInhibitor, notify, on_battery
-from mtld.rundir import RunDir
+from mtld.rundir import RunDir, RunDirRefused
 from mtld.runfiles import RunFileError, RunResult, launch_for
 from mtld.settings import Settings
 from mtld.store import Run, Store
@@ -64,6 +67,7 @@ class Daemon:
         clock: Callable[[], float] = time.time,
         exit_when_idle: bool = False,
         console: TextIO | None = None,
+        free_bytes: Callable[[Path], int] = disk.free_bytes,
     ):
         self.settings = settings
         self.store = store
@@ -79,6 +83,8 @@ class Daemon:
         self.finished = False
         self.deferred_because: str | None = None
         self.windows = settings.schedule.parsed()
+        self.disk = DiskGuard(settings, store, self.log, free_bytes=free_bytes,
+                              notify=notify if settings.daemon.notify else None)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -130,12 +136,14 @@ class Daemon:
         if self.stop_signals:
             self.stop(now)
             return
+        self.disk.rotate_log()
         self.fire_schedules(now)
         if self.active is not None:
             self.supervise(now)
         if self.store.get_flag("pause_now") == "1":  # seen: the running child (if any) was asked to stop
             self.store.set_flag("pause_now", None)
         if self.active is None:
+            self.disk.release_holds(now)
             if self.store.get_flag("paused") != "1":
                 self.dispatch(now)
             if self.active is None and self.exit_when_idle and self._queue_is_empty():
@@ -163,6 +171,8 @@ class Daemon:
             return
         spec = spec_from_json(job.spec_json)
         fam = family(spec, resolve_device(self.settings.train.device))
+        if self.disk.hold_if_short(job, spec, fam, now):  # the next tick looks at the rest of the queue
+            return
         reading = self._read_pressure()
         start = start_size(self.settings, family_history(self.store, fam), pinned=pinned_size(job.batch_size),
                            earlier=earlier_runs(self.store, job), reading=reading)
@@ -178,6 +188,14 @@ class Daemon:
         run = self.store.start_run(job.id, micro_batch=micro_batch, family=fam, reason=start.reason, now=now)
         log = log.bind(run_id=run.id)
         run_dir = RunDir(job.run_dir)
+        try:  # a folder mtld did not make for this job is never used: nothing in it is loaded
+            run_dir.claim({"job_id": job.id, "store": str(self.settings.db_path)},
+                          adopt_unmarked=run.attempt > 1)  # an earlier attempt ran there (an older mtld)
+        except RunDirRefused as e:
+            self.store.finish_run(run.id, outcome="bad_input", now=now)
+            self.store.transition(job.id, "failed", reason=str(e), last_error=str(e), now=now)
+            log.error("run.start_failed", error=str(e))
+            return
         run_dir.write_job(spec)
         history = family_figures(self.store, fam, probe_dir(self.settings))
         run_dir.write_launch(launch_for(self.settings, micro_batch=micro_batch, job_id=job.id, run_id=run.id,
@@ -286,7 +304,7 @@ class Daemon:
         job = self.store.transition(
             job_id, decision.job_state, reason=decision.reason, now=now,
             last_error=decision.reason if decision.job_state == "failed" else None,
-            next_attempt_at=decision.retry_at,
+            next_attempt_at=decision.retry_at, hold=decision.hold,
         )
         log = self.log.bind(job_id=job_id, run_id=run.id)
         if decision.outcome == "interrupted" and stop_reason:
@@ -298,6 +316,8 @@ class Daemon:
         (log.warning if job.state == "failed" else log.info)(event, reason=decision.reason, retry_at=decision.retry_at)
         if job.state in ("succeeded", "failed", "cancelled") and self.settings.daemon.notify:
             notify(f"mtld: {job.name} {job.state}", decision.reason)
+        if decision.hold:
+            self.disk.held(job, decision.hold)
 
     def reconcile(self, now: float) -> None:
         """After a crash or SIGKILL of an earlier daemon: settle every run still marked running."""
@@ -368,5 +388,6 @@ def fresh_result(run_dir: RunDir, run: Run) -> RunResult | None:
 
 
 def serve(settings: Settings, *, exit_when_idle: bool = False, console: TextIO | None = sys.stderr) -> int:
+    os.umask(0o077)  # whatever the daemon creates is user-only (mtld.disk also sets modes explicitly)
     with Store(settings.db_path) as store:
         return Daemon(settings, store, exit_when_idle=exit_when_idle, console=console).run()
