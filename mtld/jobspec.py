@@ -182,6 +182,14 @@ def looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
+def model_outside_job_folder(model: str, job_file: str | Path) -> bool:
+    """A model folder that is not inside the job file's folder: accepted, but logged and shown by `mtld show`."""
+    path = Path(model)
+    if not path.is_absolute():  # a hub id
+        return False
+    return not path.resolve().is_relative_to(Path(job_file).resolve().parent)
+
+
 def check_semantics(spec: JobSpec, shown: str) -> list[Problem]:
     problems: list[Problem] = []
     seen: dict[str, int] = {}

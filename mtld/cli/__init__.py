@@ -3,8 +3,8 @@
 This module holds the app and what every command shares (settings and the
 store, one-line failures, JSON output); the commands live by topic:
 `queue` (submit, status, show, schedules, cancel, retry, logs), `training`
-(train, predict, estimate, report) and `service` (daemon, pause, resume,
-agent, doctor). Rendering is mtld.render's.
+(train, predict, estimate, report), `service` (daemon, pause, resume,
+agent, doctor) and `cleaning` (clean, remove). Rendering is mtld.render's.
 """
 
 from __future__ import annotations
@@ -100,4 +100,4 @@ def main() -> None:
 
 
 # The commands register themselves on `app` when their modules load (in the order `mtld --help` lists them).
-from mtld.cli import queue, training, service  # noqa: E402,F401,I001
+from mtld.cli import queue, training, service, cleaning  # noqa: E402,F401,I001

@@ -12,7 +12,7 @@ import typer
 
 from mtld import jobs, render
 from mtld.cli import Context, JsonFlag, app, emit_json, fail, get_job, out
-from mtld.jobspec import JobFileError, spec_from_json
+from mtld.jobspec import JobFileError, model_outside_job_folder, spec_from_json
 from mtld.logs import follow_files, format_event, read_events, snapshot, tail_events
 from mtld.status import job_view, schedule_view
 from mtld.store import TERMINAL, InvalidTransition, Job, StoreError, UnknownJob
@@ -75,7 +75,7 @@ def show(ctx: typer.Context, job_id: int, as_json: JsonFlag = False) -> None:
     runs = [r.to_dict() for r in c.store.runs_for(job_id)]
     history = [t.to_dict() for t in c.store.transitions_for(job_id)]
     spec = json.loads(spec_from_json(job.spec_json).model_dump_json())
-    view = job_view(job)
+    view = {**job_view(job), "model_outside_job_folder": model_outside_job_folder(spec["model"], job.job_file)}
     if as_json:
         emit_json({**view, "spec": spec, "runs": runs, "transitions": history})
     else:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from mtld.disk import private_dir
+from mtld.store.housekeeping import Housekeeping
 from mtld.store.records import (
     InvalidTransition, Job, Run, Schedule, SchemaTooNew, StoreError, Transition, UnknownJob, UnknownRun, column_list,
     job_from_row, json_safe, run_from_row,
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 
-class Store:
+class Store(Housekeeping):
     """One connection to the state file. Safe to share between the threads of one process."""
 
     def __init__(self, path: Path | str):
@@ -210,7 +211,7 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         """Jobs per state; every state is present, zero included."""
-        found = dict(self._rows("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        found = dict(self._rows("SELECT state, COUNT(*) FROM jobs WHERE removed_at IS NULL GROUP BY state"))
         return {state: found.get(state, 0) for state in STATES}
 
     def next_eligible(self, *, now: float) -> Job | None:
@@ -272,6 +273,8 @@ class Store:
             job = self._job(job_id)
             if job.state not in (FAILED, CANCELLED):
                 raise InvalidTransition(f"job {job_id} is {job.state}; cannot retry")
+            if job.removed_at is not None:
+                raise InvalidTransition(f"job {job_id} was removed with its run folder; submit it again instead")
             return self._move(db, job, QUEUED, verb="retry", reason="retry", now=now,
                               attempts=0, last_error=None, next_attempt_at=None)
 
