@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from mtld.settings import DiskSettings
 from mtld.testing import ScriptedGuard
 from mtld.train import run_attempt
 from tests.conftest import fill
@@ -47,6 +46,7 @@ def test_checkpoints_hold_only_plain_data_and_go_by_time_at_the_default(jobs, re
     import torch
 
     from mtld.rundir import RunDir
+    from mtld.settings import DiskSettings
 
     spec = jobs.spec([jobs.task("classification", 40)], epochs=2, checkpoint_every="10m")
     run_dir = jobs.run_dir(spec, micro_batch=2, disk=DiskSettings(keep_last_checkpoint=True))

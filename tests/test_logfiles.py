@@ -13,7 +13,6 @@ import pytest
 from typer.testing import CliRunner
 
 import mtld.logs
-from mtld.logfiles import rotate, snapshot
 from mtld.logs import AppendWriter, follow_files, read_events, tail_events
 from tests.conftest import fill
 
@@ -58,6 +57,8 @@ def test_a_line_the_disk_cannot_hold_is_taken_back_and_the_next_ones_are_whole(s
 
 
 def test_the_daemon_log_rotates_and_every_writer_and_reader_follows(tmp_path):
+    from mtld.logfiles import rotate
+
     log = tmp_path / "mtld.jsonl"
     daemon, cli = AppendWriter(log), AppendWriter(log)
     for n in range(10):
@@ -77,6 +78,8 @@ def test_the_daemon_log_rotates_and_every_writer_and_reader_follows(tmp_path):
 
 
 def test_following_reads_on_from_the_snapshot_across_a_rotation(tmp_path):
+    from mtld.logfiles import rotate, snapshot
+
     log = tmp_path / "mtld.jsonl"
     writer = AppendWriter(log)
     writer.msg(event(0))
