@@ -20,6 +20,7 @@ tries again.
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import sys
@@ -27,10 +28,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TextIO
 
-from mtld import __version__, policy, schedule
+from mtld import __version__, disk, policy, schedule
 from mtld.bookkeeping import FORCED_STOP_GRACE_S, Bookkeeping, describe
+from mtld.diskguard import DiskGuard
 from mtld.executor import Executor, ExitStatus, LocalExecutor, RunHandle, wait_for_exit
 from mtld.family import (
     earlier_runs, family, family_history, pinned_size, resolve_device, start_size,
@@ -41,7 +44,7 @@ from mtld.jobspec import stored_spec
 from mtld.logs import format_event, get_logger, last_event
 from mtld.memory import Probe, Reading, make_probe
 from mtld.pidfile import PidFile
-from mtld.platform.power import SleepInhibitor, on_battery
+from mtld.platform.power import SleepInhibitor, notify, on_battery
 from mtld.rundir import RunDir
 from mtld.runfiles import launch_for
 from mtld.settings import Settings
@@ -76,6 +79,7 @@ class Daemon(Bookkeeping):
         clock: Callable[[], float] = time.time,
         exit_when_idle: bool = False,
         console: TextIO | None = None,
+        free_bytes: Callable[[Path], int] = disk.free_bytes,
     ):
         self.settings = settings
         self.store = store
@@ -93,6 +97,8 @@ class Daemon(Bookkeeping):
         self.windows = settings.schedule.parsed()
         self.failed_firings: set[tuple[int, float]] = set()  # (schedule, due time) already logged as failed
         self.calm_since: float | None = None  # since when the pressure level has read normal (policy.calm_since)
+        self.disk = DiskGuard(settings, store, self.log, free_bytes=free_bytes,
+                              notify=notify if settings.daemon.notify else None)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -147,6 +153,7 @@ class Daemon(Bookkeeping):
         if self.stop_signals:
             self.stop(now)
             return
+        self.disk.rotate_log()
         self.fire_schedules(now)
         if self.active is not None:
             self.supervise(now)
@@ -154,6 +161,7 @@ class Daemon(Bookkeeping):
             self.store.set_flag("pause_now", None)
         if self.active is None:
             self.reconcile(now, at_start=False)  # a job whose start or end could not be recorded: settle it now
+            self.disk.release_holds(now)
             if self.store.get_flag("paused") != "1":
                 self.dispatch(now)
             if self.active is None and self.exit_when_idle and self._queue_is_empty():
@@ -194,6 +202,8 @@ class Daemon(Bookkeeping):
         """(spec, family, micro-batch, why) of the job's next attempt; None when it must wait (logged)."""
         spec = stored_spec(job.spec_json, shown_as=f"job {job.id}")  # an older mtld may have let it through
         fam = family(spec, resolve_device(self.settings.train.device))
+        if self.disk.hold_if_short(job, spec, fam, now):  # the next tick looks at the rest of the queue
+            return
         reading = self._read_pressure()
         self.calm_since = policy.calm_since(self.calm_since, reading.level.value if reading else None, now)
         start = start_size(self.settings, family_history(self.store, fam), pinned=pinned_size(job.batch_size),
@@ -223,8 +233,11 @@ class Daemon(Bookkeeping):
             return
         log = log.bind(run_id=run.id)
         run_dir = RunDir(job.run_dir)
-        step = "reading the family's figures"
+        step = "claiming the run folder"  # a folder mtld did not make for this job is never used: nothing in it is loaded
         try:
+            run_dir.claim({"job_id": job.id, "store": str(self.settings.db_path)},
+                          adopt_unmarked=run.attempt > 1)  # an earlier attempt ran there (an older mtld)
+            step = "reading the family's figures"
             history = family_figures(self.store, fam, probe_dir(self.settings))
             step = "writing the run folder"
             run_dir.write_job(spec)
@@ -347,5 +360,6 @@ class Daemon(Bookkeeping):
 
 
 def serve(settings: Settings, *, exit_when_idle: bool = False, console: TextIO | None = sys.stderr) -> int:
+    os.umask(0o077)  # whatever the daemon creates is user-only (mtld.disk also sets modes explicitly)
     with Store(settings.db_path) as store:
         return Daemon(settings, store, exit_when_idle=exit_when_idle, console=console).run()

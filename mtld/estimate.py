@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mtld import MICRO_BATCH_SIZES as SIZES
+from mtld.durations import checkpoint_interval
 from mtld.runfiles import Figures, Sum
 
 LIVE_PRIOR_WEIGHT = 0.05  # the model counts as much as the first 5 % of the run's own steps
@@ -386,7 +387,8 @@ def live_eta(*, model_left_s: float | None, model_done_s: float | None, elapsed_
 def summarize(plans: Sequence[Sequence[Any]], lengths: Sequence[Any], eval_lengths: Sequence[Any], train: Any,
               padded_tokens: Callable[..., int]) -> PlanSummary:
     """Steps, padded tokens per size, evaluations and saves of a batch plan (epochs of steps with
-    `.task` and `.ids`). `padded_tokens` is mtld.train.plan's, passed in to keep this module torch-free."""
+    `.task` and `.ids`). `padded_tokens` is mtld.train.plan's, passed in to keep this module torch-free.
+    Saves: every `checkpoint_every` steps (for a duration: none besides), each epoch's end, the final export."""
     steps = sum(len(p) for p in plans)
     tokens = {m: int(sum(padded_tokens(s.ids, lengths[s.task], min(m, train.effective_batch_size))
                          for p in plans for s in p)) for m in SIZES}
@@ -395,7 +397,10 @@ def summarize(plans: Sequence[Sequence[Any]], lengths: Sequence[Any], eval_lengt
     for p in plans:
         number += len(p)
         boundaries.add(number)
-    checkpoints = boundaries | set(range(train.checkpoint_every, steps + 1, train.checkpoint_every))
+    every_steps, _ = checkpoint_interval(train.checkpoint_every)
+    # Checkpoints by time (a duration) are counted at epoch ends only: a few more in a long epoch are
+    # a small share of the run, and the run's duration is what is being estimated.
+    checkpoints = boundaries | set(range(every_steps, steps + 1, every_steps) if every_steps else ())
     return PlanSummary(
         steps=steps, effective_batch=train.effective_batch_size, padded_tokens=tokens,
         evaluations=evaluations, eval_tokens=int(sum(int(x.sum()) for x in eval_lengths if x is not None)),

@@ -17,6 +17,8 @@ from typing import Protocol
 
 import psutil
 
+from mtld.disk import open_private
+
 CHILD_MODULE = "mtld.train"
 
 
@@ -105,7 +107,8 @@ class LocalExecutor:
         self.python = python
 
     def start(self, run_dir: Path) -> ChildProcess:
-        output = open(run_dir / "child.log", "ab")  # tracebacks from before logging starts, fatal errors
+        # tracebacks from before logging starts, fatal errors
+        output = os.fdopen(open_private(run_dir / "child.log", os.O_WRONLY | os.O_APPEND), "ab")
         try:
             popen = subprocess.Popen(
                 [self.python, "-m", CHILD_MODULE, str(run_dir)],

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mtld import MICRO_BATCH_SIZES
-from mtld.jobspec import JobSpec, load_job, spec_from_dict, spec_to_json, stored_spec
+from mtld.jobspec import JobSpec, load_job, model_outside_job_folder, spec_from_dict, spec_to_json, stored_spec
 from mtld.logs import get_logger, iso
 from mtld.pidfile import running_pid
 from mtld.rowcounts import remember_rows
@@ -132,6 +132,8 @@ def submit(
         tasks=[t.name for t in spec.tasks],
         job_file=job.job_file,
     )
+    if model_outside_job_folder(spec.model, job.job_file):  # accepted; `mtld show` says so too
+        get_logger(job_id=job.id).warning("job.model_outside", model=spec.model, job_file=job.job_file)
     wake_daemon(settings)
     remember_rows(settings, spec)  # after the wake-up: the daemon need not wait for the count
     return job

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from mtld import MICRO_BATCH_SIZES
+from mtld.durations import parse_duration
 from mtld.records import DataError, Fields, TaskType, check_utf8, label_names, parse_example, read_rows
 
 BatchSize = Literal["auto", *MICRO_BATCH_SIZES]  # type: ignore[valid-type]
@@ -48,6 +49,16 @@ class TaskSpec(_Strict):
         return Fields(self.type, self.text_field, self.label_field, self.text_pair_field)
 
 
+def _checkpoint_every(value: int | str) -> int | str:
+    """A number of optimizer steps (1 or more), or a duration such as "10m", "90s", "1h"."""
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError("Input should be a number of steps (1 or more) or a duration such as \"10m\"")
+        return value
+    parse_duration(value)  # raises with the reason
+    return value.strip().lower()
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(default=3, ge=1, le=1000)
     learning_rate: float = Field(default=5e-5, gt=0, le=1)
@@ -58,7 +69,7 @@ class TrainSpec(_Strict):
     batch_size: BatchSize = "auto"
     seed: int = Field(default=42, ge=0, lt=2**32)
     eval_every: int = Field(default=0, ge=0)
-    checkpoint_every: int = Field(default=50, ge=1)
+    checkpoint_every: Annotated[int | str, AfterValidator(_checkpoint_every)] = "10m"  # steps, or a duration
     keep_checkpoints: int = Field(default=2, ge=1, le=100)
     sampling: Literal["proportional", "temperature", "uniform"] = "proportional"
     temperature: float = Field(default=2.0, ge=1, le=100)
@@ -191,6 +202,14 @@ def _resolve_model(name: str, base_dir: Path) -> str:
 def looks_like_path(name: str) -> bool:
     """A hub id is `name` or `org/name`; anything else is meant as a folder."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def model_outside_job_folder(model: str, job_file: str | Path) -> bool:
+    """A model folder that is not inside the job file's folder: accepted, but logged and shown by `mtld show`."""
+    path = Path(model)
+    if not path.is_absolute():  # a hub id
+        return False
+    return not path.resolve().is_relative_to(Path(job_file).resolve().parent)
 
 
 def check_semantics(spec: JobSpec, shown: str) -> list[Problem]:

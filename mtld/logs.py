@@ -2,13 +2,20 @@
 
 Every line is one JSON object whose first keys are `ts` (ISO 8601, UTC),
 `level`, `event`, then `job_id` / `run_id` when known, then the event's own
-fields. Each line reaches the file in a single `write(2)` on an `O_APPEND`
-descriptor, so a line is never torn, even when a CLI command appends a
-`job.submitted` line while the daemon writes its own.
+fields. Each line, whatever its length, reaches the file in one `write(2)` of
+the whole line on an `O_APPEND` descriptor (looping only when the kernel takes
+part of it), so a line is never torn, even when a CLI command appends a
+`job.submitted` line while the daemon writes its own. A line that cannot be
+written whole (a full disk) is taken back and dropped: every line parses.
+
+The daemon log rotates by size (`rotate`, called by the daemon only:
+mtld.jsonl → mtld.jsonl.1 → ...); every appender moves to the new file at its
+next line, and the readers read across the rotated files.
 
 Readers never load a whole file: `last_event` and `tail_events` read backwards
 in blocks and `read_events` can stop at a time bound, so `mtld status` and
-`mtld logs` stay fast on gigabyte logs.
+`mtld logs` stay fast on gigabyte logs. `snapshot` marks where a read ends and
+`follow_files` goes on from there, so no line falls between the two.
 """
 
 from __future__ import annotations
@@ -25,19 +32,63 @@ from typing import Any, TextIO
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
+from mtld.disk import open_private, private_dir
+from mtld.logfiles import Cursor, Follower, rotated_files, snapshot
+
 FIRST_KEYS = ("ts", "level", "event", "job_id", "run_id")
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 class AppendWriter:
-    """A structlog logger that appends each rendered line with one write(2)."""
+    """A structlog logger that appends each rendered line whole, to the file now at `path`.
+
+    One write(2) of the whole line; a short write (the disk filled up mid-line)
+    is continued, and a line that still cannot be finished is truncated off
+    again and dropped (counted in `dropped`), so no half line stays behind.
+    Logging never raises: a full disk must not stop a run or the daemon.
+    """
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.path = path
+        private_dir(path.parent)
+        self.fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+        self.inode = os.fstat(self.fd).st_ino
+        self.dropped = 0
 
     def msg(self, message: str) -> None:
-        os.write(self.fd, (message + "\n").encode("utf-8"))
+        self._follow_rotation()
+        data = (message + "\n").encode("utf-8")
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self.fd, data[written:])
+        except OSError:
+            self.dropped += 1
+            if written:
+                self._take_back(written)
+
+    def _take_back(self, written: int) -> None:
+        """Truncate the part of a line that made it (it is the file's end: O_APPEND, one writer at a time)."""
+        try:
+            os.ftruncate(self.fd, os.fstat(self.fd).st_size - written)
+        except OSError:
+            pass
+
+    def _follow_rotation(self) -> None:
+        """The daemon renamed the file away (rotate): append to the new one from now on."""
+        try:
+            if os.stat(self.path).st_ino == self.inode:
+                return
+        except FileNotFoundError:  # renamed away, the next file not made yet: make it
+            pass
+        except OSError:
+            return
+        try:
+            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+        except OSError:
+            return
+        os.close(self.fd)
+        self.fd, self.inode = fd, os.fstat(fd).st_ino
 
     log = debug = info = warning = warn = error = critical = exception = msg
 
@@ -183,8 +234,29 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return event if isinstance(event, dict) else None
 
 
-def reversed_lines(path: Path, block_size: int = 1 << 16) -> Iterator[bytes]:
-    """Lines of a file from the last to the first, reading blocks from the end."""
+def _all_lines_reversed(path: Path, end: Cursor | None) -> Iterator[bytes]:
+    """Lines of `path` and then of its rotated files, from the last to the first; with `end`, only
+    what was there at that snapshot (the file it names, up to its offset, and the older ones)."""
+    files = [path, *rotated_files(path)]
+    if end is not None:
+        inodes = [_inode(f) for f in files]
+        if end.inode in inodes:  # also when the file was rotated since the snapshot
+            files = files[inodes.index(end.inode):]
+        elif end.inode is None:  # there was no file yet: everything in it is the follower's
+            files = files[1:]
+    for i, file in enumerate(files):
+        yield from reversed_lines(file, end=end if i == 0 else None)
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def reversed_lines(path: Path, block_size: int = 1 << 16, *, end: Cursor | None = None) -> Iterator[bytes]:
+    """Lines of a file from the last to the first, reading blocks from the end (or from `end`)."""
     try:
         f = path.open("rb")
     except FileNotFoundError:
@@ -192,6 +264,8 @@ def reversed_lines(path: Path, block_size: int = 1 << 16) -> Iterator[bytes]:
     with f:
         f.seek(0, os.SEEK_END)
         position = f.tell()
+        if end is not None and end.inode == os.fstat(f.fileno()).st_ino:
+            position = min(position, end.offset)
         tail = b""
         while position > 0:
             step = min(block_size, position)
@@ -206,10 +280,11 @@ def reversed_lines(path: Path, block_size: int = 1 << 16) -> Iterator[bytes]:
             yield tail
 
 
-def tail_events(path: Path, limit: int, *, match: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The last `limit` events (oldest first) whose fields equal `match`."""
+def tail_events(path: Path, limit: int, *, match: Mapping[str, Any] | None = None,
+                end: Cursor | None = None) -> list[dict[str, Any]]:
+    """The last `limit` events (oldest first) whose fields equal `match`, across rotated files."""
     found: list[dict[str, Any]] = []
-    for line in reversed_lines(path):
+    for line in _all_lines_reversed(path, end):
         event = _parse(line)
         if event is not None and _matches(event, match):
             found.append(event)
@@ -230,13 +305,13 @@ def last_event(path: Path, names: set[str], *, match: Mapping[str, Any] | None =
     return None
 
 
-def read_events(path: Path, *, match: Mapping[str, Any] | None = None, since: float | None = None) -> list[dict[str, Any]]:
-    """Events in file order, newer than `since` (epoch), read from the end backwards.
-
-    Logs are appended in time order, so the scan stops at the first older line.
+def read_events(path: Path, *, match: Mapping[str, Any] | None = None, since: float | None = None,
+                end: Cursor | None = None) -> list[dict[str, Any]]:
+    """Events in file order, newer than `since` (epoch), read from the end (or `end`) backwards,
+    on into the rotated files. Logs are appended in time order, so the scan stops at the first older line.
     """
     found: list[dict[str, Any]] = []
-    for line in reversed_lines(path):
+    for line in _all_lines_reversed(path, end):
         event = _parse(line)
         if event is None:
             continue
@@ -249,33 +324,25 @@ def read_events(path: Path, *, match: Mapping[str, Any] | None = None, since: fl
 
 
 def follow_files(
-    paths: list[Path], *, poll_s: float = 0.5, stop: Callable[[], bool] | None = None
+    paths: list[Path], *, poll_s: float = 0.5, stop: Callable[[], bool] | None = None,
+    start: Mapping[Path, Cursor] | None = None,
 ) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Yield (path, event) for lines appended to any of `paths` from now on (`tail -f`).
+    """Yield (path, event) for lines appended to any of `paths` (`tail -f`): from `start[path]`
+    (a `snapshot` taken before reading the file) when given, else from now on.
 
-    Files that do not exist yet are picked up when they appear. `stop()` is
-    asked whenever nothing new has arrived; it ends the loop after a last read.
+    Files that do not exist yet are picked up when they appear. A file rotated
+    away (the daemon log) is read to its end, then the new one from its start.
+    `stop()` is asked whenever nothing new has arrived; it ends the loop after a last read.
     """
-    offsets = {p: (p.stat().st_size if p.exists() else 0) for p in paths}
-    pending = {p: b"" for p in paths}
+    followers = [Follower(p, start.get(p) if start is not None else snapshot(p)) for p in paths]
     while True:
         got_any = False
-        for path in paths:
-            try:
-                with path.open("rb") as f:
-                    f.seek(offsets[path])
-                    chunk = f.read()
-            except FileNotFoundError:
-                continue
-            if not chunk:
-                continue
-            got_any = True
-            offsets[path] += len(chunk)
-            *complete, pending[path] = (pending[path] + chunk).split(b"\n")
-            for line in complete:
+        for follower in followers:
+            for line in follower.new_lines():
+                got_any = True
                 event = _parse(line)
                 if event is not None:
-                    yield path, event
+                    yield follower.path, event
         if not got_any:
             if stop is not None and stop():
                 return

@@ -10,6 +10,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from mtld.disk import open_private, private_dir
+
 
 class AlreadyRunning(Exception):
     def __init__(self, path: Path, pid: int | None):
@@ -24,8 +26,8 @@ class PidFile:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        private_dir(self.path.parent)
+        fd = open_private(self.path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

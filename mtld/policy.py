@@ -21,11 +21,12 @@ SIGKILL = 9
 
 @dataclass(frozen=True)
 class ExitDecision:
-    outcome: str  # recorded on the run: succeeded, interrupted, out_of_memory, bad_input, killed, crashed, lost, cancelled
+    outcome: str  # recorded on the run: succeeded, interrupted, out_of_memory, disk_full, bad_input, killed, crashed,
+    #               lost, cancelled
     job_state: str  # where the job goes: succeeded, queued, failed, cancelled
     reason: str  # said in the log, the store and `mtld show`
     retry_at: float | None = None  # a backed-off retry starts no earlier than this
-    hold: str | None = None  # requeued on hold: never started until `mtld retry` releases it
+    hold: str | None = None  # the job waits in the queue until this condition is gone (or `mtld retry` releases it)
 
 
 def after_exit(
@@ -55,6 +56,10 @@ def after_exit(
         return ExitDecision("interrupted", "queued", f"interrupted with a checkpoint: {why}; it resumes")
     if exit_code == exitcodes.BAD_INPUT:
         return ExitDecision("bad_input", "failed", f"bad input: {message or 'see the run log'}")
+    if exit_code == exitcodes.DISK_FULL:  # not the job's fault, and retrying before space is freed cannot help
+        hold = message or "disk full: see the run log"
+        return ExitDecision("disk_full", "queued", f"stopped for lack of disk space ({hold}); on hold until "
+                            "there is room (mtld retry, or the daemon once it sees enough free space)", hold=hold)
     if exit_code is None and signal is None:
         return ExitDecision("lost", "queued", "the run ended while no daemon was watching; it resumes from its checkpoint")
 

@@ -80,6 +80,17 @@ def status(out: Console, info: dict[str, Any]) -> None:
         out.print(f"{info['finished_hidden']} older finished jobs not shown: mtld status --all")
     if not (info["running"] or info["queued"] or info["finished"]):
         out.print("No jobs." + ("" if info.get("states") else " Queue one with: mtld submit JOB.toml"))
+    if info.get("disk"):
+        out.print(disk_line(info["disk"]), markup=False)
+
+
+def disk_line(d: dict[str, Any]) -> str:
+    from mtld.disk import size_text
+
+    folders = f"{d['run_folders']} run folder{'s' if d['run_folders'] != 1 else ''}"
+    return (f"disk    runs take {size_text(d['runs_bytes'])} in {folders}; {size_text(d['free_bytes'])} free on "
+            f"{d['runs_dir']} (mtld clean frees finished jobs' folders)")
+
 
 
 def running_line(job: dict[str, Any]) -> str:
@@ -128,9 +139,12 @@ def schedules(out: Console, views: list[dict[str, Any]]) -> None:
 def show(out: Console, view: dict[str, Any], spec: dict[str, Any], runs: list[dict[str, Any]],
         transitions: list[dict[str, Any]]) -> None:
     """`mtld show ID`: the job's fields, its tasks, each run with its sizes, its state history."""
-    for key in ("id", "name", "state", "priority", "batch_size", "submitted_at", "not_before", "attempts", "run_dir", "job_file", "last_error"):
+    for key in ("id", "name", "state", "priority", "batch_size", "submitted_at", "not_before", "attempts", "run_dir",
+                "job_file", "last_error", "hold", "removed_at"):
         if view.get(key) not in (None, ""):
             out.print(f"[bold]{key:>12}[/]  {escape(str(view[key]))}")
+    outside = "  (outside the job file's folder)" if view.get("model_outside_job_folder") else ""
+    out.print(f"{'model':>12}  {spec.get('model')}{outside}", markup=False)
     tasks = ", ".join(f"{t.get('name')} ({t.get('type')})" for t in spec.get("tasks") or [])
     out.print(f"[bold]{'tasks':>12}[/]  {escape(tasks)}")
     for r in runs:
@@ -182,3 +196,22 @@ def agent_status(out: Console, info: dict[str, Any]) -> None:
     for key, value in info.items():
         if value not in (None, ""):
             out.print(f"[bold]{key:>10}[/]  {escape(str(value))}")
+
+
+# ---------------------------------------------------------------- mtld clean, remove
+
+
+def cleaned(out: Console, info: dict[str, Any]) -> None:
+    """`mtld clean` / `mtld remove`: one line per job, then the total."""
+    from mtld.disk import size_text
+
+    verb = "would remove" if info["dry_run"] else "removed"
+    for r in info["removed"]:
+        kept = f" (kept {', '.join(r['kept'])})" if r["kept"] else ""
+        out.print(f"{verb} job {r['id']} {r['name']} ({r['state']}): {size_text(r['bytes'])} in {r['run_dir']}{kept}",
+                  markup=False)
+    for r in info["skipped"]:
+        out.print(f"skipped job {r['id']} {r['name']}: {r['skipped']}", markup=False)
+    total = f"{info['jobs']} job{'s' if info['jobs'] != 1 else ''}, {size_text(info['bytes'])}"
+    out.print(f"{'would free' if info['dry_run'] else 'freed'} {total}" if info["jobs"] else "nothing to remove",
+              markup=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mtld import MICRO_BATCH_SIZES
+from mtld.disk import make_private, private_dir
 from mtld.rundir import RunDir
 from mtld.runfiles import RunFileError
 
@@ -144,7 +145,8 @@ def draw_report(run_dir: Path, out: Path | None = None) -> Path:
         title += f", took {s.actual_s / 60:.1f} min, predicted {s.predicted_before_s / 60:.1f} min"
     fig.suptitle(title)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(out.parent)
     fig.savefig(out, dpi=100)
     plt.close(fig)
+    make_private(out)
     return out

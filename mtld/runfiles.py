@@ -23,11 +23,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mtld.settings import MemorySettings, Settings
+from mtld.settings import DiskSettings, MemorySettings, Settings
 
 VERSION = 1  # the format this mtld writes and the newest it reads
 
-Outcome = Literal["succeeded", "bad_input", "interrupted", "out_of_memory", "failed"]
+Outcome = Literal["succeeded", "bad_input", "interrupted", "out_of_memory", "disk_full", "failed"]
 
 
 class RunFileError(ValueError):
@@ -136,6 +136,10 @@ class Figures(BaseModel):
     timing: dict[int, SizeTiming] = Field(default_factory=dict)
     probe: bool = False  # a probe's figures (mtld.train.probe), not a run's
     peaks_by_size: dict[int, int] = Field(default_factory=dict)  # a probe measures every size
+    checkpoint_bytes: int | None = None  # the last checkpoint's state (mtld.disk: what the next run needs)
+    export_bytes: int | None = None  # the model's weights, as model/ and best/ hold them
+    disk_needed_bytes: int | None = None  # a disk_full attempt: the free space it needed (mtld.disk.space_needed)
+    disk_bytes: int | None = None  # the run folder's size when the attempt ended (what `mtld status` adds up)
 
     def stored(self) -> dict[str, Any]:
         """JSON-safe, without the fields left at their defaults (what the store keeps)."""
@@ -173,6 +177,7 @@ class Launch(_File):
     memory_fraction: float = 0.8  # share of the device's memory the run may use
     progress_every_s: float = 5.0  # seconds between step.progress events
     memory: MemorySettings | None = None  # the run samples pressure with these; None: no guard
+    disk: DiskSettings = DiskSettings()  # the free-space margin and what stays after a successful run
     history: list[Figures] = Field(default_factory=list)  # the family's earlier runs and probes: for eta_s
     threads: int | str = "auto"  # train.threads: a pinned count, or "auto" (mtld.train.threads)
     threads_every_s: float = 2.0  # seconds between the thread governor's checks
@@ -185,6 +190,6 @@ def launch_for(settings: Settings, *, micro_batch: int, device: str | None = Non
     return Launch(
         micro_batch=micro_batch, device=device or settings.train.device, job_id=job_id, run_id=run_id,
         memory_fraction=settings.memory.budget_fraction, progress_every_s=settings.train.progress_every_s,
-        memory=settings.memory, history=history or [], threads=settings.train.threads,
+        memory=settings.memory, history=history or [], threads=settings.train.threads, disk=settings.disk,
         max_nonfinite_steps=settings.train.max_nonfinite_steps,
     )

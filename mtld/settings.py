@@ -99,6 +99,18 @@ class DaemonSettings(_Section):
     notify: bool = True
 
 
+class DiskSettings(_Section):
+    margin_mb: float = Field(default=256.0, ge=0, allow_inf_nan=False)  # free space kept beyond a run's need
+    keep_last_checkpoint: bool = False  # after a successful run; else only model/ and best/ stay
+    log_max_mb: float = Field(default=50.0, gt=0, allow_inf_nan=False)  # mtld.jsonl rotates beyond this
+    log_keep: int = Field(default=3, ge=1, le=100)  # rotated daemon logs kept (mtld.jsonl.1 ...)
+    recheck_s: float = Field(default=30.0, gt=0, le=86400)  # how often a disk-full hold is looked at again
+
+    @property
+    def margin_bytes(self) -> int:
+        return int(self.margin_mb * 1_000_000)
+
+
 def _windows(windows: list[str]) -> list[str]:
     from mtld.schedule import parse_window
 
@@ -145,6 +157,7 @@ class Settings(BaseSettings):
     daemon: DaemonSettings = DaemonSettings()
     memory: MemorySettings = MemorySettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    disk: DiskSettings = DiskSettings()
 
     @classmethod
     def settings_customise_sources(

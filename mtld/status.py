@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mtld.disk import free_bytes
 from mtld.family import earlier_runs, family, family_history, pinned_size, planned_size, resolve_device
 from mtld.history import family_records, probe_dir
 from mtld.jobspec import spec_from_json
@@ -43,6 +44,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "cancel_requested": job.cancel_requested,
         "last_error": job.last_error,
         "hold": job.hold,
+        "removed_at": iso(job.removed_at) if job.removed_at else None,
         "run_dir": job.run_dir,
         "job_file": job.job_file,
     }
@@ -194,7 +196,8 @@ def collect(settings: Settings, store: Store, now: datetime | None = None, *, st
     jobs = store.list_jobs()
     running = [j for j in jobs if j.state == "running"]
     queued = sorted((j for j in jobs if j.state == "queued"), key=lambda j: (-j.priority, j.submitted_at, j.id))
-    finished = sorted((j for j in jobs if j.state not in ("running", "queued")), key=lambda j: -j.updated_at)
+    finished = sorted((j for j in jobs if j.state not in ("running", "queued") and j.removed_at is None),
+                      key=lambda j: -j.updated_at)
     pid = running_pid(settings.pid_file)
     active, left, durations = [], 0.0, QueuedDurations(settings, store)
     for job in running:
@@ -220,4 +223,14 @@ def collect(settings: Settings, store: Store, now: datetime | None = None, *, st
         "finished_hidden": len(finished) - len(shown),
         "schedule": windows_view(settings, now),
         "schedules": [schedule_view(s) for s in store.list_schedules()],
+        "disk": disk_view(settings, store),
     }
+
+
+def disk_view(settings: Settings, store: Store) -> dict[str, Any]:
+    """The space mtld's run folders take (each run measured its folder when it ended: no folder is
+    walked here) and what is free where new runs go."""
+    folders, used = store.runs_disk_usage()
+    return {"runs_bytes": used, "run_folders": folders, "runs_dir": str(settings.runs_dir),
+            "free_bytes": free_bytes(settings.runs_dir)}
+

@@ -185,6 +185,7 @@ class Jobs:
         from mtld.rundir import Launch, RunDir
 
         rd = RunDir(self.base / name)
+        rd.claim({"job_id": 7, "store": "tests"})  # as a launcher does (mtld.rundir)
         rd.write_job(spec)
         rd.write_launch(Launch(micro_batch=micro_batch, device="cpu", job_id=7, run_id=11, **launch))
         return rd.path
@@ -440,3 +441,41 @@ def take(capture: LogCapture) -> list[dict]:
     """The entries captured since the last take."""
     entries, capture.entries = capture.entries, []
     return entries
+
+
+# ------------------------------------------------------------------ a small filesystem that fills up
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """small_fs(size) -> a folder on a fresh tmpfs of `size` ("8m"); skips where one cannot be mounted
+    (not Linux, not root, no mount permission), and unmounts it whatever the test did."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        if sys.platform != "linux" or os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root on Linux")
+        where = tmp_path / f"small-fs-{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+        mounted.append(where)
+        return where
+
+    try:
+        yield mount
+    finally:
+        for where in mounted:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """Write a filler file so that about `leave` bytes stay free on `folder`'s filesystem."""
+    st = os.statvfs(folder)
+    filler = folder / "filler"
+    size = st.f_bavail * st.f_frsize - leave
+    with open(filler, "ab") as f:
+        f.write(b"\0" * max(size, 0))
+    return filler

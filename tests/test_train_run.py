@@ -20,11 +20,14 @@ RESULT_KEYS = {
 
 
 def final_weights(run_dir):
+    """The trained weights as the run exported them (model/: encoder and heads); its checkpoints are
+    pruned after a successful run."""
     import torch
+    from safetensors.torch import load_file
 
-    from mtld.rundir import RunDir
-
-    return torch.load(RunDir(run_dir).latest_checkpoint(), weights_only=False)["model"]
+    weights = load_file(run_dir / "model" / "model.safetensors")
+    heads = torch.load(run_dir / "model" / "heads.pt", weights_only=True)
+    return weights | {f"heads.{name}": tensor for name, tensor in heads.items()}
 
 
 def assert_same_weights(a, b, *, exact: bool, atol: float = 0.0):
@@ -96,8 +99,8 @@ def test_the_run_directory_holds_result_models_and_checkpoints(trained):
     tasks = json.loads((run_dir / "model" / "tasks.json").read_text())
     assert tasks["tasks"][4]["labels"] == sorted(["O", "B-PER", "B-LOC", "I-LOC"])  # from the data
     assert tasks["job"]["name"] == "test"
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000275.pt", "step-00000300.pt"]
-    assert not list(run_dir.glob(".*"))  # no temporary folders or files left
+    assert not (run_dir / "checkpoints").exists()  # pruned after success: model/ and best/ are what stays
+    assert [p.name for p in run_dir.glob(".*")] == [".mtld-run"]  # no temporary folders or files left
 
 
 @pytest.mark.slow

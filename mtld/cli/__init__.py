@@ -3,9 +3,9 @@
 This module holds the app and what every command shares (settings and the
 store, one-line failures, JSON output); the commands live by topic:
 `queue` (submit, status, show, schedules, cancel, retry, logs), `lifecycle`
-(wait, restart, set), `training`
-(train, predict, estimate, report) and `service` (daemon, pause, resume,
-agent, doctor). Rendering is mtld.render's.
+(wait, restart, set), `training` (train, predict, estimate, report), `service`
+(daemon, pause, resume, agent, doctor) and `cleaning` (clean, remove).
+Rendering is mtld.render's.
 """
 
 from __future__ import annotations
@@ -137,4 +137,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # The commands register themselves on `app` when their modules load (in the order `mtld --help` lists them).
-from mtld.cli import queue, lifecycle, training, service  # noqa: E402,F401,I001
+from mtld.cli import queue, lifecycle, training, service, cleaning  # noqa: E402,F401,I001

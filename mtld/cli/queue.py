@@ -12,8 +12,8 @@ import typer
 
 from mtld import jobs, render
 from mtld.cli import Context, JobId, JsonFlag, app, emit_json, fail, get_job, out
-from mtld.jobspec import JobFileError, spec_from_json
-from mtld.logs import follow_files, format_event, read_events
+from mtld.jobspec import JobFileError, model_outside_job_folder, spec_from_json
+from mtld.logs import follow_files, format_event, read_events, snapshot, tail_events
 from mtld.status import job_view, schedule_view
 from mtld.store import STATES, TERMINAL, InvalidTransition, Job, StoreError, UnknownJob
 
@@ -78,7 +78,7 @@ def show(ctx: typer.Context, job_id: JobId, as_json: JsonFlag = False) -> None:
         spec = json.loads(spec_from_json(job.spec_json).model_dump_json())
     except ValueError:  # stored by an mtld that let through what this one refuses: shown as stored
         spec = json.loads(job.spec_json)
-    view = job_view(job)
+    view = {**job_view(job), "model_outside_job_folder": model_outside_job_folder(spec["model"], job.job_file)}
     if as_json:
         emit_json({**view, "spec": spec, "runs": runs, "transitions": history})
     else:
@@ -134,16 +134,18 @@ def logs(
     ctx: typer.Context,
     job_id: JobId,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing until the job ends.")] = False,
+    lines: Annotated[Optional[int], typer.Option("--lines", "-n", min=1, help="Only the last N events.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """A job's events from the daemon log and its run log, oldest first."""
     c: Context = ctx.obj
     job = get_job(c, job_id)
     paths = [c.settings.daemon_log, Path(job.run_dir) / "run.jsonl"]
-    events = read_events(paths[0], match={"job_id": job_id}, since=job.submitted_at - 1)
-    events += read_events(paths[1])
+    ends = {path: snapshot(path) for path in paths}  # read up to here, follow from here: no line falls between
+    events = read_events(paths[0], match={"job_id": job_id}, since=job.submitted_at - 1, end=ends[paths[0]])
+    events += tail_events(paths[1], lines, end=ends[paths[1]]) if lines else read_events(paths[1], end=ends[paths[1]])
     events.sort(key=lambda e: e.get("ts", ""))
-    for event in events:
+    for event in events[-lines:] if lines else events:
         _print_event(event, as_json)
     if not follow:
         return
@@ -151,7 +153,7 @@ def logs(
     def job_over() -> bool:
         return get_job(c, job_id).state in TERMINAL
 
-    for path, event in follow_files(paths, stop=job_over):
+    for path, event in follow_files(paths, stop=job_over, start=ends):
         if path == paths[1] or event.get("job_id") == job_id:
             _print_event(event, as_json)
 

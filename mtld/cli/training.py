@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ def train(
     """Run a job now, in the foreground, without the queue: the same code the daemon runs."""
     from mtld.family import family, resolve_device
     from mtld.history import family_figures, probe_dir
-    from mtld.rundir import RunDir
+    from mtld.rundir import RunDir, RunDirRefused
     from mtld.runfiles import launch_for
     from mtld.train import run_attempt
 
@@ -43,6 +44,11 @@ def train(
         fail(f"{job_file}: --device - must be auto, cpu, cuda or mps, not {device!r}", code=2)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = RunDir(out_dir or (spec.output or Path.cwd() / "runs") / f"{spec.name}-{stamp}")
+    os.umask(0o077)  # as in the daemon's child: whatever the run creates is user-only
+    try:  # only a folder `mtld train` made for this job: nothing placed there by others is loaded
+        run_dir.claim({"job_id": None, "name": spec.name})
+    except RunDirRefused as e:
+        fail(f"{job_file}: --out - {e}", code=2)
     if run_dir.job_file.exists() and run_dir.read_job() != spec:
         fail(f"{run_dir.path}: holds a run of another job spec; choose another --out", code=2)
     size = spec.train.batch_size if spec.train.batch_size != "auto" else c.settings.train.start_batch_size

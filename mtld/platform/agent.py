@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from mtld.disk import private_dir
 from mtld.platform import launchd, privacy, systemd
 from mtld.platform.runner import Result, Runner, SubprocessRunner
 from mtld.rundir import write_atomic
@@ -271,7 +272,7 @@ def apply(plan: AgentPlan, runner: Runner, *, sleep: Callable[[float], None] = t
     steps before it stay done (running install again is safe).
     """
     for folder in plan.dirs:
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)  # the log folder: user-only, as mtld's logs are
     for command in plan.commands:
         if command.before_files:
             _run(command, runner, sleep, clock)
@@ -316,7 +317,7 @@ def _wait_until_gone(wait: WaitUntilGone, runner: Runner, sleep: Callable[[float
 def describe(plan: AgentPlan) -> str:
     """The plan as `--dry-run` prints it, in the order `apply` would carry it out."""
     lines: list[str] = []
-    lines += [f"mkdir -p {shlex.quote(str(d))}" for d in plan.dirs]
+    lines += [f"mkdir -p -m 700 {shlex.quote(str(d))}" for d in plan.dirs]
     lines += [_shell_line(c) for c in plan.commands if c.before_files]
     for path, content in plan.files.items():
         lines += [f"write {path}:", *("    " + line for line in content.decode().splitlines())]

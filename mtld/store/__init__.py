@@ -24,7 +24,8 @@ moves the job to `cancelled` (with no daemon to do it, `cancel_unwatched` does).
 
 Times are REAL unix epoch seconds passed in by the caller as `now`; nothing
 here reads the clock, so tests and the daemon decide what "now" is. The module
-imports only the standard library (and mtld's sizes constant): the CLI opens it on every command.
+imports only the standard library (and mtld's sizes constant and stdlib-only mtld.disk): the CLI opens it on
+every command.
 """
 
 
@@ -40,6 +41,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mtld.disk import private_dir
+from mtld.store.housekeeping import Housekeeping
 from mtld.store.records import (
     InvalidTransition, Job, Run, Schedule, SchemaTooNew, StoreError, Transition, UnknownJob, UnknownRun, column_list,
     job_from_row, json_safe, run_from_row,
@@ -56,12 +59,12 @@ __all__ = [
 ]
 
 
-class Store:
+class Store(Housekeeping):
     """One connection to the state file. Safe to share between the threads of one process."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)
         # Create the file private before SQLite does; its -wal and -shm files copy this mode.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.RLock()
@@ -214,7 +217,7 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         """Jobs per state; every state is present, zero included."""
-        found = dict(self._rows("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        found = dict(self._rows("SELECT state, COUNT(*) FROM jobs WHERE removed_at IS NULL GROUP BY state"))
         return {state: found.get(state, 0) for state in STATES}
 
     def next_eligible(self, *, now: float) -> Job | None:
@@ -306,6 +309,8 @@ class Store:
             job = self._job(job_id)
             if job.state not in (FAILED, CANCELLED):
                 raise InvalidTransition(f"job {job_id} is {job.state}; cannot retry")
+            if job.removed_at is not None:
+                raise InvalidTransition(f"job {job_id} was removed with its run folder; submit it again instead")
             return self._move(db, job, QUEUED, verb="retry", reason="retry", now=now,
                               attempts=0, last_error=None, next_attempt_at=None)
 

@@ -51,6 +51,7 @@ class Job:
     cancel_requested: bool
     last_error: str | None
     hold: str | None = None  # why a queued job waits for a condition or a person (never started while set)
+    removed_at: float | None = None  # its run folder was removed (mtld clean / remove); hidden from status
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

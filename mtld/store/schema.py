@@ -105,6 +105,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN hold TEXT;
     """,
+    # 5: `mtld clean` / `mtld remove` delete a finished job's run folder and mark the job removed; its
+    # runs stay (they are its family's batch-size and timing history).
+    """
+    ALTER TABLE jobs ADD COLUMN removed_at REAL;
+    """,
 ]
 
 

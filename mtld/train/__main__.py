@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0].startswith("-"):
         sys.stderr.write("usage: python -m mtld.train RUN_DIR\n")
         return 2
+    os.umask(0o077)  # whatever this run creates is user-only (mtld.disk also sets modes explicitly)
     return run_attempt(Path(args[0]))
 
 

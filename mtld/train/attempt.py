@@ -5,7 +5,10 @@
 
 Exit statuses (mtld.exitcodes): 0 succeeded, 2 bad input, 75 interrupted
 (checkpoint kept), 76 out of memory even at micro-batch 2 (checkpoint kept),
-1 anything unexpected (`run.failed` carries the traceback).
+74 disk full (checkpointed if one still fitted; `disk.full` says how much is
+needed where), 1 anything unexpected (`run.failed` carries the traceback).
+After a success the checkpoints go (model/ and best/ stay; the last one too
+with `disk.keep_last_checkpoint`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, TextIO
 
 from mtld import exitcodes
 from mtld import MICRO_BATCH_SIZES
+from mtld.disk import DiskFull, free_bytes, is_disk_full, shortfall_text, space_needed, tree_bytes
 from mtld.jobspec import JobFileError, JobSpec, check_semantics, spec_to_json
 from mtld.logs import configure, get_logger
 from mtld.rundir import RunDir
@@ -34,6 +38,7 @@ CODES = {
     "bad_input": exitcodes.BAD_INPUT,
     "interrupted": exitcodes.INTERRUPTED,
     "out_of_memory": exitcodes.OUT_OF_MEMORY,
+    "disk_full": exitcodes.DISK_FULL,
     "failed": 1,
 }
 FINISHED_FIELDS = (  # result.json fields repeated in the run.finished event
@@ -76,17 +81,38 @@ def run_attempt(run_dir: Path, *, console: TextIO | None = None, guard: Guard | 
         outcome, message = "bad_input", str(e)
         log.error("run.failed", outcome=outcome, error=message)
     except Exception as e:
-        outcome, message = _unexpected(e, log)
+        if is_disk_full(e):
+            outcome, message = _disk_full(e, rd, launch, summary, log)
+        else:
+            outcome, message = _unexpected(e, log)
     finally:
         stop.restore()
         if summary.guard is not None:
             summary.guard.sampler.stop()
     if outcome in ("bad_input", "failed") and console is not sys.stderr:  # else the echo has said it
         sys.stderr.write(f"mtld train: {message}\n")
+    summary.fields["disk_bytes"] = tree_bytes(rd.path)  # for `mtld status`: cached with the run's figures
     result = _result(outcome, message, summary, time.monotonic() - started)
-    rd.write_result(result)
+    try:
+        rd.write_result(result)
+    except OSError as e:  # a full disk: the exit status still tells the daemon what happened
+        log.error("run.result_unwritten", path=str(rd.result_file), error=f"{type(e).__name__}: {e}")
     log.info("run.finished", **result.model_dump(mode="json", include=set(FINISHED_FIELDS)))
     return result.exit_code
+
+
+def _disk_full(exc: Exception, rd: RunDir, launch: Launch | None, summary: Summary, log: Any) -> tuple[str, str]:
+    """A write failed for lack of space, or the free space is short of the rest of the run's need."""
+    if not isinstance(exc, DiskFull):  # ENOSPC outside a checkpoint (an export, metrics.json)
+        sizes = summary.trainer.saved_bytes if summary.trainer is not None else {}
+        need = space_needed(checkpoint_bytes=sizes.get("checkpoint_bytes", 0), export_bytes=sizes.get("export_bytes", 0),
+                            keep=1, checkpoints_on_disk=1, exports_on_disk=0,
+                            margin_bytes=launch.disk.margin_bytes if launch else 0)
+        exc = DiskFull(need, free_bytes(rd.path), rd.path, detail=f"{type(exc).__name__}: {exc}")
+    summary.fields["disk_needed_bytes"] = exc.needed
+    log.warning("disk.full", needed_bytes=exc.needed, free_bytes=exc.free, path=exc.path,
+                checkpoint=str(exc.saved) if exc.saved else None, detail=exc.detail)
+    return "disk_full", shortfall_text(exc.needed, exc.free, exc.path)
 
 
 def _read_launch(rd: RunDir) -> tuple[Launch | None, str]:
@@ -171,7 +197,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         export=export, checkpoint_extra=lambda: {"fingerprint": parts.fingerprint, "micro_batch_start": micro_batch},
         progress_every_s=launch.progress_every_s, meter=summary.meter,
         threads=thread_policy(launch.threads, device.type, log=log, every_s=launch.threads_every_s),
-        history=launch.history, max_nonfinite_steps=launch.max_nonfinite_steps,
+        history=launch.history, max_nonfinite_steps=launch.max_nonfinite_steps, disk_margin_bytes=launch.disk.margin_bytes,
     )
     summary.fields["total_steps"] = trainer.total_steps
     resumed = _resume(rd, trainer, parts.fingerprint, log)
@@ -188,7 +214,27 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         tasks=[{"name": t.info.name, "type": t.info.type, "train": len(t.train), "eval": len(t.eval) if t.eval else 0}
                for t in parts.tasks],
     )
-    return trainer.run()
+    outcome = trainer.run()
+    if outcome == "succeeded":
+        _prune_after_success(rd, launch.disk.keep_last_checkpoint, log)
+    return outcome
+
+
+def _prune_after_success(rd: RunDir, keep_last: bool, log: Any) -> None:
+    """model/ and best/ are what a finished run is for; its checkpoints only resume it."""
+    from mtld.train.checkpoint import prune
+
+    if not rd.checkpoints.is_dir():
+        return
+    before = rd.checkpoint_files()
+    prune(rd.checkpoints, 1 if keep_last else 0)
+    if not keep_last:
+        try:
+            rd.checkpoints.rmdir()
+        except OSError:  # something else is in there: not ours to remove
+            pass
+    log.info("checkpoint.pruned", removed=len(before) - len(rd.checkpoint_files()),
+             kept=[str(p) for p in rd.checkpoint_files()])
 
 
 def _memory_guard(launch: Launch, device: Any, log: Any) -> Any:
@@ -243,12 +289,15 @@ def _micro_batch(requested: int, effective: int) -> int:
 
 def _resume(rd: RunDir, trainer: Any, fingerprint: str, log: Any) -> int | None:
     """Load the newest readable checkpoint into the model, optimizer, scheduler, RNG and position."""
-    from mtld.train.checkpoint import load_checkpoint
+    from mtld.train.checkpoint import Refused, load_checkpoint
     from mtld.train.device import set_rng_states
 
     for path in reversed(rd.checkpoint_files()):
         try:
             state = load_checkpoint(path)
+        except Refused as e:  # not ours: it may have been planted; never unpickled in full
+            log.warning("checkpoint.refused", path=str(path), reason=str(e))
+            continue
         except Exception as e:  # damaged (it should not be: writes are atomic); try the one before
             log.warning("checkpoint.unreadable", path=str(path), error=f"{type(e).__name__}: {e}")
             continue

@@ -3,54 +3,110 @@
     checkpoints/.step-N.pt.tmp  →  os.replace  →  checkpoints/step-%08d.pt
 
 The previous checkpoint stays until the new one is complete, then the oldest
-beyond `keep` are removed. A checkpoint holds everything an exact resume
-needs: model and heads, optimizer, scheduler, RNG states, the position in the
-batch plan, the micro-batch, the best score and the evaluation history.
+beyond `keep` are removed; a write that fails (a full disk: ENOSPC) leaves
+only the earlier ones. A checkpoint holds everything an exact resume needs:
+model and heads, optimizer, scheduler, RNG states, the position in the batch
+plan, the micro-batch, the best score and the evaluation history.
+
+Only tensors and plain data (numbers, strings, lists, tuples, dicts): every
+checkpoint loads with `torch.load(weights_only=True)`, whose unpickler builds
+nothing else, so a file planted in a run folder cannot run code when it is
+loaded; it is refused (`Refused`). Files are user-only (0600).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-CHECKPOINT_FORMAT = 1
+from mtld.disk import DiskFull, free_bytes, is_disk_full, open_private, private_dir, space_needed
+
+CHECKPOINT_FORMAT = 2  # 2: plain data only, for weights_only=True (format 1 held NumPy arrays)
+
+
+class Refused(ValueError):
+    """A file in checkpoints/ that is not a plain mtld checkpoint: it is never unpickled in full."""
 
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}.pt"
 
 
+def state_bytes(value: Any) -> int:
+    """The bytes of the tensors in a (nested) state dict: what a checkpoint of it takes on disk, about."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(state_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(state_bytes(v) for v in value)
+    return 0
+
+
 def save_checkpoint(directory: Path, step: int, state: dict[str, Any], *, keep: int) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write atomically, then keep the newest `keep`. Raises DiskFull (nothing half-written left) on ENOSPC."""
+    private_dir(directory)
     final = directory / checkpoint_name(step)
     tmp = directory / f".step-{step}.pt.tmp"
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as f:
             torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise DiskFull(state_bytes(state), free_bytes(directory), directory.parent,
+                           detail=f"writing {final.name} failed: no space left; the earlier checkpoints are intact") from e
         raise
     _fsync_dir(directory)
     prune(directory, keep)
     return final
 
 
+def save_within_space(directory: Path, step: int, state: dict[str, Any], *, keep: int, export_bytes: int,
+                      exports_on_disk: int, margin_bytes: int) -> Path:
+    """Save when the free space covers the rest of the run (mtld.disk.space_needed). When it does not,
+    save this one checkpoint anyway if it fits, then raise DiskFull naming it (the run stops there);
+    when not even that fits, raise DiskFull at once: the earlier checkpoints stay as they are."""
+    size = state_bytes(state)
+    on_disk = len(list(directory.glob("step-*.pt"))) if directory.is_dir() else 0
+    need = space_needed(checkpoint_bytes=size, export_bytes=export_bytes, keep=keep, checkpoints_on_disk=on_disk,
+                        exports_on_disk=exports_on_disk, margin_bytes=margin_bytes)
+    free = free_bytes(directory)
+    if free >= need:
+        return save_checkpoint(directory, step, state, keep=keep)
+    saved = None
+    if free >= size + max(size // 50, 1 << 16):  # this one fits, with room for the file's own overhead
+        try:
+            saved = save_checkpoint(directory, step, state, keep=keep)
+        except DiskFull as e:
+            raise DiskFull(need, free_bytes(directory), directory.parent, detail=e.detail) from e
+    raise DiskFull(need, free, directory.parent, saved=saved,
+                   detail=f"checkpoint at step {step} kept" if saved else "the earlier checkpoints are kept")
+
+
 def prune(directory: Path, keep: int) -> None:
-    """Keep the newest `keep` checkpoints; drop temporary files a killed writer left behind."""
-    for old in sorted(directory.glob("step-*.pt"))[:-keep] + list(directory.glob(".step-*.pt.tmp")):
+    """Keep the newest `keep` checkpoints (none when 0); drop temporary files a killed writer left behind."""
+    files = sorted(directory.glob("step-*.pt"))
+    for old in (files[:-keep] if keep else files) + list(directory.glob(".step-*.pt.tmp")):
         old.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    # weights_only=False: only ever our own files, which hold RNG states (Python
-    # tuples, NumPy arrays) that the weights-only unpickler refuses.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint this mtld wrote. Refused: anything the weights-only unpickler will not build
+    (it never runs code from the file); ValueError: a damaged file or another format."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+        raise Refused(f"{path.name} holds more than tensors and plain data, so it was not loaded "
+                      f"(torch.load weights_only=True refused it: {first})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path.name} is not an mtld checkpoint of format {CHECKPOINT_FORMAT}")
     return state
@@ -67,3 +123,11 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def checkpoint_due(every_steps: int | None, every_s: float | None, *, step: int, seconds_since: float) -> bool:
+    """Is a periodic checkpoint due after optimizer step `step` (epoch ends and stops always save)?
+    Every `every_steps` steps, or once `every_s` seconds have passed since the last one (or the start)."""
+    if every_steps:
+        return step % every_steps == 0
+    return every_s is not None and seconds_since >= every_s

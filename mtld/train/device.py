@@ -164,8 +164,11 @@ def device_used_bytes(device: torch.device) -> int:
 
 
 def rng_states(device: torch.device) -> dict[str, Any]:
-    """Every random stream a step may touch (dropout draws from the device's)."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), **torch_rng_states(device)}
+    """Every random stream a step may touch (dropout draws from the device's), as plain data and
+    tensors (a checkpoint loads with weights_only=True): NumPy's key array becomes a list of ints."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+            **torch_rng_states(device)}
 
 
 def torch_rng_states(device: torch.device) -> dict[str, Any]:
@@ -185,8 +188,10 @@ def torch_rng_states(device: torch.device) -> dict[str, Any]:
 def set_rng_states(states: dict[str, Any]) -> None:
     """Restore what rng_states or torch_rng_states took."""
     if "python" in states:
-        random.setstate(states["python"])
-        np.random.set_state(states["numpy"])
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
+        name, keys, pos, has_gauss, cached = states["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["cpu"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

@@ -23,7 +23,9 @@ import torch
 from mtld.jobspec import TrainSpec
 from mtld.rundir import RunDir, write_json_atomic
 from mtld.runfiles import Figures
-from mtld.train.checkpoint import save_checkpoint
+from mtld.disk import DiskFull
+from mtld.durations import checkpoint_interval
+from mtld.train.checkpoint import checkpoint_due, save_within_space, state_bytes
 from mtld.train.data import TaskData
 from mtld.train.device import MemoryMeter, all_finite, empty_cache, is_oom, rng_states, synchronize
 from mtld.train.inference import Aborted, infer_split
@@ -93,6 +95,7 @@ class Trainer:
         threads: ThreadGovernor | FixedThreads | None = None,
         history: Sequence[Figures] = (),
         max_nonfinite_steps: int = 10,
+        disk_margin_bytes: int = 0,
     ):
         self.runner, self.tasks, self.plans, self.spec = runner, tasks, plans, spec
         self.run_dir, self.device, self.log, self.export = run_dir, device, log, export
@@ -108,6 +111,10 @@ class Trainer:
         self.model: dict[str, Any] = {}  # the runtime model for this attempt (mtld.estimate.launch_prior)
         self.total_steps = sum(len(p) for p in plans)
         self.last_checkpoint_step = -1
+        self.last_checkpoint_at = 0.0  # clock() of this attempt's start or its last checkpoint
+        self.every_steps, self.every_s = checkpoint_interval(spec.checkpoint_every)
+        self.disk_margin_bytes = disk_margin_bytes
+        self.saved_bytes: dict[str, int] = {}  # checkpoint_bytes, export_bytes: what mtld.disk's need is made of
         self.message: str | None = None
         self._tokens_cache: dict[int, list[np.ndarray]] = {}
         self._epoch_ids: tuple[int, torch.Tensor, np.ndarray] | None = None
@@ -117,7 +124,7 @@ class Trainer:
     def run(self) -> RunOutcome:
         self.attempt_start = replace(self.position)
         self.model = self.prior_from_history(self.history) if self.history else {}
-        self.progress.started = self.progress.window_start = self.clock()
+        self.progress.started = self.progress.window_start = self.last_checkpoint_at = self.clock()
         try:
             return self._run()
         except NonFiniteWeights as e:
@@ -158,7 +165,9 @@ class Trainer:
                 last_eval_step = number
                 if ended := self.evaluate_or_end():
                     return ended
-            if (epoch_end or number % self.spec.checkpoint_every == 0) and not self.runner.nonfinite_in_a_row:
+            due = epoch_end or checkpoint_due(self.every_steps, self.every_s, step=number,
+                                              seconds_since=finished - self.last_checkpoint_at)
+            if due and not self.runner.nonfinite_in_a_row:
                 self.checkpoint()
         if last_eval_step != self.position.step and (ended := self.evaluate_or_end()):
             return ended
@@ -275,7 +284,8 @@ class Trainer:
             return observed
         evals_left = (steps_left // self.spec.eval_every) if self.spec.eval_every else (len(self.plans) - self.position.epoch)
         other = evals_left * self.eval_tokens() * (self.model.get("eval_s_per_token") or 0.0)
-        saves_left = steps_left // self.spec.checkpoint_every + (len(self.plans) - self.position.epoch) + 1
+        by_steps = steps_left // self.every_steps if self.every_steps else 0  # by time: epoch ends only
+        saves_left = by_steps + (len(self.plans) - self.position.epoch) + 1
         other += saves_left * (self.model.get("save_s") or 0.0)
         model_done = size["a"] * done.all.n + size["b"] * done.all.x + size.get("warmup_s", 0.0)
         return live_eta(model_left_s=size["a"] * steps_left + size["b"] * tokens_left, model_done_s=model_done,
@@ -407,8 +417,21 @@ class Trainer:
             "evals": self.evals.history,
             **self.checkpoint_extra(),
         }
-        path = save_checkpoint(self.run_dir.checkpoints, self.position.step, state, keep=self.spec.keep_checkpoints)
+        self.saved_bytes = {"checkpoint_bytes": state_bytes(state), "export_bytes": state_bytes(state["model"])}
+        exports = sum(d.is_dir() for d in (self.run_dir.model_dir, self.run_dir.best_dir))
+        try:
+            path = save_within_space(self.run_dir.checkpoints, self.position.step, state, keep=self.spec.keep_checkpoints,
+                                     export_bytes=self.saved_bytes["export_bytes"], exports_on_disk=exports,
+                                     margin_bytes=self.disk_margin_bytes)
+        except DiskFull as e:  # the run stops; with this checkpoint when it still fitted
+            if e.saved is not None:
+                self.saved(e.saved, started)
+            raise
+        return self.saved(path, started)
+
+    def saved(self, path: Path, started: float) -> Path:
         self.last_checkpoint_step = self.position.step
+        self.last_checkpoint_at = self.clock()
         duration = self.clock() - started
         self.exclude(duration)
         self.timings.record_save(duration)
@@ -439,4 +462,5 @@ class Trainer:
             "train_seconds": round(seconds, 3),
             "samples": p.samples,
             "timing": self.timings.as_dict(),
+            **self.saved_bytes,
         }

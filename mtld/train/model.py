@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtld.disk import make_private, private_dir
 from mtld.train.data import IGNORE, TaskInfo
 from mtld.train.layout import HEADS_FILE, MODEL_FORMAT, TASKS_FILE
 
@@ -137,13 +138,18 @@ def save_model(model: MultiTaskModel, tokenizer: Any, tasks: Sequence[TaskInfo],
     """
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with model.complete_encoder() as encoder:
-        encoder.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save({k: v.detach().cpu() for k, v in model.heads.state_dict().items()}, tmp / HEADS_FILE)
-    description = {"format": MODEL_FORMAT, "max_length": max_length, "tasks": [asdict(t) for t in tasks], **extra}
-    (tmp / TASKS_FILE).write_text(json.dumps(description, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
+    private_dir(tmp)
+    try:
+        with model.complete_encoder() as encoder:
+            encoder.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save({k: v.detach().cpu() for k, v in model.heads.state_dict().items()}, tmp / HEADS_FILE)
+        description = {"format": MODEL_FORMAT, "max_length": max_length, "tasks": [asdict(t) for t in tasks], **extra}
+        (tmp / TASKS_FILE).write_text(json.dumps(description, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
+        make_private(tmp)  # transformers writes its files with the umask's mode
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk: leave the earlier export, not a half-written one
+        raise
     replace_dir(tmp, out_dir)
 
 
