@@ -103,10 +103,10 @@ class Bookkeeping:
         event = {"succeeded": "job.succeeded", "failed": "job.failed", "cancelled": "job.cancelled"}.get(
             job.state, "job.requeued")
         (log.warning if job.state == "failed" else log.info)(event, reason=decision.reason, retry_at=decision.retry_at)
-        if decision.hold:
-            log.warning("job.held", hold=decision.hold)
-        if (job.state in ("succeeded", "failed", "cancelled") or decision.hold) and self.settings.daemon.notify:
-            notify(f"mtld: {job.name} {'held' if decision.hold else job.state}", decision.hold or decision.reason)
+        if job.state in ("succeeded", "failed", "cancelled") and self.settings.daemon.notify:
+            notify(f"mtld: {job.name} {job.state}", decision.reason)
+        if decision.hold:  # disk full, or memory pressure too often: logged and notified in one place
+            self.disk.held(job, decision.hold)
 
     def _fail_job(self, job_id: int, reason: str, now: float, *, outcome: str) -> None:
         """The last resort: close the job's open runs (`outcome`) and fail it (cancelled, if that was asked),

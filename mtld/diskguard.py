@@ -72,10 +72,11 @@ class DiskGuard:
         return True
 
     def held(self, job: Job, text: str) -> None:
-        """Say it: the log, and a notification (a held job waits for a person)."""
+        """Say that a job went on hold, for whatever reason (the daemon announces every hold here): the log,
+        and a notification (a held job waits for a condition or a person)."""
         self.log.warning("job.held", job_id=job.id, hold=text)
         if self.notify is not None:
-            self.notify(f"mtld: {job.name} waits for disk space", text)
+            self.notify(f"mtld: {job.name} is on hold", text)
 
     def release_holds(self, now: float) -> None:
         """Every `disk.recheck_s`: release the disk holds whose need now fits."""

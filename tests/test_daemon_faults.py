@@ -115,7 +115,7 @@ def test_an_unwritable_output_fails_the_job_with_its_reason_and_cancel_and_resta
     h.daemon.tick(T0)
     job = h.job(broken)
     assert job.state == "failed"
-    assert job.last_error.startswith("could not start: writing the run folder: NotADirectoryError")
+    assert job.last_error.startswith("could not start: claiming the run folder: NotADirectoryError")
     [run] = h.real.runs_for(broken)
     assert run.outcome == "start_failed" and run.ended_at == T0
     [failed] = h.events("run.start_failed")

@@ -166,7 +166,7 @@ def test_a_job_that_would_not_fit_is_held_before_it_starts_and_released_when_spa
     held = t.store.get(job)
     assert t.executor.runs == [] and held.state == "queued"
     assert held.hold == f"disk full: 11.0 GB needed on {t.settings.state_dir}, 5.0 GB free"
-    assert t.notes == [("mtld: job waits for disk space", held.hold)]
+    assert t.notes == [("mtld: job is on hold", held.hold)]
     assert [e["hold"] for e in log_events(t.settings.daemon_log, "job.held")] == [held.hold]
     queued = collect(t.settings, t.store)["queued"][0]
     assert queued["hold"] == held.hold and queued["expected_start"] is None
@@ -193,7 +193,7 @@ def test_a_run_that_stopped_for_disk_space_is_held_with_what_it_needed_until_tha
     assert (after.state, after.hold, after.last_error) == ("queued", hold, None)
     [recorded] = t.store.runs_for(job)
     assert (recorded.outcome, recorded.exit_code) == ("disk_full", 74)
-    assert t.notes[-1] == ("mtld: job waits for disk space", hold)
+    assert t.notes[-1] == ("mtld: job is on hold", hold)
     for i in range(2, 6):  # the daemon keeps ticking; the job is neither failed nor retried in a loop
         t.daemon.tick(T0 + i)
     assert len(t.executor.runs) == 1 and t.store.get(job).hold == hold

@@ -78,7 +78,9 @@ def show(ctx: typer.Context, job_id: JobId, as_json: JsonFlag = False) -> None:
         spec = json.loads(spec_from_json(job.spec_json).model_dump_json())
     except ValueError:  # stored by an mtld that let through what this one refuses: shown as stored
         spec = json.loads(job.spec_json)
-    view = {**job_view(job), "model_outside_job_folder": model_outside_job_folder(spec["model"], job.job_file)}
+    model = spec.get("model") if isinstance(spec, dict) else None
+    outside = model_outside_job_folder(model, job.job_file) if isinstance(model, str) else False
+    view = {**job_view(job), "model_outside_job_folder": outside}
     if as_json:
         emit_json({**view, "spec": spec, "runs": runs, "transitions": history})
     else:
