@@ -66,7 +66,7 @@ def encoder_weights(run_dir: Path) -> dict:
 
 
 def test_a_warn_mid_run_scales_down_and_the_weights_match_a_fixed_size_run(home, data_dir, model_without_dropout):
-    job = job_file(data_dir, name="nodrop", epochs=3)
+    job = job_file(data_dir, name="nodrop", epochs=8)  # long enough for the warn to outlast the dwell time
     job.write_text(job.read_text().replace(str(data_dir / "model"), str(model_without_dropout)))
     adaptive = home.submit(job)
     daemon = home.daemon()

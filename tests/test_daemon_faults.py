@@ -119,7 +119,7 @@ def test_an_unwritable_output_fails_the_job_with_its_reason_and_cancel_and_resta
     [run] = h.real.runs_for(broken)
     assert run.outcome == "start_failed" and run.ended_at == T0
     [failed] = h.events("run.start_failed")
-    assert failed["job_id"] == broken and failed["step"] == "writing the run folder"
+    assert failed["job_id"] == broken and failed["step"] == "claiming the run folder"
     assert h.events("daemon.tick_failed") == []
     collect(h.settings, h.real)  # status reads the job without a traceback
     h.daemon.tick(T0 + 1)
