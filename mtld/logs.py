@@ -116,7 +116,7 @@ def configure(
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        _timestamp,
         structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
     ]
     if bind:
@@ -220,6 +220,17 @@ def _route_stdlib_logging(level: int) -> None:
 
 def parse_ts(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def utc_stamp(at: datetime) -> str:
+    """A log line's `ts`: ISO 8601 in UTC, always with six fractional digits, so that the text sorts as the
+    time does (`datetime.isoformat`, and so structlog's TimeStamper, drops them on a whole second)."""
+    return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _timestamp(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    event_dict["ts"] = utc_stamp(datetime.now(timezone.utc))
+    return event_dict
 
 
 def iso(epoch: float) -> str:

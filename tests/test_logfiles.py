@@ -149,3 +149,15 @@ def test_logs_follow_loses_no_line_written_between_reading_and_following(cli_hom
     writer.join()
     assert done.exit_code == 0, done.output
     assert [json.loads(line)["n"] for line in done.stdout.splitlines()] == list(range(total))
+
+
+def test_log_timestamps_sort_as_the_times_do_even_on_a_whole_second():
+    from datetime import datetime, timedelta, timezone
+
+    from mtld.logs import utc_stamp
+
+    whole = datetime(2026, 12, 1, 1, 30, tzinfo=timezone.utc)
+    times = [whole - timedelta(microseconds=1), whole, whole + timedelta(microseconds=1)]
+    stamps = [utc_stamp(t) for t in times]
+    assert stamps[1] == "2026-12-01T01:30:00.000000Z"
+    assert sorted(stamps) == stamps and len(set(map(len, stamps))) == 1
