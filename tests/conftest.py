@@ -14,6 +14,7 @@ process), send real signals, set rlimits or train whole runs are marked
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -472,10 +473,27 @@ def small_fs(tmp_path):
 
 
 def fill(folder: Path, leave: int) -> Path:
-    """Write a filler file so that about `leave` bytes stay free on `folder`'s filesystem."""
-    st = os.statvfs(folder)
+    """Write a filler file so that about `leave` bytes stay free on `folder`'s filesystem. A run may be
+    writing there at the same time: a write the disk refuses ends the filling, and the filler then gives
+    back what `leave` asks for."""
+
+    def free() -> int:
+        st = os.statvfs(folder)
+        return st.f_bavail * st.f_frsize
+
     filler = folder / "filler"
-    size = st.f_bavail * st.f_frsize - leave
-    with open(filler, "ab") as f:
-        f.write(b"\0" * max(size, 0))
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        chunk = b"\0" * (1 << 20)
+        while (room := free() - leave) > 0:
+            try:
+                os.write(fd, chunk[:room])
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                break
+    finally:
+        os.close(fd)
+    if (short := leave - free()) > 0:
+        os.truncate(filler, max(filler.stat().st_size - short, 0))
     return filler
