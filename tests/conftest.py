@@ -497,3 +497,19 @@ def fill(folder: Path, leave: int) -> Path:
     if (short := leave - free()) > 0:
         os.truncate(filler, max(filler.stat().st_size - short, 0))
     return filler
+
+
+# ------------------------------------------------------------------ the CLI in-process
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """`mtld ARGS` through typer's runner: (exit status, stdout, stderr); an exception that is not an exit
+    is raised as itself, so a test shows the traceback a user would never see."""
+    from typer.testing import CliRunner
+
+    from mtld.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr

@@ -10,12 +10,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from mtld import __version__
-from mtld.cli import app
 from mtld.jobs import BadOption, parse_not_before
 from mtld.settings import Settings, SettingsError, load_settings, platform_dirs
+from tests.conftest import run_cli as mtld
 from tests.conftest import write_job
 
 
@@ -31,13 +30,6 @@ def job_file(tmp_path):
     folder = tmp_path / "job"
     folder.mkdir()
     return write_job(folder)
-
-
-def mtld(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_submit_status_cancel_and_the_log(home, job_file):

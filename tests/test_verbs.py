@@ -17,6 +17,7 @@ from mtld import jobs
 from mtld.cli import app
 from mtld.store import Store
 from tests.conftest import child_env, log_events, write_job
+from tests.conftest import run_cli as mtld
 
 
 @pytest.fixture
@@ -32,13 +33,6 @@ def job_file(tmp_path):
     folder = tmp_path / "job"
     folder.mkdir()
     return write_job(folder)
-
-
-def mtld(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def store(home) -> Store:
