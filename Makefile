@@ -16,7 +16,9 @@ endif
 # file per worker (loadfile), so that a file's module-scoped fixtures (a tiny
 # model, a training run) are built once and its tests never race each other.
 # `make test` runs everything, as CI does; `make test-fast` leaves out the tests
-# marked slow (real processes, signals, rlimits, whole training runs).
+# marked slow (real processes, signals, rlimits, whole training runs). The Ray
+# tests use the head named by MTLD_TEST_RAY_ADDRESS (.ci/run starts one), else
+# start their own on 127.0.0.1 and stop it.
 PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
 
 .PHONY: setup test test-fast demo bench clean
@@ -25,7 +27,7 @@ $(BIN)/.mtld-ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(if $(TORCH),$(BIN)/python -m pip install --quiet "$(TORCH)")
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray]"
 	touch $@
 
 setup: $(BIN)/.mtld-ready

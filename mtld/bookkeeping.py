@@ -15,22 +15,31 @@ from __future__ import annotations
 import signal
 import sqlite3
 from collections.abc import Callable
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from mtld import policy
-from mtld.executor import ExitStatus, wait_for_exit
+from mtld.executor import ExitStatus, RunHandle, wait_for_exit
 from mtld.family import pressure_interrupt
 from mtld.jobspec import JobFileError
-from mtld.platform.power import notify
+from mtld.platform.power import SleepInhibitor, notify
 from mtld.rundir import RunDir
 from mtld.runfiles import RunResult
 from mtld.store import QUEUED, RUNNING, Job, Run
 
-if TYPE_CHECKING:
-    from mtld.daemon import ActiveRun
-
 FORCED_STOP_GRACE_S = 5.0
+
+
+@dataclass
+class ActiveRun:
+    job_id: int
+    run: Run
+    handle: RunHandle
+    run_dir: RunDir
+    inhibitor: SleepInhibitor | None = None
+    stop_reason: str | None = None  # why we asked the child to stop, if we did
+    last_progress: dict[str, Any] | None = field(default=None, repr=False)
+    node: str | None = None  # the cluster node it runs on, once known (stored with the run)
 
 
 class Bookkeeping:
@@ -39,7 +48,8 @@ class Bookkeeping:
     def record_exit(self, active: ActiveRun, status: ExitStatus, now: float, *, forced_stop: bool = False) -> None:
         """Record how the run ended and move its job. When that fails, the same tick's `reconcile` settles
         the job as a start-up would (its result.json, its cancel request), and fails it if even that fails."""
-        self.active = None
+        if active in self.active:
+            self.active.remove(active)
         if active.inhibitor is not None:
             active.inhibitor.stop()
         try:
@@ -62,7 +72,7 @@ class Bookkeeping:
                 exit_code=status.code, signal=status.signal, earlier_failures=earlier_failures,
                 max_attempts=self.settings.daemon.max_attempts, backoff_s=self.settings.daemon.retry_backoff_s,
                 cancel_requested=job.cancel_requested, stop_reason=active.stop_reason,
-                message=result.message if result else None, now=now,
+                message=result.message if result else status.detail, now=now,
             )
             if decision.outcome == "interrupted" and result is not None and result.stop_reason == "memory_critical":
                 decision = self._pressure_interrupted(job.id, active.run, decision, now)
@@ -133,12 +143,13 @@ class Bookkeeping:
         """Settle every job marked running that has no live run here (a child still alive is stopped cleanly
         first): at start-up, after a crash or SIGKILL of an earlier daemon, and at each idle tick, for a run
         whose start or end could not be recorded. A job that cannot be settled is failed; the others go on."""
+        watched_runs = {a.run.id for a in self.active}
         for run in self.store.active_runs():
-            if self.active is None or run.id != self.active.run.id:
+            if run.id not in watched_runs:
                 self._settle(run.job_id, now, self._recover_run, run, now, at_start)
+        watched_jobs = {a.job_id for a in self.active}
         for job in self.store.list_jobs([RUNNING]):  # its run was recorded, its move was not
-            if (self.active is None or job.id != self.active.job_id) and \
-                    not any(r.ended_at is None for r in self.store.runs_for(job.id)):
+            if job.id not in watched_jobs and not any(r.ended_at is None for r in self.store.runs_for(job.id)):
                 self._settle(job.id, now, self._recover_move, job, now)
 
     def _settle(self, job_id: int, now: float, settle: Callable[..., None], *args: Any) -> None:
@@ -152,9 +163,14 @@ class Bookkeeping:
     def _recover_run(self, run: Run, now: float, at_start: bool) -> None:
         job = self.store.get(run.job_id)
         run_dir = RunDir(job.run_dir)
-        adopted = self.executor.adopt(run.pid, run_dir.path, run.started_at) if run.pid else None
+        adopted = self.executor.adopt(run, run_dir.path)
+        if adopted is not None and self.executor.remote and job.state == RUNNING:
+            # a run on a cluster goes on without us: watch it again (its end is recorded as it comes)
+            self.active.append(ActiveRun(job.id, run, adopted, run_dir, node=run.node))
+            self.log.info("daemon.adopted", job_id=job.id, run_id=run.id, submission_id=run.ref, node=run.node)
+            return
         action = "gone"
-        if adopted is not None:  # still training: stop it cleanly, then requeue
+        if adopted is not None:  # still training here: stop it cleanly, then requeue
             action = "stopped"
             adopted.signal(signal.SIGTERM)
             if wait_for_exit(adopted, self.settings.daemon.stop_timeout_s) is None:

@@ -1,12 +1,12 @@
-"""The daemon: runs the queue one job at a time, unattended.
+"""The daemon: runs the queue unattended, one job at a time (or, on a Ray cluster, up to `executor.ray.slots`).
 
 One plain loop: wait on the wake-up (a timeout of `poll_interval_s`), then
-`tick(now)`. A tick supervises the running child (exit, cancel, pause --now,
-window end) or starts the next eligible job. The queue itself is the SQLite
+`tick(now)`. A tick supervises the running runs (exit, cancel, pause --now,
+window end) and, while a slot is free, starts the next eligible job. The queue itself is the SQLite
 store. Signal handlers only count stop signals; every signal (SIGTERM/SIGINT,
 SIGUSR1 from the CLI, SIGCHLD when a run ends) also ends the wait at once,
 through `signal.set_wakeup_fd` (no lock is ever taken in a handler). The
-daemon never imports torch: each run is a child process. APScheduler supplies
+daemon never imports torch: each run is a child process, here or on a cluster (mtld.executor). APScheduler supplies
 only the calendar arithmetic (mtld.schedule), not threads.
 
 Nothing accepted may stall the queue: a failure while starting, recording or
@@ -26,18 +26,15 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
 from mtld import __version__, disk, policy, schedule
-from mtld.bookkeeping import FORCED_STOP_GRACE_S, Bookkeeping, describe
+from mtld.bookkeeping import FORCED_STOP_GRACE_S, ActiveRun, Bookkeeping, describe
 from mtld.diskguard import DiskGuard
-from mtld.executor import Executor, ExitStatus, LocalExecutor, RunHandle, wait_for_exit
-from mtld.family import (
-    earlier_runs, family, family_history, pinned_size, resolve_device, start_size,
-)
+from mtld.executor import ClusterUnreachable, Executor, ExitStatus, make_executor, wait_for_exit
+from mtld.family import earlier_runs, family, family_history, pinned_size, run_device, start_size
 from mtld.history import family_figures, probe_dir
 from mtld.jobs import fired_job_name
 from mtld.jobspec import stored_spec
@@ -52,17 +49,6 @@ from mtld.store import InvalidTransition, Job, Run, Schedule, Store
 from mtld.wakeup import Wakeup
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-@dataclass
-class ActiveRun:
-    job_id: int
-    run: Run
-    handle: RunHandle
-    run_dir: RunDir
-    inhibitor: SleepInhibitor | None = None
-    stop_reason: str | None = None  # why we asked the child to stop, if we did
-    last_progress: dict[str, Any] | None = field(default=None, repr=False)
 
 
 class Daemon(Bookkeeping):
@@ -83,13 +69,14 @@ class Daemon(Bookkeeping):
     ):
         self.settings = settings
         self.store = store
-        self.executor = executor or LocalExecutor()
+        self.executor = executor or make_executor(settings)
+        self.slots = settings.executor.slots if self.executor.remote else 1
         self.probe = probe or make_probe(settings.memory)
         self.clock = clock
         self.exit_when_idle = exit_when_idle
         self.console = console
         self.log = get_logger()
-        self.active: ActiveRun | None = None
+        self.active: list[ActiveRun] = []
         self.stop_signals = 0
         self.wakeup = Wakeup()
         self.finished = False
@@ -155,16 +142,16 @@ class Daemon(Bookkeeping):
             return
         self.disk.rotate_log()
         self.fire_schedules(now)
-        if self.active is not None:
-            self.supervise(now)
-        if self.store.get_flag("pause_now") == "1":  # seen: the running child (if any) was asked to stop
+        for active in list(self.active):
+            self.supervise(active, now)
+        if self.store.get_flag("pause_now") == "1":  # seen: the running runs (if any) were asked to stop
             self.store.set_flag("pause_now", None)
-        if self.active is None:
+        if len(self.active) < self.slots:
             self.reconcile(now, at_start=False)  # a job whose start or end could not be recorded: settle it now
             self.disk.release_holds(now)
             if self.store.get_flag("paused") != "1":
                 self.dispatch(now)
-            if self.active is None and self.exit_when_idle and self._queue_is_empty():
+            if not self.active and self.exit_when_idle and self._queue_is_empty():
                 self.finish("idle")
 
     def _queue_is_empty(self) -> bool:
@@ -172,7 +159,15 @@ class Daemon(Bookkeeping):
         return counts.get("queued", 0) == 0 and counts.get("running", 0) == 0
 
     def dispatch(self, now: float) -> None:
-        """Start the next eligible job, if any, as a child process."""
+        """Start eligible jobs, in priority order, while a slot is free; stop at the first that must wait."""
+        while len(self.active) < self.slots:
+            started = len(self.active)
+            self.dispatch_one(now)
+            if len(self.active) == started:
+                return
+
+    def dispatch_one(self, now: float) -> None:
+        """Start the next eligible job, if any."""
         if self.settings.daemon.hold_on_battery and on_battery():
             self._defer("on_battery", "the machine runs on battery (daemon.hold_on_battery)")
             return
@@ -201,10 +196,15 @@ class Daemon(Bookkeeping):
     def _plan(self, job: Job, now: float) -> tuple[Any, str, int, str] | None:
         """(spec, family, micro-batch, why) of the job's next attempt; None when it must wait (logged)."""
         spec = stored_spec(job.spec_json, shown_as=f"job {job.id}")  # an older mtld may have let it through
-        fam = family(spec, resolve_device(self.settings.train.device))
+        fam = family(spec, run_device(self.settings))
         if self.disk.hold_if_short(job, spec, fam, now):  # the next tick looks at the rest of the queue
             return
-        reading = self._read_pressure()
+        if self.executor.remote:  # this machine's memory says nothing of a worker's: the run's own guard decides
+            if not self._cluster_ready(job):
+                return None
+            reading = None
+        else:
+            reading = self._read_pressure()
         self.calm_since = policy.calm_since(self.calm_since, reading.level.value if reading else None, now)
         start = start_size(self.settings, family_history(self.store, fam), pinned=pinned_size(job.batch_size),
                            earlier=earlier_runs(self.store, job), reading=reading,
@@ -242,34 +242,61 @@ class Daemon(Bookkeeping):
             step = "writing the run folder"
             run_dir.write_job(spec)
             run_dir.write_launch(launch_for(self.settings, micro_batch=micro_batch, job_id=job.id, run_id=run.id,
-                                            history=history))
+                                            history=history,  # on a cluster: the device its family names
+                                            device=run_device(self.settings) if self.executor.remote else None))
             step = "starting the child"
-            handle = self.executor.start(run_dir.path)
+            handle = self.executor.start(run_dir.path, run.id)
+        except ClusterUnreachable as e:  # the cluster, not the job: it goes back to the queue, and waits
+            self._cluster_lost(job, run, e, now)
+            return
         except Exception as e:
             self._start_failed(job.id, step, e, now)
             return
         try:
-            self.store.set_run_pid(run.id, handle.pid)
-        except Exception as e:  # only a restarted daemon needs the pid, to find the child: the run goes on
+            self.store.set_run_handle(run.id, executor=self.executor.kind, ref=handle.ref, pid=handle.pid)
+        except Exception as e:  # only a restarted daemon needs it, to find the run: the run goes on
             log.warning("run.pid_unrecorded", error=describe(e))
-        self.active = ActiveRun(job.id, run, handle, run_dir)
-        if self.settings.daemon.prevent_sleep:
+        active = ActiveRun(job.id, run, handle, run_dir)
+        self.active.append(active)
+        if self.settings.daemon.prevent_sleep and handle.pid is not None:
             inhibitor = SleepInhibitor()
             if inhibitor.start(handle.pid, f"mtld: training job {job.id} ({job.name})"):
-                self.active.inhibitor = inhibitor
+                active.inhibitor = inhibitor
         log.info("run.launched", pid=handle.pid, attempt=run.attempt, micro_batch=micro_batch,
-                 run_dir=str(run_dir.path), sleep_inhibited=self.active.inhibitor is not None)
+                 run_dir=str(run_dir.path), sleep_inhibited=active.inhibitor is not None,
+                 executor=self.executor.kind, **({"submission_id": handle.ref} if self.executor.remote else {}))
 
     def _start_failed(self, job_id: int, step: str, error: Exception, now: float) -> None:
         self.log.error("run.start_failed", job_id=job_id, step=step, error=describe(error))
         self._fail_job(job_id, f"could not start: {step}: {describe(error)}", now, outcome="start_failed")
 
-    def supervise(self, now: float) -> None:
-        active = self.active
+    def _cluster_ready(self, job: Job) -> bool:
+        """The cluster answers (checked before each start, so that an outage defers the queue, not fails it)."""
+        try:
+            self.executor.check()
+        except ClusterUnreachable as e:
+            self._defer("cluster_unreachable", str(e), job_id=job.id)
+            return False
+        return True
+
+    def _cluster_lost(self, job: Job, run: Run, error: Exception, now: float) -> None:
+        """The cluster stopped answering between the check and the submission: the job waits in the queue."""
+        try:
+            self.store.finish_run(run.id, outcome="lost", now=now)
+            self.store.transition(job.id, "queued", reason=f"not started: {error}", now=now)
+        except Exception as e:
+            self._start_failed(job.id, "requeueing it after the cluster did not answer", e, now)
+            return
+        self._defer("cluster_unreachable", str(error), job_id=job.id)
+
+    def supervise(self, active: ActiveRun, now: float) -> None:
         try:
             status = active.handle.poll()
         except ChildProcessError:  # reaped elsewhere: gone, how it ended unknown (its result.json may say)
             status = ExitStatus()
+        if active.handle.node and active.handle.node != active.node:
+            active.node = active.handle.node
+            self._record_node(active)
         if status is not None:
             self.record_exit(active, status, now)
             return
@@ -307,6 +334,14 @@ class Daemon(Bookkeeping):
             self.log.info("schedule.fired", schedule_id=recurring.id, job_id=job.id, due_at=due.isoformat(),
                           missed=local - due > timedelta(minutes=1), next_fire_at=next_at.isoformat())
 
+    def _record_node(self, active: ActiveRun) -> None:
+        try:
+            self.store.set_run_node(active.run.id, active.node)
+        except Exception as e:  # status shows it; the run goes on without it
+            self.log.warning("run.node_unrecorded", job_id=active.job_id, run_id=active.run.id, error=describe(e))
+            return
+        self.log.info("run.placed", job_id=active.job_id, run_id=active.run.id, node=active.node)
+
     def ask_to_stop(self, active: ActiveRun, reason: str) -> None:
         """SIGTERM: the child finishes its micro-step, checkpoints and exits 75."""
         active.stop_reason = reason
@@ -314,20 +349,28 @@ class Daemon(Bookkeeping):
         self.log.info("run.stop_requested", job_id=active.job_id, run_id=active.run.id, reason=reason)
 
     def stop(self, now: float) -> None:
-        """Forward the stop to the child, wait (bounded) for its checkpoint, requeue, exit."""
-        active = self.active
-        if active is not None:
+        """Forward the stop to every run, wait (bounded) for their checkpoints, requeue, exit. A run on a
+        cluster still stopping when the time is up is left to finish its checkpoint there: the next daemon
+        adopts it and records its end."""
+        for active in self.active:
             if active.stop_reason is None:
                 self.ask_to_stop(active, "shutdown")
-            deadline = time.monotonic() + self.settings.daemon.stop_timeout_s  # real seconds, whatever the clock
-            status = None
-            while status is None and time.monotonic() < deadline and self.stop_signals < 2:
-                status = wait_for_exit(active.handle, 0.2)
-            forced = status is None
-            if forced:  # out of time, or a second signal: the last periodic checkpoint will have to do
-                active.handle.signal(signal.SIGKILL)
-                status = wait_for_exit(active.handle, FORCED_STOP_GRACE_S) or ExitStatus(signal=signal.SIGKILL)
-            self.record_exit(active, status, self.clock(), forced_stop=forced)
+        deadline = time.monotonic() + self.settings.daemon.stop_timeout_s  # real seconds, whatever the clock
+        pending = list(self.active)
+        while pending and time.monotonic() < deadline and self.stop_signals < 2:
+            for active in list(pending):
+                status = wait_for_exit(active.handle, 0.2 / len(pending))
+                if status is not None:
+                    pending.remove(active)
+                    self.record_exit(active, status, self.clock())
+        for active in pending:  # out of time, or a second signal
+            if active.handle.pid is None:
+                self.log.info("run.left_running", job_id=active.job_id, run_id=active.run.id,
+                              submission_id=active.handle.ref)
+                continue
+            active.handle.signal(signal.SIGKILL)  # the last periodic checkpoint will have to do
+            status = wait_for_exit(active.handle, FORCED_STOP_GRACE_S) or ExitStatus(signal=signal.SIGKILL)
+            self.record_exit(active, status, self.clock(), forced_stop=True)
         self.finish("signal")
 
     # ------------------------------------------------------------ helpers

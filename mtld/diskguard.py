@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mtld import disk
-from mtld.family import family, resolve_device
+from mtld.family import family, run_device
 from mtld.jobspec import JobSpec, looks_like_path, spec_from_json
 from mtld.logfiles import rotate
 from mtld.rundir import RunDir
@@ -83,7 +83,7 @@ class DiskGuard:
         if self.last_recheck is not None and now - self.last_recheck < self.settings.disk.recheck_s:
             return
         self.last_recheck = now
-        device = resolve_device(self.settings.train.device)
+        device = run_device(self.settings)
         for job in self.store.list_jobs(["queued"]):
             if not (job.hold or "").startswith(disk.HOLD_PREFIX):
                 continue

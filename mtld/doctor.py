@@ -36,7 +36,21 @@ def diagnose(settings: Settings) -> dict[str, dict[str, Any]]:
         },
         "daemon": {"pid": (pid := running_pid(settings.pid_file)), "running": pid is not None},
         "agent": agent_status(SubprocessRunner(timeout_s=10)),
+        **({"cluster": _cluster(settings)} if settings.executor.kind == "ray" else {}),
     }
+
+
+def _cluster(settings: Settings) -> dict[str, Any]:
+    """The Ray cluster runs go to: reachable, the same Ray and mtld on both ends, the shared folder seen by a
+    worker, the resources a run asks for (mtld.executor.workercheck)."""
+    from mtld.executor.workercheck import check_cluster
+
+    return check_cluster(settings)
+
+
+def problems(info: dict[str, dict[str, Any]]) -> list[str]:
+    """What the diagnosis found that stops runs (doctor exits 1 when there is any)."""
+    return list(info.get("cluster", {}).get("problems", []))
 
 
 def _device(settings: Settings) -> dict[str, Any]:

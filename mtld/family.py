@@ -93,6 +93,18 @@ def start_size(settings: Settings, history: Sequence[policy.FamilyRun], *, pinne
     return Start(placement.micro_batch, f"{why}; {placement.reason}" if placement.reason else why)
 
 
+def run_device(settings: Settings) -> str:
+    """The device the next run trains on: this machine's guess, or on a Ray cluster the workers' device
+    (`executor.ray.device`; "auto": CUDA when each run asks for a GPU, else CPU). The family key and the
+    start size use it, so a cluster's history never mixes with this machine's."""
+    if settings.executor.kind != "ray":
+        return resolve_device(settings.train.device)
+    ray = settings.executor.ray
+    if ray.device != "auto":
+        return ray.device
+    return "cuda" if ray.num_gpus > 0 else "cpu"
+
+
 def resolve_device(setting: str) -> str:
     """The device "auto" will pick (MPS, then CUDA, then CPU), guessed without importing torch."""
     if setting != "auto":

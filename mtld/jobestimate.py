@@ -14,7 +14,7 @@ from typing import Any
 
 from mtld import estimate
 from mtld.estimate import PlanSummary, Prediction, summarize
-from mtld.family import family, family_history, pinned_size, resolve_device, start_size
+from mtld.family import family, family_history, pinned_size, run_device, start_size
 from mtld.history import family_records, probe_dir, run_probe, store_probe
 from mtld.jobspec import JobSpec
 from mtld.memory import Reading, make_probe
@@ -43,7 +43,7 @@ def estimate_job(spec: JobSpec, settings: Settings, store: Any, *, reading: Read
     """The plan, optionally a probe (stored with the family's probes), then one row per size, the
     row the daemon would start at now (memory `reading`, else read now) marked chosen.
     Raises RuntimeError when the probe child fails."""
-    device = resolve_device(settings.train.device)
+    device = run_device(settings)
     fam = family(spec, device)
     reading = reading if reading is not None else make_probe(settings.memory).read()
     chosen = start_size(settings, family_history(store, fam), pinned=pinned_size(spec.train.batch_size),

@@ -196,7 +196,7 @@ def cancel(settings: Settings, store: Store, job_id: int, *, now: datetime) -> J
     if job.state == "cancelled":
         log.info("job.cancelled", reason="user")
     elif running_pid(settings.pid_file) is None:
-        stopped = _stop_unwatched_child(store, job)
+        stopped = _stop_unwatched_child(settings, store, job)
         job = store.cancel_unwatched(job_id, now=now.timestamp())
         log.info("job.cancelled", reason="user; no daemon was running", child="stopped" if stopped else "gone")
     else:
@@ -205,15 +205,19 @@ def cancel(settings: Settings, store: Store, job_id: int, *, now: datetime) -> J
     return job
 
 
-def _stop_unwatched_child(store: Store, job: Job) -> bool:
-    """SIGTERM the child of the job's open run if it still runs (it checkpoints and exits): True if it did."""
-    from mtld.executor import LocalExecutor
+def _stop_unwatched_child(settings: Settings, store: Store, job: Job) -> bool:
+    """Stop the job's open run if it still runs (SIGTERM here, Ray's stop on a cluster: it checkpoints and
+    exits): True if it did."""
+    from mtld.executor import ClusterUnreachable, make_executor
 
     for run in store.runs_for(job.id):
-        if run.ended_at is None and run.pid:
-            child = LocalExecutor().adopt(run.pid, Path(job.run_dir), run.started_at)
-            if child is not None:
-                child.signal(signal.SIGTERM)
+        if run.ended_at is None:
+            try:
+                handle = make_executor(settings).adopt(run, Path(job.run_dir))
+            except ClusterUnreachable:
+                return False
+            if handle is not None and handle.poll() is None:
+                handle.signal(signal.SIGTERM)
                 return True
     return False
 

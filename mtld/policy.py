@@ -60,6 +60,10 @@ def after_exit(
         hold = message or "disk full: see the run log"
         return ExitDecision("disk_full", "queued", f"stopped for lack of disk space ({hold}); on hold until "
                             "there is room (mtld retry, or the daemon once it sees enough free space)", hold=hold)
+    if exit_code == exitcodes.NOT_VISIBLE:  # the cluster's set-up, not the job: retrying cannot help
+        return ExitDecision("bad_input", "failed", "the run folder is not visible where the run started: "
+                            "executor.ray.runs_dir must be a folder every worker sees at the same path "
+                            "(mtld doctor checks it)")
     if exit_code is None and signal is None:
         return ExitDecision("lost", "queued", "the run ended while no daemon was watching; it resumes from its checkpoint")
 

@@ -61,8 +61,16 @@ def status(out: Console, info: dict[str, Any]) -> None:
     d = info["daemon"]
     state = "not running" if not d["running"] else f"running (pid {d['pid']})"
     out.print(f"[bold]daemon[/]  {state}{', paused: no new jobs start' if d['paused'] else ''}")
+    e = info.get("executor") or {}
+    if e.get("kind") == "ray":
+        slots = f"{e['slots']} run{'s' if e['slots'] != 1 else ''} at once"
+        out.print(f"executor ray at {e['address']} ({slots}); run folders in {e['runs_dir']}", markup=False)
     for job in info["running"]:
         out.print(running_line(job))
+        if (job.get("run") or {}).get("executor") == "ray":
+            r = job["run"]
+            out.print(f"        ray job {r['submission_id']} on node {(r.get('node') or 'not yet placed')[:12]}",
+                      markup=False)
     w = info["schedule"]
     if w["windows"]:
         when = f"inside, until {local_iso(w['closes_at'])}" if w["inside"] else f"outside; the next opens {local_iso(w['next_opens_at'])}"

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from mtld import MICRO_BATCH_SIZES
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -148,6 +148,65 @@ def _home(value: object) -> Path | None:
     return path
 
 
+def _ray_address(value: str) -> str:
+    """The Ray Jobs API address (the dashboard's HTTP address), e.g. http://127.0.0.1:8265."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(f"must be the Ray Jobs API address, like http://127.0.0.1:8265, not {value!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"{value!r}: the port is not a number from 1 to 65535") from None
+    return value.rstrip("/")
+
+
+class RaySettings(_Section):
+    """Where and how runs go to a Ray cluster (README, "Training on a Ray cluster")."""
+
+    address: Annotated[str, AfterValidator(_ray_address)] = "http://127.0.0.1:8265"
+    # The folder run folders go in. Both this machine and every worker must see it at this same path (a
+    # shared filesystem); unset: the state folder's runs/, which only a one-machine cluster sees.
+    runs_dir: Annotated[Path | None, BeforeValidator(_home)] = None
+    # The interpreter that runs `-m mtld.train` on the workers (one with mtld installed).
+    python: str = Field(default="python3", min_length=1)
+    # What each run asks the cluster for (Ray's entrypoint resources); memory in MB.
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    memory_mb: float = Field(default=0.0, ge=0)
+    resources: dict[str, float] = {}
+    # The device runs train on there: "auto" is "cuda" when num_gpus > 0, else "cpu" (the family key and
+    # start size use it; this machine's memory does not gate a cluster run).
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Passed to Ray as the job's runtime_env (e.g. env_vars, py_executable, working_dir); mtld adds its env_vars.
+    runtime_env: dict[str, Any] = {}
+    # How many runs may train at once on the cluster.
+    slots: int = Field(default=1, ge=1, le=64)
+    # Seconds Ray waits after SIGTERM before SIGKILL when a run is stopped (the run checkpoints in between).
+    stop_grace_s: float = Field(default=60.0, ge=1, le=3600)
+
+
+class ExecutorSettings(_Section):
+    kind: Literal["local", "ray"] = "local"
+    ray: RaySettings = RaySettings()
+
+    @field_validator("kind")
+    @classmethod
+    def _ray_installed(cls, kind: str) -> str:
+        if kind == "ray":
+            import importlib.util
+
+            if importlib.util.find_spec("ray") is None:
+                raise ValueError("\"ray\" needs Ray's client: pip install 'mtld[ray]'")
+        return kind
+
+    @property
+    def slots(self) -> int:
+        """Runs at once: one on this machine; up to ray.slots on a cluster."""
+        return self.ray.slots if self.kind == "ray" else 1
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MTLD_", env_nested_delimiter="__", extra="forbid")
 
@@ -158,6 +217,7 @@ class Settings(BaseSettings):
     memory: MemorySettings = MemorySettings()
     schedule: ScheduleSettings = ScheduleSettings()
     disk: DiskSettings = DiskSettings()
+    executor: ExecutorSettings = ExecutorSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -187,6 +247,9 @@ class Settings(BaseSettings):
 
     @property
     def runs_dir(self) -> Path:
+        """Where new jobs' run folders go (a job file's `output` wins): on a Ray cluster, the shared folder."""
+        if self.executor.kind == "ray" and self.executor.ray.runs_dir is not None:
+            return self.executor.ray.runs_dir
         return self.state_dir / "runs"
 
     @property

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mtld.disk import free_bytes
-from mtld.family import earlier_runs, family, family_history, pinned_size, planned_size, resolve_device
+from mtld.family import earlier_runs, family, family_history, pinned_size, planned_size, run_device
 from mtld.history import family_records, probe_dir
 from mtld.jobspec import spec_from_json
 from mtld.logs import iso, last_event
@@ -21,7 +21,7 @@ from mtld.pidfile import running_pid
 from mtld.rowcounts import ExampleCounts, cache_file, queued_estimate
 from mtld.schedule import finish_time, first_open, inside, next_opening, open_window
 from mtld.settings import Settings
-from mtld.store import Job, Schedule, Store
+from mtld.store import Job, Run, Schedule, Store
 
 RECENT_FINISHED = 10
 PROGRESS_FIELDS = ("step", "total", "epoch", "loss", "samples_per_s", "tokens_per_s", "micro_batch", "eta_s")
@@ -88,28 +88,34 @@ def earliest(job: Job) -> float:
     return min(max(job.not_before or 0.0, job.next_attempt_at or 0.0), LATEST)
 
 
-def forecast(settings: Settings, store: Store, queued: list[Job], running_left_s: float | None,
+def forecast(settings: Settings, store: Store, queued: list[Job], running_left_s: list[float | None],
              now: datetime, durations: QueuedDurations | None = None) -> dict[int, dict[str, Any]]:
     """Expected start, finish and duration of each queued job, by replaying the daemon's choice
-    (the highest-priority job that is due, one at a time, inside the run windows) with each job's
-    expected duration from its family's history. Unknown from the first unknown duration on;
+    (the highest-priority job that is due, as a slot frees (one slot here; `executor.ray.slots` on a
+    cluster), inside the run windows) with each job's expected duration from its family's history
+    (`running_left_s`: what each running job has left). Unknown from the first unknown duration on;
     nothing is expected while the daemon is paused, nor for a job on hold."""
     windows = settings.schedule.parsed()
     durations = durations or QueuedDurations(settings, store)
     out: dict[int, dict[str, Any]] = {}
-    t = None if store.get_flag("paused") == "1" or running_left_s is None else now.timestamp() + running_left_s
+    paused = store.get_flag("paused") == "1"
+    start = now.timestamp()
+    lanes: list[float | None] = [None if paused or left is None else start + left for left in running_left_s]
+    lanes += [None if paused else start] * max(0, settings.executor.slots - len(lanes))
     pending = [j for j in queued if j.hold is None]  # a held job starts only when released
     out.update({j.id: {"expected_start": None, "expected_finish": None, "expected_s": rounded(durations.of(j))}
                 for j in queued if j.hold is not None})
     while pending:
-        if t is None:
+        known = [t for t in lanes if t is not None]  # a slot whose end is unknown frees at no known time
+        if not known:
             out.update({j.id: {"expected_start": None, "expected_finish": None, "expected_s": rounded(durations.of(j))}
                         for j in pending})
             break
-        at = first_open(windows, datetime.fromtimestamp(t).astimezone())
+        lane = lanes.index(min(known))
+        at = first_open(windows, datetime.fromtimestamp(lanes[lane]).astimezone())
         ready = [j for j in pending if earliest(j) <= at.timestamp()]
         if not ready:
-            t = min(earliest(j) for j in pending)
+            lanes[lane] = min(earliest(j) for j in pending)
             continue
         job = ready[0]
         pending.remove(job)
@@ -117,7 +123,7 @@ def forecast(settings: Settings, store: Store, queued: list[Job], running_left_s
         finish = None if seconds is None else finish_time(windows, at, seconds, settings.schedule.at_window_end)
         out[job.id] = {"expected_start": iso(at.timestamp()), "expected_finish": iso(finish.timestamp()) if finish else None,
                        "expected_s": rounded(seconds)}
-        t = finish.timestamp() if finish else None
+        lanes[lane] = finish.timestamp() if finish else None
     return out
 
 
@@ -132,7 +138,7 @@ class QueuedDurations:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings, self.store = settings, store
         self.counts = ExampleCounts(cache_file(settings))
-        self.device = resolve_device(settings.train.device)
+        self.device = run_device(settings)
         self.seconds: dict[int, float | None] = {}
         self.families: dict[str, tuple[list[Any], list[Any]]] = {}  # (policy history, timing records), read once
 
@@ -199,14 +205,14 @@ def collect(settings: Settings, store: Store, now: datetime | None = None, *, st
     finished = sorted((j for j in jobs if j.state not in ("running", "queued") and j.removed_at is None),
                       key=lambda j: -j.updated_at)
     pid = running_pid(settings.pid_file)
-    active, left, durations = [], 0.0, QueuedDurations(settings, store)
+    active, left, durations = [], [], QueuedDurations(settings, store)
     for job in running:
         run = store.latest_run(job.id)
         view = job_view(job)
-        view["run"] = {"id": run.id, "attempt": run.attempt, "pid": run.pid, "micro_batch": run.micro_batch} if run else None
+        view["run"] = run_view(run) if run else None
         view["progress"] = run_progress(Path(job.run_dir))
         active.append(view)
-        left = running_left(store, job, view["progress"], now, durations)
+        left.append(running_left(store, job, view["progress"], now, durations))
     expected = forecast(settings, store, queued, left, now, durations)
     if states:
         active = [view for view in active if view["state"] in states]
@@ -215,6 +221,7 @@ def collect(settings: Settings, store: Store, now: datetime | None = None, *, st
     shown = finished if states or every_finished else finished[:RECENT_FINISHED]
     return {
         "daemon": {"running": pid is not None, "pid": pid, "paused": store.get_flag("paused") == "1"},
+        "executor": executor_view(settings),
         "counts": store.counts(),
         "states": states or None,
         "running": active,
@@ -225,6 +232,23 @@ def collect(settings: Settings, store: Store, now: datetime | None = None, *, st
         "schedules": [schedule_view(s) for s in store.list_schedules()],
         "disk": disk_view(settings, store),
     }
+
+
+def run_view(run: Run) -> dict[str, Any]:
+    """A running attempt: where it runs (the pid here; the Ray submission id and node on a cluster)."""
+    view = {"id": run.id, "attempt": run.attempt, "pid": run.pid, "micro_batch": run.micro_batch,
+            "executor": run.executor or "local"}
+    if view["executor"] == "ray":
+        view.update(submission_id=run.ref, node=run.node)
+    return view
+
+
+def executor_view(settings: Settings) -> dict[str, Any]:
+    e = settings.executor
+    view: dict[str, Any] = {"kind": e.kind, "slots": e.slots}
+    if e.kind == "ray":
+        view.update(address=e.ray.address, runs_dir=str(settings.runs_dir))
+    return view
 
 
 def disk_view(settings: Settings, store: Store) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from mtld.memory.guard import Advice
 from mtld.memory.levels import Level, Reading
-from mtld.executor import ExitStatus
+from mtld.executor import ClusterUnreachable, ExitStatus
 from mtld.platform.runner import Result
 
 __all__ = ["FakeExecutor", "FakeRun", "FaultyStore", "RecordingRunner", "ScriptedGuard", "ScriptedProbe"]
@@ -101,14 +101,17 @@ class RecordingRunner:
 class FakeRun:
     """A run that never finishes on its own: it ends when `end()` is called, or (75, checkpointed) on SIGTERM."""
 
-    def __init__(self, pid: int, run_dir: Path):
-        self.pid, self.run_dir = pid, run_dir
+    def __init__(self, pid: int | None, run_dir: Path, ref: str | None = None, node: str | None = None,
+                 ends_on_term: bool = True):
+        self.pid, self.run_dir, self.ends_on_term = pid, run_dir, ends_on_term
+        self.ref = ref or str(pid)
+        self.node = node
         self.signals: list[int] = []
         self.status: ExitStatus | None = None
 
     def signal(self, signum: int) -> None:
         self.signals.append(signum)
-        if signum in (signal.SIGTERM, signal.SIGKILL) and self.status is None:
+        if signum in (signal.SIGTERM, signal.SIGKILL) and self.status is None and self.ends_on_term:
             self.status = ExitStatus(code=75) if signum == signal.SIGTERM else ExitStatus(signal=signum)
 
     def poll(self) -> ExitStatus | None:
@@ -119,17 +122,34 @@ class FakeRun:
 
 
 class FakeExecutor:
-    """Starts FakeRuns (no process); `runs` lists them in the order started."""
+    """Starts FakeRuns (no process); `runs` lists them in the order started. `remote=True` plays a cluster:
+    runs have no pid here, a restarted daemon adopts the ones not ended (by ref), and `reachable` False makes
+    `check` and `start` raise ClusterUnreachable. `ends_on_term` False: runs ignore stop requests (still
+    checkpointing on a slow cluster)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, remote: bool = False, ends_on_term: bool = True) -> None:
         self.runs: list[FakeRun] = []
+        self.remote = remote
+        self.ends_on_term = ends_on_term
+        self.kind = "ray" if remote else "local"
+        self.reachable = True
 
-    def start(self, run_dir: Path) -> FakeRun:
-        self.runs.append(FakeRun(pid=100000 + len(self.runs), run_dir=Path(run_dir)))
-        return self.runs[-1]
+    def check(self) -> None:
+        if not self.reachable:
+            raise ClusterUnreachable("cannot reach the cluster (fake)")
 
-    def adopt(self, pid: int, run_dir: Path, started_at: float) -> None:
-        return None
+    def start(self, run_dir: Path, run_id: int | None = None) -> FakeRun:
+        self.check()
+        n = len(self.runs)
+        run = (FakeRun(None, Path(run_dir), ref=f"fake-run-{run_id}", ends_on_term=self.ends_on_term) if self.remote
+               else FakeRun(100000 + n, Path(run_dir), ends_on_term=self.ends_on_term))
+        self.runs.append(run)
+        return run
+
+    def adopt(self, run: Any, run_dir: Path) -> FakeRun | None:
+        if not self.remote:
+            return None
+        return next((r for r in self.runs if r.ref == run.ref), None)  # ended or not: its status tells
 
 
 class FaultyStore:

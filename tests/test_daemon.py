@@ -42,7 +42,8 @@ def test_a_submitted_job_runs_to_success_with_its_events_logged(home, data_dir):
 
 
 def test_sigkill_of_the_daemon_mid_run_then_restart_resumes_from_the_checkpoint(home, data_dir):
-    job_id = home.submit(job_file(data_dir, epochs=4, checkpoint_every=3))
+    # long enough that the orphaned child cannot finish before the next daemon starts, even on a busy machine
+    job_id = home.submit(job_file(data_dir, epochs=12, checkpoint_every=3))
     daemon = home.daemon()
     home.wait_for(lambda: home.run_events(job_id, "checkpoint.saved"))
     daemon.kill()

@@ -63,7 +63,7 @@ class Harness:
     def assert_settled(self) -> None:
         """No job is running without the daemon's live run, and a new daemon on the same store starts cleanly."""
         running = [j.id for j in self.real.list_jobs(["running"])]
-        active = [self.daemon.active.job_id] if self.daemon.active else []
+        active = [a.job_id for a in self.daemon.active]
         assert running == active
         open_runs = [r.job_id for r in self.real.active_runs()]
         assert open_runs == active
@@ -173,10 +173,10 @@ def test_a_store_that_is_out_defers_the_job_until_it_is_back(h):
 
 
 def test_a_pid_that_cannot_be_recorded_does_not_stop_the_run(h):
-    h.store.fail("set_run_pid", OSError(errno.EIO, "I/O error"))
+    h.store.fail("set_run_handle", OSError(errno.EIO, "I/O error"))
     job_id = h.submit()
     h.daemon.tick(T0)
-    assert h.job(job_id).state == "running" and h.daemon.active is not None
+    assert h.job(job_id).state == "running" and h.daemon.active != []
     h.executor.runs[0].end(0)
     h.daemon.tick(T0 + 1)
     assert h.job(job_id).state == "succeeded"
@@ -262,7 +262,7 @@ def test_a_store_that_is_out_at_the_end_of_a_run_is_settled_by_a_later_tick(h):
     h.store.fail("finish_run", sqlite3.OperationalError("disk I/O error"), times=2)  # the record and the settling
     h.executor.runs[0].end(0)
     h.daemon.tick(T0 + 1)
-    assert h.job(job_id).state == "running" and h.daemon.active is None  # nothing could be written
+    assert h.job(job_id).state == "running" and h.daemon.active == []  # nothing could be written
     write_result(h, job_id, outcome="succeeded", exit_code=0)
     h.daemon.tick(T0 + 2)  # the store is back
     assert h.job(job_id).state == "succeeded"

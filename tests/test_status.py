@@ -90,7 +90,7 @@ def test_the_queue_is_replayed_in_the_daemons_order(queue):
     later = queue.submit("later", 0, not_before=T0 + 3600)  # not due for an hour: the others go first
     last = queue.submit("last", 3)
     queued = [urgent, first, later, last]  # the daemon's order: priority, then submission
-    f = forecast(queue.settings, queue.store, queued, 100.0, queue.t0)
+    f = forecast(queue.settings, queue.store, queued, [100.0], queue.t0)
     assert starts(f, urgent) == (100.0, 113.0)
     assert starts(f, first) == (113.0, 126.0)
     assert starts(f, last) == (126.0, 139.0)
@@ -98,7 +98,7 @@ def test_the_queue_is_replayed_in_the_daemons_order(queue):
     assert f[urgent.id]["expected_s"] == 13.0
 
     queue.store.set_flag("paused", "1")
-    paused = forecast(queue.settings, queue.store, queued, 100.0, queue.t0)
+    paused = forecast(queue.settings, queue.store, queued, [100.0], queue.t0)
     assert all(v["expected_start"] is None and v["expected_finish"] is None for v in paused.values())
 
 
@@ -110,10 +110,10 @@ def test_an_unknown_duration_makes_the_rest_unknown(queue, jobs, tmp_path):
                                    heads=2, vocab_size=100)
     new_family = queue.submit("new", 1, spec=jobs.spec(queue.spec.model_dump()["tasks"], model=other_model))
     after = queue.submit("after", 2)
-    f = forecast(queue.settings, queue.store, [new_family, after], 0.0, queue.t0)
+    f = forecast(queue.settings, queue.store, [new_family, after], [], queue.t0)
     assert starts(f, new_family) == (0.0, None) and f[new_family.id]["expected_s"] is None
     assert starts(f, after) == (None, None) and f[after.id]["expected_s"] == 13.0
-    assert forecast(queue.settings, queue.store, [after], None, queue.t0)[after.id]["expected_start"] is None
+    assert forecast(queue.settings, queue.store, [after], [None], queue.t0)[after.id]["expected_start"] is None
 
 
 def test_a_window_delays_and_pauses_the_queue(queue):
@@ -122,5 +122,5 @@ def test_a_window_delays_and_pauses_the_queue(queue):
     settings = queue.settings.model_copy(update={"schedule": queue.settings.schedule.model_copy(
         update={"windows": ["22:00-23:00"]})})
     job = queue.submit("night", 1)
-    f = forecast(settings, queue.store, [job], 0.0, queue.t0)
+    f = forecast(settings, queue.store, [job], [], queue.t0)
     assert starts(f, job) == (3600.0, 3613.0)  # waits for the window to open at 22:00

@@ -219,7 +219,7 @@ def test_a_job_cannot_start_twice(db):
 def test_finish_run_records_outcome_once(db):
     job = submit(db)
     run = db.start_run(job.id, micro_batch=8, now=200.0)
-    db.set_run_pid(run.id, 4242)
+    db.set_run_handle(run.id, executor="local", ref="4242", pid=4242)
     assert db.active_runs() == [db.latest_run(job.id)] and db.latest_run(job.id).pid == 4242
     done = db.finish_run(run.id, outcome="out_of_memory", exit_code=76, micro_batch_end=2,
                          figures={"peak_bytes": 123, "samples_per_s": 4.5}, now=260.0)
@@ -231,7 +231,7 @@ def test_finish_run_records_outcome_once(db):
         db.finish_run(run.id, outcome="succeeded", now=261.0)
     assert db.latest_run(job.id) == done
     with pytest.raises(UnknownRun):
-        db.set_run_pid(999, 1)
+        db.set_run_handle(999, executor="local", ref="1", pid=1)
 
 
 def test_finish_run_stores_non_finite_figures_as_null(db):

@@ -242,7 +242,7 @@ def test_cancel_of_a_running_job_with_no_daemon_cancels_it_and_stops_its_child(h
         run = db.start_run(job_id, micro_batch=2, now=time.time())  # a daemon started it, then died
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "mtld.train", run_dir],
                                  start_new_session=True)
-        db.set_run_pid(run.id, child.pid)
+        db.set_run_handle(run.id, executor="local", ref=str(child.pid), pid=child.pid)
     try:
         assert mtld("cancel", str(job_id)) == (0, f"job {job_id}: cancelled\n", "")
         assert child.wait(timeout=20) != 0  # SIGTERM: a real child would checkpoint first

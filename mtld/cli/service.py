@@ -142,7 +142,7 @@ def doctor(
     """What mtld sees on this machine: device, memory probe and budget (and which signal decides), folders,
     the agent. With --selftest: every check this machine allows, as a report. With --record-trace: a memory
     trace of this machine, for `probe = "replay"` and the tests."""
-    from mtld.doctor import diagnose, record
+    from mtld.doctor import diagnose, problems, record
 
     c: Context = ctx.obj
     if (quick or out_file) and not selftest:
@@ -164,3 +164,7 @@ def doctor(
         emit_json(info)
     else:
         render.doctor(out, info)
+    found = problems(info)
+    if found:  # one line each, on stderr
+        sys.stderr.write("".join(f"mtld doctor: {problem}\n" for problem in found))
+        raise typer.Exit(1)

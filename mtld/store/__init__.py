@@ -332,10 +332,16 @@ class Store(Housekeeping):
             ).lastrowid
             return self._run(run_id)
 
-    def set_run_pid(self, run_id: int, pid: int) -> None:
+    def set_run_handle(self, run_id: int, *, executor: str, ref: str, pid: int | None = None) -> None:
+        """Where the attempt runs: what a restarted daemon needs to find it again."""
         with self._write() as db:
-            if db.execute("UPDATE runs SET pid = ? WHERE id = ?", (pid, run_id)).rowcount != 1:
+            if db.execute("UPDATE runs SET executor = ?, ref = ?, pid = ? WHERE id = ?",
+                          (executor, ref, pid, run_id)).rowcount != 1:
                 raise UnknownRun(run_id)
+
+    def set_run_node(self, run_id: int, node: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE runs SET node = ? WHERE id = ?", (node, run_id))
 
     def finish_run(self, run_id: int, *, outcome: str, now: float, exit_code: int | None = None,
                    signal: int | None = None, micro_batch_end: int | None = None,

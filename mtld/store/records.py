@@ -73,6 +73,9 @@ class Run:
     signal: int | None
     figures: dict[str, Any]
     start_reason: str | None = None  # why it started at its micro-batch
+    executor: str | None = None  # "local" or "ray" (None: an mtld before the Ray executor, so local)
+    ref: str | None = None  # the executor's handle: the pid, or the Ray submission id
+    node: str | None = None  # the node it runs on, for a run on a cluster
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -110,6 +110,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN removed_at REAL;
     """,
+    # 6: which executor runs each attempt and its handle there (a pid, a Ray submission id), so a restarted
+    # daemon finds it again; and the node it runs on, when not this machine.
+    """
+    ALTER TABLE runs ADD COLUMN executor TEXT;
+    ALTER TABLE runs ADD COLUMN ref TEXT;
+    ALTER TABLE runs ADD COLUMN node TEXT;
+    """,
 ]
 
 

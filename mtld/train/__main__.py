@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
+from mtld import exitcodes
 from mtld.train import run_attempt
 
 
@@ -14,8 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0].startswith("-"):
         sys.stderr.write("usage: python -m mtld.train RUN_DIR\n")
         return 2
+    run_dir = Path(args[0])
+    if not run_dir.is_dir():  # the launcher made it: a worker of a cluster that does not share the folder
+        sys.stderr.write(f"mtld: the run folder {run_dir} does not exist on {socket.gethostname()}: the Ray executor "
+                         "needs executor.ray.runs_dir on a folder every worker sees at the same path\n")
+        return exitcodes.NOT_VISIBLE
     os.umask(0o077)  # whatever this run creates is user-only (mtld.disk also sets modes explicitly)
-    return run_attempt(Path(args[0]))
+    return run_attempt(run_dir)
 
 
 if __name__ == "__main__":

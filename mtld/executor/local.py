@@ -1,50 +1,20 @@
-"""Executors start, signal and watch one run. The first one: a local child process.
-
-The daemon talks to a run only through `RunHandle` (pid, signal, poll), so a
-later executor can hand the same `python -m mtld.train RUN_DIR` entry point to
-a cluster engine instead. A run is judged by how it exits (mtld.exitcodes).
-"""
+"""The local executor: each run is a child process of the daemon, in its own session."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import psutil
 
 from mtld.disk import open_private
+from mtld.executor import CHILD_MODULE, ExitStatus
 
-CHILD_MODULE = "mtld.train"
-
-
-@dataclass(frozen=True)
-class ExitStatus:
-    """How a run ended: an exit code, or the signal that killed it, or unknown (lost)."""
-
-    code: int | None = None
-    signal: int | None = None
-    max_rss_bytes: int | None = None
-
-
-class RunHandle(Protocol):
-    pid: int
-
-    def signal(self, signum: int) -> None: ...
-
-    def poll(self) -> ExitStatus | None: ...
-
-
-class Executor(Protocol):
-    """Starts runs and finds the still-running ones of an earlier daemon."""
-
-    def start(self, run_dir: Path) -> RunHandle: ...
-
-    def adopt(self, pid: int, run_dir: Path, started_at: float) -> RunHandle | None: ...
+if TYPE_CHECKING:
+    from mtld.store import Run
 
 
 class ChildProcess:
@@ -53,6 +23,8 @@ class ChildProcess:
     def __init__(self, popen: subprocess.Popen):
         self.popen = popen
         self.pid = popen.pid
+        self.ref = str(popen.pid)
+        self.node = None
         self.status: ExitStatus | None = None
 
     def signal(self, signum: int) -> None:
@@ -79,6 +51,8 @@ class AdoptedProcess:
     def __init__(self, process: psutil.Process):
         self.process = process
         self.pid = process.pid
+        self.ref = str(process.pid)
+        self.node = None
 
     def signal(self, signum: int) -> None:
         if self.process.is_running():
@@ -103,10 +77,16 @@ def _signal_group(pid: int, signum: int) -> None:
 class LocalExecutor:
     """Runs each attempt as `python -m mtld.train RUN_DIR` in its own session."""
 
+    kind = "local"
+    remote = False
+
     def __init__(self, python: str = sys.executable):
         self.python = python
 
-    def start(self, run_dir: Path) -> ChildProcess:
+    def check(self) -> None:
+        pass
+
+    def start(self, run_dir: Path, run_id: int | None = None) -> ChildProcess:
         # tracebacks from before logging starts, fatal errors
         output = os.fdopen(open_private(run_dir / "child.log", os.O_WRONLY | os.O_APPEND), "ab")
         try:
@@ -123,23 +103,20 @@ class LocalExecutor:
             output.close()
         return ChildProcess(popen)
 
-    def adopt(self, pid: int, run_dir: Path, started_at: float) -> AdoptedProcess | None:
-        """The still-running child of an earlier daemon, if `pid` really is that run."""
-        try:
-            process = psutil.Process(pid)
-            cmdline = process.cmdline()
-            created = process.create_time()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+    def adopt(self, run: Run, run_dir: Path) -> AdoptedProcess | None:
+        """The still-running child of an earlier daemon, if the run's pid really is that run."""
+        if not run.pid or (run.executor or "local") != self.kind:
             return None
-        is_that_run = CHILD_MODULE in cmdline and str(run_dir) in cmdline and created <= started_at + 60
-        return AdoptedProcess(process) if is_that_run else None
+        return find_child(run.pid, run_dir, run.started_at)
 
 
-def wait_for_exit(handle: RunHandle, timeout_s: float, poll_s: float = 0.05) -> ExitStatus | None:
-    """Poll until the run exits or the timeout passes (bounded waits on shutdown)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = handle.poll()
-        if status is not None or time.monotonic() >= deadline:
-            return status
-        time.sleep(poll_s)
+def find_child(pid: int, run_dir: Path, started_at: float) -> AdoptedProcess | None:
+    """The process `pid`, if it is the run child `python -m mtld.train run_dir` started about `started_at`."""
+    try:
+        process = psutil.Process(pid)
+        cmdline = process.cmdline()
+        created = process.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    is_that_run = CHILD_MODULE in cmdline and str(run_dir) in cmdline and created <= started_at + 60
+    return AdoptedProcess(process) if is_that_run else None

@@ -1,0 +1,232 @@
+"""The Ray executor: each run is a Ray job, submitted through Ray's Jobs API.
+
+The job's entrypoint is the same `python -m mtld.train RUN_DIR` a local child
+runs, so the run folder (on storage the daemon and every worker see at the
+same path) holds the run's launch, log, checkpoints and result, as locally.
+What Ray adds, and where this module relies on it (Ray 2.60,
+ray/dashboard/modules/job/):
+
+- `submit_job(submission_id=...)`: a submission id names a job once per
+  cluster (a second submission with it is refused), so ours is derived from
+  the daemon's state folder and the run id, and a resubmission after a crash
+  between submitting and recording finds the first job instead of starting a
+  second one.
+- `stop_job`: the job supervisor sends SIGTERM (`RAY_JOB_STOP_SIGNAL`) to the
+  entrypoint and all its descendants, waits `RAY_JOB_STOP_WAIT_TIME_S`
+  (default 3 s; read from the supervisor actor's environment, which is the
+  job's runtime_env `env_vars`: job_supervisor.py, job_manager.py
+  `_get_supervisor_runtime_env`), then SIGKILLs them. mtld sets it to
+  `executor.ray.stop_grace_s`, above a checkpoint's time, so a stopped run
+  checkpoints and exits 75, as a local child does on SIGTERM.
+- `get_job_info`: status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED),
+  `driver_exit_code` (the entrypoint's exit status, once it has one),
+  `driver_node_id`, and a message. A STOPPED job has no exit code: its
+  result.json says how it ended (75 after a clean checkpoint), and without one
+  it was killed before it could write it (lost: it resumes from its last
+  checkpoint).
+- `get_job_logs`: the entrypoint's stdout and stderr, appended to the run
+  folder's child.log when the run ends (the run's own log, run.jsonl, is
+  written there directly by the child).
+
+A cluster that cannot be reached never fails a run: `poll` says "still
+running" and logs the outage once; `start` raises ClusterUnreachable, which
+the daemon treats as "wait and try again".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import signal as signals
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mtld.disk import open_private
+from mtld.executor import CHILD_MODULE, ClusterUnreachable, ExitStatus
+from mtld.logs import get_logger
+from mtld.rundir import RunDir
+
+if TYPE_CHECKING:
+    from mtld.settings import RaySettings
+    from mtld.store import Run
+
+EXTRA_HINT = "pip install 'mtld[ray]'"
+STOP_SIGNALS = (signals.SIGTERM, signals.SIGINT, signals.SIGKILL)
+
+
+def client_for(address: str) -> Any:
+    """A JobSubmissionClient for `address`; ClusterUnreachable when nothing answers there."""
+    try:
+        from ray.job_submission import JobSubmissionClient
+    except ImportError as e:  # settings refuse kind = "ray" without it; this is for doctor and the bench
+        raise ClusterUnreachable(f"Ray's client is not installed ({EXTRA_HINT})") from e
+    try:
+        return JobSubmissionClient(address)
+    except Exception as e:  # ConnectionError, or a RuntimeError from a dashboard that is still starting
+        raise ClusterUnreachable(f"cannot reach the Ray cluster at {address}: {_first_line(e)}") from e
+
+
+def submission_id(owner: str, run_id: int) -> str:
+    """The Ray submission id of a run: unique per daemon (its state folder) and run, the same every time."""
+    tag = hashlib.sha256(owner.encode()).hexdigest()[:10]
+    return f"mtld-{tag}-run-{run_id}"
+
+
+class RayRun:
+    """One run's Ray job: polled through the Jobs API, stopped with Ray's stop (SIGTERM, grace, SIGKILL)."""
+
+    pid = None  # not a process here
+
+    def __init__(self, client: Any, ref: str, run_dir: Path, run_id: int | None, node: str | None = None):
+        self.client, self.ref, self.run_dir, self.run_id, self.node = client, ref, Path(run_dir), run_id, node
+        self.status: ExitStatus | None = None
+        self.unreachable = False
+        self.log = get_logger(run_id=run_id, submission_id=ref)
+
+    def signal(self, signum: int) -> None:
+        """SIGTERM, SIGINT and SIGKILL all stop the job: Ray signals the run, which checkpoints within the
+        grace period (`executor.ray.stop_grace_s`), and kills it after that."""
+        if self.status is None and signum in STOP_SIGNALS:
+            try:
+                self.client.stop_job(self.ref)
+            except Exception as e:
+                self.log.warning("executor.unreachable", action="stop", error=_first_line(e))
+
+    def poll(self) -> ExitStatus | None:
+        if self.status is not None:
+            return self.status
+        try:
+            info = self.client.get_job_info(self.ref)
+        except Exception as e:  # the cluster is out: as far as we know, the run goes on
+            if not self.unreachable:
+                self.log.warning("executor.unreachable", action="poll", error=_first_line(e))
+            self.unreachable = True
+            return None
+        if self.unreachable:
+            self.log.info("executor.reachable")
+            self.unreachable = False
+        self.node = info.driver_node_id or self.node
+        if not info.status.is_terminal():
+            return None
+        self._append_output()
+        self.status = exit_status(info.status.value, info.driver_exit_code, info.message, self._result_code())
+        return self.status
+
+    def _result_code(self) -> int | None:
+        """The exit status this attempt's result.json records, if it wrote one."""
+        try:
+            result = RunDir(self.run_dir).read_result()
+        except Exception:
+            return None
+        if result is None or (self.run_id is not None and result.run_id not in (None, self.run_id)):
+            return None
+        return result.exit_code
+
+    def _append_output(self) -> None:
+        """Ray keeps the entrypoint's output: add it to the run folder's child.log, as a local child's."""
+        try:
+            text = self.client.get_job_logs(self.ref)
+            if text:
+                with os.fdopen(open_private(self.run_dir / "child.log", os.O_WRONLY | os.O_APPEND), "ab") as out:
+                    out.write(text.encode())
+        except Exception as e:  # the output is a convenience; the run's own log is in its folder
+            self.log.warning("executor.output_lost", error=_first_line(e))
+
+
+def exit_status(status: str, exit_code: int | None, message: str | None, result_code: int | None) -> ExitStatus:
+    """A finished Ray job as the daemon judges a run: its exit status, else its result.json's, else lost."""
+    if exit_code is not None:
+        return ExitStatus(code=exit_code)
+    if result_code is not None:
+        return ExitStatus(code=result_code)
+    if status == "STOPPED":
+        return ExitStatus(detail="stopped on the cluster before it wrote its result")  # lost: resumes
+    if status == "SUCCEEDED":
+        return ExitStatus(code=0)
+    # FAILED without an exit status: it never ran (runtime_env setup, a node that died, no such interpreter)
+    return ExitStatus(code=1, detail=f"the Ray job failed: {_first_line(message) or 'no reason given'}")
+
+
+class RayExecutor:
+    """Submits each attempt as a Ray job; `adopt` reattaches to a job an earlier daemon submitted."""
+
+    kind = "ray"
+    remote = True
+
+    def __init__(self, settings: RaySettings, *, owner: str):
+        self.settings = settings
+        self.owner = owner
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = client_for(self.settings.address)
+        return self._client
+
+    def check(self) -> None:
+        self.client  # noqa: B018  (connects once; raises ClusterUnreachable while nothing answers)
+
+    def entrypoint(self, run_dir: Path) -> str:
+        return f"{shlex.quote(self.settings.python)} -m {CHILD_MODULE} {shlex.quote(str(run_dir))}"
+
+    def runtime_env(self) -> dict[str, Any]:
+        env = dict(self.settings.runtime_env)
+        env["env_vars"] = {
+            "PYTHONUNBUFFERED": "1",
+            "RAY_JOB_STOP_WAIT_TIME_S": str(int(self.settings.stop_grace_s)),  # read by Ray's job supervisor
+            **env.get("env_vars", {}),
+        }
+        return env
+
+    def start(self, run_dir: Path, run_id: int) -> RayRun:
+        ref = submission_id(self.owner, run_id)
+        s = self.settings
+        try:
+            self.client.submit_job(
+                entrypoint=self.entrypoint(run_dir), submission_id=ref, runtime_env=self.runtime_env(),
+                entrypoint_num_cpus=s.num_cpus, entrypoint_num_gpus=s.num_gpus or None,
+                entrypoint_memory=int(s.memory_mb * 1_000_000) or None, entrypoint_resources=s.resources or None,
+                metadata={"mtld_run_id": str(run_id), "mtld_run_dir": str(run_dir)},
+            )
+        except ClusterUnreachable:
+            raise
+        except Exception as e:
+            if not self._exists(ref):  # else: submitted before (a crash between submitting and recording it)
+                self._client = None if _is_connection_error(e) else self._client
+                if _is_connection_error(e):
+                    raise ClusterUnreachable(f"cannot reach the Ray cluster at {s.address}: {_first_line(e)}") from e
+                raise
+        return RayRun(self.client, ref, run_dir, run_id)
+
+    def adopt(self, run: Run, run_dir: Path) -> RayRun | None:
+        """The Ray job of `run` (by its stored submission id), finished or not: its status tells."""
+        if not run.ref or (run.executor or "local") != self.kind:
+            return None
+        if not self._exists(run.ref):
+            return None
+        return RayRun(self.client, run.ref, run_dir, run.id, node=run.node)
+
+    def _exists(self, ref: str) -> bool:
+        try:
+            self.client.get_job_info(ref)
+            return True
+        except ClusterUnreachable:
+            raise
+        except Exception as e:
+            if _is_connection_error(e):
+                raise ClusterUnreachable(f"cannot reach the Ray cluster at {self.settings.address}: "
+                                         f"{_first_line(e)}") from e
+            return False
+
+
+def _is_connection_error(error: BaseException) -> bool:
+    import requests  # Ray's client is built on it
+
+    return isinstance(error, (ConnectionError, requests.ConnectionError, requests.Timeout))
+
+
+def _first_line(value: object) -> str:
+    text = str(value or "").strip()
+    return text.splitlines()[0] if text else ""

@@ -1,0 +1,253 @@
+"""The tick with a remote executor (a cluster): several slots, adoption after a restart, an unreachable
+cluster, the workers' device, stops that outlast the daemon. In-process: an injected clock and a fake
+executor playing the cluster; the same paths against a real Ray cluster are in test_ray."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from mtld.daemon import Daemon
+from mtld.executor.rayjobs import exit_status, submission_id
+from mtld.settings import Settings
+from mtld.status import collect
+from mtld.store import Store
+from mtld.testing import FakeExecutor, ScriptedProbe
+from tests.test_daemon_loop import SPEC, T0, events, reading, submit
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    """cluster(slots=..., **executor options) -> (daemon, store, executor, settings); `restart()` on the
+    returned daemon's store gives a new daemon on the same store and executor (as after kill -9)."""
+    import os
+
+    from mtld.logs import configure
+
+    for name in [n for n in os.environ if n.startswith("MTLD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())  # "ray is installed"
+    stores = []
+
+    def build(slots: int = 2, num_gpus: float = 0.0, probe=None, **fake):
+        settings = Settings(home=tmp_path / "home", train={"device": "auto"},
+                            daemon={"prevent_sleep": False, "notify": False},
+                            executor={"kind": "ray", "ray": {"slots": slots, "num_gpus": num_gpus}})
+        configure(settings.daemon_log)
+        store = Store(settings.db_path)
+        stores.append(store)
+        executor = FakeExecutor(remote=True, **fake)
+        daemon = Daemon(settings, store, executor=executor, probe=probe or ScriptedProbe([reading("normal")]),
+                        clock=lambda: T0)
+        return daemon, store, executor, settings
+
+    yield build
+    for store in stores:
+        store.close()
+
+
+def test_with_two_slots_a_tick_starts_the_two_highest_priority_jobs(cluster):
+    daemon, store, executor, settings = cluster(slots=2)
+    low, mid, high = (submit(store, settings, priority=p, name=f"j{p}") for p in (0, 3, 5))
+    daemon.tick(T0)
+    assert [store.get(j).state for j in (low, mid, high)] == ["queued", "running", "running"]
+    assert [a.job_id for a in daemon.active] == [high, mid]
+    assert all(r.pid is None and r.ref.startswith("fake-run-") for r in executor.runs)
+    stored = [store.latest_run(j) for j in (high, mid)]
+    assert [(r.executor, r.ref, r.pid) for r in stored] == [("ray", run.ref, None) for run in executor.runs]
+
+    executor.runs[1].end(0)  # mid finishes: its slot goes to low at the same tick
+    daemon.tick(T0 + 10)
+    assert store.get(mid).state == "succeeded" and store.get(low).state == "running"
+    assert len(executor.runs) == 3 and len(daemon.active) == 2
+
+
+def test_cancel_and_pause_now_stop_each_running_job(cluster):
+    daemon, store, executor, settings = cluster(slots=2)
+    a, b = submit(store, settings, name="a"), submit(store, settings, name="b")
+    daemon.tick(T0)
+    store.cancel(a, now=T0 + 1)
+    daemon.tick(T0 + 1)  # asks a's run to stop
+    assert executor.runs[0].signals == [signal.SIGTERM] and executor.runs[1].signals == []
+    daemon.tick(T0 + 2)  # records its end (75, checkpointed)
+    assert store.get(a).state == "cancelled" and store.get(b).state == "running"
+    store.set_flag("paused", "1")
+    store.set_flag("pause_now", "1")
+    daemon.tick(T0 + 3)
+    daemon.tick(T0 + 4)
+    assert store.get(b).state == "queued" and executor.runs[1].signals == [signal.SIGTERM]
+    assert daemon.active == [] and store.get_flag("pause_now") is None
+
+
+def test_a_restarted_daemon_adopts_the_runs_still_on_the_cluster_and_starts_no_second_one(cluster):
+    daemon, store, executor, settings = cluster(slots=2)
+    a, b = submit(store, settings, name="a"), submit(store, settings, name="b")
+    daemon.tick(T0)
+    executor.runs[0].end(0)  # a ended while no daemon watched; b still trains
+
+    again = Daemon(settings, store, executor=executor, probe=ScriptedProbe([reading("normal")]), clock=lambda: T0)
+    again.reconcile(T0 + 5)
+    assert [x.job_id for x in again.active] == [a, b]
+    again.tick(T0 + 5)
+    assert store.get(a).state == "succeeded" and store.get(b).state == "running"
+    assert len(executor.runs) == 2  # nothing submitted again
+    assert [e["submission_id"] for e in events(settings, "daemon.adopted")] == [r.ref for r in executor.runs]
+    executor.runs[1].end(0)
+    again.tick(T0 + 6)
+    assert store.get(b).state == "succeeded" and [len(store.runs_for(j)) for j in (a, b)] == [1, 1]
+
+
+def test_an_unreachable_cluster_defers_the_queue_and_nothing_fails(cluster):
+    daemon, store, executor, settings = cluster(slots=2)
+    job = submit(store, settings)
+    executor.reachable = False
+    daemon.tick(T0)
+    daemon.tick(T0 + 2)
+    assert store.get(job).state == "queued" and store.runs_for(job) == []
+    [deferred] = events(settings, "run.deferred")  # logged once, not every tick
+    assert deferred["reason"] == "cluster_unreachable" and deferred["job_id"] == job
+    executor.reachable = True
+    daemon.tick(T0 + 4)
+    assert store.get(job).state == "running"
+
+
+def test_this_machines_memory_does_not_gate_a_cluster_run(cluster):
+    critical = ScriptedProbe([reading("critical", available=1)])
+    daemon, store, executor, settings = cluster(slots=1, probe=critical)
+    job = submit(store, settings)
+    daemon.tick(T0)
+    assert store.get(job).state == "running" and critical.reads == 0
+
+
+def test_the_family_and_the_launch_name_the_workers_device(cluster):
+    daemon, store, executor, settings = cluster(slots=1, num_gpus=1)
+    job = submit(store, settings)
+    daemon.tick(T0)
+    run = store.latest_run(job)
+    assert run.family == f"{SPEC.model}|{SPEC.max_length}|cuda"
+    assert '"device":"cuda"' in (executor.runs[0].run_dir / "launch.json").read_text().replace(" ", "")
+
+
+def test_a_daemon_stopping_leaves_a_cluster_run_that_has_not_checkpointed_yet_to_the_next_daemon(cluster):
+    daemon, store, executor, settings = cluster(slots=1, ends_on_term=False)
+    settings.daemon.stop_timeout_s = 0.2
+    job = submit(store, settings)
+    daemon.tick(T0)
+    daemon.stop_signals = 1
+    daemon.tick(T0 + 1)
+    assert daemon.finished and executor.runs[0].signals == [signal.SIGTERM]  # asked, never killed
+    assert store.get(job).state == "running" and store.latest_run(job).ended_at is None
+    assert events(settings, "run.left_running")[0]["submission_id"] == executor.runs[0].ref
+
+    executor.runs[0].end(75)  # it checkpointed on the cluster meanwhile
+    again = Daemon(settings, store, executor=executor, probe=ScriptedProbe([reading("normal")]), clock=lambda: T0)
+    again.reconcile(T0 + 30)  # watched again
+    again.tick(T0 + 30)  # its end recorded as it came; it resumes from that checkpoint
+    assert [(r.outcome, r.exit_code) for r in store.runs_for(job)][0] == ("interrupted", 75)
+
+
+def test_status_shows_every_running_job_with_its_submission_id_and_node(cluster):
+    daemon, store, executor, settings = cluster(slots=2)
+    a, b = submit(store, settings, name="a"), submit(store, settings, name="b")
+    daemon.tick(T0)
+    executor.runs[0].node = "node-1"
+    daemon.tick(T0 + 1)
+    info = collect(settings, store)
+    assert info["executor"]["kind"] == "ray" and info["executor"]["slots"] == 2
+    runs = {j["id"]: j["run"] for j in info["running"]}
+    assert runs[a]["submission_id"] == executor.runs[0].ref and runs[a]["node"] == "node-1"
+    assert runs[b]["submission_id"] == executor.runs[1].ref and runs[b]["node"] is None
+    assert events(settings, "run.placed")[0]["node"] == "node-1"
+
+
+@pytest.mark.parametrize(("status", "code", "result_code", "expected"), [
+    ("SUCCEEDED", 0, None, (0, None)),
+    ("FAILED", 75, 75, (75, None)),
+    ("FAILED", 2, 2, (2, None)),
+    ("STOPPED", None, 75, (75, None)),  # Ray's stop: SIGTERM, checkpoint, result.json says 75
+    ("STOPPED", None, None, (None, None)),  # killed after the grace: lost, resumes from its checkpoint
+    ("FAILED", None, None, (1, None)),  # never ran (runtime_env, interpreter): a failure with Ray's reason
+])
+def test_a_finished_ray_job_is_judged_by_its_exit_status_then_its_result(status, code, result_code, expected):
+    got = exit_status(status, code, "runtime_env setup failed: no such file\nmore", result_code)
+    assert (got.code, got.signal) == expected
+    if status == "FAILED" and code is None:
+        assert got.detail == "the Ray job failed: runtime_env setup failed: no such file"
+
+
+def test_submission_ids_are_stable_per_daemon_and_run_and_differ_between_daemons():
+    assert submission_id("/home/a/state", 7) == submission_id("/home/a/state", 7)
+    assert submission_id("/home/a/state", 7) != submission_id("/home/a/state", 8)
+    assert submission_id("/home/a/state", 7) != submission_id("/home/b/state", 7)
+
+
+# ------------------------------------------------------------------ configuration and the worker's side
+
+
+def test_asking_for_ray_without_its_client_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+    from tests.conftest import run_cli
+
+    monkeypatch.setenv("MTLD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MTLD_EXECUTOR__KIND", "ray")
+    real = __import__("importlib").util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    code, out, err = run_cli("status")
+    assert code == 2 and out == ""
+    assert err.strip() == """MTLD_EXECUTOR__KIND: "ray" needs Ray's client: pip install 'mtld[ray]'"""
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:8265", "ray://head:10001", "http://", "http://head:99999"])
+def test_a_malformed_cluster_address_is_refused_when_the_settings_load(address):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="Ray Jobs API address|port"):
+        Settings(executor={"ray": {"address": address}})
+
+
+def test_a_run_folder_the_worker_cannot_see_exits_66_and_fails_the_job_with_the_reason(tmp_path):
+    import subprocess
+    import sys
+
+    from mtld import exitcodes, policy
+
+    done = subprocess.run([sys.executable, "-m", "mtld.train", str(tmp_path / "not-here")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == exitcodes.NOT_VISIBLE
+    assert "does not exist on" in done.stderr and "executor.ray.runs_dir" in done.stderr
+    assert not (tmp_path / "not-here").exists()  # nothing made where the run folder should have been
+    decision = policy.after_exit(exit_code=done.returncode, signal=None, earlier_failures=0, max_attempts=3,
+                                 backoff_s=60, cancel_requested=False, stop_reason=None, message=None, now=T0)
+    assert decision.job_state == "failed" and "not visible" in decision.reason
+
+
+def test_a_ray_run_asks_for_the_configured_resources_and_a_grace_above_its_checkpoint(tmp_path):
+    from mtld.executor.rayjobs import RayExecutor
+
+    class Client:
+        def __init__(self):
+            self.submitted = []
+
+        def submit_job(self, **kwargs):
+            if any(s["submission_id"] == kwargs["submission_id"] for s in self.submitted):
+                raise RuntimeError(f"Job with submission_id {kwargs['submission_id']} already exists.")
+            self.submitted.append(kwargs)
+
+        def get_job_info(self, ref):
+            if not any(s["submission_id"] == ref for s in self.submitted):
+                raise RuntimeError(f"Job {ref} does not exist.")
+
+    settings = Settings(home=tmp_path, executor={"ray": {
+        "num_cpus": 2, "num_gpus": 1, "memory_mb": 4000, "resources": {"big": 1}, "stop_grace_s": 90,
+        "python": "/opt/py env/bin/python", "runtime_env": {"env_vars": {"HF_HOME": "/shared/hf"}, "pip": ["x"]}}})
+    executor = RayExecutor(settings.executor.ray, owner=str(tmp_path))
+    executor._client = client = Client()
+    first = executor.start(tmp_path / "runs" / "1-a b", 1)
+    again = executor.start(tmp_path / "runs" / "1-a b", 1)  # after a crash before it was recorded: the same job
+    [job] = client.submitted
+    assert first.ref == again.ref == job["submission_id"]
+    assert job["entrypoint"] == f"'/opt/py env/bin/python' -m mtld.train '{tmp_path}/runs/1-a b'"
+    assert (job["entrypoint_num_cpus"], job["entrypoint_num_gpus"], job["entrypoint_memory"],
+            job["entrypoint_resources"]) == (2, 1, 4_000_000_000, {"big": 1})
+    assert job["runtime_env"] == {"pip": ["x"], "env_vars": {
+        "PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": "90", "HF_HOME": "/shared/hf"}}
