@@ -6,7 +6,8 @@ test: it prints figures and writes bench/executors.json and bench/executors.md, 
 Each round queues the same short job (examples/sentiment.toml on the demo's tiny model) in a fresh
 MTLD_HOME and runs `mtld daemon --exit-when-idle`, once with `executor.kind = "local"` and once with
 `"ray"` against a local Ray head on 127.0.0.1 (tests/raycluster.py; started here, stopped at the end),
-alternating which goes first. From the logs:
+alternating which goes first. The Ray run asks for every core (`num_cpus`), so both train with the same
+thread count. From the logs:
 
 - submit to first step: `job.submitted` in the daemon log to the run's first `step.progress`;
 - per-run overhead: the daemon's `run.exited` `wall_s` (launch to recorded end) less the run's own
@@ -47,6 +48,8 @@ def one_round(kind: str, address: str | None, home: Path) -> dict[str, float]:
     env.pop("MTLD_CONFIG", None)
     if kind == "ray":
         env.update({"MTLD_EXECUTOR__RAY__ADDRESS": address, "MTLD_EXECUTOR__RAY__PYTHON": sys.executable,
+                    # the run may use every core, as a local run does (Ray sets OMP_NUM_THREADS to num_cpus)
+                    "MTLD_EXECUTOR__RAY__NUM_CPUS": str(os.cpu_count()),
                     "MTLD_EXECUTOR__RAY__RUNTIME_ENV": json.dumps({"env_vars": {"PYTHONPATH": str(ROOT)}})})
     mtld = [sys.executable, "-m", "mtld"]
     subprocess.run([*mtld, "submit", str(JOB)], env=env, check=True, capture_output=True)
@@ -112,8 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|",
         *(f"| {kind} | {m[kind]['submit_to_first_step_s']} s | {m[kind]['overhead_s']} s | {m[kind]['wall_s']} s |"
           for kind in ("local", "ray")),
-        f"| ray - local | +{round(m['ray']['submit_to_first_step_s'] - m['local']['submit_to_first_step_s'], 2)} s "
-        f"| +{round(m['ray']['overhead_s'] - m['local']['overhead_s'], 2)} s | |",
+        f"| ray - local | {m['ray']['submit_to_first_step_s'] - m['local']['submit_to_first_step_s']:+.2f} s "
+        f"| {m['ray']['overhead_s'] - m['local']['overhead_s']:+.2f} s | |",
     ]
     (args.out / "executors.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

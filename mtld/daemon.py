@@ -245,7 +245,7 @@ class Daemon(Bookkeeping):
                                             history=history,  # on a cluster: the device its family names
                                             device=run_device(self.settings) if self.executor.remote else None))
             step = "starting the child"
-            handle = self.executor.start(run_dir.path, run.id)
+            handle = self.executor.start(run_dir.path, run)
         except ClusterUnreachable as e:  # the cluster, not the job: it goes back to the queue, and waits
             self._cluster_lost(job, run, e, now)
             return

@@ -171,7 +171,8 @@ class RaySettings(_Section):
     runs_dir: Annotated[Path | None, BeforeValidator(_home)] = None
     # The interpreter that runs `-m mtld.train` on the workers (one with mtld installed).
     python: str = Field(default="python3", min_length=1)
-    # What each run asks the cluster for (Ray's entrypoint resources); memory in MB.
+    # What each run asks the cluster for (Ray's entrypoint resources); memory in MB. Ray sets the run's
+    # OMP_NUM_THREADS to num_cpus (ray/_private/utils.py, set_omp_num_threads_if_unset): its CPU threads.
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float = Field(default=0.0, ge=0)
     memory_mb: float = Field(default=0.0, ge=0)

@@ -138,10 +138,10 @@ class FakeExecutor:
         if not self.reachable:
             raise ClusterUnreachable("cannot reach the cluster (fake)")
 
-    def start(self, run_dir: Path, run_id: int | None = None) -> FakeRun:
+    def start(self, run_dir: Path, run: Any = None) -> FakeRun:
         self.check()
         n = len(self.runs)
-        run = (FakeRun(None, Path(run_dir), ref=f"fake-run-{run_id}", ends_on_term=self.ends_on_term) if self.remote
+        run = (FakeRun(None, Path(run_dir), ref=f"fake-run-{run.id}", ends_on_term=self.ends_on_term) if self.remote
                else FakeRun(100000 + n, Path(run_dir), ends_on_term=self.ends_on_term))
         self.runs.append(run)
         return run

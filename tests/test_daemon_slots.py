@@ -176,10 +176,15 @@ def test_a_finished_ray_job_is_judged_by_its_exit_status_then_its_result(status,
         assert got.detail == "the Ray job failed: runtime_env setup failed: no such file"
 
 
-def test_submission_ids_are_stable_per_daemon_and_run_and_differ_between_daemons():
-    assert submission_id("/home/a/state", 7) == submission_id("/home/a/state", 7)
-    assert submission_id("/home/a/state", 7) != submission_id("/home/a/state", 8)
-    assert submission_id("/home/a/state", 7) != submission_id("/home/b/state", 7)
+def test_submission_ids_come_from_the_run_record_alone_and_never_repeat_across_state_folders():
+    from types import SimpleNamespace as Run
+
+    run = Run(id=7, started_at=T0)
+    assert submission_id("/home/a/state", run) == submission_id("/home/a/state", Run(id=7, started_at=T0))
+    assert submission_id("/home/a/state", run) != submission_id("/home/a/state", Run(id=8, started_at=T0))
+    assert submission_id("/home/a/state", run) != submission_id("/home/b/state", run)
+    # the same folder made again: its run 7 starts later, and is another Ray job
+    assert submission_id("/home/a/state", run) != submission_id("/home/a/state", Run(id=7, started_at=T0 + 86400))
 
 
 # ------------------------------------------------------------------ configuration and the worker's side
@@ -242,12 +247,17 @@ def test_a_ray_run_asks_for_the_configured_resources_and_a_grace_above_its_check
         "python": "/opt/py env/bin/python", "runtime_env": {"env_vars": {"HF_HOME": "/shared/hf"}, "pip": ["x"]}}})
     executor = RayExecutor(settings.executor.ray, owner=str(tmp_path))
     executor._client = client = Client()
-    first = executor.start(tmp_path / "runs" / "1-a b", 1)
-    again = executor.start(tmp_path / "runs" / "1-a b", 1)  # after a crash before it was recorded: the same job
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(id=1, started_at=T0, executor=None, pid=None, ref=None, node=None)
+    first = executor.start(tmp_path / "runs" / "1-a b", run)
+    again = executor.start(tmp_path / "runs" / "1-a b", run)  # the same run submitted again: the same job
     [job] = client.submitted
     assert first.ref == again.ref == job["submission_id"]
+    # a daemon that crashed before recording the submission finds the job by the run's record alone
+    assert executor.adopt(run, tmp_path / "runs" / "1-a b").ref == job["submission_id"]
     assert job["entrypoint"] == f"'/opt/py env/bin/python' -m mtld.train '{tmp_path}/runs/1-a b'"
     assert (job["entrypoint_num_cpus"], job["entrypoint_num_gpus"], job["entrypoint_memory"],
             job["entrypoint_resources"]) == (2, 1, 4_000_000_000, {"big": 1})
     assert job["runtime_env"] == {"pip": ["x"], "env_vars": {
-        "PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": "90", "HF_HOME": "/shared/hf"}}
+        "PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": "90", "MTLD_THREADS_ALLOTTED": "1", "HF_HOME": "/shared/hf"}}

@@ -15,8 +15,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -70,7 +70,7 @@ def home(tmp_path, ray_address) -> Home:
 
 def ray_jobs_of(client, home: Home) -> list:
     """The Ray jobs this home's daemon submitted (their submission ids carry its state folder's tag)."""
-    prefix = submission_id(str(home.path), 0).removesuffix("0")
+    prefix = submission_id(str(home.path), SimpleNamespace(id=0, started_at=0)).removesuffix("-0-0")
     return [j for j in client.list_jobs() if (j.submission_id or "").startswith(prefix)]
 
 

@@ -82,6 +82,26 @@ def test_a_pinned_count_or_a_gpu_is_left_alone(monkeypatch):
     assert isinstance(thread_policy("auto", "cpu", log=capturing_log()[0]), ThreadGovernor)
 
 
+def test_rays_allotment_is_the_governors_ceiling_not_a_pin(monkeypatch):
+    import torch
+
+    from mtld.executor.rayjobs import RayExecutor
+    from mtld.settings import Settings
+
+    env_vars = RayExecutor(Settings().executor.ray, owner="x").runtime_env()["env_vars"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # as Ray sets it for num_cpus = 2
+    for name, value in env_vars.items():
+        monkeypatch.setenv(name, value)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        governor = thread_policy("auto", "cpu", log=capturing_log()[0])
+        assert isinstance(governor, ThreadGovernor) and governor.ceiling == 2
+        assert isinstance(thread_policy("auto", "cuda", log=capturing_log()[0]), FixedThreads)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores: one for the busy program, one for the run")
 def test_a_run_next_to_a_busy_program_gives_up_a_core(jobs):

@@ -86,7 +86,7 @@ class LocalExecutor:
     def check(self) -> None:
         pass
 
-    def start(self, run_dir: Path, run_id: int | None = None) -> ChildProcess:
+    def start(self, run_dir: Path, run: Run | None = None) -> ChildProcess:
         # tracebacks from before logging starts, fatal errors
         output = os.fdopen(open_private(run_dir / "child.log", os.O_WRONLY | os.O_APPEND), "ab")
         try:

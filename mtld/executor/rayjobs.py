@@ -46,6 +46,7 @@ from mtld.disk import open_private
 from mtld.executor import CHILD_MODULE, ClusterUnreachable, ExitStatus
 from mtld.logs import get_logger
 from mtld.rundir import RunDir
+from mtld.train.threads import ALLOTTED_ENV
 
 if TYPE_CHECKING:
     from mtld.settings import RaySettings
@@ -67,10 +68,12 @@ def client_for(address: str) -> Any:
         raise ClusterUnreachable(f"cannot reach the Ray cluster at {address}: {_first_line(e)}") from e
 
 
-def submission_id(owner: str, run_id: int) -> str:
-    """The Ray submission id of a run: unique per daemon (its state folder) and run, the same every time."""
+def submission_id(owner: str, run: Run) -> str:
+    """The Ray submission id of a run, derived from the run's record alone (so a daemon that crashed between
+    submitting and recording it finds it again): its daemon (the state folder), its id, and when it started
+    (a state folder made again at the same path starts its ids at 1 again; a cluster keeps old jobs)."""
     tag = hashlib.sha256(owner.encode()).hexdigest()[:10]
-    return f"mtld-{tag}-run-{run_id}"
+    return f"mtld-{tag}-run-{run.id}-{int(run.started_at * 1000)}"
 
 
 class RayRun:
@@ -176,19 +179,20 @@ class RayExecutor:
         env["env_vars"] = {
             "PYTHONUNBUFFERED": "1",
             "RAY_JOB_STOP_WAIT_TIME_S": str(int(self.settings.stop_grace_s)),  # read by Ray's job supervisor
+            ALLOTTED_ENV: "1",  # Ray's OMP_NUM_THREADS (num_cpus) is the thread governor's ceiling, not a pin
             **env.get("env_vars", {}),
         }
         return env
 
-    def start(self, run_dir: Path, run_id: int) -> RayRun:
-        ref = submission_id(self.owner, run_id)
+    def start(self, run_dir: Path, run: Run) -> RayRun:
+        ref = submission_id(self.owner, run)
         s = self.settings
         try:
             self.client.submit_job(
                 entrypoint=self.entrypoint(run_dir), submission_id=ref, runtime_env=self.runtime_env(),
                 entrypoint_num_cpus=s.num_cpus, entrypoint_num_gpus=s.num_gpus or None,
                 entrypoint_memory=int(s.memory_mb * 1_000_000) or None, entrypoint_resources=s.resources or None,
-                metadata={"mtld_run_id": str(run_id), "mtld_run_dir": str(run_dir)},
+                metadata={"mtld_run_id": str(run.id), "mtld_run_dir": str(run_dir)},
             )
         except ClusterUnreachable:
             raise
@@ -198,15 +202,17 @@ class RayExecutor:
                 if _is_connection_error(e):
                     raise ClusterUnreachable(f"cannot reach the Ray cluster at {s.address}: {_first_line(e)}") from e
                 raise
-        return RayRun(self.client, ref, run_dir, run_id)
+        return RayRun(self.client, ref, run_dir, run.id)
 
     def adopt(self, run: Run, run_dir: Path) -> RayRun | None:
-        """The Ray job of `run` (by its stored submission id), finished or not: its status tells."""
-        if not run.ref or (run.executor or "local") != self.kind:
+        """The Ray job of `run`, finished or not (its status tells): by its stored submission id, or, for a run
+        whose start was never recorded, by the id it was submitted under."""
+        if run.executor not in (None, self.kind) or (run.executor is None and run.pid):
+            return None  # a local child's
+        ref = run.ref or submission_id(self.owner, run)
+        if not self._exists(ref):
             return None
-        if not self._exists(run.ref):
-            return None
-        return RayRun(self.client, run.ref, run_dir, run.id, node=run.node)
+        return RayRun(self.client, ref, run_dir, run.id, node=run.node)
 
     def _exists(self, ref: str) -> bool:
         try:

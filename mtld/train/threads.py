@@ -11,7 +11,11 @@ count the run started with. A new count is taken only when two checks in a row
 agree, so one busy moment does not flip it.
 
 Off when the thread count is pinned (`train.threads = N`, or OMP_NUM_THREADS
-in the environment) and on GPUs (the CPU only feeds them). Changing the
+in the environment) and on GPUs (the CPU only feeds them). On a Ray cluster,
+Ray sets OMP_NUM_THREADS to the run's `num_cpus` (ray/_private/utils.py,
+set_omp_num_threads_if_unset): the Ray executor marks that with
+ALLOTTED_ENV, and the count is then the governor's ceiling, not a pin (a node's
+cores may be busy with Ray's own processes or other programs too). Changing the
 count changes the order of floating-point sums, so a resumed run is
 bit-identical only with a pinned count.
 """
@@ -24,6 +28,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 CHECK_EVERY_S = 2.0
+ALLOTTED_ENV = "MTLD_THREADS_ALLOTTED"  # "1": OMP_NUM_THREADS is the cluster's allotment, a ceiling
 
 
 class CpuTimes(NamedTuple):
@@ -97,12 +102,13 @@ class FixedThreads:
 
 def thread_policy(setting: int | str, device_type: str, *, log: Any, every_s: float = CHECK_EVERY_S) -> ThreadGovernor | FixedThreads:
     """Apply `train.threads` to this process: a number pins it; "auto" governs it on a CPU run
-    unless OMP_NUM_THREADS already pins it."""
+    unless OMP_NUM_THREADS already pins it (Ray's allotment does not: it is the ceiling)."""
     import torch
 
     if setting != "auto":
         torch.set_num_threads(int(setting))
         return FixedThreads()
-    if device_type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+    pinned = os.environ.get("OMP_NUM_THREADS") and os.environ.get(ALLOTTED_ENV) != "1"
+    if device_type != "cpu" or pinned:
         return FixedThreads()
     return ThreadGovernor(torch.get_num_threads(), log=log, every_s=every_s)
