@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(kind, rows[kind][-1], flush=True)
                     shutil.rmtree(home, ignore_errors=True)
     finally:
-        raycluster.stop()
+        raycluster.stop(ray_dir)
         shutil.rmtree(ray_dir, ignore_errors=True)
     medians = {kind: {key: round(statistics.median(r[key] for r in runs), 2) for key in runs[0]}
                for kind, runs in rows.items()}

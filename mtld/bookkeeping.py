@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mtld import policy
-from mtld.executor import ExitStatus, RunHandle, wait_for_exit
+from mtld.executor import ClusterUnreachable, Executor, ExitStatus, RunHandle, make_executor, wait_for_exit
 from mtld.family import pressure_interrupt
 from mtld.jobspec import JobFileError
 from mtld.platform.power import SleepInhibitor, notify
@@ -157,14 +157,17 @@ class Bookkeeping:
             settle(*args)
         except Exception as e:
             self.log.error("daemon.recover_failed", job_id=job_id, error=describe(e), exc_info=e)
-            if not isinstance(e, sqlite3.OperationalError):  # the store is out (locked, full): the next tick tries
+            # the store is out (locked, full), or the cluster does not answer (nobody can tell whether its run
+            # still trains there): the next tick tries again
+            if not isinstance(e, (sqlite3.OperationalError, ClusterUnreachable)):
                 self._fail_job(job_id, f"the daemon could not settle its run: {describe(e)}", now, outcome="lost")
 
     def _recover_run(self, run: Run, now: float, at_start: bool) -> None:
         job = self.store.get(run.job_id)
         run_dir = RunDir(job.run_dir)
-        adopted = self.executor.adopt(run, run_dir.path)
-        if adopted is not None and self.executor.remote and job.state == RUNNING:
+        executor = self.executor_for(run)
+        adopted = executor.adopt(run, run_dir.path)
+        if adopted is not None and executor.remote and job.state == RUNNING:
             # a run on a cluster goes on without us: watch it again (its end is recorded as it comes)
             self.active.append(ActiveRun(job.id, run, adopted, run_dir, node=run.node))
             self.log.info("daemon.adopted", job_id=job.id, run_id=run.id, submission_id=run.ref, node=run.node)
@@ -193,6 +196,14 @@ class Bookkeeping:
             self.store.finish_run(run.id, outcome="lost", now=now)
             return
         self._apply(job.id, run, status, decision, result, now)
+
+    def executor_for(self, run: Run) -> Executor:
+        """The executor that started `run`: the daemon's, or the other kind when the configuration changed
+        while it ran (its run is found and settled by its own kind, never taken for gone). A run from before
+        runs named their executor was a local child."""
+        if (run.executor or "local") == self.executor.kind:
+            return self.executor
+        return make_executor(self.settings, kind=run.executor or "local")
 
     def _recover_move(self, job: Job, now: float) -> None:
         latest = self.store.latest_run(job.id)

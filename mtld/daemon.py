@@ -222,7 +222,8 @@ class Daemon(Bookkeeping):
         cannot be written, the child cannot start); once the child runs, nothing here stops it."""
         log = self.log.bind(job_id=job.id)
         try:
-            run = self.store.start_run(job.id, micro_batch=micro_batch, family=fam, reason=reason, now=now)
+            run = self.store.start_run(job.id, micro_batch=micro_batch, family=fam, reason=reason, now=now,
+                                       executor=self.executor.kind)  # who to ask about it, even if the start fails
         except InvalidTransition:
             return  # cancelled or changed since it was picked: the next tick picks again
         except sqlite3.OperationalError as e:
@@ -280,13 +281,10 @@ class Daemon(Bookkeeping):
         return True
 
     def _cluster_lost(self, job: Job, run: Run, error: Exception, now: float) -> None:
-        """The cluster stopped answering between the check and the submission: the job waits in the queue."""
-        try:
-            self.store.finish_run(run.id, outcome="lost", now=now)
-            self.store.transition(job.id, "queued", reason=f"not started: {error}", now=now)
-        except Exception as e:
-            self._start_failed(job.id, "requeueing it after the cluster did not answer", e, now)
-            return
+        """The cluster stopped answering while the run was being submitted: it may or may not have arrived.
+        The run stays open; `reconcile` finds it by its submission id once the cluster answers (and watches it),
+        or requeues the job if it never arrived. Nothing is submitted twice."""
+        self.log.warning("run.submit_unconfirmed", job_id=job.id, run_id=run.id, error=describe(error))
         self._defer("cluster_unreachable", str(error), job_id=job.id)
 
     def supervise(self, active: ActiveRun, now: float) -> None:

@@ -45,6 +45,8 @@ def _cluster(settings: Settings) -> dict[str, Any]:
     worker, the resources a run asks for (mtld.executor.workercheck)."""
     from mtld.executor.workercheck import check_cluster
 
+    sys.stderr.write(f"checking the Ray cluster at {settings.executor.ray.address} with a small Ray job "
+                     "(up to 2 min)\n")
     return check_cluster(settings)
 
 

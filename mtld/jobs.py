@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from mtld import MICRO_BATCH_SIZES
 from mtld.jobspec import JobSpec, load_job, model_outside_job_folder, spec_from_dict, spec_to_json, stored_spec
 from mtld.logs import get_logger, iso
+from mtld.executor import ClusterUnreachable
 from mtld.pidfile import running_pid
 from mtld.rowcounts import remember_rows
 from mtld.schedule import ScheduleError, check_cron, next_firing
@@ -196,7 +197,11 @@ def cancel(settings: Settings, store: Store, job_id: int, *, now: datetime) -> J
     if job.state == "cancelled":
         log.info("job.cancelled", reason="user")
     elif running_pid(settings.pid_file) is None:
-        stopped = _stop_unwatched_child(settings, store, job)
+        try:
+            stopped = _stop_unwatched_child(settings, store, job)
+        except ClusterUnreachable as e:  # its run may still train there: the request stays for the next daemon
+            log.warning("job.cancel_requested", state=job.state, error=str(e))
+            return job  # the next daemon stops the run once the cluster answers
         job = store.cancel_unwatched(job_id, now=now.timestamp())
         log.info("job.cancelled", reason="user; no daemon was running", child="stopped" if stopped else "gone")
     else:
@@ -207,15 +212,12 @@ def cancel(settings: Settings, store: Store, job_id: int, *, now: datetime) -> J
 
 def _stop_unwatched_child(settings: Settings, store: Store, job: Job) -> bool:
     """Stop the job's open run if it still runs (SIGTERM here, Ray's stop on a cluster: it checkpoints and
-    exits): True if it did."""
-    from mtld.executor import ClusterUnreachable, make_executor
+    exits): True if it did. ClusterUnreachable when its cluster does not answer (it may still train there)."""
+    from mtld.executor import make_executor
 
     for run in store.runs_for(job.id):
         if run.ended_at is None:
-            try:
-                handle = make_executor(settings).adopt(run, Path(job.run_dir))
-            except ClusterUnreachable:
-                return False
+            handle = make_executor(settings, kind=run.executor or "local").adopt(run, Path(job.run_dir))
             if handle is not None and handle.poll() is None:
                 handle.signal(signal.SIGTERM)
                 return True

@@ -182,6 +182,25 @@ class RaySettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Passed to Ray as the job's runtime_env (e.g. env_vars, py_executable, working_dir); mtld adds its env_vars.
     runtime_env: dict[str, Any] = {}
+    @field_validator("runtime_env")
+    @classmethod
+    def _env_vars_are_text(cls, env: dict[str, Any]) -> dict[str, Any]:
+        """Ray takes environment variables as strings only: numbers and booleans are written as text, anything
+        else is refused here rather than by every submission."""
+        env_vars = env.get("env_vars")
+        if env_vars is None:
+            return {k: v for k, v in env.items() if k != "env_vars"}
+        if not isinstance(env_vars, dict):
+            raise ValueError("runtime_env.env_vars must be a table of NAME = \"value\"")
+        text = {}
+        for name, value in env_vars.items():
+            if isinstance(value, bool):
+                value = "1" if value else "0"
+            if not isinstance(value, (str, int, float)):
+                raise ValueError(f"runtime_env.env_vars.{name} must be text or a number, not {type(value).__name__}")
+            text[str(name)] = str(value)
+        return {**env, "env_vars": text}
+
     # How many runs may train at once on the cluster.
     slots: int = Field(default=1, ge=1, le=64)
     # Seconds Ray waits after SIGTERM before SIGKILL when a run is stopped (the run checkpoints in between).

@@ -124,7 +124,8 @@ class FakeRun:
 class FakeExecutor:
     """Starts FakeRuns (no process); `runs` lists them in the order started. `remote=True` plays a cluster:
     runs have no pid here, a restarted daemon adopts the ones not ended (by ref), and `reachable` False makes
-    `check` and `start` raise ClusterUnreachable. `ends_on_term` False: runs ignore stop requests (still
+    `check`, `start` and `adopt` raise ClusterUnreachable; `lose_reply` True: the next start submits the run but
+    raises ClusterUnreachable, as when the cluster's answer is lost. `ends_on_term` False: runs ignore stop requests (still
     checkpointing on a slow cluster)."""
 
     def __init__(self, *, remote: bool = False, ends_on_term: bool = True) -> None:
@@ -133,6 +134,7 @@ class FakeExecutor:
         self.ends_on_term = ends_on_term
         self.kind = "ray" if remote else "local"
         self.reachable = True
+        self.lose_reply = False
 
     def check(self) -> None:
         if not self.reachable:
@@ -141,15 +143,20 @@ class FakeExecutor:
     def start(self, run_dir: Path, run: Any = None) -> FakeRun:
         self.check()
         n = len(self.runs)
-        run = (FakeRun(None, Path(run_dir), ref=f"fake-run-{run.id}", ends_on_term=self.ends_on_term) if self.remote
-               else FakeRun(100000 + n, Path(run_dir), ends_on_term=self.ends_on_term))
-        self.runs.append(run)
-        return run
+        handle = (FakeRun(None, Path(run_dir), ref=f"fake-run-{run.id}", ends_on_term=self.ends_on_term) if self.remote
+                  else FakeRun(100000 + n, Path(run_dir), ends_on_term=self.ends_on_term))
+        self.runs.append(handle)
+        if self.lose_reply:  # submitted, but the answer never came back
+            self.lose_reply = False
+            raise ClusterUnreachable("the cluster stopped answering during the submission (fake)")
+        return handle
 
     def adopt(self, run: Any, run_dir: Path) -> FakeRun | None:
         if not self.remote:
             return None
-        return next((r for r in self.runs if r.ref == run.ref), None)  # ended or not: its status tells
+        self.check()
+        ref = run.ref or f"fake-run-{run.id}"  # a run whose submission was never recorded: its derived id
+        return next((r for r in self.runs if r.ref == ref), None)  # ended or not: its status tells
 
 
 class FaultyStore:

@@ -13,6 +13,7 @@ off, as it is by default on macOS and Windows: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -37,10 +38,11 @@ def ray_command() -> list[str]:
 def start(folder: Path, *, num_cpus: int = 4, timeout_s: float = 90) -> str:
     """Start a head whose state lives in `folder` (a short path: Ray's socket names must fit); its address."""
     folder.mkdir(parents=True, exist_ok=True)
-    dashboard = free_port()
+    gcs, dashboard = free_port(), free_port()
+    (folder / "head.json").write_text(json.dumps({"gcs_port": gcs, "dashboard_port": dashboard}))
     env = {**os.environ, **LOOPBACK_ONLY}
     subprocess.run(
-        [*ray_command(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+        [*ray_command(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--num-cpus={num_cpus}",
          "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={folder}"],
         env=env, check=True, capture_output=True, timeout=timeout_s,
@@ -57,9 +59,38 @@ def start(folder: Path, *, num_cpus: int = 4, timeout_s: float = 90) -> str:
     raise RuntimeError(f"the Ray head's Jobs API did not answer at {address}")
 
 
-def stop() -> None:
-    subprocess.run([*ray_command(), "stop", "--force"], env={**os.environ, **LOOPBACK_ONLY},
-                   capture_output=True, timeout=120)
+def stop(folder: Path, grace_s: float = 10.0) -> None:
+    """Stop the head started in `folder`, and only it (`ray stop` would stop every Ray on the machine): the
+    processes whose command line names its folder or its GCS address, and everything they started."""
+    import psutil
+
+    try:
+        gcs = json.loads((folder / "head.json").read_text())["gcs_port"]
+    except (OSError, ValueError, KeyError):
+        return
+    marks = (str(folder), f"127.0.0.1:{gcs}")
+    heads = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if process.pid != os.getpid() and any(mark in cmdline for mark in marks):
+            heads.append(process)
+    victims = {p.pid: p for p in heads}
+    for process in heads:
+        try:
+            victims.update({c.pid: c for c in process.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    for process in victims.values():
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(victims.values()), timeout=grace_s)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 if __name__ == "__main__":
@@ -67,4 +98,4 @@ if __name__ == "__main__":
     if verb == "start":
         print(start(folder))
     else:
-        stop()
+        stop(folder)

@@ -249,15 +249,127 @@ def test_a_ray_run_asks_for_the_configured_resources_and_a_grace_above_its_check
     executor._client = client = Client()
     from types import SimpleNamespace
 
-    run = SimpleNamespace(id=1, started_at=T0, executor=None, pid=None, ref=None, node=None)
+    run = SimpleNamespace(id=1, started_at=T0, executor="ray", pid=None, ref=None, node=None)
     first = executor.start(tmp_path / "runs" / "1-a b", run)
     again = executor.start(tmp_path / "runs" / "1-a b", run)  # the same run submitted again: the same job
     [job] = client.submitted
     assert first.ref == again.ref == job["submission_id"]
     # a daemon that crashed before recording the submission finds the job by the run's record alone
     assert executor.adopt(run, tmp_path / "runs" / "1-a b").ref == job["submission_id"]
-    assert job["entrypoint"] == f"'/opt/py env/bin/python' -m mtld.train '{tmp_path}/runs/1-a b'"
+    assert job["entrypoint"] == f"exec '/opt/py env/bin/python' -m mtld.train '{tmp_path}/runs/1-a b'"
     assert (job["entrypoint_num_cpus"], job["entrypoint_num_gpus"], job["entrypoint_memory"],
             job["entrypoint_resources"]) == (2, 1, 4_000_000_000, {"big": 1})
     assert job["runtime_env"] == {"pip": ["x"], "env_vars": {
         "PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": "90", "MTLD_THREADS_ALLOTTED": "1", "HF_HOME": "/shared/hf"}}
+
+
+# ------------------------------------------------------------------ a cluster that stops answering
+
+
+def test_a_restart_while_the_cluster_is_out_leaves_the_runs_jobs_running_until_it_can_ask(cluster):
+    daemon, store, executor, settings = cluster(slots=1)
+    job = submit(store, settings)
+    daemon.tick(T0)
+    executor.reachable = False
+    again = Daemon(settings, store, executor=executor, probe=ScriptedProbe([reading("normal")]), clock=lambda: T0)
+    again.reconcile(T0 + 5)
+    again.tick(T0 + 6)
+    assert store.get(job).state == "running" and store.latest_run(job).ended_at is None  # nobody can tell yet
+    assert again.active == [] and len(executor.runs) == 1
+    executor.reachable = True
+    again.tick(T0 + 8)
+    assert [a.job_id for a in again.active] == [job] and len(executor.runs) == 1  # watched again, not resubmitted
+
+
+def test_a_submission_whose_answer_is_lost_is_found_by_its_id_and_never_submitted_twice(cluster):
+    daemon, store, executor, settings = cluster(slots=1)
+    job = submit(store, settings)
+    executor.lose_reply = True
+    daemon.tick(T0)
+    assert daemon.active == [] and store.get(job).state == "running" and store.latest_run(job).ended_at is None
+    assert events(settings, "run.submit_unconfirmed")[0]["run_id"] == store.latest_run(job).id
+    daemon.tick(T0 + 2)  # the next tick asks the cluster: the job is there, so it is watched
+    assert [a.job_id for a in daemon.active] == [job] and len(executor.runs) == 1
+    executor.runs[0].end(0)
+    daemon.tick(T0 + 4)
+    assert store.get(job).state == "succeeded" and len(store.runs_for(job)) == 1
+
+
+def test_a_submission_that_never_arrived_is_requeued_once_the_cluster_answers(cluster):
+    daemon, store, executor, settings = cluster(slots=1)
+    job = submit(store, settings)
+    executor.lose_reply = True
+    daemon.tick(T0)
+    executor.runs.clear()  # it never reached the cluster
+    daemon.tick(T0 + 2)
+    first, second = store.runs_for(job)
+    assert first.outcome == "lost" and second.ended_at is None and len(executor.runs) == 1
+
+
+class FakeJobsClient:
+    """Ray's JobSubmissionClient as far as RayRun uses it: scripted answers to get_job_info and stop_job."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.stops = 0
+
+    def get_job_info(self, ref):
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def stop_job(self, ref):
+        self.stops += 1
+        answer = self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return True
+
+    def get_job_logs(self, ref):
+        return ""
+
+
+def test_a_stop_the_cluster_did_not_take_is_sent_again_until_it_does(tmp_path):
+    import requests
+
+    from mtld.executor.rayjobs import RayRun
+
+    down = requests.ConnectionError("connection refused")
+    client = FakeJobsClient(down)
+    run = RayRun(client, "http://head:8265", "mtld-x-run-1-0", tmp_path, 1)
+    run.signal(signal.SIGTERM)
+    assert run.poll() is None and client.stops == 2 and run.stop_pending  # asked at the signal and the poll
+    client.answers = [_info("RUNNING")]
+    assert run.poll() is None and client.stops == 3 and not run.stop_pending
+    run.poll()
+    assert client.stops == 3
+
+
+def test_a_job_the_cluster_no_longer_knows_ends_the_run_as_lost(tmp_path):
+    from mtld.executor.rayjobs import RayRun
+
+    client = FakeJobsClient(RuntimeError("Request failed with status code 404: Job mtld-x does not exist."))
+    status = RayRun(client, "http://head:8265", "mtld-x", tmp_path, 1).poll()
+    assert (status.code, status.signal) == (None, None) and "no longer knows" in status.detail
+
+
+@pytest.mark.parametrize(("code", "error_type", "expected"), [
+    (-9, None, (None, 9)),  # the run exec'd by `sh -c`: killed by SIGKILL (the OOM killer's mark)
+    (137, None, (None, 9)),  # through a shell that did not exec
+    (None, "JOB_SUPERVISOR_ACTOR_DIED", (None, None)),  # the node died under it: lost, not a failure
+    (None, "JOB_SUPERVISOR_ACTOR_START_TIMEOUT", (None, None)),
+    (None, "RUNTIME_ENV_SETUP_FAILURE", (1, None)),
+])
+def test_signal_deaths_and_cluster_failures_are_told_apart_from_the_runs_own_failures(code, error_type, expected):
+    got = exit_status("FAILED", code, "why", None, error_type=error_type)
+    assert (got.code, got.signal) == expected
+
+
+def _info(status: str):
+    from types import SimpleNamespace
+
+    from ray.job_submission import JobStatus
+
+    return SimpleNamespace(status=JobStatus(status), driver_node_id="n1", driver_exit_code=None, message=None,
+                           error_type=None)

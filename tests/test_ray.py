@@ -39,7 +39,7 @@ def ray_address() -> str:
     try:
         yield raycluster.start(folder)
     finally:
-        raycluster.stop()
+        raycluster.stop(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -169,6 +169,16 @@ def test_two_slots_run_two_jobs_at_once(tmp_path, ray_address, data_dir):
     assert home.job(first).state == home.job(second).state == "succeeded"
     (a,), (b,) = home.runs(first), home.runs(second)
     assert b.started_at < a.ended_at and a.started_at < b.ended_at  # the two runs overlapped
+
+
+def test_doctor_checks_the_cluster_with_a_real_job_that_reads_back_a_token_from_the_runs_folder(home):
+    done = home.mtld("doctor", "--json")
+    cluster = json.loads(done.stdout)["cluster"]
+    assert cluster["problems"] == []
+    worker = cluster["worker"]
+    assert cluster["ray_here"] == cluster["ray_cluster"] == worker["ray"]
+    assert len(worker["token"]) == 16 and worker["mtld"] and worker["resources"]["CPU"] >= 1
+    assert not list((home.path / "runs").glob(".mtld-workercheck-*"))  # the token is gone again
 
 
 def test_an_unreachable_cluster_defers_the_queue_in_one_line_and_doctor_says_so(tmp_path, data_dir):

@@ -65,9 +65,9 @@ class Executor(Protocol):
     def adopt(self, run: Run, run_dir: Path) -> RunHandle | None: ...
 
 
-def make_executor(settings: Settings) -> Executor:
-    """The executor `executor.kind` names (the Ray client is imported only for "ray")."""
-    if settings.executor.kind == "ray":
+def make_executor(settings: Settings, kind: str | None = None) -> Executor:
+    """The executor `executor.kind` (or `kind`) names (the Ray client is imported only for "ray")."""
+    if (kind or settings.executor.kind) == "ray":
         from mtld.executor.rayjobs import RayExecutor
 
         return RayExecutor(settings.executor.ray, owner=str(settings.state_dir))

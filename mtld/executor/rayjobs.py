@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 import signal as signals
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mtld.disk import open_private
@@ -54,18 +56,53 @@ if TYPE_CHECKING:
 
 EXTRA_HINT = "pip install 'mtld[ray]'"
 STOP_SIGNALS = (signals.SIGTERM, signals.SIGINT, signals.SIGKILL)
+REQUEST_TIMEOUT_S = 10.0  # every call to the Jobs API: a dashboard that hangs must not hang the daemon
+# Finished jobs whose entrypoint never ran to an exit status because of the cluster, not the run: the run is
+# lost (it resumes from its checkpoint) rather than failed (JobErrorType, ray/dashboard/modules/job/common.py).
+CLUSTER_FAILURES = {"JOB_SUPERVISOR_ACTOR_DIED", "JOB_SUPERVISOR_ACTOR_START_TIMEOUT",
+                    "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE", "JOB_SUPERVISOR_ACTOR_UNKNOWN_FAILURE",
+                    "JOB_SUPERVISOR_ACTOR_START_FAILURE"}
+
+
+class JobMissing(LookupError):
+    """The cluster answers, and does not know the job (404)."""
 
 
 def client_for(address: str) -> Any:
-    """A JobSubmissionClient for `address`; ClusterUnreachable when nothing answers there."""
+    """A JobSubmissionClient for `address` whose every request times out; ClusterUnreachable when nothing
+    answers there."""
     try:
         from ray.job_submission import JobSubmissionClient
     except ImportError as e:  # settings refuse kind = "ray" without it; this is for doctor and the bench
         raise ClusterUnreachable(f"Ray's client is not installed ({EXTRA_HINT})") from e
+
+    class Client(JobSubmissionClient):
+        def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+            # the SDK passes extra keyword arguments on to requests.request (dashboard_sdk.py)
+            kwargs.setdefault("timeout", REQUEST_TIMEOUT_S)
+            return super()._do_request(method, endpoint, **kwargs)
+
     try:
-        return JobSubmissionClient(address)
+        return Client(address)
     except Exception as e:  # ConnectionError, or a RuntimeError from a dashboard that is still starting
         raise ClusterUnreachable(f"cannot reach the Ray cluster at {address}: {_first_line(e)}") from e
+
+
+def call(address: str, request: Callable[[], Any]) -> Any:
+    """One Jobs API call. Raises JobMissing when the cluster does not know the job, ClusterUnreachable for
+    everything that may pass (no answer, a timeout, a server error), and the SDK's error otherwise (a request
+    the cluster refuses, e.g. a bad runtime_env)."""
+    try:
+        return request()
+    except ClusterUnreachable:
+        raise
+    except Exception as e:
+        text = str(e)
+        if "status code 404" in text or "does not exist" in text:
+            raise JobMissing(_first_line(e)) from e
+        if _is_connection_error(e) or re.search(r"status code 5\d\d", text):
+            raise ClusterUnreachable(f"cannot reach the Ray cluster at {address}: {_first_line(e)}") from e
+        raise
 
 
 def submission_id(owner: str, run: Run) -> str:
@@ -81,9 +118,12 @@ class RayRun:
 
     pid = None  # not a process here
 
-    def __init__(self, client: Any, ref: str, run_dir: Path, run_id: int | None, node: str | None = None):
-        self.client, self.ref, self.run_dir, self.run_id, self.node = client, ref, Path(run_dir), run_id, node
+    def __init__(self, client: Any, address: str, ref: str, run_dir: Path, run_id: int | None,
+                 node: str | None = None):
+        self.client, self.address, self.ref, self.run_dir, self.run_id = client, address, ref, Path(run_dir), run_id
+        self.node = node
         self.status: ExitStatus | None = None
+        self.stop_pending = False  # a stop asked for that the cluster has not taken yet: sent again each poll
         self.unreachable = False
         self.log = get_logger(run_id=run_id, submission_id=ref)
 
@@ -91,20 +131,30 @@ class RayRun:
         """SIGTERM, SIGINT and SIGKILL all stop the job: Ray signals the run, which checkpoints within the
         grace period (`executor.ray.stop_grace_s`), and kills it after that."""
         if self.status is None and signum in STOP_SIGNALS:
-            try:
-                self.client.stop_job(self.ref)
-            except Exception as e:
-                self.log.warning("executor.unreachable", action="stop", error=_first_line(e))
+            self.stop_pending = True
+            self._send_stop()
+
+    def _send_stop(self) -> None:
+        try:
+            call(self.address, lambda: self.client.stop_job(self.ref))
+            self.stop_pending = False
+        except JobMissing:
+            self.stop_pending = False
+        except Exception as e:  # tried again at the next poll
+            self._unreachable("stop", e)
 
     def poll(self) -> ExitStatus | None:
         if self.status is not None:
             return self.status
+        if self.stop_pending:
+            self._send_stop()
         try:
-            info = self.client.get_job_info(self.ref)
+            info = call(self.address, lambda: self.client.get_job_info(self.ref))
+        except JobMissing:  # the cluster lost it (a head restarted without its state): the run is lost
+            self.status = ExitStatus(code=self._result_code(), detail="the Ray cluster no longer knows this job")
+            return self.status
         except Exception as e:  # the cluster is out: as far as we know, the run goes on
-            if not self.unreachable:
-                self.log.warning("executor.unreachable", action="poll", error=_first_line(e))
-            self.unreachable = True
+            self._unreachable("poll", e)
             return None
         if self.unreachable:
             self.log.info("executor.reachable")
@@ -113,8 +163,15 @@ class RayRun:
         if not info.status.is_terminal():
             return None
         self._append_output()
-        self.status = exit_status(info.status.value, info.driver_exit_code, info.message, self._result_code())
+        error_type = getattr(info.error_type, "value", info.error_type)
+        self.status = exit_status(info.status.value, info.driver_exit_code, info.message, self._result_code(),
+                                  error_type=error_type)
         return self.status
+
+    def _unreachable(self, action: str, error: Exception) -> None:
+        if not self.unreachable:  # once per outage
+            self.log.warning("executor.unreachable", action=action, error=_first_line(error))
+        self.unreachable = True
 
     def _result_code(self) -> int | None:
         """The exit status this attempt's result.json records, if it wrote one."""
@@ -129,7 +186,7 @@ class RayRun:
     def _append_output(self) -> None:
         """Ray keeps the entrypoint's output: add it to the run folder's child.log, as a local child's."""
         try:
-            text = self.client.get_job_logs(self.ref)
+            text = call(self.address, lambda: self.client.get_job_logs(self.ref))
             if text:
                 with os.fdopen(open_private(self.run_dir / "child.log", os.O_WRONLY | os.O_APPEND), "ab") as out:
                     out.write(text.encode())
@@ -137,8 +194,15 @@ class RayRun:
             self.log.warning("executor.output_lost", error=_first_line(e))
 
 
-def exit_status(status: str, exit_code: int | None, message: str | None, result_code: int | None) -> ExitStatus:
-    """A finished Ray job as the daemon judges a run: its exit status, else its result.json's, else lost."""
+def exit_status(status: str, exit_code: int | None, message: str | None, result_code: int | None, *,
+                error_type: str | None = None) -> ExitStatus:
+    """A finished Ray job as the daemon judges a run: its exit status, else its result.json's, else lost.
+    The entrypoint runs under `sh -c "exec ..."`, so a run killed by a signal reports minus the signal (or,
+    through a shell that did not exec, 128 + the signal)."""
+    if exit_code is not None and exit_code < 0:
+        return ExitStatus(signal=-exit_code)
+    if exit_code is not None and 128 < exit_code < 160 and result_code is None:
+        return ExitStatus(signal=exit_code - 128)
     if exit_code is not None:
         return ExitStatus(code=exit_code)
     if result_code is not None:
@@ -147,7 +211,9 @@ def exit_status(status: str, exit_code: int | None, message: str | None, result_
         return ExitStatus(detail="stopped on the cluster before it wrote its result")  # lost: resumes
     if status == "SUCCEEDED":
         return ExitStatus(code=0)
-    # FAILED without an exit status: it never ran (runtime_env setup, a node that died, no such interpreter)
+    if error_type in CLUSTER_FAILURES:  # the cluster's failure, not the run's: lost, it resumes
+        return ExitStatus(detail=f"the Ray cluster did not run it: {_first_line(message) or error_type}")
+    # FAILED without an exit status: it never ran (runtime_env setup, no such interpreter)
     return ExitStatus(code=1, detail=f"the Ray job failed: {_first_line(message) or 'no reason given'}")
 
 
@@ -169,62 +235,70 @@ class RayExecutor:
         return self._client
 
     def check(self) -> None:
-        self.client  # noqa: B018  (connects once; raises ClusterUnreachable while nothing answers)
+        """One cheap request (the Jobs API's version): ClusterUnreachable while the cluster does not answer."""
+        try:
+            call(self.settings.address, lambda: self.client.get_version())
+        except ClusterUnreachable:
+            self._client = None  # connect afresh once it answers again
+            raise
 
     def entrypoint(self, run_dir: Path) -> str:
-        return f"{shlex.quote(self.settings.python)} -m {CHILD_MODULE} {shlex.quote(str(run_dir))}"
+        # exec: the run replaces Ray's `sh -c`, so Ray's stop signals it directly and a signal death is
+        # reported as such (minus the signal), not as the shell's 128 + N
+        return f"exec {shlex.quote(self.settings.python)} -m {CHILD_MODULE} {shlex.quote(str(run_dir))}"
 
     def runtime_env(self) -> dict[str, Any]:
         env = dict(self.settings.runtime_env)
+        own = env.get("env_vars") or {}
         env["env_vars"] = {
             "PYTHONUNBUFFERED": "1",
             "RAY_JOB_STOP_WAIT_TIME_S": str(int(self.settings.stop_grace_s)),  # read by Ray's job supervisor
-            ALLOTTED_ENV: "1",  # Ray's OMP_NUM_THREADS (num_cpus) is the thread governor's ceiling, not a pin
-            **env.get("env_vars", {}),
+            # Ray's OMP_NUM_THREADS (from num_cpus) is the thread governor's ceiling; the user's own pins it
+            **({} if "OMP_NUM_THREADS" in own else {ALLOTTED_ENV: "1"}),
+            **own,
         }
         return env
 
     def start(self, run_dir: Path, run: Run) -> RayRun:
+        """Submit the run. ClusterUnreachable when the cluster did not answer: the submission may or may not
+        have arrived, so the run stays open and `adopt` settles it (by its derived id) once the cluster answers."""
         ref = submission_id(self.owner, run)
         s = self.settings
         try:
-            self.client.submit_job(
+            call(s.address, lambda: self.client.submit_job(
                 entrypoint=self.entrypoint(run_dir), submission_id=ref, runtime_env=self.runtime_env(),
                 entrypoint_num_cpus=s.num_cpus, entrypoint_num_gpus=s.num_gpus or None,
                 entrypoint_memory=int(s.memory_mb * 1_000_000) or None, entrypoint_resources=s.resources or None,
                 metadata={"mtld_run_id": str(run.id), "mtld_run_dir": str(run_dir)},
-            )
+            ))
         except ClusterUnreachable:
+            self._client = None
             raise
-        except Exception as e:
+        except Exception:
             if not self._exists(ref):  # else: submitted before (a crash between submitting and recording it)
-                self._client = None if _is_connection_error(e) else self._client
-                if _is_connection_error(e):
-                    raise ClusterUnreachable(f"cannot reach the Ray cluster at {s.address}: {_first_line(e)}") from e
                 raise
-        return RayRun(self.client, ref, run_dir, run.id)
+        return RayRun(self.client, s.address, ref, run_dir, run.id)
 
     def adopt(self, run: Run, run_dir: Path) -> RayRun | None:
         """The Ray job of `run`, finished or not (its status tells): by its stored submission id, or, for a run
-        whose start was never recorded, by the id it was submitted under."""
-        if run.executor not in (None, self.kind) or (run.executor is None and run.pid):
+        whose start was never recorded, by the id it was submitted under. None when the cluster does not know
+        it; ClusterUnreachable when the cluster does not answer (then nobody can tell: try again later)."""
+        if run.executor != self.kind:
             return None  # a local child's
         ref = run.ref or submission_id(self.owner, run)
         if not self._exists(ref):
             return None
-        return RayRun(self.client, ref, run_dir, run.id, node=run.node)
+        return RayRun(self.client, self.settings.address, ref, run_dir, run.id, node=run.node)
 
     def _exists(self, ref: str) -> bool:
         try:
-            self.client.get_job_info(ref)
+            call(self.settings.address, lambda: self.client.get_job_info(ref))
             return True
-        except ClusterUnreachable:
-            raise
-        except Exception as e:
-            if _is_connection_error(e):
-                raise ClusterUnreachable(f"cannot reach the Ray cluster at {self.settings.address}: "
-                                         f"{_first_line(e)}") from e
+        except JobMissing:
             return False
+        except ClusterUnreachable:
+            self._client = None
+            raise
 
 
 def _is_connection_error(error: BaseException) -> bool:

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def check_cluster(settings: Any, *, timeout_s: float = 60.0) -> dict[str, Any]:
+def check_cluster(settings: Any, *, timeout_s: float = 120.0) -> dict[str, Any]:
     """The `cluster` section of `mtld doctor` (executor.kind = "ray"). `problems` lists what would stop runs."""
     from mtld.executor import ClusterUnreachable
     from mtld.executor.rayjobs import client_for
@@ -90,6 +90,8 @@ def check_cluster(settings: Any, *, timeout_s: float = 60.0) -> dict[str, Any]:
         return info
     try:
         worker = _run_check_job(client, settings, token_file, timeout_s)
+    except Exception as e:  # a refused submission, an answer cut short: one line, never a traceback
+        worker = {"failed": f"the check job could not run: {type(e).__name__}: {_first_line(e)}"}
     finally:
         token_file.unlink(missing_ok=True)
     info["worker"] = worker
@@ -152,6 +154,11 @@ def _cluster_version(client: Any) -> str | None:
         return answer.json().get("ray_version") if answer.status_code == 200 else None
     except Exception:
         return None
+
+
+def _first_line(value: object) -> str:
+    text = str(value or "").strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _mtld_version() -> str:

@@ -317,7 +317,7 @@ class Store(Housekeeping):
     # -- runs -------------------------------------------------------------------------------
 
     def start_run(self, job_id: int, *, micro_batch: int, family: str | None = None, reason: str | None = None,
-                  now: float) -> Run:
+                  now: float, executor: str = "local") -> Run:
         """Move a queued job to running and record the attempt, atomically: a job never runs twice."""
         with self._write() as db:
             job = self._job(job_id)
@@ -326,9 +326,9 @@ class Store(Housekeeping):
             self._move(db, job, RUNNING, verb="start", reason=f"attempt {attempt} started", now=now,
                        attempts=job.attempts + 1)
             run_id = db.execute(
-                "INSERT INTO runs (job_id, attempt, started_at, micro_batch, family, start_reason)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, attempt, now, micro_batch, family, reason),
+                "INSERT INTO runs (job_id, attempt, started_at, micro_batch, family, start_reason, executor)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, attempt, now, micro_batch, family, reason, executor),
             ).lastrowid
             return self._run(run_id)
 
