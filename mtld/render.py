@@ -69,8 +69,8 @@ def status(out: Console, info: dict[str, Any]) -> None:
         out.print(running_line(job))
         if (job.get("run") or {}).get("executor") == "ray":
             r = job["run"]
-            out.print(f"        ray job {r['submission_id']} on node {(r.get('node') or 'not yet placed')[:12]}",
-                      markup=False)
+            node = r["node"][:12] if r.get("node") else "not yet placed"  # Ray's node ids: 56 hex digits
+            out.print(f"        ray job {r['submission_id']} on node {node}", markup=False)
     w = info["schedule"]
     if w["windows"]:
         when = f"inside, until {local_iso(w['closes_at'])}" if w["inside"] else f"outside; the next opens {local_iso(w['next_opens_at'])}"

@@ -159,6 +159,18 @@ def test_status_shows_every_running_job_with_its_submission_id_and_node(cluster)
     assert runs[a]["submission_id"] == executor.runs[0].ref and runs[a]["node"] == "node-1"
     assert runs[b]["submission_id"] == executor.runs[1].ref and runs[b]["node"] is None
     assert events(settings, "run.placed")[0]["node"] == "node-1"
+    import io
+
+    from rich.console import Console
+
+    from mtld import render
+
+    text = io.StringIO()
+    render.status(Console(file=text, width=200), info)
+    shown = text.getvalue()
+    assert f"executor ray at {settings.executor.ray.address} (2 runs at once)" in shown
+    assert f"ray job {executor.runs[0].ref} on node node-1" in shown
+    assert f"ray job {executor.runs[1].ref} on node not yet placed" in shown
 
 
 @pytest.mark.parametrize(("status", "code", "result_code", "expected"), [
