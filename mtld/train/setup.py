@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from mtld.jobspec import JobSpec
+from mtld.precision import Precision, precision_for
 from mtld.records import DataError
 from mtld.train.data import TaskData, load_tasks
 from mtld.train.device import amp_dtype, is_oom, seed_everything
@@ -41,6 +42,8 @@ class Parts:
     runner: StepRunner
     amp: torch.dtype | None
     fingerprint: str
+    precision: Precision = "off"
+    precision_reason: str = ""
 
 
 def build(spec: JobSpec, device: torch.device, micro_batch: int, *, stop: StopFlag, guard: Guard, log: Any) -> Parts:
@@ -70,10 +73,12 @@ def build(spec: JobSpec, device: torch.device, micro_batch: int, *, stop: StopFl
         task.train.to(device)
         if task.eval is not None:
             task.eval.to(device)
-    amp = amp_dtype(device, train.mixed_precision)
+    precision, precision_reason = precision_for(train.mixed_precision, device.type)
+    amp = amp_dtype(precision)
     runner = StepRunner(model, tasks, optimizer, scheduler, device=device, micro_batch=micro_batch,
                         max_grad_norm=train.max_grad_norm, amp=amp, stop=stop, guard=guard, log=log)
-    return Parts(tokenizer, tasks, model, plans, optimizer, optimizer_kind, scheduler, runner, amp, fingerprint)
+    return Parts(tokenizer, tasks, model, plans, optimizer, optimizer_kind, scheduler, runner, amp, fingerprint,
+                 precision, precision_reason)
 
 
 def _load(load: Callable[[], Any], what: str, where: str) -> Any:
