@@ -16,8 +16,8 @@ What "auto" picks, and why (the figures are in the README, "Mixed precision"):
 - MPS: bf16 from macOS 14; MPSGraph has no bfloat16 before it (PyTorch
   aten/src/ATen/native/mps/MPSGraphSonomaOps.h; Apple:
   MPSDeviceSupportsBFloat16Arithmetic, macOS 14.0+). Older macOS: fp32.
-Autocast itself: torch.amp docs ("Autocasting": CPU and CUDA take bfloat16 and
-float16; torch/amp/autocast_mode.py lists mps among the supported device types).
+Autocast itself: the torch.amp docs (docs/source/amp.rst): bfloat16 needs only
+torch.autocast; float16 needs torch.amp.GradScaler as well (mtld.train.step has one).
 """
 
 from __future__ import annotations
