@@ -97,3 +97,22 @@ def test_fp16_trains_with_a_loss_scaler_whose_state_is_checkpointed(jobs, read_e
     state = torch.load(checkpoint, weights_only=True)
     assert state["scaler"]["scale"] > 0 and state["scaler"]["_growth_tracker"] >= 0
     assert state["step"] == 3
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # importing torch._dynamo
+def test_compile_true_compiles_the_encoder_in_place(jobs):
+    import structlog
+    import torch
+
+    from mtld.train.guard import NoGuard
+    from mtld.train.setup import build
+    from mtld.train.signals import StopFlag
+
+    def parts(**train):
+        spec = jobs.spec([jobs.task("classification", 8)], **train)
+        return build(spec, torch.device("cpu"), 2, stop=StopFlag(), guard=NoGuard(), log=structlog.get_logger())
+
+    eager, compiled = parts(), parts(compile=True)
+    assert getattr(eager.model.encoder, "_compiled_call_impl", None) is None
+    assert compiled.model.encoder._compiled_call_impl is not None
+    assert compiled.model.state_dict().keys() == eager.model.state_dict().keys()  # checkpoints and exports unchanged

@@ -23,7 +23,7 @@ from mtld.train.data import TaskData, load_tasks
 from mtld.train.device import amp_dtype, is_oom, seed_everything
 from mtld.train.errors import BadInput, missing_package_message
 from mtld.train.guard import Guard
-from mtld.train.model import MultiTaskModel, load_encoder, load_tokenizer
+from mtld.train.model import MultiTaskModel, compile_encoder, load_encoder, load_tokenizer
 from mtld.train.optim import make_optimizer, make_scheduler
 from mtld.train.plan import Step, epoch_plan
 from mtld.train.signals import StopFlag
@@ -58,6 +58,8 @@ def build(spec: JobSpec, device: torch.device, micro_batch: int, *, stop: StopFl
         raise BadInput(f"cannot read {e.filename}: {e.strerror}") from None
     encoder = _load(lambda: load_encoder(spec.model, trust_remote_code=spec.trust_remote_code), "the model", spec.model)
     model = MultiTaskModel(encoder, [t.info for t in tasks]).to(device).train()
+    if spec.train.compile:
+        compile_encoder(model)
 
     train = spec.train
     lengths = [t.train.lengths for t in tasks]
