@@ -12,7 +12,8 @@ ratios of runs taken side by side:
 - same padding (every micro-batch 192 wide), fp32: mtld, the bare loop, the Trainer;
 - the same in bf16: mtld (`mixed_precision = "bf16"`), the bare loop under
   `torch.autocast("cpu", torch.bfloat16)`, the Trainer with `bf16=True`;
-- each side's best options, fp32: mtld's bucketing, the Trainer's `group_by_length`.
+- each side's best options, fp32: mtld's bucketing, the Trainer's `group_by_length`;
+- the bare loop once more: its ratio to the bare loop is the noise floor of every other ratio.
 
 `checkpoint_cost` times mtld's checkpoint of this encoder and of one the size
 of BERT-base, and what share of an hour's run saving takes at the defaults.
@@ -29,10 +30,11 @@ from typing import Any
 REAL_WIDTH = 192
 REAL_BATCH = 8
 REAL_RATE = 5e-5
-CONTENDERS = ("mtld", "bare", "trainer", "mtld_bf16", "bare_bf16", "trainer_bf16", "mtld_best", "trainer_best")
+CONTENDERS = ("mtld", "bare", "trainer", "mtld_bf16", "bare_bf16", "trainer_bf16", "mtld_best", "trainer_best", "bare_again")
 # (label, numerator, denominator, target): what the table shows for each micro-batch
 RATIOS = (
     ("mtld / bare loop, same padding, fp32", "mtld", "bare", 0.98),
+    ("bare loop / the same bare loop again (the noise floor), fp32", "bare_again", "bare", None),
     ("mtld / Trainer, same padding, fp32", "mtld", "trainer", 1.02),
     ("mtld / Trainer, best options (bucketing vs group_by_length), fp32", "mtld_best", "trainer_best", None),
     ("mtld bf16 / mtld fp32, same padding", "mtld_bf16", "mtld", None),
@@ -88,6 +90,7 @@ def real_rows(spec: Any, model: Path, sizes: list[int], steps: int, repeats: int
                                            group_by_length=False, bf16=True),
             "mtld_best": lambda: run_mtld(fp32, make_parts(fp32, b), steps),
             "trainer_best": lambda: run_hf(fp32, make_parts(fp32, b), steps, b, fixed_width=None, group_by_length=True),
+            "bare_again": fixed(fp32, b, lambda p, r: run_bare(fp32, p, steps, b, r)),  # how far equal runs differ
         }
         runs = alternate(contenders, repeats)
         row: dict[str, Any] = {"micro_batch": b, **summarize(runs), "ratios": {}}
@@ -175,6 +178,8 @@ def markdown(real: dict[str, Any] | None, checkpoints: dict[str, Any] | None) ->
                   "| comparison | " + " | ".join(f"micro-batch {real['rows'][k]['micro_batch']}" for k in sizes) + " | target | |",
                   "|---|" + "---|" * len(sizes) + "---|---|"]
         for label, _, _, target in RATIOS:
+            if label not in real["rows"][sizes[0]]["ratios"]:
+                continue  # results from before the row existed
             cells = [real["rows"][k]["ratios"][label] for k in sizes]
             verdict = ""
             if target is not None:
@@ -188,7 +193,7 @@ def markdown(real: dict[str, Any] | None, checkpoints: dict[str, Any] | None) ->
         lines.append("| profile: backward / optimizer+clipping, share of a step | "
                      + " | ".join(f"{real['rows'][k]['profile']['backward_percent']:.0f} % / "
                                   f"{real['rows'][k]['profile']['optimizer_and_clip_percent']:.0f} %" for k in sizes) + " | | |")
-        for name in CONTENDERS:
+        for name in (n for n in CONTENDERS if n in real["rows"][sizes[0]]):
             lines.append(f"| samples/s: {name.replace('_', ' ')} | "
                          + " | ".join(str(real["rows"][k][name]["samples_per_s"]) for k in sizes) + " | | |")
     if checkpoints:
