@@ -329,6 +329,7 @@ label_field = "tags"
 epochs = {epochs}
 checkpoint_every = {checkpoint_every}
 effective_batch_size = 8
+mixed_precision = "off"  # the same maths (and speed) on every test machine
 """
 
 
