@@ -82,7 +82,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {row['label']}, micro-batch {row['micro_batch']} | {row['steps']} | {e['samples_per_s']} | "
                      f"{c['samples_per_s']} | {row['whole_run_ratio']:.3f} | {row['after_warm_up_ratio']:.3f} | "
                      f"{e['first_step_s']:.2f} s / {c['first_step_s']:.1f} s |")
-    lines += ["", f"Adopt (whole run >= {ADOPT_AT:.2f}x on every row): {'yes' if results['adopt'] else 'no'}."]
+    lines += ["", f"On by default (whole run >= {ADOPT_AT:.2f}x on every row): {'yes' if results['adopt'] else 'no'}; "
+              "a job can ask for it with `compile = true`."]
     return "\n".join(lines) + "\n"
 
 
