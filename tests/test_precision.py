@@ -116,3 +116,19 @@ def test_compile_true_compiles_the_encoder_in_place(jobs):
     assert getattr(eager.model.encoder, "_compiled_call_impl", None) is None
     assert compiled.model.encoder._compiled_call_impl is not None
     assert compiled.model.state_dict().keys() == eager.model.state_dict().keys()  # checkpoints and exports unchanged
+
+
+def test_the_resume_fingerprint_of_an_old_job_file_is_what_it_was(jobs):
+    """A run interrupted before mixed_precision took four values resumes after: its settings hash the same."""
+    import hashlib
+    import json
+
+    from mtld.train.setup import job_fingerprint
+
+    spec = jobs.spec([jobs.task("classification", 8)], mixed_precision=False)
+    old_train = spec.train.model_dump(mode="json", exclude={"batch_size", "eval_every", "checkpoint_every",
+                                                            "keep_checkpoints", "compile"}) | {"mixed_precision": False}
+    about = {"model": spec.model, "max_length": spec.max_length, "train": old_train, "tasks": []}
+    assert job_fingerprint(spec, []) == hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()
+    assert job_fingerprint(spec.model_copy(update={"train": spec.train.model_copy(update={"mixed_precision": "bf16"})}), []) \
+        != job_fingerprint(spec, [])

@@ -98,6 +98,10 @@ def _load(load: Callable[[], Any], what: str, where: str) -> Any:
 def job_fingerprint(spec: JobSpec, tasks: list[TaskData]) -> str:
     """What must not change between attempts for a resume to be exact: settings and tokenized data."""
     train = spec.train.model_dump(mode="json", exclude={"batch_size", "eval_every", "checkpoint_every", "keep_checkpoints"})
+    # As job files said it before "auto"/"bf16"/"fp16"/"off" and `compile`: checkpoints written then still resume.
+    train["mixed_precision"] = {"off": False, "auto": True}.get(train["mixed_precision"], train["mixed_precision"])
+    if not train["compile"]:
+        del train["compile"]
     about = {"model": spec.model, "max_length": spec.max_length, "train": train,
              "tasks": [{"name": t.info.name, "type": t.info.type, "labels": t.info.labels, "weight": t.info.weight} for t in tasks]}
     digest = hashlib.sha256(json.dumps(about, sort_keys=True).encode())
