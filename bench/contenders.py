@@ -130,9 +130,10 @@ def run_mtld(spec: JobSpec, parts: Parts, steps: int, real_lengths: list[np.ndar
 
 
 def run_bare(spec: JobSpec, parts: Parts, steps: int, micro_batch: int,
-             real_lengths: list[np.ndarray] | None = None) -> Timing:
+             real_lengths: list[np.ndarray] | None = None, amp: torch.dtype | None = None) -> Timing:
     """What a user would write: index the padded tensors, slice to the longest example of the
-    micro-batch, forward, loss, backward; clip, step, zero. No guard, no accounting."""
+    micro-batch, forward (under autocast to `amp` if given), loss, backward; clip, step, zero.
+    No guard, no accounting."""
     plan = first_steps(parts, steps)
     model, optimizer, scheduler = parts.model, parts.optimizer, parts.scheduler
     clip = spec.train.max_grad_norm
@@ -149,7 +150,9 @@ def run_bare(spec: JobSpec, parts: Parts, steps: int, micro_batch: int,
             if split.token_type_ids is not None:
                 inputs["token_type_ids"] = split.token_type_ids[index, :width]
             targets = split.targets[index, :width] if split.word_starts is not None else split.targets[index]
-            loss = loss_sum(task.info.type, model(step.task, inputs), targets) * scale
+            with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+                logits = model(step.task, inputs)
+            loss = loss_sum(task.info.type, logits, targets) * scale
             loss.backward()
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -197,10 +200,10 @@ def hf_rows(split: Split) -> list[dict[str, Any]]:
 
 
 def run_hf(spec: JobSpec, parts: Parts, steps: int, micro_batch: int, *, fixed_width: int | None,
-           group_by_length: bool) -> Timing:
+           group_by_length: bool, bf16: bool = False) -> Timing:
     """The transformers Trainer on task 0 of `parts` (single-task), timed from on_train_begin to
     on_train_end. `fixed_width`: pad every batch to it; None: pad each batch to its longest
-    (multiple of 8), as mtld does."""
+    (multiple of 8), as mtld does. `bf16`: its own `bf16=True` (autocast through accelerate)."""
     from transformers import DataCollatorWithPadding, PrinterCallback, TrainerCallback, TrainingArguments
     from transformers import Trainer as HFTrainer
 
@@ -231,7 +234,7 @@ def run_hf(spec: JobSpec, parts: Parts, steps: int, micro_batch: int, *, fixed_w
             warmup_steps=int(train.warmup_ratio * steps), lr_scheduler_type="linear", max_grad_norm=train.max_grad_norm,
             optim="adamw_torch_fused", seed=train.seed, train_sampling_strategy="group_by_length" if group_by_length else "random",
             logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none", use_cpu=True,
-            dataloader_num_workers=0, disable_tqdm=True, remove_unused_columns=False,
+            dataloader_num_workers=0, disable_tqdm=True, remove_unused_columns=False, bf16=bf16,
         )
         trainer = HFTrainer(model=_HFModel(parts), args=args, train_dataset=rows, data_collator=collator,
                             callbacks=[Clock()])

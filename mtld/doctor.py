@@ -67,6 +67,9 @@ def _device(settings: Settings) -> dict[str, Any]:
     device = pick_device(settings.train.device)
     info.update(torch=torch.__version__, trains_on=device.type, memory_bytes=total_memory_bytes(device),
                 cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available(), threads=torch.get_num_threads())
+    from mtld.precision import precision_for
+
+    info["mixed_precision_auto"] = dict(zip(("precision", "why"), precision_for("auto", device.type), strict=True))
     return info
 
 

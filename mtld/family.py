@@ -18,14 +18,23 @@ from pathlib import Path
 from mtld import policy
 from mtld.jobspec import JobSpec
 from mtld.memory import Reading
+from mtld.precision import precision_for
 from mtld.runfiles import Figures
 from mtld.settings import Settings
 from mtld.store import Job, Run, Store
 
 
-def family(spec: JobSpec, device: str) -> str:
-    """Runs of one family share memory and speed figures: (model, max length, device)."""
-    return f"{spec.model}|{spec.max_length}|{device}"
+def family(spec: JobSpec, device: str, precision: str | None = None) -> str:
+    """Runs of one family share memory and speed figures: (model, max length, device, precision).
+
+    `precision`: what the job trains in (mtld.precision), by default resolved for this machine. fp32
+    ("off") keeps the key of old, three-part families, so their history counts as fp32 (runs stored
+    before precision was part of the key with mixed_precision = true are counted as fp32 too).
+    """
+    if precision is None:
+        precision = precision_for(spec.train.mixed_precision, device)[0]
+    key = f"{spec.model}|{spec.max_length}|{device}"
+    return key if precision == "off" else f"{key}|{precision}"
 
 
 def family_history(store: Store | None, fam: str) -> list[policy.FamilyRun]:

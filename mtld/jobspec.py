@@ -17,10 +17,11 @@ from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from mtld import MICRO_BATCH_SIZES
 from mtld.durations import parse_duration
+from mtld.precision import PrecisionSetting, legacy_setting
 from mtld.records import DataError, Fields, TaskType, check_utf8, label_names, parse_example, read_rows
 
 BatchSize = Literal["auto", *MICRO_BATCH_SIZES]  # type: ignore[valid-type]
@@ -73,7 +74,9 @@ class TrainSpec(_Strict):
     keep_checkpoints: int = Field(default=2, ge=1, le=100)
     sampling: Literal["proportional", "temperature", "uniform"] = "proportional"
     temperature: float = Field(default=2.0, ge=1, le=100)
-    mixed_precision: bool = False
+    # auto: bf16 where the device has it (mtld.precision); old job files' true/false read as auto/off
+    mixed_precision: Annotated[PrecisionSetting, BeforeValidator(legacy_setting)] = "auto"
+    compile: bool = False  # torch.compile the encoder: pays on long runs only (README, "torch.compile")
 
 
 def _cron(expression: str | None) -> str | None:

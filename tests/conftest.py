@@ -179,7 +179,8 @@ class Jobs:
         from mtld.jobspec import spec_from_dict
 
         raw = {"name": "test", "model": str(model or self.model), "max_length": max_length, "tasks": tasks,
-               "train": {"epochs": 2, "learning_rate": 1e-3, "effective_batch_size": 8, "checkpoint_every": 1000} | train}
+               "train": {"epochs": 2, "learning_rate": 1e-3, "effective_batch_size": 8, "checkpoint_every": 1000,
+                             "mixed_precision": "off"} | train}  # the same maths on every test machine
         return spec_from_dict(raw, base_dir=self.base, shown_as="test.toml", check_data=False)
 
     def run_dir(self, spec: Any, *, micro_batch: int = 2, name: str = "run", **launch: Any) -> Path:
@@ -328,6 +329,7 @@ label_field = "tags"
 epochs = {epochs}
 checkpoint_every = {checkpoint_every}
 effective_batch_size = 8
+mixed_precision = "off"  # the same maths (and speed) on every test machine
 """
 
 

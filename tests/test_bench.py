@@ -133,3 +133,30 @@ def test_bench_quick_writes_results(tmp_path):
     assert set(rows) == set(meets) | {"daemon | submit to start"}
     for row, met in meets.items():
         assert rows[row][-1] in VERDICTS and (rows[row][-1] == "pass") == met, (row, rows[row])
+
+
+def test_the_real_encoder_rows_pass_only_when_every_micro_batch_meets_the_target():
+    from bench.real import CONTENDERS, RATIOS
+    from bench.real import markdown as real_markdown
+
+    def real(mtld_over_bare_at_4: float) -> dict:
+        rows = {}
+        for b in (2, 4):
+            ratios = {label: {"ratio": 1.05, "cpu_ratio": 1.05, "target": target} for label, _, _, target in RATIOS}
+            if b == 4:
+                ratios[RATIOS[0][0]] = {"ratio": mtld_over_bare_at_4, "cpu_ratio": mtld_over_bare_at_4, "target": 0.98}
+            profile = {"mtld_python_percent": 0.3, "mtld_python_ms_per_step": 4.0, "backward_percent": 50.0,
+                       "optimizer_and_clip_percent": 2.0}
+            rows[f"b{b}"] = {"micro_batch": b, "ratios": ratios, "profile": profile,
+                             **{n: {"samples_per_s": 5.0} for n in CONTENDERS}}
+        return {"model": "m", "max_length": 192, "effective_batch": 8, "steps": 4, "rows": rows}
+
+    def verdict(lines: list[str], label: str) -> str:
+        (line,) = [x for x in lines if x.startswith(f"| {label} |")]
+        return line.strip()[1:-1].split("|")[-1].strip()
+
+    assert verdict(real_markdown(real(0.98), None), RATIOS[0][0]) == "pass"
+    assert verdict(real_markdown(real(0.97), None), RATIOS[0][0]) == "**miss**"
+    trainer_row = next(label for label, _, _, target in RATIOS if label.startswith("mtld / Trainer, same padding"))
+    assert verdict(real_markdown(real(0.97), None), trainer_row) == "pass"
+    assert real_markdown({"skipped": "the package is not installed"}, None)[-1].endswith("skipped (the package is not installed).")

@@ -54,7 +54,7 @@ def workspace(ctx: Context) -> dict[str, Any]:
     return ctx.shared["workspace"]
 
 
-def job_spec(ctx: Context, *, epochs: int = 1, checkpoint_every: int = 1000, mixed_precision: bool = False):
+def job_spec(ctx: Context, *, epochs: int = 1, checkpoint_every: int = 1000, mixed_precision: str = "off"):
     from mtld.jobspec import spec_from_dict
 
     ws = workspace(ctx)

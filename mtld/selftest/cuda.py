@@ -126,9 +126,9 @@ def finite_losses(progress: list[dict[str, Any]]) -> tuple[int, list[Any]]:
 
 
 def check_mixed_precision(ctx: Context) -> dict[str, Any]:
-    """20 steps of the tiny model with mixed_precision = true in a real child: finite losses."""
+    """20 steps of the tiny model with mixed_precision = "auto" (a job's default) in a real child: finite losses."""
     _cuda(ctx)
-    spec = common.job_spec(ctx, mixed_precision=True)
+    spec = common.job_spec(ctx, mixed_precision="auto")
     path = common.run_dir(ctx, spec, 8, "amp", device="cuda", progress_every_s=0.0)
     code, err = common.finish_child(common.start_child(ctx, path))
     started = common.events(path, "run.started")
@@ -145,6 +145,6 @@ CHECKS = [
          "and redoing the step.", check_oom_recovery),
     Spec("cuda.mem_get_info", "cuda", "mtld's memory budget would not match the GPU: runs out of memory, or "
          "never use what is there.", check_mem_get_info),
-    Spec("cuda.mixed_precision", "cuda", "mixed_precision = true would produce NaN losses and a useless model.",
+    Spec("cuda.mixed_precision", "cuda", "mixed_precision = \"auto\" would produce NaN losses and a useless model.",
          check_mixed_precision),
 ]

@@ -208,7 +208,8 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         "run.started", device=device.type, micro_batch=micro_batch,
         accumulation=-(-train.effective_batch_size // micro_batch), effective_batch=train.effective_batch_size,
         total_steps=trainer.total_steps, steps_per_epoch=len(parts.plans[0]), epochs=train.epochs, resumed_from_step=resumed,
-        optimizer=parts.optimizer_kind, mixed_precision=str(parts.amp).removeprefix("torch.") if parts.amp else None,
+        optimizer=parts.optimizer_kind, mixed_precision=parts.precision,
+        mixed_precision_reason=parts.precision_reason, compile=spec.train.compile,
         threads=torch.get_num_threads(), planned_padded_tokens=trainer.planned_padded_tokens(),
         peak_vm_bytes=peak_vm_bytes(),  # address space after set-up (Linux): what RLIMIT_AS sees
         tasks=[{"name": t.info.name, "type": t.info.type, "train": len(t.train), "eval": len(t.eval) if t.eval else 0}
@@ -310,6 +311,8 @@ def _resume(rd: RunDir, trainer: Any, fingerprint: str, log: Any) -> int | None:
         runner.model.load_state_dict(state["model"])
         runner.optimizer.load_state_dict(state["optimizer"])
         runner.scheduler.load_state_dict(state["scheduler"])
+        if runner.scaler is not None and state.get("scaler"):
+            runner.scaler.load_state_dict(state["scaler"])
         set_rng_states(state["rng"])
         trainer.restore(state)
         log.info("checkpoint.loaded", path=str(path), step=state["step"], micro_batch=state["micro_batch"])

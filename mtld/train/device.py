@@ -205,15 +205,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds CUDA and MPS too
 
 
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bfloat16 autocast where the device has it (no loss scaling needed); else off.
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
-    float16 would need a gradient scaler whose state the OOM redo and the
-    checkpoint would have to carry; old GPUs without bfloat16 train in float32.
-    """
-    if not enabled or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
-        return None
-    return torch.bfloat16
+
+def amp_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision that mtld.precision.resolve_precision chose (None: fp32)."""
+    return AMP_DTYPES[precision]
 
 
 def malloc_trim() -> bool | None:

@@ -345,6 +345,7 @@ class Trainer(LiveEta):
             "model": self.runner.model.state_dict(),
             "optimizer": self.runner.optimizer.state_dict(),
             "scheduler": self.runner.scheduler.state_dict(),
+            "scaler": self.runner.scaler.state_dict() if self.runner.scaler is not None else None,  # fp16 only
             "rng": rng_states(self.device),
             "best_score": self.evals.best_score,
             "best_step": self.evals.best_step,

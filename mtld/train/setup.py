@@ -17,12 +17,13 @@ from typing import Any
 import torch
 
 from mtld.jobspec import JobSpec
+from mtld.precision import Precision, precision_for
 from mtld.records import DataError
 from mtld.train.data import TaskData, load_tasks
 from mtld.train.device import amp_dtype, is_oom, seed_everything
 from mtld.train.errors import BadInput, missing_package_message
 from mtld.train.guard import Guard
-from mtld.train.model import MultiTaskModel, load_encoder, load_tokenizer
+from mtld.train.model import MultiTaskModel, compile_encoder, load_encoder, load_tokenizer
 from mtld.train.optim import make_optimizer, make_scheduler
 from mtld.train.plan import Step, epoch_plan
 from mtld.train.signals import StopFlag
@@ -41,6 +42,8 @@ class Parts:
     runner: StepRunner
     amp: torch.dtype | None
     fingerprint: str
+    precision: Precision = "off"
+    precision_reason: str = ""
 
 
 def build(spec: JobSpec, device: torch.device, micro_batch: int, *, stop: StopFlag, guard: Guard, log: Any) -> Parts:
@@ -55,6 +58,8 @@ def build(spec: JobSpec, device: torch.device, micro_batch: int, *, stop: StopFl
         raise BadInput(f"cannot read {e.filename}: {e.strerror}") from None
     encoder = _load(lambda: load_encoder(spec.model, trust_remote_code=spec.trust_remote_code), "the model", spec.model)
     model = MultiTaskModel(encoder, [t.info for t in tasks]).to(device).train()
+    if spec.train.compile:
+        compile_encoder(model)
 
     train = spec.train
     lengths = [t.train.lengths for t in tasks]
@@ -70,10 +75,12 @@ def build(spec: JobSpec, device: torch.device, micro_batch: int, *, stop: StopFl
         task.train.to(device)
         if task.eval is not None:
             task.eval.to(device)
-    amp = amp_dtype(device, train.mixed_precision)
+    precision, precision_reason = precision_for(train.mixed_precision, device.type)
+    amp = amp_dtype(precision)
     runner = StepRunner(model, tasks, optimizer, scheduler, device=device, micro_batch=micro_batch,
                         max_grad_norm=train.max_grad_norm, amp=amp, stop=stop, guard=guard, log=log)
-    return Parts(tokenizer, tasks, model, plans, optimizer, optimizer_kind, scheduler, runner, amp, fingerprint)
+    return Parts(tokenizer, tasks, model, plans, optimizer, optimizer_kind, scheduler, runner, amp, fingerprint,
+                 precision, precision_reason)
 
 
 def _load(load: Callable[[], Any], what: str, where: str) -> Any:
@@ -91,6 +98,10 @@ def _load(load: Callable[[], Any], what: str, where: str) -> Any:
 def job_fingerprint(spec: JobSpec, tasks: list[TaskData]) -> str:
     """What must not change between attempts for a resume to be exact: settings and tokenized data."""
     train = spec.train.model_dump(mode="json", exclude={"batch_size", "eval_every", "checkpoint_every", "keep_checkpoints"})
+    # As job files said it before "auto"/"bf16"/"fp16"/"off" and `compile`: checkpoints written then still resume.
+    train["mixed_precision"] = {"off": False, "auto": True}.get(train["mixed_precision"], train["mixed_precision"])
+    if not train["compile"]:
+        del train["compile"]
     about = {"model": spec.model, "max_length": spec.max_length, "train": train,
              "tasks": [{"name": t.info.name, "type": t.info.type, "labels": t.info.labels, "weight": t.info.weight} for t in tasks]}
     digest = hashlib.sha256(json.dumps(about, sort_keys=True).encode())

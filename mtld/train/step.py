@@ -8,7 +8,10 @@ went through; an allocation failure halves the micro-batch and redoes the step
 from its start, from the RNG state the step started with. A step whose loss or
 gradient norm is NaN or infinite changes nothing (no optimizer or scheduler
 step): it is skipped, like torch.amp.GradScaler skips a step with inf/NaN
-gradients, and for the same price, one device sync per step.
+gradients, and for the same price, one device sync per step. Under fp16 the
+GradScaler itself scales the loss and skips a step whose gradients overflowed
+(lowering the scale, as it should: torch/amp/grad_scaler.py); only a
+non-finite loss counts as a skipped step there.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ class StepRunner:
         self.stop_reason: str | None = None  # "signal" or "memory_critical" once stopped
         self.last_oom: str | None = None
         self._params = [p for p in model.parameters() if p.requires_grad]
+        # fp16 needs loss scaling (bf16 has fp32's range and does not); its state goes into checkpoints
+        self.scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
 
     def run(self, step: Step, number: int, index: torch.Tensor | None = None) -> StepResult:
         """Gradients of the whole step, then clip, optimizer and scheduler step.
@@ -94,18 +99,26 @@ class StepRunner:
                 retried_at_min = True  # once more after freeing everything: fragmentation may have been it
             else:
                 self.scale_down("out_of_memory", number, detail=self.last_oom)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
         if self.max_grad_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
-        if why := nonfinite(result.loss, norm):
+        if why := nonfinite(result.loss, norm if self.scaler is None else None):
             self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.update()  # ends the step unscale_ began
             self.nonfinite_in_a_row += 1
             self.skipped_steps += 1
             self.log.warning("step.skipped", step=number, reason=why, in_a_row=self.nonfinite_in_a_row)
             return StepResult("skipped", None, result.padded_tokens, skipped=why)
         self.nonfinite_in_a_row = 0
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped by the scaler if the gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return result
@@ -153,7 +166,7 @@ class StepRunner:
         with autocast(self.device, self.amp):
             logits = self.model(task, inputs)
         loss = loss_sum(kind, logits, targets) * scale
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         return loss.detach(), inputs["input_ids"].shape[1]
 
     def scale_down(self, reason: str, step: int, detail: str | None = None, **figures: Any) -> None:
@@ -185,11 +198,13 @@ class StepRunner:
         return {"device_bytes_before": before, "device_bytes_after": after, "freed_bytes": before - after}
 
 
-def nonfinite(loss: torch.Tensor | None, norm: torch.Tensor) -> str | None:
+def nonfinite(loss: torch.Tensor | None, norm: torch.Tensor | None) -> str | None:
     """Why a step must not reach the optimizer (its loss or gradient norm is NaN or infinite), or None.
     One device sync in the common case; the figures are read only when something is wrong."""
-    finite = torch.isfinite(norm) if loss is None else torch.isfinite(loss) & torch.isfinite(norm)
-    if bool(finite):
+    flags = [torch.isfinite(t) for t in (loss, norm) if t is not None]
+    if not flags:
+        return None
+    if bool(flags[0] if len(flags) == 1 else flags[0] & flags[1]):
         return None
     if loss is not None and not bool(torch.isfinite(loss)):
         return f"loss is {float(loss)}"
