@@ -96,7 +96,7 @@ def test_cancel_of_a_running_job(home, data_dir):
 
 
 def test_pause_now_requeues_and_resume_continues(home, data_dir):
-    job_id = home.submit(job_file(data_dir, epochs=4))
+    job_id = home.submit(job_file(data_dir, epochs=12))  # still running when the pause lands, even on a busy machine
     daemon = home.daemon("--exit-when-idle")
     home.wait_for(lambda: home.run_events(job_id, "step.progress"))
     home.mtld("pause", "--now")
