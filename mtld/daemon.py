@@ -247,7 +247,7 @@ class Daemon(Bookkeeping):
                                             device=run_device(self.settings) if self.executor.remote else None))
             step = "starting the child"
             handle = self.executor.start(run_dir.path, run)
-        except ClusterUnreachable as e:  # the cluster, not the job: it goes back to the queue, and waits
+        except ClusterUnreachable as e:  # the cluster, not the job: the run stays open until it can ask
             self._cluster_lost(job, run, e, now)
             return
         except Exception as e:

@@ -84,9 +84,3 @@ def wait_for_exit(handle: RunHandle, timeout_s: float, poll_s: float = 0.05) -> 
         if status is not None or time.monotonic() >= deadline:
             return status
         time.sleep(poll_s)
-
-
-from mtld.executor.local import AdoptedProcess, ChildProcess, LocalExecutor  # noqa: E402  (re-exported)
-
-__all__ = ["CHILD_MODULE", "AdoptedProcess", "ClusterUnreachable", "ChildProcess", "Executor", "ExitStatus", "LocalExecutor", "RunHandle",
-           "make_executor", "wait_for_exit"]

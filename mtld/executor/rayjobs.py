@@ -85,7 +85,7 @@ def client_for(address: str) -> Any:
     try:
         return Client(address)
     except Exception as e:  # ConnectionError, or a RuntimeError from a dashboard that is still starting
-        raise ClusterUnreachable(f"cannot reach the Ray cluster at {address}: {_first_line(e)}") from e
+        raise ClusterUnreachable(f"cannot reach the Ray cluster at {address}: {first_line(e)}") from e
 
 
 def call(address: str, request: Callable[[], Any]) -> Any:
@@ -99,9 +99,9 @@ def call(address: str, request: Callable[[], Any]) -> Any:
     except Exception as e:
         text = str(e)
         if "status code 404" in text or "does not exist" in text:
-            raise JobMissing(_first_line(e)) from e
+            raise JobMissing(first_line(e)) from e
         if _is_connection_error(e) or re.search(r"status code 5\d\d", text):
-            raise ClusterUnreachable(f"cannot reach the Ray cluster at {address}: {_first_line(e)}") from e
+            raise ClusterUnreachable(f"cannot reach the Ray cluster at {address}: {first_line(e)}") from e
         raise
 
 
@@ -170,7 +170,7 @@ class RayRun:
 
     def _unreachable(self, action: str, error: Exception) -> None:
         if not self.unreachable:  # once per outage
-            self.log.warning("executor.unreachable", action=action, error=_first_line(error))
+            self.log.warning("executor.unreachable", action=action, error=first_line(error))
         self.unreachable = True
 
     def _result_code(self) -> int | None:
@@ -191,7 +191,7 @@ class RayRun:
                 with os.fdopen(open_private(self.run_dir / "child.log", os.O_WRONLY | os.O_APPEND), "ab") as out:
                     out.write(text.encode())
         except Exception as e:  # the output is a convenience; the run's own log is in its folder
-            self.log.warning("executor.output_lost", error=_first_line(e))
+            self.log.warning("executor.output_lost", error=first_line(e))
 
 
 def exit_status(status: str, exit_code: int | None, message: str | None, result_code: int | None, *,
@@ -212,9 +212,9 @@ def exit_status(status: str, exit_code: int | None, message: str | None, result_
     if status == "SUCCEEDED":
         return ExitStatus(code=0)
     if error_type in CLUSTER_FAILURES:  # the cluster's failure, not the run's: lost, it resumes
-        return ExitStatus(detail=f"the Ray cluster did not run it: {_first_line(message) or error_type}")
+        return ExitStatus(detail=f"the Ray cluster did not run it: {first_line(message) or error_type}")
     # FAILED without an exit status: it never ran (runtime_env setup, no such interpreter)
-    return ExitStatus(code=1, detail=f"the Ray job failed: {_first_line(message) or 'no reason given'}")
+    return ExitStatus(code=1, detail=f"the Ray job failed: {first_line(message) or 'no reason given'}")
 
 
 class RayExecutor:
@@ -259,6 +259,14 @@ class RayExecutor:
         }
         return env
 
+    def job_options(self) -> dict[str, Any]:
+        """What every Ray job of mtld's asks for (a run, and doctor's check job, which must land where a run
+        would): its runtime_env and the entrypoint resources."""
+        s = self.settings
+        return {"runtime_env": self.runtime_env(), "entrypoint_num_cpus": s.num_cpus,
+                "entrypoint_num_gpus": s.num_gpus or None, "entrypoint_memory": int(s.memory_mb * 1_000_000) or None,
+                "entrypoint_resources": s.resources or None}
+
     def start(self, run_dir: Path, run: Run) -> RayRun:
         """Submit the run. ClusterUnreachable when the cluster did not answer: the submission may or may not
         have arrived, so the run stays open and `adopt` settles it (by its derived id) once the cluster answers."""
@@ -266,10 +274,8 @@ class RayExecutor:
         s = self.settings
         try:
             call(s.address, lambda: self.client.submit_job(
-                entrypoint=self.entrypoint(run_dir), submission_id=ref, runtime_env=self.runtime_env(),
-                entrypoint_num_cpus=s.num_cpus, entrypoint_num_gpus=s.num_gpus or None,
-                entrypoint_memory=int(s.memory_mb * 1_000_000) or None, entrypoint_resources=s.resources or None,
-                metadata={"mtld_run_id": str(run.id), "mtld_run_dir": str(run_dir)},
+                entrypoint=self.entrypoint(run_dir), submission_id=ref,
+                metadata={"mtld_run_id": str(run.id), "mtld_run_dir": str(run_dir)}, **self.job_options(),
             ))
         except ClusterUnreachable:
             self._client = None
@@ -307,6 +313,7 @@ def _is_connection_error(error: BaseException) -> bool:
     return isinstance(error, (ConnectionError, requests.ConnectionError, requests.Timeout))
 
 
-def _first_line(value: object) -> str:
+def first_line(value: object) -> str:
+    """An error or message as its first line (Ray's errors carry whole tracebacks and logs)."""
     text = str(value or "").strip()
     return text.splitlines()[0] if text else ""

@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
 def check_cluster(settings: Any, *, timeout_s: float = 120.0) -> dict[str, Any]:
     """The `cluster` section of `mtld doctor` (executor.kind = "ray"). `problems` lists what would stop runs."""
     from mtld.executor import ClusterUnreachable
-    from mtld.executor.rayjobs import client_for
+    from mtld.executor.rayjobs import client_for, first_line
 
     ray = settings.executor.ray
     runs_dir = settings.runs_dir
@@ -91,7 +91,7 @@ def check_cluster(settings: Any, *, timeout_s: float = 120.0) -> dict[str, Any]:
     try:
         worker = _run_check_job(client, settings, token_file, timeout_s)
     except Exception as e:  # a refused submission, an answer cut short: one line, never a traceback
-        worker = {"failed": f"the check job could not run: {type(e).__name__}: {_first_line(e)}"}
+        worker = {"failed": f"the check job could not run: {type(e).__name__}: {first_line(e)}"}
     finally:
         token_file.unlink(missing_ok=True)
     info["worker"] = worker
@@ -121,9 +121,7 @@ def _run_check_job(client: Any, settings: Any, token_file: Path, timeout_s: floa
     submission = client.submit_job(
         entrypoint=f"{shlex.quote(r.python)} -m mtld.executor.workercheck "
                    f"{shlex.quote(str(settings.runs_dir))} {shlex.quote(str(token_file))}",
-        runtime_env=executor.runtime_env(), entrypoint_num_cpus=r.num_cpus, entrypoint_num_gpus=r.num_gpus or None,
-        entrypoint_memory=int(r.memory_mb * 1_000_000) or None, entrypoint_resources=r.resources or None,
-        metadata={"mtld": "doctor"},
+        metadata={"mtld": "doctor"}, **executor.job_options(),
     )
     deadline = time.monotonic() + timeout_s
     while True:
@@ -154,11 +152,6 @@ def _cluster_version(client: Any) -> str | None:
         return answer.json().get("ray_version") if answer.status_code == 200 else None
     except Exception:
         return None
-
-
-def _first_line(value: object) -> str:
-    text = str(value or "").strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _mtld_version() -> str:

@@ -40,10 +40,14 @@ class Parts:
     optimizer_kind: str
     scheduler: Any
     runner: StepRunner
-    amp: torch.dtype | None
     fingerprint: str
     precision: Precision = "off"
     precision_reason: str = ""
+
+    @property
+    def amp(self) -> torch.dtype | None:
+        """The autocast dtype the precision means (None: fp32)."""
+        return amp_dtype(self.precision)
 
 
 def build(spec: JobSpec, device: torch.device, micro_batch: int, *, stop: StopFlag, guard: Guard, log: Any) -> Parts:
@@ -79,7 +83,7 @@ def build(spec: JobSpec, device: torch.device, micro_batch: int, *, stop: StopFl
     amp = amp_dtype(precision)
     runner = StepRunner(model, tasks, optimizer, scheduler, device=device, micro_batch=micro_batch,
                         max_grad_norm=train.max_grad_norm, amp=amp, stop=stop, guard=guard, log=log)
-    return Parts(tokenizer, tasks, model, plans, optimizer, optimizer_kind, scheduler, runner, amp, fingerprint,
+    return Parts(tokenizer, tasks, model, plans, optimizer, optimizer_kind, scheduler, runner, fingerprint,
                  precision, precision_reason)
 
 
