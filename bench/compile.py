@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=300, help="tiny model: the demo's 300 steps")
     parser.add_argument("--real-steps", type=int, default=40)
     args = parser.parse_args(argv)
-    from mtld.jobspec import load_job
+    from mtld.config.jobspec import load_job
     from mtld.train.model import quiet_transformers
 
     from bench.real import real_model, real_spec

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtld.jobspec import JobSpec
-from mtld.rundir import RunDir
+from mtld.config.jobspec import JobSpec
+from mtld.runs.rundir import RunDir
 from mtld.train.data import IGNORE, Split
 from mtld.train.device import MemoryMeter, synchronize
 from mtld.train.guard import Guard, NoGuard

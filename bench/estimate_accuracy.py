@@ -42,12 +42,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mtld import estimate  # noqa: E402
-from mtld.history import run_probe  # noqa: E402
-from mtld.jobestimate import plan_summary  # noqa: E402
-from mtld.jobspec import spec_from_dict  # noqa: E402
-from mtld.rundir import RunDir  # noqa: E402
-from mtld.runfiles import Figures, Launch, RunResult  # noqa: E402
+from mtld.decide import runtime  # noqa: E402
+from mtld.estimate.history import run_probe  # noqa: E402
+from mtld.estimate.job import plan_summary  # noqa: E402
+from mtld.config.jobspec import spec_from_dict  # noqa: E402
+from mtld.runs.rundir import RunDir  # noqa: E402
+from mtld.runs.files import Figures, Launch, RunResult  # noqa: E402
 
 DATA = ROOT / "examples" / "data"
 PICTURE_DIR: Path | None = None
@@ -117,19 +117,19 @@ def one_model(name: str, model: Path, work: Path, sizes: list[int], data: dict[s
     for round_ in range(rounds):
         first_spec = job(work, model, data["small"], 1, epochs)
         first, _ = run(first_spec, 4, work / f"{name}-first", [])
-        history = [estimate.run_record(first.figures())]
+        history = [runtime.run_record(first.figures())]
         probe_figures = run_probe(first_spec, "cpu")  # probe=True: the model reads it as a probe
-        probed = estimate.run_record(probe_figures)
+        probed = runtime.run_record(probe_figures)
         prior = [first.figures(), probe_figures]  # what the daemon gives a run: Launch.history
         print(f"{name}, round {round_ + 1}: earlier run at 4: {first.duration_s} s; probe done", flush=True)
         for label, n in data.items():
             spec, plan = job(work, model, n, 2, epochs), plans[label]
-            only = {r.micro_batch: r for r in estimate.predict(plan, history)}
-            both = {r.micro_batch: r for r in estimate.predict(plan, history + [probed])}
+            only = {r.micro_batch: r for r in runtime.predict(plan, history)}
+            both = {r.micro_batch: r for r in runtime.predict(plan, history + [probed])}
             for m in sizes:
                 result, live = run(spec, m, work / f"{name}-{label}-{m}", prior)
                 if label == "large" and m == 4 and round_ == 0 and PICTURE_DIR is not None:  # for the README
-                    from mtld.report import draw_report
+                    from mtld.report.run import draw_report
 
                     draw_report(work / f"{name}-{label}-{m}", PICTURE_DIR / f"estimate_report_{name.split()[0]}.png")
                 actual = result.duration_s
@@ -210,7 +210,7 @@ def main() -> int:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     global PICTURE_DIR
     PICTURE_DIR = args.out
-    from mtld.tinymodel import build_tiny_model, texts_from_files
+    from mtld.train.tinymodel import build_tiny_model, texts_from_files
 
     work = Path(tempfile.mkdtemp(prefix="mtld-acc-"))
     rows = []

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model = ROOT / "examples" / "tiny-bert"
     if not (model / "config.json").exists():
-        subprocess.run([sys.executable, "-m", "mtld.tinymodel", str(model),
+        subprocess.run([sys.executable, "-m", "mtld.train.tinymodel", str(model),
                         *map(str, sorted((ROOT / "examples" / "data").glob("*.train.jsonl")))], check=True,
                        capture_output=True)
     load_before = os.getloadavg()

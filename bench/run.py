@@ -80,7 +80,7 @@ def rates(runs: dict[str, list[Any]], name: str, what: str = "samples_per_s") ->
 
 def demo_model() -> Path:
     """The demo's tiny model (examples/tiny-bert), built from the demo data if a fresh checkout lacks it."""
-    from mtld.tinymodel import build_tiny_model, texts_from_files
+    from mtld.train.tinymodel import build_tiny_model, texts_from_files
 
     tiny = ROOT / "examples" / "tiny-bert"
     if not (tiny / "config.json").exists():
@@ -90,7 +90,7 @@ def demo_model() -> Path:
 
 def models(cache: Path, quick: bool) -> dict[str, Path]:
     """The demo's tiny model and a larger one (4 layers, hidden 256), built locally once."""
-    from mtld.tinymodel import build_tiny_model, texts_from_files
+    from mtld.train.tinymodel import build_tiny_model, texts_from_files
 
     tiny = demo_model()
     data = sorted((ROOT / "examples" / "data").glob("*.train.jsonl"))
@@ -207,7 +207,7 @@ def guard_overhead(spec: Any, model: Path, micro_batch: int, steps: int, repeats
     import time
 
     from mtld.memory import MemoryGuard, Sampler, budget_bytes, make_probe
-    from mtld.settings import MemorySettings
+    from mtld.config.settings import MemorySettings
 
     from bench.contenders import make_parts, run_mtld
 
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from mtld.jobspec import load_job
+    from mtld.config.jobspec import load_job
     from mtld.train.model import quiet_transformers
 
     torch.set_num_threads(args.threads)

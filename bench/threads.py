@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.run import demo_model  # noqa: E402
-from mtld.jobspec import load_job  # noqa: E402
-from mtld.rundir import RunDir  # noqa: E402
-from mtld.runfiles import Launch  # noqa: E402
+from mtld.config.jobspec import load_job  # noqa: E402
+from mtld.runs.rundir import RunDir  # noqa: E402
+from mtld.runs.files import Launch  # noqa: E402
 
 
 def default_threads() -> int:

@@ -34,7 +34,7 @@ def one_round(model: Path, *, trim: bool, steps: int, after_steps: int) -> dict[
     import structlog
     import torch
 
-    from mtld.jobspec import JobSpec
+    from mtld.config.jobspec import JobSpec
     from mtld.train import device as dev
     from mtld.train.guard import NoGuard
     from mtld.train.model import quiet_transformers
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from mtld.tinymodel import build_tiny_model, texts_from_files
+    from mtld.train.tinymodel import build_tiny_model, texts_from_files
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mtld-bench-trim-") as tmp:

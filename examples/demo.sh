@@ -11,7 +11,7 @@ started=$(date +%s)
 
 if [ ! -f examples/tiny-bert/config.json ]; then
     echo "== building a tiny BERT and its WordPiece tokenizer from the demo data"
-    "$BIN/python" -m mtld.tinymodel examples/tiny-bert examples/data/*.train.jsonl >/dev/null
+    "$BIN/python" -m mtld.train.tinymodel examples/tiny-bert examples/data/*.train.jsonl >/dev/null
 fi
 
 echo "== queueing the demo jobs"

@@ -32,7 +32,7 @@ PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 MB = 1_000_000
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 WEIGHT_SUFFIXES = (".safetensors", ".bin")  # transformers' weight files (a folder may hold both kinds)
-HOLD_PREFIX = "disk full"  # a job held for space says so first (mtld.diskguard releases these)
+HOLD_PREFIX = "disk full"  # a job held for space says so first (mtld.daemon.diskguard releases these)
 
 
 class DiskFull(Exception):

@@ -114,7 +114,7 @@ def vocabulary_texts() -> list[str]:
 
 
 def build_model(out: Path, **kwargs: Any) -> Path:
-    from mtld.tinymodel import build_tiny_model
+    from mtld.train.tinymodel import build_tiny_model
 
     options = {"layers": 2, "hidden": 32, "heads": 2, "vocab_size": 200, "max_position": 128} | kwargs
     return build_tiny_model(out, vocabulary_texts(), **options)
@@ -176,7 +176,7 @@ class Jobs:
         return task | overrides
 
     def spec(self, tasks: list[dict[str, Any]], *, model: Path | None = None, max_length: int = 64, **train: Any):
-        from mtld.jobspec import spec_from_dict
+        from mtld.config.jobspec import spec_from_dict
 
         raw = {"name": "test", "model": str(model or self.model), "max_length": max_length, "tasks": tasks,
                "train": {"epochs": 2, "learning_rate": 1e-3, "effective_batch_size": 8, "checkpoint_every": 1000,
@@ -184,10 +184,10 @@ class Jobs:
         return spec_from_dict(raw, base_dir=self.base, shown_as="test.toml", check_data=False)
 
     def run_dir(self, spec: Any, *, micro_batch: int = 2, name: str = "run", **launch: Any) -> Path:
-        from mtld.rundir import Launch, RunDir
+        from mtld.runs.rundir import Launch, RunDir
 
         rd = RunDir(self.base / name)
-        rd.claim({"job_id": 7, "store": "tests"})  # as a launcher does (mtld.rundir)
+        rd.claim({"job_id": 7, "store": "tests"})  # as a launcher does (mtld.runs.rundir)
         rd.write_job(spec)
         rd.write_launch(Launch(micro_batch=micro_batch, device="cpu", job_id=7, run_id=11, **launch))
         return rd.path
@@ -336,7 +336,7 @@ mixed_precision = "off"  # the same maths (and speed) on every test machine
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """A folder with a one-layer tiny model and two small task files, for jobs a real daemon runs (see job_file)."""
-    from mtld.tinymodel import build_tiny_model
+    from mtld.train.tinymodel import build_tiny_model
 
     folder = tmp_path_factory.mktemp("daemon-job")
     sentiment, entities = [], []

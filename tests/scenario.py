@@ -16,13 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtld.daemon import Daemon
-from mtld.jobspec import JobSpec, spec_to_json
-from mtld.logs import configure
+from mtld.daemon.loop import Daemon
+from mtld.config.jobspec import JobSpec, spec_to_json
+from mtld.logs.events import configure
 from mtld.memory import MemoryGuard, ReplayProbe, Sampler, TraceRow, hysteresis, read_trace
-from mtld.rundir import RunDir
-from mtld.runfiles import RunResult
-from mtld.settings import Settings
+from mtld.runs.rundir import RunDir
+from mtld.runs.files import RunResult
+from mtld.config.settings import Settings
 from mtld.store import Store
 from mtld.testing import FakeExecutor, FakeRun
 from tests.conftest import log_events

@@ -144,8 +144,8 @@ learning_rate = 1e-3
 """)
     vm = {}
     for size in (4, 8):  # address space at each size, with no limit
-        from mtld.jobspec import load_job
-        from mtld.rundir import Launch, RunDir
+        from mtld.config.jobspec import load_job
+        from mtld.runs.rundir import Launch, RunDir
 
         run_dir = RunDir(folder / f"probe{size}")
         run_dir.write_job(load_job(path))

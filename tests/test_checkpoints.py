@@ -45,8 +45,8 @@ def test_a_planted_pickle_is_refused_and_never_run(jobs, tmp_path, read_events):
 def test_checkpoints_hold_only_plain_data_and_go_by_time_at_the_default(jobs, read_events):
     import torch
 
-    from mtld.rundir import RunDir
-    from mtld.settings import DiskSettings
+    from mtld.runs.rundir import RunDir
+    from mtld.config.settings import DiskSettings
 
     spec = jobs.spec([jobs.task("classification", 40)], epochs=2, checkpoint_every="10m")
     run_dir = jobs.run_dir(spec, micro_batch=2, disk=DiskSettings(keep_last_checkpoint=True))

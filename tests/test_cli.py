@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from mtld import __version__
-from mtld.jobs import BadOption, parse_not_before
-from mtld.settings import Settings, SettingsError, load_settings, platform_dirs
+from mtld.queue.jobs import BadOption, parse_not_before
+from mtld.config.settings import Settings, SettingsError, load_settings, platform_dirs
 from tests.conftest import run_cli as mtld
 from tests.conftest import write_job
 
@@ -204,7 +204,7 @@ def test_not_before_parsing():
 def test_the_running_line_shows_its_progress_bar():
     from rich.console import Console
 
-    from mtld.render import running_line
+    from mtld.cli.render import running_line
 
     console = Console(width=200, record=True)
     console.print(running_line({"id": 3, "name": "demo", "progress": {
@@ -215,7 +215,7 @@ def test_the_running_line_shows_its_progress_bar():
 
 @pytest.mark.slow
 def test_estimate_probe_prints_the_table_and_json_carries_the_same_figures(home, jobs):
-    from mtld.render import duration_text
+    from mtld.cli.render import duration_text
 
     task = jobs.task("classification", 48, n_eval=8)
     lines = ['name = "probe"', f"model = {json.dumps(str(jobs.model))}", "max_length = 64", "[[tasks]]"]

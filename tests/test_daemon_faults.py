@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from mtld.daemon import Daemon
-from mtld.jobspec import JobSpec, spec_to_json
-from mtld.logs import configure
+from mtld.daemon.loop import Daemon
+from mtld.config.jobspec import JobSpec, spec_to_json
+from mtld.logs.events import configure
 from mtld.memory import Level, Reading
-from mtld.rundir import RunDir
-from mtld.runfiles import RunResult
-from mtld.settings import Settings
-from mtld.status import collect
+from mtld.runs.rundir import RunDir
+from mtld.runs.files import RunResult
+from mtld.config.settings import Settings
+from mtld.queue.status import collect
 from mtld.store import Store
 from mtld.testing import FakeExecutor, FaultyStore, ScriptedProbe
 from tests.conftest import log_events

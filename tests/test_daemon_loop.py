@@ -15,14 +15,14 @@ import time
 
 import pytest
 
-from mtld.daemon import Daemon
-from mtld.jobspec import JobSpec, spec_to_json
-from mtld.logs import configure
+from mtld.daemon.loop import Daemon
+from mtld.config.jobspec import JobSpec, spec_to_json
+from mtld.logs.events import configure
 from mtld.memory import Level, Reading
-from mtld.settings import Settings
+from mtld.config.settings import Settings
 from mtld.store import Store
 from mtld.testing import FakeExecutor, ScriptedProbe
-from mtld.wakeup import Wakeup
+from mtld.daemon.wakeup import Wakeup
 from tests.conftest import log_events
 
 T0 = 1_790_000_000.0  # a fixed "now": the tests never read the wall clock for decisions
@@ -269,8 +269,8 @@ def test_wakeup_from_code_and_from_a_signal(monkeypatch):
 
 def end_run(run, outcome: str = "interrupted", *, size: int | None = None, stop_reason: str | None = "memory_critical"):
     """What the child writes when it ends: interrupted for memory pressure (75) by default, or succeeded (0)."""
-    from mtld.rundir import RunDir
-    from mtld.runfiles import RunResult
+    from mtld.runs.rundir import RunDir
+    from mtld.runs.files import RunResult
 
     launch = RunDir(run.run_dir).read_launch()
     code = 75 if outcome == "interrupted" else 0

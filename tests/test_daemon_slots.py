@@ -8,10 +8,10 @@ import signal
 
 import pytest
 
-from mtld.daemon import Daemon
-from mtld.executor.rayjobs import exit_status, submission_id
-from mtld.settings import Settings
-from mtld.status import collect
+from mtld.daemon.loop import Daemon
+from mtld.executor.ray.jobs import exit_status, submission_id
+from mtld.config.settings import Settings
+from mtld.queue.status import collect
 from mtld.store import Store
 from mtld.testing import FakeExecutor, ScriptedProbe
 from tests.test_daemon_loop import SPEC, T0, events, reading, submit
@@ -23,7 +23,7 @@ def cluster(tmp_path, monkeypatch):
     returned daemon's store gives a new daemon on the same store and executor (as after kill -9)."""
     import os
 
-    from mtld.logs import configure
+    from mtld.logs.events import configure
 
     for name in [n for n in os.environ if n.startswith("MTLD_")]:
         monkeypatch.delenv(name)
@@ -163,7 +163,7 @@ def test_status_shows_every_running_job_with_its_submission_id_and_node(cluster)
 
     from rich.console import Console
 
-    from mtld import render
+    from mtld.cli import render
 
     text = io.StringIO()
     render.status(Console(file=text, width=200), info)
@@ -226,7 +226,8 @@ def test_a_run_folder_the_worker_cannot_see_exits_66_and_fails_the_job_with_the_
     import subprocess
     import sys
 
-    from mtld import exitcodes, policy
+    from mtld.decide import policy
+    from mtld.runs import exitcodes
 
     done = subprocess.run([sys.executable, "-m", "mtld.train", str(tmp_path / "not-here")], capture_output=True,
                           text=True, timeout=60)
@@ -239,7 +240,7 @@ def test_a_run_folder_the_worker_cannot_see_exits_66_and_fails_the_job_with_the_
 
 
 def test_a_ray_run_asks_for_the_configured_resources_and_a_grace_above_its_checkpoint(tmp_path):
-    from mtld.executor.rayjobs import RayExecutor
+    from mtld.executor.ray.jobs import RayExecutor
 
     class Client:
         def __init__(self):
@@ -345,7 +346,7 @@ class FakeJobsClient:
 def test_a_stop_the_cluster_did_not_take_is_sent_again_until_it_does(tmp_path):
     import requests
 
-    from mtld.executor.rayjobs import RayRun
+    from mtld.executor.ray.jobs import RayRun
 
     down = requests.ConnectionError("connection refused")
     client = FakeJobsClient(down)
@@ -359,7 +360,7 @@ def test_a_stop_the_cluster_did_not_take_is_sent_again_until_it_does(tmp_path):
 
 
 def test_a_job_the_cluster_no_longer_knows_ends_the_run_as_lost(tmp_path):
-    from mtld.executor.rayjobs import RayRun
+    from mtld.executor.ray.jobs import RayRun
 
     client = FakeJobsClient(RuntimeError("Request failed with status code 404: Job mtld-x does not exist."))
     status = RayRun(client, "http://head:8265", "mtld-x", tmp_path, 1).poll()

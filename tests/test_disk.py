@@ -13,17 +13,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mtld import exitcodes, policy
-from mtld.cleanup import clean, remove
-from mtld.daemon import Daemon
+from mtld.decide import policy
+from mtld.runs import exitcodes
+from mtld.queue.cleanup import clean, remove
+from mtld.daemon.loop import Daemon
 from mtld.disk import private_dir, shortfall_text, size_text, space_needed, tree_bytes
-from mtld.durations import parse_duration
-from mtld.estimate import summarize
-from mtld.jobspec import JobFileError, JobSpec, spec_from_dict, spec_to_json
-from mtld.logs import configure
-from mtld.rundir import RunDir, RunDirRefused
-from mtld.settings import Settings
-from mtld.status import collect
+from mtld.config.durations import parse_duration
+from mtld.decide.runtime import summarize
+from mtld.config.jobspec import JobFileError, JobSpec, spec_from_dict, spec_to_json
+from mtld.logs.events import configure
+from mtld.runs.rundir import RunDir, RunDirRefused
+from mtld.config.settings import Settings
+from mtld.queue.status import collect
 from mtld.store import InvalidTransition, Store
 from mtld.testing import FakeExecutor, ScriptedProbe
 from tests.conftest import log_events
@@ -209,7 +210,7 @@ def test_a_run_that_stopped_for_disk_space_is_held_with_what_it_needed_until_tha
 
 
 def _result(code: int, outcome: str, message: str, *, run_id: int, needed: int):
-    from mtld.runfiles import RunResult
+    from mtld.runs.files import RunResult
 
     return RunResult(outcome=outcome, exit_code=code, message=message, run_id=run_id, disk_needed_bytes=needed,
                      checkpoint_bytes=3 * 10**6, export_bytes=10**6)
@@ -256,7 +257,7 @@ def finished_job(t, model: Path, name: str, *, size: int) -> int:
     (rd.checkpoints / "step-00000010.pt").write_bytes(os.urandom(size))
     private_dir(rd.model_dir)
     (rd.model_dir / "model.safetensors").write_bytes(os.urandom(1000))
-    from mtld.runfiles import RunResult
+    from mtld.runs.files import RunResult
 
     rd.write_result(RunResult(outcome="succeeded", exit_code=0, run_id=t.store.latest_run(job).id,
                               disk_bytes=tree_bytes(rd.path)))

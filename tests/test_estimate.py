@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from mtld.estimate import (
+from mtld.decide.runtime import (
     PlanSummary, RunRecord, SizeRecord, Sums, extras, fit_line, launch_prior, live_eta, peak_by_size, predict,
     run_record, step_models,
 )
-from mtld.runfiles import Figures
+from mtld.runs.files import Figures
 
 
 def steps(a: float, b: float, tokens: list[int], noise: float = 0.0, seed: int = 0) -> list[tuple[float, float]]:

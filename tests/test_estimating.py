@@ -1,5 +1,5 @@
-"""The I/O side of the runtime model: plan summary like the trainer's (mtld.jobestimate), history from
-the store and the stored probes (mtld.history), the probe, row counts (mtld.rowcounts), the table (mtld.render)."""
+"""The I/O side of the runtime model: plan summary like the trainer's (mtld.estimate.job), history from
+the store and the stored probes (mtld.estimate.history), the probe, row counts (mtld.estimate.rowcounts), the table (mtld.cli.render)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mtld import estimate, history
-from mtld.jobestimate import plan_summary
-from mtld.render import estimate_json, estimate_table
-from mtld.rowcounts import ExampleCounts, queued_estimate
-from mtld.runfiles import Figures, Launch
+from mtld.decide import runtime
+from mtld.estimate import history
+from mtld.estimate.job import plan_summary
+from mtld.cli.render import estimate_json, estimate_table
+from mtld.estimate.rowcounts import ExampleCounts, queued_estimate
+from mtld.runs.files import Figures, Launch
 from mtld.store import Run
 
 
@@ -24,13 +25,13 @@ def test_summarize_counts_steps_tokens_evaluations_and_saves():
     lengths = [np.array([5, 9, 17, 30])]
     plans = [[Step(0, np.array([0, 1, 2, 3]))], [Step(0, np.array([3, 2])), Step(0, np.array([1, 0]))]]
     train = SimpleNamespace(effective_batch_size=4, eval_every=0, checkpoint_every=2)
-    s = estimate.summarize(plans, lengths, [np.array([3, 4])], train, padded_tokens)
+    s = runtime.summarize(plans, lengths, [np.array([3, 4])], train, padded_tokens)
     # widths pad to 8: 16 for (5, 9), 32 for (17, 30); a micro-batch of 4 pads all four to 32
     assert s.padded_tokens == {2: 96 + 96, 4: 128 + 96, 8: 128 + 96}
     assert (s.steps, s.evaluations, s.eval_tokens, s.saves) == (3, 2, 7, 3 + 1)  # checkpoints at 1, 2, 3; one export
     train_every = SimpleNamespace(effective_batch_size=4, eval_every=2, checkpoint_every=100)
-    assert estimate.summarize(plans, lengths, [None], train_every, padded_tokens).evaluations == 0
-    assert estimate.summarize(plans, lengths, [np.array([1])], train_every, padded_tokens).evaluations == 2
+    assert runtime.summarize(plans, lengths, [None], train_every, padded_tokens).evaluations == 0
+    assert runtime.summarize(plans, lengths, [np.array([1])], train_every, padded_tokens).evaluations == 2
 
 
 def test_plan_summary_matches_the_trainers_plan(jobs):
@@ -71,9 +72,9 @@ def test_family_records_reads_runs_and_stored_probes(tmp_path):
 
 
 def test_table_and_json_carry_the_same_rows():
-    plan = estimate.PlanSummary(steps=10, effective_batch=16, padded_tokens={2: 900, 4: 1000, 8: 1100},
+    plan = runtime.PlanSummary(steps=10, effective_batch=16, padded_tokens={2: 900, 4: 1000, 8: 1100},
                                 evaluations=1, eval_tokens=10, saves=2)
-    rows = estimate.predict(plan, [estimate.run_record(Figures(timing=TIMING))], available_bytes=None, chosen=4)
+    rows = runtime.predict(plan, [runtime.run_record(Figures(timing=TIMING))], available_bytes=None, chosen=4)
     text = estimate_table(plan, rows)
     assert "history of 1 run  <- mtld would choose this" in text and "extrapolated from 4" in text
     data = estimate_json(plan, rows)
@@ -86,18 +87,18 @@ def test_probe_measures_every_size(jobs):
     spec = jobs.spec([jobs.task("classification", 48, n_eval=8)], effective_batch_size=8)
     figures = history.run_probe(spec, "cpu")
     assert figures.probe and set(figures.timing) == {2, 4, 8} and set(figures.peaks_by_size) == {2, 4, 8}
-    record = estimate.run_record(figures)
+    record = runtime.run_record(figures)
     assert record.probe
-    rows = estimate.predict(plan_summary(spec), [record])
+    rows = runtime.predict(plan_summary(spec), [record])
     assert all(r.seconds and r.seconds > 0 and r.basis == "probe" for r in rows)
 
 
 def test_rough_seconds_and_queued_estimate(jobs):
     figures = Figures(timing={"4": {**TIMING["4"], "eval": {"count": 2, "seconds": 1.0, "tokens": 50}}}, samples=100,
                       train_seconds=10.0, duration_s=15.0, micro_batch_end=4)
-    records = [estimate.run_record(figures)]
-    assert estimate.rough_seconds(records, 4, 200, 3) == pytest.approx(200 * 0.1 + 3 * 0.5 + 4.0)
-    assert estimate.rough_seconds([], 4, 200, 3) is None
+    records = [runtime.run_record(figures)]
+    assert runtime.rough_seconds(records, 4, 200, 3) == pytest.approx(200 * 0.1 + 3 * 0.5 + 4.0)
+    assert runtime.rough_seconds([], 4, 200, 3) is None
     spec = jobs.spec([jobs.task("classification", 40, n_eval=10)], epochs=2)
     assert queued_estimate(spec, records, 4) == pytest.approx(80 * 0.1 + 2 * 0.5 + 4.0)
 
@@ -117,7 +118,7 @@ def test_family_figures_are_the_finished_runs_then_the_probes_and_travel_in_laun
 
 @pytest.mark.slow
 def test_a_run_with_history_logs_its_prediction_and_a_blended_eta(jobs, read_events):
-    from mtld.rundir import RunDir
+    from mtld.runs.rundir import RunDir
     from mtld.train import run_attempt
 
     spec = jobs.spec([jobs.task("classification", 96, n_eval=16)], epochs=2)
@@ -138,7 +139,7 @@ def test_a_run_with_history_logs_its_prediction_and_a_blended_eta(jobs, read_eve
 
 @pytest.mark.slow
 def test_a_resumed_attempt_predicts_only_what_is_left(jobs, read_events):
-    from mtld.rundir import RunDir
+    from mtld.runs.rundir import RunDir
     from mtld.testing import ScriptedGuard
     from mtld.train import run_attempt
 
@@ -169,7 +170,7 @@ def test_probe_drops_disturbed_steps(measured, kept):
 def test_queued_estimate_counts_what_is_left_and_caches_row_counts(jobs, tmp_path):
     figures = Figures(timing={"4": {**TIMING["4"], "eval": {"count": 2, "seconds": 1.0, "tokens": 50}}}, samples=100,
                       train_seconds=10.0, duration_s=15.0, micro_batch_end=4)
-    records = [estimate.run_record(figures)]
+    records = [runtime.run_record(figures)]
     spec = jobs.spec([jobs.task("classification", 40, n_eval=10)], epochs=2)
     # a resumed job that trained a quarter of its steps: 3/4 of the examples and evaluations, all the start-up
     assert queued_estimate(spec, records, 4, done_fraction=0.25) == pytest.approx(60 * 0.1 + 2 * 0.5 + 4.0)

@@ -200,7 +200,7 @@ def test_an_internal_error_prints_one_line_and_writes_a_crash_report(home, monke
     def broken(*args, **kwargs):
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr("mtld.status.collect", broken)
+    monkeypatch.setattr("mtld.queue.status.collect", broken)
     with pytest.raises(SystemExit) as exited:
         main(["status"])
     assert exited.value.code == 1
@@ -217,7 +217,7 @@ def test_the_crash_report_goes_to_the_temporary_folder_when_the_state_folder_wil
     home.mkdir()
     (home / "crash").write_text("a file where the folder would go")
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    monkeypatch.setattr("mtld.status.collect", lambda *a, **kw: 1 / 0)
+    monkeypatch.setattr("mtld.queue.status.collect", lambda *a, **kw: 1 / 0)
     with pytest.raises(SystemExit):
         main(["status"])
     report = Path(capsys.readouterr().err.strip().rsplit("report: ", 1)[1])

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mtld.cli import app
-from mtld.jobspec import JobFileError, load_job
+from mtld.config.jobspec import JobFileError, load_job
 from mtld.store import Store
 from tests.conftest import GOOD_JOB, write_job
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import mtld.logs
-from mtld.logs import AppendWriter, follow_files, read_events, tail_events
+import mtld.logs.events
+from mtld.logs.events import AppendWriter, follow_files, read_events, tail_events
 from tests.conftest import fill
 
 
 def event(n: int, size: int = 0, **fields) -> str:
-    return json.dumps({"ts": mtld.logs.iso(1_700_000_002.0001 + n / 1000), "event": "x", "n": n, "pad": "é" * size, **fields},
+    return json.dumps({"ts": mtld.logs.events.iso(1_700_000_002.0001 + n / 1000), "event": "x", "n": n, "pad": "é" * size, **fields},
                       ensure_ascii=False)
 
 
@@ -34,7 +34,7 @@ def test_a_100_kb_event_is_one_whole_line_even_when_the_kernel_takes_part_of_it(
         calls.append(len(data))
         return os.write(fd, data[:4096])
 
-    monkeypatch.setattr(mtld.logs, "os", types.SimpleNamespace(**{**vars(os), "write": short_write}))
+    monkeypatch.setattr(mtld.logs.events, "os", types.SimpleNamespace(**{**vars(os), "write": short_write}))
     writer = AppendWriter(tmp_path / "run.jsonl")
     for n in range(3):
         writer.msg(event(n, size=50_000))  # 100 KB of UTF-8
@@ -57,7 +57,7 @@ def test_a_line_the_disk_cannot_hold_is_taken_back_and_the_next_ones_are_whole(s
 
 
 def test_the_daemon_log_rotates_and_every_writer_and_reader_follows(tmp_path):
-    from mtld.logfiles import rotate
+    from mtld.logs.files import rotate
 
     log = tmp_path / "mtld.jsonl"
     daemon, cli = AppendWriter(log), AppendWriter(log)
@@ -78,7 +78,7 @@ def test_the_daemon_log_rotates_and_every_writer_and_reader_follows(tmp_path):
 
 
 def test_following_reads_on_from_the_snapshot_across_a_rotation(tmp_path):
-    from mtld.logfiles import rotate, snapshot
+    from mtld.logs.files import rotate, snapshot
 
     log = tmp_path / "mtld.jsonl"
     writer = AppendWriter(log)
@@ -98,7 +98,7 @@ def test_following_reads_on_from_the_snapshot_across_a_rotation(tmp_path):
 
 @pytest.fixture
 def cli_home(tmp_path, monkeypatch):
-    from mtld.jobspec import JobSpec, spec_to_json
+    from mtld.config.jobspec import JobSpec, spec_to_json
     from mtld.store import Store
 
     for name in [n for n in os.environ if n.startswith("MTLD_")]:
@@ -154,7 +154,7 @@ def test_logs_follow_loses_no_line_written_between_reading_and_following(cli_hom
 def test_log_timestamps_sort_as_the_times_do_even_on_a_whole_second():
     from datetime import datetime, timedelta, timezone
 
-    from mtld.logs import utc_stamp
+    from mtld.logs.events import utc_stamp
 
     whole = datetime(2026, 12, 1, 1, 30, tzinfo=timezone.utc)
     times = [whole - timedelta(microseconds=1), whole, whole + timedelta(microseconds=1)]

@@ -54,7 +54,7 @@ from mtld.memory.macos import (
 )
 from mtld.memory.sampler import Sampler
 from mtld.memory.simulated import SimulatedProbe, parse_simulated
-from mtld.settings import MemorySettings, SettingsError
+from mtld.config.settings import MemorySettings, SettingsError
 from mtld.testing import ScriptedProbe
 from tests.conftest import capturing_log, take
 

@@ -34,10 +34,10 @@ from mtld.platform.agent import (
     plan_install,
     plan_uninstall,
 )
-from mtld.daemon import FORCED_STOP_GRACE_S
+from mtld.daemon.loop import FORCED_STOP_GRACE_S
 from mtld.platform.agent import WaitUntilGone
 from mtld.platform.privacy import protected_folder
-from mtld.settings import DaemonSettings, Settings
+from mtld.config.settings import DaemonSettings, Settings
 from mtld.testing import RecordingRunner
 
 REPO = Path(__file__).resolve().parents[1]

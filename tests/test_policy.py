@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mtld.policy import (
+from mtld.decide.policy import (
     EarlierRun,
     FamilyRun,
     after_exit,

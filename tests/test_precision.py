@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mtld.precision import MachineFacts, resolve_precision
+from mtld.decide.precision import MachineFacts, resolve_precision
 
 AVX512_BF16 = MachineFacts(cpu_bf16=True)
 PLAIN_CPU = MachineFacts(cpu_bf16=False)
@@ -52,7 +52,7 @@ def test_an_unknown_setting_or_device_is_refused():
 
 
 def test_old_job_files_still_load_and_bad_values_get_one_line(tmp_path, tiny_model):
-    from mtld.jobspec import JobFileError, load_job
+    from mtld.config.jobspec import JobFileError, load_job
 
     data = tmp_path / "t.jsonl"
     data.write_text('{"text": "a", "label": "x"}\n')
@@ -73,7 +73,7 @@ def test_old_job_files_still_load_and_bad_values_get_one_line(tmp_path, tiny_mod
 
 
 def test_the_family_key_knows_the_precision_and_fp32_keeps_the_old_key(jobs):
-    from mtld.family import family
+    from mtld.decide.family import family
 
     spec = jobs.spec([jobs.task("classification", 8)], mixed_precision="auto")
     old_key = f"{spec.model}|{spec.max_length}|cpu"  # families stored before precision was in the key
@@ -86,7 +86,7 @@ def test_the_family_key_knows_the_precision_and_fp32_keeps_the_old_key(jobs):
 def test_fp16_trains_with_a_loss_scaler_whose_state_is_checkpointed(jobs, read_events):
     import torch
 
-    from mtld.settings import DiskSettings
+    from mtld.config.settings import DiskSettings
     from mtld.train import run_attempt
 
     spec = jobs.spec([jobs.task("classification", 24)], epochs=1, mixed_precision="fp16")

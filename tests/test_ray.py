@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mtld.executor.rayjobs import submission_id
+from mtld.executor.ray.jobs import submission_id
 from tests import raycluster
 from tests.conftest import Home, finish, job_file
 
@@ -80,7 +80,7 @@ def demo(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("demo")
     shutil.copytree(REPO / "examples" / "data", folder / "data")
     shutil.copy(REPO / "examples" / "demo.toml", folder / "demo.toml")
-    subprocess.run([sys.executable, "-m", "mtld.tinymodel", str(folder / "tiny-bert"),
+    subprocess.run([sys.executable, "-m", "mtld.train.tinymodel", str(folder / "tiny-bert"),
                     *map(str, sorted((folder / "data").glob("*.train.jsonl")))], check=True, capture_output=True)
     return folder / "demo.toml"
 

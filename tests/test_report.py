@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mtld.report import draw_report, run_series
-from mtld.rundir import RunDir
-from mtld.runfiles import Launch, RunResult
+from mtld.report.run import draw_report, run_series
+from mtld.runs.rundir import RunDir
+from mtld.runs.files import Launch, RunResult
 
 
 def write_run(path: Path) -> Path:

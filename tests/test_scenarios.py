@@ -13,7 +13,7 @@ import pytest
 
 from mtld.memory import ReplayProbe, read_trace
 from mtld.memory.levels import Level
-from mtld.settings import MemorySettings
+from mtld.config.settings import MemorySettings
 from tests.scenario import TRACES, GiB, play
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from mtld.jobspec import JobSpec, spec_to_json
-from mtld.logs import configure
-from mtld.schedule import (ScheduleError, finish_time, firing, first_open, inside, next_firing, next_opening,
+from mtld.config.jobspec import JobSpec, spec_to_json
+from mtld.logs.events import configure
+from mtld.decide.schedule import (ScheduleError, finish_time, firing, first_open, inside, next_firing, next_opening,
                            open_window, parse_window)
-from mtld.settings import Settings
+from mtld.config.settings import Settings
 from mtld.store import Store
 from mtld.testing import FakeExecutor
 from tests.conftest import Home, finish, job_file, log_events
@@ -119,7 +119,7 @@ def test_next_firing_and_bad_cron():
 
 
 def make_daemon(tmp_path, monkeypatch, **schedule):
-    from mtld.daemon import Daemon
+    from mtld.daemon.loop import Daemon
 
     for name in [n for n in __import__("os").environ if n.startswith("MTLD_")]:
         monkeypatch.delenv(name)

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from mtld.selftest import Context, Failed, Skipped, Spec, linux, run_selftest
-from mtld.selftest.base import run_check
-from mtld.selftest.report import SCHEMA_FILE, Report, schema_text
-from mtld.selftest.show import table
+from mtld.doctor.selftest import Context, Failed, Skipped, Spec, linux, run_selftest
+from mtld.doctor.selftest.base import run_check
+from mtld.doctor.selftest.report import SCHEMA_FILE, Report, schema_text
+from mtld.doctor.selftest.show import table
 from mtld.testing import RecordingRunner
 from tests.conftest import REPO, child_env
 
@@ -56,7 +56,7 @@ def validate(value, schema, root=None, where="$"):
 
 def test_the_documented_schema_is_the_models():
     assert SCHEMA_FILE.read_text() == schema_text(), (
-        "docs/selftest-schema.json is stale: python -m mtld.selftest.report > docs/selftest-schema.json")
+        "docs/selftest-schema.json is stale: python -m mtld.doctor.selftest.report > docs/selftest-schema.json")
 
 
 def test_a_check_passes_fails_or_skips_and_never_raises(tmp_path):
@@ -155,9 +155,9 @@ def test_queued_jobs_data_is_what_install_warns_about_and_what_the_agent_must_re
     from types import SimpleNamespace
 
     from mtld.cli.service import _queued_data
-    from mtld.jobspec import spec_from_dict, spec_to_json
-    from mtld.selftest.cli import user_folders
-    from mtld.settings import Settings
+    from mtld.config.jobspec import spec_from_dict, spec_to_json
+    from mtld.cli.selftest import user_folders
+    from mtld.config.settings import Settings
     from mtld.store import Store
 
     settings = Settings.model_construct(home=tmp_path / "state")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mtld.selftest import Context, cuda, macos, macos_agent
-from mtld.selftest.base import run_check
+from mtld.doctor.selftest import Context, cuda, macos, macos_agent
+from mtld.doctor.selftest.base import run_check
 from mtld.testing import RecordingRunner
 
 MIB = 1 << 20
@@ -120,7 +120,7 @@ def test_pressure_trace_writes_the_replay_format_and_flags_what_only_available_s
     assert [s["t"] for s in samples[:3]] == [0.0, 1.0, 2.0]
     assert samples[0]["kernel_level"] == 1 and samples[0]["footprint_bytes"] == 300 * MIB
     from mtld.memory import make_probe
-    from mtld.settings import MemorySettings
+    from mtld.config.settings import MemorySettings
 
     replayed = make_probe(MemorySettings(probe="replay", replay_file=path))  # what a replay reads back
     assert replayed.read().level.value == "normal"

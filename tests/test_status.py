@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from mtld.logs import parse_ts, read_events, tail_events
-from mtld.status import run_progress
+from mtld.logs.events import parse_ts, read_events, tail_events
+from mtld.queue.status import run_progress
 
 
 def test_progress_comes_from_the_tail_of_a_huge_log(tmp_path):
@@ -34,7 +34,7 @@ def test_tail_and_time_bounded_reads(tmp_path):
     log.write_text("".join(json.dumps(e) + "\n" for e in lines) + '{"ts": "2026-11-27T01:01:00Z", "ev')  # torn last line
     assert [e["i"] for e in tail_events(log, 3, match={"job_id": 1})] == [52, 55, 58]
     since = lines[50]["ts"]
-    from mtld.logs import parse_ts
+    from mtld.logs.events import parse_ts
 
     assert [e["i"] for e in read_events(log, since=parse_ts(since), match={"job_id": 2})] == [50, 53, 56, 59]
     assert run_progress(tmp_path / "missing") is None
@@ -51,9 +51,9 @@ FIGURES = {  # one earlier run of the family at micro-batch 4: 0.1 s per example
 
 @pytest.fixture
 def queue(jobs, tmp_path, monkeypatch):
-    from mtld.family import family
-    from mtld.jobspec import spec_to_json
-    from mtld.settings import Settings
+    from mtld.decide.family import family
+    from mtld.config.jobspec import spec_to_json
+    from mtld.config.settings import Settings
     from mtld.store import Store
 
     for name in [n for n in os.environ if n.startswith("MTLD_")]:
@@ -83,7 +83,7 @@ T0 = datetime(2026, 11, 27, 21, 0).astimezone().timestamp()
 
 
 def test_the_queue_is_replayed_in_the_daemons_order(queue):
-    from mtld.status import forecast
+    from mtld.queue.status import forecast
 
     first = queue.submit("first", 1)
     urgent = queue.submit("urgent", 2, priority=5)  # jumps the queue
@@ -103,8 +103,8 @@ def test_the_queue_is_replayed_in_the_daemons_order(queue):
 
 
 def test_an_unknown_duration_makes_the_rest_unknown(queue, jobs, tmp_path):
-    from mtld.status import forecast
-    from mtld.tinymodel import build_tiny_model
+    from mtld.queue.status import forecast
+    from mtld.train.tinymodel import build_tiny_model
 
     other_model = build_tiny_model(tmp_path / "other-model", ["a few words", "more words"], layers=1, hidden=32,
                                    heads=2, vocab_size=100)
@@ -117,7 +117,7 @@ def test_an_unknown_duration_makes_the_rest_unknown(queue, jobs, tmp_path):
 
 
 def test_a_window_delays_and_pauses_the_queue(queue):
-    from mtld.status import forecast
+    from mtld.queue.status import forecast
 
     settings = queue.settings.model_copy(update={"schedule": queue.settings.schedule.model_copy(
         update={"windows": ["22:00-23:00"]})})

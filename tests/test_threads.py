@@ -85,8 +85,8 @@ def test_a_pinned_count_or_a_gpu_is_left_alone(monkeypatch):
 def test_rays_allotment_is_the_governors_ceiling_not_a_pin(monkeypatch):
     import torch
 
-    from mtld.executor.rayjobs import RayExecutor
-    from mtld.settings import Settings
+    from mtld.executor.ray.jobs import RayExecutor
+    from mtld.config.settings import Settings
 
     env_vars = RayExecutor(Settings().executor.ray, owner="x").runtime_env()["env_vars"]
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # as Ray sets it for num_cpus = 2

@@ -62,9 +62,9 @@ def wait_for_event(run_dir: Path, name: str, process: subprocess.Popen, timeout:
 def test_sigterm_checkpoints_exits_75_and_the_resumed_run_ends_bit_identical(jobs, read_events):
     import torch
 
-    from mtld.rundir import RunDir
+    from mtld.runs.rundir import RunDir
 
-    from mtld.settings import DiskSettings
+    from mtld.config.settings import DiskSettings
 
     spec = jobs.spec([jobs.task("classification", 240), jobs.task("tokens", 240)], epochs=3, checkpoint_every=10)
     keep_last = DiskSettings(keep_last_checkpoint=True)  # the final optimizer state is compared below

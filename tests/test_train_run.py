@@ -412,7 +412,7 @@ def japanese_tokenizer_model(jobs, name: str, **config):
 
 @pytest.mark.parametrize("python_tokenizer", [False, True])
 def test_word_tags_land_on_each_words_first_sub_token(jobs, data_rows, python_tokenizer):
-    from mtld.records import Example
+    from mtld.config.taskrows import Example
     from mtld.train.data import IGNORE, TaskInfo, make_split
     from mtld.train.model import load_tokenizer
 

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import pytest
 from typer.testing import CliRunner
 
-from mtld import jobs
+from mtld.queue import jobs
 from mtld.cli import app
 from mtld.store import Store
 from tests.conftest import child_env, log_events, write_job

@@ -5,7 +5,7 @@ store, one-line failures, JSON output); the commands live by topic:
 `queue` (submit, status, show, schedules, cancel, retry, logs), `lifecycle`
 (wait, restart, set), `training` (train, predict, estimate, report), `service`
 (daemon, pause, resume, agent, doctor) and `cleaning` (clean, remove).
-Rendering is mtld.render's.
+Rendering is mtld.cli.render's.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 
 from mtld import __version__
-from mtld.logs import configure
-from mtld.settings import Settings, SettingsError, load_settings
+from mtld.logs.events import configure
+from mtld.config.settings import Settings, SettingsError, load_settings
 from mtld.store import Job, Store, StoreError
 from mtld.store.schema import MAX_ID
 
@@ -122,11 +122,11 @@ def get_job(c: Context, job_id: int) -> Job:
 
 def main(argv: list[str] | None = None) -> None:
     """The console script. The last resort: no traceback reaches a user; an internal error prints one
-    line naming a crash report (mtld.crash) and exits 1."""
+    line naming a crash report (mtld.cli.crash) and exits 1."""
     try:
         app(args=argv, prog_name="mtld")  # also under `python -m mtld`: completions call `mtld`
     except Exception as e:  # SystemExit and KeyboardInterrupt are not Exceptions: they pass
-        from mtld.crash import write_report
+        from mtld.cli.crash import write_report
 
         settings = _contexts[-1]._settings if _contexts else None
         report = write_report(e, sys.argv[1:] if argv is None else argv, settings.state_dir if settings else None)

@@ -1,4 +1,4 @@
-"""Commands that free disk space: clean, remove (mtld.cleanup does the work)."""
+"""Commands that free disk space: clean, remove (mtld.queue.cleanup does the work)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtld import cleanup, render
+from mtld.cli import render
+from mtld.queue import cleanup
 from mtld.cli import Context, JsonFlag, app, emit_json, fail, out
-from mtld.durations import parse_duration
+from mtld.config.durations import parse_duration
 from mtld.store import InvalidTransition, UnknownJob
 
 KeepModels = Annotated[bool, typer.Option("--keep-models", help="Keep model/ and best/ (and the small records); "

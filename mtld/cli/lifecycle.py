@@ -8,11 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtld import jobs, render
+from mtld.cli import render
+from mtld.queue import jobs
 from mtld.cli import Context, JobId, JsonFlag, app, check_ids, emit_json, fail, out
-from mtld.jobspec import JobFileError
-from mtld.pidfile import running_pid
-from mtld.status import job_view
+from mtld.config.jobspec import JobFileError
+from mtld.daemon.pidfile import running_pid
+from mtld.queue.status import job_view
 from mtld.store import TERMINAL, InvalidTransition, Job, UnknownJob
 
 Priority = Annotated[Optional[int], typer.Option(help="Higher runs first (-1000 to 1000).")]

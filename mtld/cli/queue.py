@@ -10,11 +10,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mtld import jobs, render
+from mtld.cli import render
+from mtld.queue import jobs
 from mtld.cli import Context, JobId, JsonFlag, app, emit_json, fail, get_job, out
-from mtld.jobspec import JobFileError, model_outside_job_folder, spec_from_json
-from mtld.logs import follow_files, format_event, read_events, snapshot, tail_events
-from mtld.status import job_view, schedule_view
+from mtld.config.jobspec import JobFileError, model_outside_job_folder, spec_from_json
+from mtld.logs.events import follow_files, format_event, read_events, snapshot, tail_events
+from mtld.queue.status import job_view, schedule_view
 from mtld.store import STATES, TERMINAL, InvalidTransition, Job, StoreError, UnknownJob
 
 # ------------------------------------------------------------------ jobs
@@ -54,7 +55,7 @@ def status(
     as_json: JsonFlag = False,
 ) -> None:
     """The daemon, the running job with its progress, the queue, the latest finished jobs."""
-    from mtld.status import collect
+    from mtld.queue.status import collect
 
     c: Context = ctx.obj
     for state in states or []:

@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtld import jobs, render
+from mtld.cli import render
+from mtld.queue import jobs
 from mtld.cli import Context, JsonFlag, app, emit_json, fail, out
-from mtld.logs import configure, get_logger
+from mtld.logs.events import configure, get_logger
 
 # ------------------------------------------------------------------ the daemon
 
@@ -22,8 +23,8 @@ def daemon(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No event lines on stderr (the log file has them all).")] = False,
 ) -> None:
     """Run the queue in the foreground (launchd and systemd run it like this)."""
-    from mtld.daemon import serve
-    from mtld.pidfile import AlreadyRunning
+    from mtld.daemon.loop import serve
+    from mtld.daemon.pidfile import AlreadyRunning
 
     c: Context = ctx.obj
     configure(c.settings.daemon_log, level=c.settings.log_level, console=None if quiet else sys.stderr)
@@ -88,7 +89,7 @@ def _agent_change(ctx: typer.Context, install: bool, dry_run: bool) -> None:
 
 def _queued_data(c: Context) -> list:
     """(what, path) of every queued job's data files, for the macOS privacy warning; none if unreadable."""
-    from mtld.jobspec import spec_from_json
+    from mtld.config.jobspec import spec_from_json
 
     try:
         queued = c.store.list_jobs(["queued"])
@@ -142,7 +143,7 @@ def doctor(
     """What mtld sees on this machine: device, memory probe and budget (and which signal decides), folders,
     the agent. With --selftest: every check this machine allows, as a report. With --record-trace: a memory
     trace of this machine, for `probe = "replay"` and the tests."""
-    from mtld.doctor import diagnose, problems, record
+    from mtld.doctor.diagnose import diagnose, problems, record
 
     c: Context = ctx.obj
     if (quick or out_file) and not selftest:
@@ -150,7 +151,7 @@ def doctor(
     if selftest and record_trace is not None:
         fail("--selftest and --record-trace: one at a time", code=2)
     if selftest:
-        from mtld.selftest.cli import run
+        from mtld.cli.selftest import run
 
         raise typer.Exit(run(c.settings, quick=quick, out_file=out_file, as_json=as_json))
     if record_trace is not None:

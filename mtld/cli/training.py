@@ -10,9 +10,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from mtld import jobs, render
+from mtld.cli import render
+from mtld.queue import jobs
 from mtld.cli import Context, JsonFlag, app, emit_json, fail, get_job, out
-from mtld.jobspec import JobFileError, load_job
+from mtld.config.jobspec import JobFileError, load_job
 
 # ------------------------------------------------------------------ training in the foreground
 
@@ -26,10 +27,10 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps (default: the configured one).")] = None,
 ) -> None:
     """Run a job now, in the foreground, without the queue: the same code the daemon runs."""
-    from mtld.family import family, resolve_device
-    from mtld.history import family_figures, probe_dir
-    from mtld.rundir import RunDir, RunDirRefused
-    from mtld.runfiles import launch_for
+    from mtld.decide.family import family, resolve_device
+    from mtld.estimate.history import family_figures, probe_dir
+    from mtld.runs.rundir import RunDir, RunDirRefused
+    from mtld.runs.files import launch_for
     from mtld.train import run_attempt
 
     c: Context = ctx.obj
@@ -89,7 +90,7 @@ def estimate(
     as_json: JsonFlag = False,
 ) -> None:
     """How long the job takes at micro-batch 2, 4 and 8, and whether each fits in memory now."""
-    from mtld.jobestimate import estimate_job
+    from mtld.estimate.job import estimate_job
 
     c: Context = ctx.obj
     try:
@@ -117,7 +118,7 @@ def report(
     output: Annotated[Optional[Path], typer.Option("--out", "-o", help="The PNG to write (default: RUN_DIR/report.png).")] = None,
 ) -> None:
     """Draw a run: loss, samples/s, micro-batch and memory over time, predicted against actual duration."""
-    from mtld.report import draw_report
+    from mtld.report.run import draw_report
 
     c: Context = ctx.obj
     run_dir = Path(get_job(c, int(run)).run_dir) if run.isdigit() else Path(run)

@@ -3,10 +3,10 @@
 The daemon talks to a run only through `RunHandle` (signal, poll) and to an
 executor only through `Executor` (start, adopt), so every executor hands the
 same `python -m mtld.train RUN_DIR` entry point to whatever runs it. A run is
-judged by how it exits (mtld.exitcodes); its run folder holds everything else.
+judged by how it exits (mtld.runs.exitcodes); its run folder holds everything else.
 
 - `LocalExecutor` (mtld.executor.local): a child process of the daemon.
-- `RayExecutor` (mtld.executor.rayjobs): a Ray job, through Ray's Jobs API
+- `RayExecutor` (mtld.executor.ray.jobs): a Ray job, through Ray's Jobs API
   (`pip install 'mtld[ray]'`); the run folder must be on storage both sides see.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from mtld.settings import Settings
+    from mtld.config.settings import Settings
     from mtld.store import Run
 
 CHILD_MODULE = "mtld.train"
@@ -68,7 +68,7 @@ class Executor(Protocol):
 def make_executor(settings: Settings, kind: str | None = None) -> Executor:
     """The executor `executor.kind` (or `kind`) names (the Ray client is imported only for "ray")."""
     if (kind or settings.executor.kind) == "ray":
-        from mtld.executor.rayjobs import RayExecutor
+        from mtld.executor.ray.jobs import RayExecutor
 
         return RayExecutor(settings.executor.ray, owner=str(settings.state_dir))
     from mtld.executor.local import LocalExecutor

@@ -63,7 +63,7 @@ from mtld.memory.macos import (
 from mtld.memory.replay import ReplayProbe, TraceError, TraceRow, read_trace, record_trace
 from mtld.memory.sampler import Sample, Sampler
 from mtld.memory.simulated import SimulatedProbe, parse_simulated
-from mtld.settings import MemorySettings, SettingsError
+from mtld.config.settings import MemorySettings, SettingsError
 
 __all__ = [
     "MACOS_LEVELS", "PRESSURE_SYSCTL", "SYSCTLBYNAME", "UNLIMITED",

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from mtld.memory.figures import memory_figures, read_file
 from mtld.memory.levels import Level, Reading, available_level, error_text, worst
-from mtld.settings import MemorySettings
+from mtld.config.settings import MemorySettings
 
 # ------------------------------------------------------------------ pure decisions and parsers
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from mtld.memory.figures import MemoryFigures, psutil_figures
 from mtld.memory.levels import Level, Reading, available_level, error_text
-from mtld.settings import MemorySettings
+from mtld.config.settings import MemorySettings
 
 MACOS_LEVELS = {1: Level.NORMAL, 2: Level.WARN, 4: Level.CRITICAL}  # kern.memorystatus_vm_pressure_level
 

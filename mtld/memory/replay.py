@@ -42,7 +42,7 @@ from mtld.memory.guard import used_bytes
 from mtld.memory.levels import Probe, Reading
 from mtld.memory.linux import LinuxProbe
 from mtld.memory.macos import AVAILABLE_SYSCTL, PRESSURE_SYSCTL, MacProbe
-from mtld.settings import MemorySettings
+from mtld.config.settings import MemorySettings
 
 
 class TraceError(ValueError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtld.memory.levels import Probe, Reading, error_text
-from mtld.settings import MemorySettings
+from mtld.config.settings import MemorySettings
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Sampler:
 
     `read_device` (the child's torch figures, e.g. {"used_bytes": ...,
     "total_bytes": ...}) is called in the sampler thread. `log` is a bound
-    structlog logger (fields bound by mtld.logs.configure cross threads).
+    structlog logger (fields bound by mtld.logs.events.configure cross threads).
     """
 
     def __init__(self, probe: Probe, *, every_s: float = 1.0, log_every_s: float = 30.0,

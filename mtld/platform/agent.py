@@ -21,8 +21,8 @@ from typing import Callable, Iterable, Mapping
 from mtld.disk import private_dir
 from mtld.platform import launchd, privacy, systemd
 from mtld.platform.runner import Result, Runner, SubprocessRunner
-from mtld.rundir import write_atomic
-from mtld.settings import Settings, platform_dirs
+from mtld.runs.rundir import write_atomic
+from mtld.config.settings import Settings, platform_dirs
 
 __all__ = [
     "AgentError", "AgentPlan", "Command", "WaitUntilGone", "Runner", "SubprocessRunner", "Result",
@@ -80,7 +80,7 @@ WAIT_MARGIN_S = 10  # beyond the service manager's own SIGKILL, before we give u
 def stop_grace_s(settings: Settings) -> int:
     """Seconds the service manager waits after SIGTERM before SIGKILL: longer than the daemon's
     worst-case stop (wait for the child's checkpoint, SIGKILL it and wait again, record) plus a margin."""
-    from mtld.daemon import FORCED_STOP_GRACE_S
+    from mtld.daemon.loop import FORCED_STOP_GRACE_S
 
     return math.ceil(settings.daemon.stop_timeout_s + FORCED_STOP_GRACE_S) + STOP_MARGIN_S
 

@@ -7,7 +7,7 @@ import socket
 import sys
 from pathlib import Path
 
-from mtld import exitcodes
+from mtld.runs import exitcodes
 from mtld.train import run_attempt
 
 

@@ -3,7 +3,7 @@
     run dir (job.json + launch.json) → load data, model, plan → resume from the
     newest checkpoint → train → model/, best/, metrics.json, result.json, exit status
 
-Exit statuses (mtld.exitcodes): 0 succeeded, 2 bad input, 75 interrupted
+Exit statuses (mtld.runs.exitcodes): 0 succeeded, 2 bad input, 75 interrupted
 (checkpoint kept), 76 out of memory even at micro-batch 2 (checkpoint kept),
 74 disk full (checkpointed if one still fitted; `disk.full` says how much is
 needed where), 1 anything unexpected (`run.failed` carries the traceback).
@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from mtld import exitcodes
+from mtld.runs import exitcodes
 from mtld import MICRO_BATCH_SIZES
 from mtld.disk import DiskFull, free_bytes, is_disk_full, shortfall_text, space_needed, tree_bytes
-from mtld.jobspec import JobFileError, JobSpec, check_semantics, spec_to_json
-from mtld.logs import configure, get_logger
-from mtld.rundir import RunDir
-from mtld.runfiles import Launch, RunFileError, RunResult
+from mtld.config.jobspec import JobFileError, JobSpec, check_semantics, spec_to_json
+from mtld.logs.events import configure, get_logger
+from mtld.runs.rundir import RunDir
+from mtld.runs.files import Launch, RunFileError, RunResult
 from mtld.train.errors import BadInput
 from mtld.train.guard import Guard, NoGuard
 from mtld.train.procstats import peak_vm_bytes

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from mtld import MICRO_BATCH_SIZES
-from mtld.jobspec import load_job
-from mtld.rundir import RunDir
-from mtld.runfiles import Launch, RunResult
+from mtld.config.jobspec import load_job
+from mtld.runs.rundir import RunDir
+from mtld.runs.files import Launch, RunResult
 
 
 def whole_runs(job: Path, out: Path, sizes: list[int], device: str) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Task data: rows read through mtld.records, label maps, tokenized once per run.
+"""Task data: rows read through mtld.config.taskrows, label maps, tokenized once per run.
 
 Every split becomes a few padded tensors that live on the device for the whole
 run (a few MB even for tens of thousands of examples); a micro-batch is an
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtld.jobspec import JobSpec, TaskSpec
-from mtld.records import DataError, Example, label_names, parse_example, read_rows
+from mtld.config.jobspec import JobSpec, TaskSpec
+from mtld.config.taskrows import DataError, Example, label_names, parse_example, read_rows
 from mtld.train.plan import pad_to_multiple
 
 IGNORE = -100

@@ -209,7 +209,7 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 
 def amp_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a precision that mtld.precision.resolve_precision chose (None: fp32)."""
+    """The autocast dtype of a precision that mtld.decide.precision.resolve_precision chose (None: fp32)."""
     return AMP_DTYPES[precision]
 
 

@@ -4,7 +4,7 @@ A mixin of mtld.train.loop.Trainer (split out to keep each module readable):
 it reads the trainer's plan (`plans`, `tasks`, `spec`, `position`,
 `attempt_start`, `total_steps`), its `runner`, `timings`, `model` (the
 family's runtime model, built once in `run`), `every_steps` and `log`. The
-arithmetic itself is mtld.estimate's (pure).
+arithmetic itself is mtld.decide.runtime's (pure).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mtld.runfiles import Figures
+from mtld.runs.files import Figures
 from mtld.train.plan import padded_tokens
 from mtld.train.timing import eta_seconds
 
@@ -34,8 +34,8 @@ class LiveEta:
         return round(eta, 1) if eta is not None else None
 
     def blended_eta(self, b: int, steps_left: int, tokens_left: int, observed: float | None) -> float | None:
-        """The family's model (built in `run`) scaled by this run's pace: mtld.estimate.live_eta."""
-        from mtld.estimate import live_eta
+        """The family's model (built in `run`) scaled by this run's pace: mtld.decide.runtime.live_eta."""
+        from mtld.decide.runtime import live_eta
 
         size = (self.model.get("sizes") or {}).get(str(b))
         done = self.timings.sizes.get(b)
@@ -59,7 +59,7 @@ class LiveEta:
     def prior_from_history(self, history: Sequence[Figures]) -> dict[str, Any]:
         """The family's history (from the daemon) and the plan left to this attempt → the runtime model;
         logged once, as run.estimate: predicted_s is this attempt's expected duration (from_step on)."""
-        from mtld.estimate import launch_prior, run_record, summarize
+        from mtld.decide.runtime import launch_prior, run_record, summarize
 
         records = [r for r in map(run_record, history) if r is not None]
         start = self.attempt_start

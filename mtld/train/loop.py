@@ -20,11 +20,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from mtld.jobspec import TrainSpec
-from mtld.rundir import RunDir, write_json_atomic
-from mtld.runfiles import Figures
+from mtld.config.jobspec import TrainSpec
+from mtld.runs.rundir import RunDir, write_json_atomic
+from mtld.runs.files import Figures
 from mtld.disk import DiskFull
-from mtld.durations import checkpoint_interval
+from mtld.config.durations import checkpoint_interval
 from mtld.train.checkpoint import checkpoint_due, save_within_space, state_bytes
 from mtld.train.data import TaskData
 from mtld.train.device import MemoryMeter, all_finite, empty_cache, is_oom, rng_states, synchronize
@@ -109,7 +109,7 @@ class Trainer(LiveEta):
         self.threads = threads or FixedThreads()
         self.history = list(history)  # Launch.history: the family's earlier runs and probes
         self.max_nonfinite_steps = max_nonfinite_steps
-        self.model: dict[str, Any] = {}  # the runtime model for this attempt (mtld.estimate.launch_prior)
+        self.model: dict[str, Any] = {}  # the runtime model for this attempt (mtld.decide.runtime.launch_prior)
         self.total_steps = sum(len(p) for p in plans)
         self.last_checkpoint_step = -1
         self.last_checkpoint_at = 0.0  # clock() of this attempt's start or its last checkpoint

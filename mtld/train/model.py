@@ -37,7 +37,7 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.disable_default_handler()
-    hf_logging.enable_propagation()  # to the root logger, which mtld.logs routes into run.jsonl
+    hf_logging.enable_propagation()  # to the root logger, which mtld.logs.events routes into run.jsonl
     hf_logging.set_verbosity_warning()
 
 

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mtld.records import DataError, read_rows
-from mtld.rundir import write_atomic
+from mtld.config.taskrows import DataError, read_rows
+from mtld.runs.rundir import write_atomic
 from mtld.train.errors import BadInput, missing_package_message
 from mtld.train.layout import TASKS_FILE
 

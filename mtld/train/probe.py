@@ -8,7 +8,7 @@ a + b × tokens is well determined. The process's peak memory after each size
 is that size's peak (peaks only grow, and a larger size needs more). One
 evaluation pass over a slice of the eval data and one checkpoint-sized save
 are timed too. Writes RUN_DIR/result.json: {"probe": true, "timing",
-"peaks_by_size", "startup_s", ...}, readable by mtld.estimate.run_record.
+"peaks_by_size", "startup_s", ...}, readable by mtld.decide.runtime.run_record.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mtld.runfiles import RunResult
+    from mtld.runs.files import RunResult
 
 STARTED = time.monotonic()
 WARMUP, SPREAD = 2, 6
@@ -32,8 +32,8 @@ def probe(run_dir: Path) -> RunResult:
     import torch
 
     from mtld import MICRO_BATCH_SIZES
-    from mtld.rundir import RunDir
-    from mtld.runfiles import RunResult
+    from mtld.runs.rundir import RunDir
+    from mtld.runs.files import RunResult
     from mtld.train import device as dev
     from mtld.train.guard import NoGuard
     from mtld.train.inference import infer_split
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         sys.stderr.write("usage: python -m mtld.train.probe RUN_DIR\n")
         return 2
-    from mtld.rundir import RunDir
+    from mtld.runs.rundir import RunDir
 
     RunDir(args[0]).write_result(probe(Path(args[0])))
     return 0

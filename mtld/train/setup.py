@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from mtld.jobspec import JobSpec
-from mtld.precision import Precision, precision_for
-from mtld.records import DataError
+from mtld.config.jobspec import JobSpec
+from mtld.decide.precision import Precision, precision_for
+from mtld.config.taskrows import DataError
 from mtld.train.data import TaskData, load_tasks
 from mtld.train.device import amp_dtype, is_oom, seed_everything
 from mtld.train.errors import BadInput, missing_package_message

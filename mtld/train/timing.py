@@ -10,7 +10,7 @@ is enough for a least-squares fit and costs nothing per step.
 Warm-up: the first `WARMUP_STEPS` steps at a size in an attempt (a new size
 means new shapes: allocator growth, kernel selection, MPS graph builds) are
 counted in the totals but also summed apart under "warmup", so the fit in
-`mtld.estimate` can leave them out and add their measured extra cost once.
+`mtld.decide.runtime` can leave them out and add their measured extra cost once.
 Evaluation and saves (checkpoints, exports) are summed per size too: the
 runtime model adds them to the steps' time.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mtld.estimate import Sums, fit_line
+from mtld.decide.runtime import Sums, fit_line
 
 WARMUP_STEPS = 3
 

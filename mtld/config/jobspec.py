@@ -1,0 +1,351 @@
+"""The job file: one TOML file describing one multi-task fine-tuning job.
+
+`load_job` parses, validates and resolves a job file and raises `JobFileError`
+listing every problem as `FILE: dotted.key - message`. The same function runs at
+`mtld submit` and again in the training child.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from mtld import MICRO_BATCH_SIZES
+from mtld.config.durations import parse_duration
+from mtld.decide.precision import PrecisionSetting, legacy_setting
+from mtld.config.taskrows import DataError, Fields, TaskType, check_utf8, label_names, parse_example, read_rows
+
+BatchSize = Literal["auto", *MICRO_BATCH_SIZES]  # type: ignore[valid-type]
+ROWS_CHECKED_AT_SUBMIT = 200
+JOB_FILE_LIMIT = 1 << 20  # bytes: a job file is a few hundred; anything this big is not one
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    type: TaskType
+    train: Path
+    eval: Path | None = None
+    text_field: str = "text"
+    text_pair_field: str | None = None
+    label_field: str = "label"
+    labels: list[str] | None = Field(default=None, min_length=1)
+    weight: float = Field(default=1.0, gt=0, le=1000)
+
+    @property
+    def fields(self) -> Fields:
+        return Fields(self.type, self.text_field, self.label_field, self.text_pair_field)
+
+
+def _checkpoint_every(value: int | str) -> int | str:
+    """A number of optimizer steps (1 or more), or a duration such as "10m", "90s", "1h"."""
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError("Input should be a number of steps (1 or more) or a duration such as \"10m\"")
+        return value
+    parse_duration(value)  # raises with the reason
+    return value.strip().lower()
+
+
+class TrainSpec(_Strict):
+    epochs: int = Field(default=3, ge=1, le=1000)
+    learning_rate: float = Field(default=5e-5, gt=0, le=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0, le=1)
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    effective_batch_size: int = Field(default=8, ge=1, le=4096)
+    batch_size: BatchSize = "auto"
+    seed: int = Field(default=42, ge=0, lt=2**32)
+    eval_every: int = Field(default=0, ge=0)
+    checkpoint_every: Annotated[int | str, AfterValidator(_checkpoint_every)] = "10m"  # steps, or a duration
+    keep_checkpoints: int = Field(default=2, ge=1, le=100)
+    sampling: Literal["proportional", "temperature", "uniform"] = "proportional"
+    temperature: float = Field(default=2.0, ge=1, le=100)
+    # auto: bf16 where the device has it (mtld.decide.precision); old job files' true/false read as auto/off
+    mixed_precision: Annotated[PrecisionSetting, BeforeValidator(legacy_setting)] = "auto"
+    compile: bool = False  # torch.compile the encoder: pays on long runs only (README, "torch.compile")
+
+
+def _cron(expression: str | None) -> str | None:
+    if expression is not None:
+        from mtld.decide.schedule import check_cron
+
+        check_cron(expression)  # raises ScheduleError (a ValueError) with the reason, e.g. it never fires
+    return expression
+
+
+class ScheduleSpec(_Strict):
+    not_before: datetime | None = None
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    cron: Annotated[str | None, AfterValidator(_cron)] = None  # a recurring job: a new job at each firing
+
+
+class JobSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN, max_length=100)
+    model: str = Field(min_length=1)
+    tokenizer: str | None = None
+    max_length: int = Field(default=128, ge=8, le=8192)
+    trust_remote_code: bool = False
+    output: Path | None = None
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=64)
+    train: TrainSpec = TrainSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a job file, located by its dotted key."""
+
+    file: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key} - {self.message}"
+
+
+class JobFileError(Exception):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(map(str, problems)))
+
+
+def load_job(path: Path, *, shown_as: str | None = None, check_data: bool = True) -> JobSpec:
+    """Parse, validate and resolve the job file at `path`.
+
+    Relative paths in the file (model directory, data files, output) resolve
+    against the file's folder. `shown_as` is how the file is named in messages
+    (by default as given).
+    """
+    shown = shown_as or str(path)
+    try:
+        raw = tomllib.loads(read_job_text(path))
+    except FileNotFoundError:
+        raise JobFileError([Problem(shown, "(file)", "not found")]) from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise JobFileError([Problem(shown, "(file)", f"cannot read: {e.__class__.__name__}")]) from None
+    except NotAJobFile as e:
+        raise JobFileError([Problem(shown, "(file)", str(e))]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise JobFileError([_syntax_problem(shown, e)]) from None
+    return spec_from_dict(raw, base_dir=path.resolve().parent, shown_as=shown, check_data=check_data)
+
+
+class NotAJobFile(ValueError):
+    """A path that names something other than a regular file of job-file size."""
+
+
+def read_job_text(path: Path) -> str:
+    """A job file's text: regular files only (a FIFO or /dev/zero would hang or never end), at most
+    JOB_FILE_LIMIT bytes. The open does not block, so a FIFO is refused, not waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotAJobFile("not a regular file" + (" (a folder)" if stat.S_ISDIR(mode) else ""))
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(JOB_FILE_LIMIT + 1)
+    if len(data) > JOB_FILE_LIMIT:
+        raise NotAJobFile(f"larger than {JOB_FILE_LIMIT >> 20} MiB: not a job file")
+    return data.decode("utf-8")
+
+
+def spec_from_dict(raw: dict[str, Any], *, base_dir: Path, shown_as: str, check_data: bool = True) -> JobSpec:
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as e:
+        raise JobFileError([_validation_problem(shown_as, err) for err in e.errors()]) from None
+    spec = resolve_paths(spec, base_dir)
+    problems = check_semantics(spec, shown_as)
+    if check_data and not problems:
+        problems = check_data_files(spec, shown_as)
+    if problems:
+        raise JobFileError(problems)
+    return spec
+
+
+def resolve_paths(spec: JobSpec, base_dir: Path) -> JobSpec:
+    """Make every path absolute; a model that names an existing folder becomes a path."""
+
+    def absolute(p: Path) -> Path:
+        return (base_dir / p.expanduser()).resolve()
+
+    tasks = [
+        t.model_copy(update={"train": absolute(t.train), "eval": absolute(t.eval) if t.eval else None})
+        for t in spec.tasks
+    ]
+    update: dict[str, Any] = {"tasks": tasks, "model": _resolve_model(spec.model, base_dir)}
+    if spec.tokenizer:
+        update["tokenizer"] = _resolve_model(spec.tokenizer, base_dir)
+    if spec.output:
+        update["output"] = absolute(spec.output)
+    return spec.model_copy(update=update)
+
+
+def _resolve_model(name: str, base_dir: Path) -> str:
+    candidate = base_dir / Path(name).expanduser()
+    if looks_like_path(name) or candidate.exists():
+        return str(candidate.resolve())
+    return name
+
+
+def looks_like_path(name: str) -> bool:
+    """A hub id is `name` or `org/name`; anything else is meant as a folder."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def model_outside_job_folder(model: str, job_file: str | Path) -> bool:
+    """A model folder that is not inside the job file's folder: accepted, but logged and shown by `mtld show`."""
+    path = Path(model)
+    if not path.is_absolute():  # a hub id
+        return False
+    return not path.resolve().is_relative_to(Path(job_file).resolve().parent)
+
+
+def check_semantics(spec: JobSpec, shown: str) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for i, task in enumerate(spec.tasks):
+        key = f"tasks.{i}"
+        if task.name in seen:
+            problems.append(Problem(shown, f"{key}.name", f"duplicate task name {task.name!r} (also tasks.{seen[task.name]})"))
+        seen.setdefault(task.name, i)
+        if task.type == "regression" and task.labels is not None:
+            problems.append(Problem(shown, f"{key}.labels", "a regression task has no label list"))
+        if task.type == "token_classification" and task.text_pair_field is not None:
+            problems.append(Problem(shown, f"{key}.text_pair_field", "token classification takes no sentence pair"))
+        if task.labels is not None and len(set(task.labels)) != len(task.labels):
+            problems.append(Problem(shown, f"{key}.labels", "the label list has duplicates"))
+    for key in ("model", "tokenizer"):
+        name = getattr(spec, key)
+        if name is not None and Path(name).is_dir():
+            if key == "model" and not (Path(name) / "config.json").is_file():
+                problems.append(Problem(shown, key, f"{name} is not a model folder (it has no config.json)"))
+            continue
+        if name is None:
+            continue
+        if looks_like_path(name):
+            problems.append(Problem(shown, key, f"model folder not found: {name}"))
+        elif not in_hub_cache(name):
+            problems.append(
+                Problem(shown, key, f"{name!r} is neither a folder next to the job file nor in the local Hugging Face cache "
+                        "(mtld never downloads at run time: download it first, or give a folder)")
+            )
+    if spec.output is not None and (problem := folder_problem(spec.output)):
+        problems.append(Problem(shown, "output", problem))
+    return problems
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why run folders cannot be made under `folder` (None when they can): the nearest part of the path
+    that exists must be a folder this user may write in."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot make run folders in {folder}: {existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot make run folders in {folder}: {existing} is not writable"
+    return None
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """Whether a hub model is already downloaded (runs load models offline)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a valid repo id
+        return False
+    return isinstance(found, str)
+
+
+def check_data_files(spec: JobSpec, shown: str, max_rows: int = ROWS_CHECKED_AT_SUBMIT) -> list[Problem]:
+    """Cheap checks of every data file: readable UTF-8, not empty, first rows valid."""
+    problems: list[Problem] = []
+    for i, task in enumerate(spec.tasks):
+        for split in ("train", "eval"):
+            path = getattr(task, split)
+            if path is None:
+                continue
+            problem = _check_data_file(task, path, max_rows)
+            if problem:
+                key, message = problem
+                problems.append(Problem(shown, f"tasks.{i}.{key or split}", message))
+    return problems
+
+
+def _check_data_file(task: TaskSpec, path: Path, max_rows: int) -> tuple[str | None, str] | None:
+    if not path.is_file():
+        return None, f"file not found: {path}"
+    try:
+        check_utf8(path)
+        rows = list(islice(read_rows(path), max_rows))
+    except DataError as e:
+        return None, str(e)
+    except OSError as e:
+        return None, f"cannot read {path.name}: {e.strerror}"
+    if not rows:
+        return None, f"{path.name} has no rows"
+    for line, row in rows:
+        for key, field in (("text_field", task.text_field), ("text_pair_field", task.text_pair_field), ("label_field", task.label_field)):
+            if field is not None and field not in row:
+                return key, f"field {field!r} not in {path.name} (line {line})"
+        try:
+            example = parse_example(task.fields, row, path, line)
+        except DataError as e:
+            return None, str(e)
+        if task.labels is not None:
+            unknown = [n for n in label_names(example, task.type) if n not in task.labels]
+            if unknown:
+                return "labels", f"label {unknown[0]!r} in {path.name} line {line} is not in the label list"
+    return None
+
+
+def _syntax_problem(shown: str, e: tomllib.TOMLDecodeError) -> Problem:
+    match = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+    message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e)) or "invalid TOML"
+    where = f"line {match.group(1)}, column {match.group(2)}" if match else "(syntax)"
+    return Problem(shown, where, f"TOML syntax error: {message}")
+
+
+def _validation_problem(shown: str, err: dict[str, Any]) -> Problem:
+    key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "missing":
+        message = "missing (required)"
+    else:
+        message = err["msg"].removeprefix("Value error, ")
+    return Problem(shown, key, message)
+
+
+def spec_to_json(spec: JobSpec) -> str:
+    return spec.model_dump_json()
+
+
+def spec_from_json(text: str) -> JobSpec:
+    return JobSpec.model_validate_json(text)
+
+
+def stored_spec(text: str, *, shown_as: str) -> JobSpec:
+    """A spec the store holds, checked by the same model; JobFileError (one line a problem) when an
+    older mtld let through what this one refuses."""
+    try:
+        return JobSpec.model_validate_json(text)
+    except ValidationError as e:
+        raise JobFileError([_validation_problem(shown_as, err) for err in e.errors()]) from None

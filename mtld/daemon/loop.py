@@ -1,0 +1,407 @@
+"""The daemon: runs the queue unattended, one job at a time (or, on a Ray cluster, up to `executor.ray.slots`).
+
+One plain loop: wait on the wake-up (a timeout of `poll_interval_s`), then
+`tick(now)`. A tick supervises the running runs (exit, cancel, pause --now,
+window end) and, while a slot is free, starts the next eligible job. The queue itself is the SQLite
+store. Signal handlers only count stop signals; every signal (SIGTERM/SIGINT,
+SIGUSR1 from the CLI, SIGCHLD when a run ends) also ends the wait at once,
+through `signal.set_wakeup_fd` (no lock is ever taken in a handler). The
+daemon never imports torch: each run is a child process, here or on a cluster (mtld.executor). APScheduler supplies
+only the calendar arithmetic (mtld.decide.schedule), not threads.
+
+Nothing accepted may stall the queue: a failure while starting, recording or
+finishing a run fails that run or its job (the reason in `last_error`), never
+the tick and never the start-up; each idle tick settles a job marked running
+that has no live run (`reconcile`), as the start-up does. Only a store that
+cannot be used at all (sqlite3.OperationalError: locked, full, I/O) defers
+the job instead (`run.deferred`, reason `store_unavailable`): the next tick
+tries again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from mtld import __version__, disk
+from mtld.decide import policy, schedule
+from mtld.daemon.ledger import FORCED_STOP_GRACE_S, ActiveRun, Bookkeeping, describe
+from mtld.daemon.diskguard import DiskGuard
+from mtld.executor import ClusterUnreachable, Executor, ExitStatus, make_executor, wait_for_exit
+from mtld.decide.family import earlier_runs, family, family_history, pinned_size, run_device, start_size
+from mtld.estimate.history import family_figures, probe_dir
+from mtld.queue.jobs import fired_job_name
+from mtld.config.jobspec import stored_spec
+from mtld.logs.events import format_event, get_logger, last_event
+from mtld.memory import Probe, Reading, make_probe
+from mtld.daemon.pidfile import PidFile
+from mtld.platform.power import SleepInhibitor, notify, on_battery
+from mtld.runs.rundir import RunDir
+from mtld.runs.files import launch_for
+from mtld.config.settings import Settings
+from mtld.store import InvalidTransition, Job, Run, Schedule, Store
+from mtld.daemon.wakeup import Wakeup
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Daemon(Bookkeeping):
+    """The queue's one loop. Tests drive `tick(now)` with their own clock and a fake executor.
+    How a run's end is recorded, and runs without a live child are settled: mtld.daemon.ledger."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        executor: Executor | None = None,
+        probe: Probe | None = None,
+        clock: Callable[[], float] = time.time,
+        exit_when_idle: bool = False,
+        console: TextIO | None = None,
+        free_bytes: Callable[[Path], int] = disk.free_bytes,
+    ):
+        self.settings = settings
+        self.store = store
+        self.executor = executor or make_executor(settings)
+        self.slots = settings.executor.slots if self.executor.remote else 1
+        self.probe = probe or make_probe(settings.memory)
+        self.clock = clock
+        self.exit_when_idle = exit_when_idle
+        self.console = console
+        self.log = get_logger()
+        self.active: list[ActiveRun] = []
+        self.stop_signals = 0
+        self.wakeup = Wakeup()
+        self.finished = False
+        self.deferred_because: str | None = None
+        self.windows = settings.schedule.parsed()
+        self.failed_firings: set[tuple[int, float]] = set()  # (schedule, due time) already logged as failed
+        self.calm_since: float | None = None  # since when the pressure level has read normal (policy.calm_since)
+        self.disk = DiskGuard(settings, store, self.log, free_bytes=free_bytes,
+                              notify=notify if settings.daemon.notify else None)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def handle_signal(self, signum: int, frame: object = None) -> None:
+        """Count stop signals; that is all (the wake-up fd has already ended the loop's wait)."""
+        if signum in STOP_SIGNALS:
+            self.stop_signals += 1
+
+    def run(self) -> int:
+        """Serve until stopped (or idle, with exit_when_idle). Raises AlreadyRunning."""
+        pidfile = PidFile(self.settings.pid_file)
+        pidfile.acquire()
+        previous = {s: signal.getsignal(s) for s in (*STOP_SIGNALS, signal.SIGUSR1, signal.SIGCHLD)}
+        # SIGUSR1: the CLI queued or changed something. SIGCHLD: a run ended. Either way: tick now.
+        for signum in previous:
+            signal.signal(signum, self.handle_signal)
+        self.wakeup.install()
+        try:
+            self.log.info("daemon.started", version=__version__, state_dir=str(self.settings.state_dir),
+                          poll_interval_s=self.settings.daemon.poll_interval_s, exit_when_idle=self.exit_when_idle)
+            try:
+                self.reconcile(now=self.clock())
+            except Exception as e:  # the store may be out for now: each idle tick settles what is left
+                self.log.error("daemon.recover_failed", error=describe(e), exc_info=e)
+            self.loop()
+        finally:
+            self.wakeup.uninstall()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            pidfile.release()
+            self.log.info("daemon.stopped")
+        return 0
+
+    def loop(self) -> None:
+        """Tick, then wait for a signal, a wake-up or the poll interval; until `finish`."""
+        while not self.finished:
+            try:
+                self.tick(self.clock())
+            except Exception as e:  # a bug or a broken store must not end the daemon; the next tick tries again
+                self.log.error("daemon.tick_failed", error=f"{type(e).__name__}: {e}", exc_info=e)
+            if not self.finished:
+                self.wakeup.wait(self.settings.daemon.poll_interval_s)
+
+    def finish(self, reason: str) -> None:
+        self.log.info("daemon.stopping", reason=reason)
+        self.finished = True
+        self.wakeup.set()
+
+    # ------------------------------------------------------------ the tick
+
+    def tick(self, now: float) -> None:
+        if self.stop_signals:
+            self.stop(now)
+            return
+        self.disk.rotate_log()
+        self.fire_schedules(now)
+        for active in list(self.active):
+            self.supervise(active, now)
+        if self.store.get_flag("pause_now") == "1":  # seen: the running runs (if any) were asked to stop
+            self.store.set_flag("pause_now", None)
+        if len(self.active) < self.slots:
+            self.reconcile(now, at_start=False)  # a job whose start or end could not be recorded: settle it now
+            self.disk.release_holds(now)
+            if self.store.get_flag("paused") != "1":
+                self.dispatch(now)
+            if not self.active and self.exit_when_idle and self._queue_is_empty():
+                self.finish("idle")
+
+    def _queue_is_empty(self) -> bool:
+        counts = self.store.counts()
+        return counts.get("queued", 0) == 0 and counts.get("running", 0) == 0
+
+    def dispatch(self, now: float) -> None:
+        """Start eligible jobs, in priority order, while a slot is free; stop at the first that must wait."""
+        while len(self.active) < self.slots:
+            started = len(self.active)
+            self.dispatch_one(now)
+            if len(self.active) == started:
+                return
+
+    def dispatch_one(self, now: float) -> None:
+        """Start the next eligible job, if any."""
+        if self.settings.daemon.hold_on_battery and on_battery():
+            self._defer("on_battery", "the machine runs on battery (daemon.hold_on_battery)")
+            return
+        local = datetime.fromtimestamp(now).astimezone()
+        if not schedule.inside(self.windows, local):
+            if self.store.next_eligible(now=now) is not None:
+                opens = schedule.next_opening(self.windows, local)
+                self._defer("outside_window", f"outside the run windows; the next opens at {opens:%a %H:%M}",
+                            opens_at=opens.isoformat())
+            return
+        job = self.store.next_eligible(now=now)
+        if job is None:
+            self.deferred_because = None
+            return
+        try:
+            planned = self._plan(job, now)
+        except sqlite3.OperationalError as e:  # the store is out (locked, full): the job waits for the next tick
+            self._defer("store_unavailable", describe(e), job_id=job.id)
+            return
+        except Exception as e:
+            self._start_failed(job.id, "reading its stored spec and history", e, now)
+            return
+        if planned is not None:
+            self._launch(job, *planned, now)
+
+    def _plan(self, job: Job, now: float) -> tuple[Any, str, int, str] | None:
+        """(spec, family, micro-batch, why) of the job's next attempt; None when it must wait (logged)."""
+        spec = stored_spec(job.spec_json, shown_as=f"job {job.id}")  # an older mtld may have let it through
+        fam = family(spec, run_device(self.settings))
+        if self.disk.hold_if_short(job, spec, fam, now):  # the next tick looks at the rest of the queue
+            return
+        if self.executor.remote:  # this machine's memory says nothing of a worker's: the run's own guard decides
+            if not self._cluster_ready(job):
+                return None
+            reading = None
+        else:
+            reading = self._read_pressure()
+        self.calm_since = policy.calm_since(self.calm_since, reading.level.value if reading else None, now)
+        start = start_size(self.settings, family_history(self.store, fam), pinned=pinned_size(job.batch_size),
+                           earlier=earlier_runs(self.store, job), reading=reading,
+                           calm_for_s=None if self.calm_since is None else now - self.calm_since)
+        if start.micro_batch is None:
+            self._defer(start.deferred, start.reason, job_id=job.id)
+            return None
+        self.deferred_because = None
+        self.log.info("policy.decided", job_id=job.id, micro_batch=start.micro_batch, reason=start.reason, family=fam,
+                      pressure=reading.level.value if reading else None)
+        return spec, fam, start.micro_batch, start.reason
+
+    def _launch(self, job: Job, spec: Any, fam: str, micro_batch: int, reason: str, now: float) -> None:
+        """Record the attempt, write its run folder, start its child. A failure fails the job (the run folder
+        cannot be written, the child cannot start); once the child runs, nothing here stops it."""
+        log = self.log.bind(job_id=job.id)
+        try:
+            run = self.store.start_run(job.id, micro_batch=micro_batch, family=fam, reason=reason, now=now,
+                                       executor=self.executor.kind)  # who to ask about it, even if the start fails
+        except InvalidTransition:
+            return  # cancelled or changed since it was picked: the next tick picks again
+        except sqlite3.OperationalError as e:
+            self._defer("store_unavailable", describe(e), job_id=job.id)
+            return
+        except Exception as e:
+            self._start_failed(job.id, "recording its start", e, now)
+            return
+        log = log.bind(run_id=run.id)
+        run_dir = RunDir(job.run_dir)
+        step = "claiming the run folder"  # a folder mtld did not make for this job is never used: nothing in it is loaded
+        try:
+            run_dir.claim({"job_id": job.id, "store": str(self.settings.db_path)},
+                          adopt_unmarked=run.attempt > 1)  # an earlier attempt ran there (an older mtld)
+            step = "reading the family's figures"
+            history = family_figures(self.store, fam, probe_dir(self.settings))
+            step = "writing the run folder"
+            run_dir.write_job(spec)
+            run_dir.write_launch(launch_for(self.settings, micro_batch=micro_batch, job_id=job.id, run_id=run.id,
+                                            history=history,  # on a cluster: the device its family names
+                                            device=run_device(self.settings) if self.executor.remote else None))
+            step = "starting the child"
+            handle = self.executor.start(run_dir.path, run)
+        except ClusterUnreachable as e:  # the cluster, not the job: the run stays open until it can ask
+            self._cluster_lost(job, run, e, now)
+            return
+        except Exception as e:
+            self._start_failed(job.id, step, e, now)
+            return
+        try:
+            self.store.set_run_handle(run.id, executor=self.executor.kind, ref=handle.ref, pid=handle.pid)
+        except Exception as e:  # only a restarted daemon needs it, to find the run: the run goes on
+            log.warning("run.pid_unrecorded", error=describe(e))
+        active = ActiveRun(job.id, run, handle, run_dir)
+        self.active.append(active)
+        if self.settings.daemon.prevent_sleep and handle.pid is not None:
+            inhibitor = SleepInhibitor()
+            if inhibitor.start(handle.pid, f"mtld: training job {job.id} ({job.name})"):
+                active.inhibitor = inhibitor
+        log.info("run.launched", pid=handle.pid, attempt=run.attempt, micro_batch=micro_batch,
+                 run_dir=str(run_dir.path), sleep_inhibited=active.inhibitor is not None,
+                 executor=self.executor.kind, **({"submission_id": handle.ref} if self.executor.remote else {}))
+
+    def _start_failed(self, job_id: int, step: str, error: Exception, now: float) -> None:
+        self.log.error("run.start_failed", job_id=job_id, step=step, error=describe(error))
+        self._fail_job(job_id, f"could not start: {step}: {describe(error)}", now, outcome="start_failed")
+
+    def _cluster_ready(self, job: Job) -> bool:
+        """The cluster answers (checked before each start, so that an outage defers the queue, not fails it)."""
+        try:
+            self.executor.check()
+        except ClusterUnreachable as e:
+            self._defer("cluster_unreachable", str(e), job_id=job.id)
+            return False
+        return True
+
+    def _cluster_lost(self, job: Job, run: Run, error: Exception, now: float) -> None:
+        """The cluster stopped answering while the run was being submitted: it may or may not have arrived.
+        The run stays open; `reconcile` finds it by its submission id once the cluster answers (and watches it),
+        or requeues the job if it never arrived. Nothing is submitted twice."""
+        self.log.warning("run.submit_unconfirmed", job_id=job.id, run_id=run.id, error=describe(error))
+        self._defer("cluster_unreachable", str(error), job_id=job.id)
+
+    def supervise(self, active: ActiveRun, now: float) -> None:
+        try:
+            status = active.handle.poll()
+        except ChildProcessError:  # reaped elsewhere: gone, how it ended unknown (its result.json may say)
+            status = ExitStatus()
+        if active.handle.node and active.handle.node != active.node:
+            active.node = active.handle.node
+            self._record_node(active)
+        if status is not None:
+            self.record_exit(active, status, now)
+            return
+        if active.stop_reason is None:
+            job = self.store.get(active.job_id)
+            if job is None or job.cancel_requested:
+                self.ask_to_stop(active, "cancel")
+            elif self.store.get_flag("pause_now") == "1":
+                self.ask_to_stop(active, "pause")
+            elif (self.settings.schedule.at_window_end == "checkpoint"
+                  and not schedule.inside(self.windows, datetime.fromtimestamp(now).astimezone())):
+                self.ask_to_stop(active, "window_end")
+        self._echo_progress(active)
+
+    def fire_schedules(self, now: float) -> None:
+        """Submit a job for every schedule that is due; missed firings coalesce into one."""
+        local = datetime.fromtimestamp(now).astimezone()
+        for recurring in self.store.list_schedules():
+            try:
+                self._fire(recurring, local, now)
+            except Exception as e:  # that schedule is skipped (logged once), never the tick
+                if (recurring.id, recurring.next_fire_at) not in self.failed_firings:
+                    self.failed_firings.add((recurring.id, recurring.next_fire_at))
+                    self.log.error("schedule.fire_failed", schedule_id=recurring.id, error=describe(e))
+
+    def _fire(self, recurring: Schedule, local: datetime, now: float) -> None:
+        due = datetime.fromtimestamp(recurring.next_fire_at).astimezone()
+        fire, next_at = schedule.firing(recurring.cron, due, local)
+        if not fire:
+            return
+        stored_spec(recurring.spec_json, shown_as=f"schedule {recurring.id}")  # what the job will run: still valid
+        job = self.store.fire_schedule(recurring.id, due_at=recurring.next_fire_at, next_fire_at=next_at.timestamp(),
+                                       name=fired_job_name(recurring.name, due), now=now)
+        if job is not None:
+            self.log.info("schedule.fired", schedule_id=recurring.id, job_id=job.id, due_at=due.isoformat(),
+                          missed=local - due > timedelta(minutes=1), next_fire_at=next_at.isoformat())
+
+    def _record_node(self, active: ActiveRun) -> None:
+        try:
+            self.store.set_run_node(active.run.id, active.node)
+        except Exception as e:  # status shows it; the run goes on without it
+            self.log.warning("run.node_unrecorded", job_id=active.job_id, run_id=active.run.id, error=describe(e))
+            return
+        self.log.info("run.placed", job_id=active.job_id, run_id=active.run.id, node=active.node)
+
+    def ask_to_stop(self, active: ActiveRun, reason: str) -> None:
+        """SIGTERM: the child finishes its micro-step, checkpoints and exits 75."""
+        active.stop_reason = reason
+        active.handle.signal(signal.SIGTERM)
+        self.log.info("run.stop_requested", job_id=active.job_id, run_id=active.run.id, reason=reason)
+
+    def stop(self, now: float) -> None:
+        """Forward the stop to every run, wait (bounded) for their checkpoints, requeue, exit. A run on a
+        cluster still stopping when the time is up is left to finish its checkpoint there: the next daemon
+        adopts it and records its end."""
+        for active in self.active:
+            if active.stop_reason is None:
+                self.ask_to_stop(active, "shutdown")
+        deadline = time.monotonic() + self.settings.daemon.stop_timeout_s  # real seconds, whatever the clock
+        pending = list(self.active)
+        while pending and time.monotonic() < deadline and self.stop_signals < 2:
+            for active in list(pending):
+                status = wait_for_exit(active.handle, 0.2 / len(pending))
+                if status is not None:
+                    pending.remove(active)
+                    self.record_exit(active, status, self.clock())
+        for active in pending:  # out of time, or a second signal
+            if active.handle.pid is None:
+                self.log.info("run.left_running", job_id=active.job_id, run_id=active.run.id,
+                              submission_id=active.handle.ref)
+                continue
+            active.handle.signal(signal.SIGKILL)  # the last periodic checkpoint will have to do
+            status = wait_for_exit(active.handle, FORCED_STOP_GRACE_S) or ExitStatus(signal=signal.SIGKILL)
+            self.record_exit(active, status, self.clock(), forced_stop=True)
+        self.finish("signal")
+
+    # ------------------------------------------------------------ helpers
+
+    def _defer(self, reason: str, message: str, **fields: Any) -> None:
+        if self.deferred_because != reason:  # log changes, not every tick
+            self.log.info("run.deferred", reason=reason, message=message, **fields)
+        self.deferred_because = reason
+
+    def _read_pressure(self) -> Reading | None:
+        """The probe's reading now; None (and a log line) if it cannot be read."""
+        try:
+            return self.probe.read()
+        except Exception as e:  # a broken probe must not stop the queue
+            self.log.warning("memory.sample_failed", what="probe", error=f"{type(e).__name__}: {e}")
+            return None
+
+    def _echo_progress(self, active: ActiveRun) -> None:
+        """For a person watching the daemon's terminal: the child's latest progress line."""
+        if self.console is None:
+            return
+        try:
+            event = last_event(active.run_dir.log_file, {"step.progress"}, scan_limit=200)
+        except OSError:
+            return
+        if event is not None and event != active.last_progress:
+            active.last_progress = event
+            self.console.write(format_event(event) + "\n")
+            self.console.flush()
+
+
+def serve(settings: Settings, *, exit_when_idle: bool = False, console: TextIO | None = sys.stderr) -> int:
+    os.umask(0o077)  # whatever the daemon creates is user-only (mtld.disk also sets modes explicitly)
+    with Store(settings.db_path) as store:
+        return Daemon(settings, store, exit_when_idle=exit_when_idle, console=console).run()

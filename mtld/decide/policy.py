@@ -1,0 +1,236 @@
+"""Pure decisions: records and numbers in, a decision out. No clock, no OS, no torch.
+
+- `after_exit`: what a run's exit means for its job (done, retry when, fail why).
+- `pressure_hold`: after memory-pressure interrupts, whether a job is held instead of requeued.
+- `start_micro_batch`: the micro-batch the next attempt of a job starts at.
+- `place_run`: before a run, the pressure and free memory now (defer, step down).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mtld import MICRO_BATCH_SIZES
+from mtld.runs import exitcodes
+
+# Outcomes that count against a job's attempts. Interruptions (checkpointed on
+# request) and runs lost with a dead daemon are not the job's fault.
+FAILED_OUTCOMES = frozenset({"out_of_memory", "killed", "crashed"})
+SIGKILL = 9
+
+
+@dataclass(frozen=True)
+class ExitDecision:
+    outcome: str  # recorded on the run: succeeded, interrupted, out_of_memory, disk_full, bad_input, killed, crashed,
+    #               lost, cancelled
+    job_state: str  # where the job goes: succeeded, queued, failed, cancelled
+    reason: str  # said in the log, the store and `mtld show`
+    retry_at: float | None = None  # a backed-off retry starts no earlier than this
+    hold: str | None = None  # the job waits in the queue until this condition is gone (or `mtld retry` releases it)
+
+
+def after_exit(
+    *,
+    exit_code: int | None,
+    signal: int | None,
+    earlier_failures: int,
+    max_attempts: int,
+    backoff_s: float,
+    cancel_requested: bool,
+    stop_reason: str | None,
+    message: str | None,
+    now: float,
+) -> ExitDecision:
+    """Classify a finished run.
+
+    `earlier_failures` counts this job's earlier runs whose outcome is in
+    FAILED_OUTCOMES; `stop_reason` is why the daemon asked the child to stop
+    (cancel, pause, shutdown), if it did.
+    """
+    if exit_code == exitcodes.OK:
+        return ExitDecision("succeeded", "succeeded", "the run finished")
+    if cancel_requested:
+        return ExitDecision("cancelled", "cancelled", "cancelled by the user")
+    if exit_code == exitcodes.INTERRUPTED:
+        why = stop_reason or (message or "the run stopped itself")
+        return ExitDecision("interrupted", "queued", f"interrupted with a checkpoint: {why}; it resumes")
+    if exit_code == exitcodes.BAD_INPUT:
+        return ExitDecision("bad_input", "failed", f"bad input: {message or 'see the run log'}")
+    if exit_code == exitcodes.DISK_FULL:  # not the job's fault, and retrying before space is freed cannot help
+        hold = message or "disk full: see the run log"
+        return ExitDecision("disk_full", "queued", f"stopped for lack of disk space ({hold}); on hold until "
+                            "there is room (mtld retry, or the daemon once it sees enough free space)", hold=hold)
+    if exit_code == exitcodes.NOT_VISIBLE:  # the cluster's set-up, not the job: retrying cannot help
+        return ExitDecision("bad_input", "failed", "the run folder is not visible where the run started: "
+                            "executor.ray.runs_dir must be a folder every worker sees at the same path "
+                            "(mtld doctor checks it)")
+    if exit_code is None and signal is None:
+        return ExitDecision("lost", "queued", "the run ended while no daemon was watching; it resumes from its checkpoint")
+
+    if exit_code == exitcodes.OUT_OF_MEMORY:
+        outcome, what = "out_of_memory", "out of memory even at micro-batch 2"
+    elif signal == SIGKILL:
+        outcome, what = "killed", "killed by signal 9 (the usual mark of the out-of-memory killer)"
+    elif signal is not None:
+        outcome, what = "crashed", f"killed by signal {signal}"
+    else:
+        outcome, what = "crashed", f"exited with status {exit_code}" + (f" ({message})" if message else "")
+    failures = earlier_failures + 1
+    if failures >= max_attempts:
+        return ExitDecision(outcome, "failed", f"{what}; gave up after {failures} attempts")
+    if outcome == "killed":  # a smaller micro-batch may well fit: no need to wait
+        return ExitDecision(outcome, "queued", f"{what}; retrying one micro-batch size down", retry_at=now)
+    delay = backoff_s * 2 ** (failures - 1)
+    return ExitDecision(outcome, "queued", f"{what}; retrying in {delay:.0f} s", retry_at=now + delay)
+
+
+def pressure_hold(interrupted_at: Sequence[float], *, now: float, limit: int, window_s: float,
+                  job_id: int) -> str | None:
+    """After a memory-pressure interrupt: the hold to put the job on, or None to requeue it as usual.
+
+    `interrupted_at` are the times of the job's pressure interrupts (this one
+    included) since it was last released. `limit` of them within `window_s`
+    → hold: a job that keeps being interrupted is not restarted in a loop.
+    """
+    recent = sorted(t for t in interrupted_at if now - t <= window_s)
+    if len(recent) < limit:
+        return None
+    minutes = max(1, round((now - recent[0]) / 60))
+    return f"memory pressure: {len(recent)} interrupts in {minutes} min — `mtld retry {job_id}` to release"
+
+
+@dataclass(frozen=True)
+class EarlierRun:
+    """What the next attempt needs to know about the job's previous run."""
+
+    outcome: str | None
+    micro_batch: int
+    micro_batch_end: int | None
+    pressure: bool = False  # it interrupted itself for memory pressure
+
+
+def one_size_down(size: int) -> int:
+    smaller = [s for s in MICRO_BATCH_SIZES if s < size]
+    return smaller[-1] if smaller else MICRO_BATCH_SIZES[0]
+
+
+def start_micro_batch(pinned: int | None, first: tuple[int, str], earlier: Sequence[EarlierRun]) -> tuple[int, str]:
+    """(micro-batch, reason) for the next attempt of one job.
+
+    A pinned size (job file or --batch-size) always wins. A first attempt
+    takes `first` (the family's decision). A later attempt continues from where
+    the previous one left off: the size that worked, one size down after an
+    out-of-memory kill or a memory-pressure interrupt.
+    """
+    if pinned is not None:
+        return pinned, "pinned by the job (adaptation off)"
+    if not earlier or earlier[-1].outcome is None:
+        return first
+    last = earlier[-1]
+    worked = last.micro_batch_end or last.micro_batch
+    if last.outcome == "killed":
+        return one_size_down(worked), f"the last attempt was killed at {worked}: one size down"
+    if last.outcome == "interrupted" and last.pressure:
+        return one_size_down(worked), f"the last attempt was interrupted by memory pressure at {worked}: one size down"
+    return worked, f"the size the last attempt ended at ({last.outcome})"
+
+
+# ------------------------------------------------------------------ the micro-batch across runs
+
+
+@dataclass(frozen=True)
+class FamilyRun:
+    """One finished run of a family (model, max length, device), as the store keeps it."""
+
+    outcome: str | None
+    micro_batch: int  # the size it started at
+    micro_batch_end: int | None  # the size it ended at (smaller after a scale-down)
+    scaled_down: bool
+    oom_count: int
+    peak_bytes: int | None
+    budget_bytes: int | None
+
+
+def one_size_up(size: int) -> int:
+    larger = [s for s in MICRO_BATCH_SIZES if s > size]
+    return larger[0] if larger else MICRO_BATCH_SIZES[-1]
+
+
+def family_start_size(history: Sequence[FamilyRun], default: int, headroom: float) -> tuple[int, str]:
+    """Where the first attempt of a new job starts, from the family's last run.
+
+    A clean run whose peak stayed under `headroom` × budget → one size up; any
+    scale-down or out-of-memory → the size that worked; no history → `default`.
+    """
+    if not history:
+        return default, f"no earlier run of this family: the configured start size {default}"
+    last = history[-1]
+    worked = last.micro_batch_end or last.micro_batch
+    if last.outcome == "out_of_memory":
+        return MICRO_BATCH_SIZES[0], "the last run of this family ran out of memory even at 2"
+    if last.outcome == "killed":
+        return one_size_down(worked), f"the last run of this family was killed at {worked}: one size down"
+    if last.scaled_down or last.oom_count:
+        return worked, f"the last run of this family scaled down to {worked}: start there"
+    if last.outcome != "succeeded" or not last.peak_bytes or not last.budget_bytes:
+        return worked, f"the last run of this family ({last.outcome}) gives no headroom figure: stay at {worked}"
+    share = last.peak_bytes / last.budget_bytes
+    if share < headroom and worked < MICRO_BATCH_SIZES[-1]:
+        return one_size_up(worked), (f"the last run at {worked} peaked at {share:.0%} of the budget "
+                                     f"(under the {headroom:.0%} headroom): one size up")
+    return worked, f"the last run at {worked} peaked at {share:.0%} of the budget: stay"
+
+
+def peaks_by_size(history: Sequence[FamilyRun]) -> dict[int, int]:
+    """The highest peak seen at each micro-batch size (runs that ended at that size)."""
+    peaks: dict[int, int] = {}
+    for run in history:
+        size = run.micro_batch_end or run.micro_batch
+        if run.peak_bytes:
+            peaks[size] = max(peaks.get(size, 0), run.peak_bytes)
+    return peaks
+
+
+@dataclass(frozen=True)
+class Placement:
+    micro_batch: int | None  # None: do not start now
+    reason: str
+    deferred: str | None = None  # a short code when deferred: memory_critical, does_not_fit
+
+
+def place_run(size: int, *, pressure: str, available_bytes: int | None, peaks: dict[int, int], pinned: bool,
+              calm_for_s: float | None = None, calm_needed_s: float = 0.0) -> Placement:
+    """Before a run: critical → defer; after a pressure interrupt, not normal for
+    `calm_needed_s` yet (`calm_for_s`: how long it has been normal, None: not
+    now) → defer; warn → one size down; a size whose peak exceeds what is
+    available now → step down until one fits, else defer. A pinned size is
+    never changed, only deferred."""
+    if pressure == "critical":
+        return Placement(None, "memory pressure is critical", "memory_critical")
+    if calm_needed_s > 0 and (calm_for_s or 0.0) < calm_needed_s:
+        return Placement(None, f"after a memory-pressure interrupt, waiting for the level to stay normal for "
+                               f"{calm_needed_s:.0f} s (normal for {calm_for_s or 0.0:.0f} s now)", "memory_settling")
+    reasons = []
+    if pressure == "warn" and not pinned and size > MICRO_BATCH_SIZES[0]:
+        reasons.append(f"memory pressure is warn: {size} → {one_size_down(size)}")
+        size = one_size_down(size)
+    if available_bytes is not None:
+        while peaks.get(size, 0) > available_bytes:
+            if pinned or size == MICRO_BATCH_SIZES[0]:
+                return Placement(None, f"micro-batch {size} peaked at {peaks[size]:,} bytes; only "
+                                       f"{available_bytes:,} are available now", "does_not_fit")
+            reasons.append(f"{size} peaked at {peaks[size]:,} bytes > {available_bytes:,} available: "
+                           f"{one_size_down(size)}")
+            size = one_size_down(size)
+    return Placement(size, "; ".join(reasons))
+
+
+def calm_since(previous: float | None, pressure: str | None, now: float) -> float | None:
+    """Since when the pressure level has been normal without a break (None: it is not normal now).
+    An unreadable level (None) leaves it as it was."""
+    if pressure is None:
+        return previous
+    if pressure != "normal":
+        return None
+    return now if previous is None else previous

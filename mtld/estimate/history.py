@@ -1,0 +1,85 @@
+"""A family's measured history: its finished runs (from the store) and its stored probes.
+
+`family_figures` is what the daemon and `mtld train` hand the child
+(Launch.history); `family_records` is the same history as the runtime model's
+records (mtld.decide.runtime), for `mtld estimate` and `mtld status`. Probes live in
+STATE/estimates/, one small JSON file per family, the last PROBES_KEPT kept;
+`run_probe` makes one (`python -m mtld.train.probe` in a child process).
+
+Torch-free: the probe's torch work happens in the child.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mtld.decide import runtime
+from mtld.decide.runtime import RunRecord
+from mtld.config.jobspec import JobSpec
+from mtld.runs.rundir import RunDir, write_json_atomic
+from mtld.runs.files import Figures, Launch
+from mtld.config.settings import Settings
+
+PROBES_KEPT = 5
+
+
+def probe_dir(settings: Settings) -> Path:
+    """Where the stored probes live: STATE/estimates."""
+    return settings.state_dir / "estimates"
+
+
+def probe_file(probe_dir: Path, family: str) -> Path:
+    return Path(probe_dir) / f"{hashlib.sha1(family.encode()).hexdigest()[:16]}.json"
+
+
+def family_figures(store: Any, family: str, probe_dir: Path | None = None) -> list[Figures]:
+    """What the family's finished runs (store.family_runs) and its stored probes measured, oldest
+    first: the daemon hands it to the child (Launch.history) and `mtld estimate`/`status` model it."""
+    history = []
+    for run in store.family_runs(family) if store is not None else []:
+        if run.outcome in ("succeeded", "interrupted") and run.figures.get("timing"):
+            figures = Figures.model_validate(run.figures)
+            history.append(figures.model_copy(update={"micro_batch_end": run.micro_batch_end or run.micro_batch}))
+    if probe_dir is not None:
+        history += _read_probes(probe_file(probe_dir, family))
+    return history
+
+
+def family_records(store: Any, family: str, probe_dir: Path | None = None) -> list[RunRecord]:
+    """The family's history as the runtime model's records (those with timings)."""
+    return [r for r in map(runtime.run_record, family_figures(store, family, probe_dir)) if r is not None]
+
+
+def _read_probes(path: Path) -> list[Figures]:
+    try:
+        probes = json.loads(path.read_text(encoding="utf-8")).get("probes", [])
+        return [Figures.model_validate(p) for p in probes]
+    except (FileNotFoundError, ValueError):  # a cache of measurements: unreadable means none
+        return []
+
+
+def store_probe(probe_dir: Path, family: str, figures: Figures) -> None:
+    """Keep a probe's figures with the family's last PROBES_KEPT - 1 probes."""
+    path = probe_file(probe_dir, family)
+    probes = (_read_probes(path) + [figures])[-PROBES_KEPT:]
+    write_json_atomic(path, {"family": family, "probes": [p.stored() for p in probes]})
+
+
+def run_probe(spec: JobSpec, device: str, *, timeout_s: float = 600) -> Figures:
+    """The calibration child: a few timed steps per size on the job's longest steps. Raises on failure."""
+    with tempfile.TemporaryDirectory(prefix="mtld-probe-") as tmp:
+        rd = RunDir(tmp)
+        rd.write_job(spec)
+        rd.write_launch(Launch(micro_batch=2, device=device))
+        done = subprocess.run([sys.executable, "-m", "mtld.train.probe", str(rd.path)], capture_output=True,
+                              text=True, timeout=timeout_s, check=False)
+        result = rd.read_result()
+        if done.returncode != 0 or result is None:
+            raise RuntimeError(f"the probe failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
+        return result.figures()

@@ -1,0 +1,55 @@
+"""`mtld estimate JOB.toml [--probe]`: one job file's expected duration and peak at each size.
+
+`plan_summary` tokenizes the job's data exactly like the trainer and walks its
+batch plan (it imports torch/transformers: only `mtld estimate` and the bench
+call it, never the daemon or `mtld status`). `estimate_job` adds the family's
+history (mtld.estimate.history), optionally a fresh probe, and the size the daemon would
+start at now (mtld.decide.family.start_size), and asks the runtime model
+(mtld.decide.runtime) for one row per size. Rendering is mtld.cli.render's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mtld.decide import runtime
+from mtld.decide.runtime import PlanSummary, Prediction, summarize
+from mtld.decide.family import family, family_history, pinned_size, run_device, start_size
+from mtld.estimate.history import family_records, probe_dir, run_probe, store_probe
+from mtld.config.jobspec import JobSpec
+from mtld.memory import Reading, make_probe
+from mtld.config.settings import Settings
+
+
+def plan_summary(spec: JobSpec) -> PlanSummary:
+    """Steps, padded tokens per micro-batch size, evaluations and saves of the job's whole run."""
+    from mtld.train.data import load_tasks
+    from mtld.train.model import load_tokenizer, quiet_transformers
+    from mtld.train.plan import epoch_plan, padded_tokens
+
+    quiet_transformers()
+    tokenizer = load_tokenizer(spec.tokenizer or spec.model, trust_remote_code=spec.trust_remote_code)
+    tasks = load_tasks(spec, tokenizer)
+    train = spec.train
+    lengths = [t.train.lengths for t in tasks]
+    plans = [epoch_plan(lengths, batch_size=train.effective_batch_size, seed=train.seed, epoch=e,
+                        strategy=train.sampling, temperature=train.temperature) for e in range(train.epochs)]
+    return summarize(plans, lengths, [t.eval.lengths if t.eval is not None else None for t in tasks], train,
+                     padded_tokens)
+
+
+def estimate_job(spec: JobSpec, settings: Settings, store: Any, *, reading: Reading | None = None,
+                 probe: bool = False, plan: PlanSummary | None = None) -> tuple[PlanSummary, list[Prediction]]:
+    """The plan, optionally a probe (stored with the family's probes), then one row per size, the
+    row the daemon would start at now (memory `reading`, else read now) marked chosen.
+    Raises RuntimeError when the probe child fails."""
+    device = run_device(settings)
+    fam = family(spec, device)
+    reading = reading if reading is not None else make_probe(settings.memory).read()
+    chosen = start_size(settings, family_history(store, fam), pinned=pinned_size(spec.train.batch_size),
+                        reading=reading).micro_batch
+    plan = plan or plan_summary(spec)
+    if probe:
+        store_probe(probe_dir(settings), fam, run_probe(spec, device))
+    records = family_records(store, fam, probe_dir(settings))
+    return plan, runtime.predict(plan, records, available_bytes=reading.fit_bytes, chosen=chosen)

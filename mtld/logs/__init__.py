@@ -1,0 +1,1 @@
+"""Structured logs: JSON lines (`events`: writing and reading events) and their files (`files`: rotation, cursors)."""

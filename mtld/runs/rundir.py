@@ -1,0 +1,154 @@
+"""The run directory: the contract between whoever launches a run and the child.
+
+One folder per job holds everything about it across attempts:
+
+    job.json        the resolved job spec (written at launch; the child reads it)
+    launch.json     how to run this attempt (mtld.runs.files.Launch)
+    run.jsonl       the run log (one writer at a time: the current child)
+    result.json     the child's summary at exit (mtld.runs.files.RunResult)
+    checkpoints/    step-NNNNNNNN.pt, newest last; resuming starts from the newest
+    model/  best/   the final and the best model (encoder, heads, tokenizer, labels)
+    metrics.json    per-task metrics of every evaluation
+    .mtld-run       who made the folder (the daemon's job, or `mtld train`): see `claim`
+
+A launcher claims the folder before anything is written to it: mtld uses
+only folders it made for that run, so it never loads a checkpoint or a model
+someone else placed there. Folders are user-only (0700), files 0600.
+
+Torch-free: the daemon and the CLI use it without importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mtld.disk import private_dir
+from mtld.config.jobspec import JobSpec, spec_from_json, spec_to_json
+from mtld.runs.files import Launch, RunResult
+
+MARKER = ".mtld-run"
+
+
+class RunDirRefused(Exception):
+    """A run folder mtld did not make for this run; the message is one line."""
+
+
+def write_atomic(path: Path, content: bytes, mode: int | None = None) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename it into place: a reader
+    sees the old file or the new one, never half of one. `mode`: else the temporary file's 0600."""
+    private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_atomic(path, (json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n").encode("utf-8"))
+
+
+class RunDir:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    job_file = property(lambda self: self.path / "job.json")
+    launch_file = property(lambda self: self.path / "launch.json")
+    log_file = property(lambda self: self.path / "run.jsonl")
+    result_file = property(lambda self: self.path / "result.json")
+    metrics_file = property(lambda self: self.path / "metrics.json")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    model_dir = property(lambda self: self.path / "model")
+    best_dir = property(lambda self: self.path / "best")
+    marker_file = property(lambda self: self.path / MARKER)
+
+    def claim(self, owner: dict[str, Any], *, adopt_unmarked: bool = False) -> None:
+        """Make the folder for `owner` (who runs in it: {"job_id": 5, "store": ...}) and mark it, or
+        check that an existing one carries the same mark. RunDirRefused: a folder without the mark
+        (unless `adopt_unmarked`: the caller knows an older mtld made it), or with another owner's."""
+        private_dir(self.path.parent)
+        try:
+            os.mkdir(self.path, 0o700)
+        except FileExistsError:
+            self._check_owner(owner, adopt_unmarked)
+            return
+        os.chmod(self.path, 0o700)
+        write_json_atomic(self.marker_file, {"made_by": "mtld", **owner})
+
+    def made_for(self, owner: dict[str, Any]) -> bool:
+        """Whether this folder carries mtld's mark for `owner` (mtld clean removes only such folders)."""
+        try:
+            self._check_owner(owner, adopt_unmarked=False)
+        except RunDirRefused:
+            return False
+        return True
+
+    def _check_owner(self, owner: dict[str, Any], adopt_unmarked: bool) -> None:
+        if not self.path.is_dir() or self.path.is_symlink():
+            raise RunDirRefused(f"{self.path} exists and is not a folder mtld made: refusing to use it")
+        try:
+            found = json.loads(self.marker_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            if adopt_unmarked:
+                write_json_atomic(self.marker_file, {"made_by": "mtld", **owner})
+                return
+            raise RunDirRefused(f"{self.path} already exists and mtld did not make it for this run (no {MARKER} "
+                                "in it): refusing to use it or load anything from it; remove it or choose "
+                                "another output folder") from None
+        except (OSError, ValueError) as e:
+            raise RunDirRefused(f"{self.marker_file} cannot be read ({type(e).__name__}): refusing the folder") from None
+        theirs = {k: found.get(k) for k in owner} if isinstance(found, dict) else None
+        if theirs != owner:
+            raise RunDirRefused(f"{self.path} was made for another run ({_owner_text(found)}), not for "
+                                f"{_owner_text(owner)}: refusing to use it")
+
+    def write_job(self, spec: JobSpec) -> None:
+        private_dir(self.path)
+        write_json_atomic(self.job_file, json.loads(spec_to_json(spec)))
+
+    def read_job(self) -> JobSpec:
+        return spec_from_json(self.job_file.read_text(encoding="utf-8"))
+
+    def write_launch(self, launch: Launch) -> None:
+        write_atomic(self.launch_file, launch.to_json())
+
+    def read_launch(self) -> Launch:
+        """FileNotFoundError when there is none; RunFileError when it is not one this mtld can use."""
+        return Launch.load(self.launch_file)
+
+    def write_result(self, result: RunResult) -> None:
+        write_atomic(self.result_file, result.to_json())
+
+    def read_result(self) -> RunResult | None:
+        """None when the attempt left none; RunFileError when it is not one this mtld can use."""
+        try:
+            return RunResult.load(self.result_file)
+        except FileNotFoundError:
+            return None
+
+    def checkpoint_files(self) -> list[Path]:
+        """Complete checkpoints, oldest first (temporary files are never listed)."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(self.checkpoints.glob("step-*.pt"))
+
+    def latest_checkpoint(self) -> Path | None:
+        files = self.checkpoint_files()
+        return files[-1] if files else None
+
+
+def _owner_text(owner: Any) -> str:
+    if not isinstance(owner, dict):
+        return "unknown"
+    return ", ".join(f"{k} {v}" for k, v in owner.items() if k != "made_by") or "unknown"
