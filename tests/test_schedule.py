@@ -12,8 +12,8 @@ import pytest
 
 from mtld.config.jobspec import JobSpec, spec_to_json
 from mtld.logs.events import configure
-from mtld.decide.schedule import (ScheduleError, finish_time, firing, first_open, inside, next_firing, next_opening,
-                           open_window, parse_window)
+from mtld.config.calendar import ScheduleError, next_firing, parse_window
+from mtld.decide.schedule import finish_time, firing, first_open, inside, next_opening, open_window
 from mtld.config.settings import Settings
 from mtld.store import Store
 from mtld.testing import FakeExecutor

@@ -21,13 +21,25 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from mtld import MICRO_BATCH_SIZES
 from mtld.config.durations import parse_duration
-from mtld.decide.precision import PrecisionSetting, legacy_setting
 from mtld.config.taskrows import DataError, Fields, TaskType, check_utf8, label_names, parse_example, read_rows
 
 BatchSize = Literal["auto", *MICRO_BATCH_SIZES]  # type: ignore[valid-type]
 ROWS_CHECKED_AT_SUBMIT = 200
 JOB_FILE_LIMIT = 1 << 20  # bytes: a job file is a few hundred; anything this big is not one
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+# train.mixed_precision: what the job asks for; mtld.decide.precision decides what that means on a device.
+PrecisionSetting = Literal["auto", "bf16", "fp16", "off"]
+
+
+def legacy_setting(value: object) -> object:
+    """Job files from before the four settings said true or false: true is "auto" (mixed precision
+    where it pays on the device), false is "off". Anything else passes on to be checked."""
+    if value is True:
+        return "auto"
+    if value is False:
+        return "off"
+    return value
 
 
 class _Strict(BaseModel):
@@ -81,7 +93,7 @@ class TrainSpec(_Strict):
 
 def _cron(expression: str | None) -> str | None:
     if expression is not None:
-        from mtld.decide.schedule import check_cron
+        from mtld.config.calendar import check_cron
 
         check_cron(expression)  # raises ScheduleError (a ValueError) with the reason, e.g. it never fires
     return expression

@@ -112,7 +112,7 @@ class DiskSettings(_Section):
 
 
 def _windows(windows: list[str]) -> list[str]:
-    from mtld.decide.schedule import parse_window
+    from mtld.config.calendar import parse_window
 
     for window in windows:
         parse_window(window)  # raises with the reason
@@ -124,7 +124,7 @@ class ScheduleSettings(_Section):
     at_window_end: Literal["checkpoint", "finish"] = "checkpoint"
 
     def parsed(self) -> list:
-        from mtld.decide.schedule import parse_window
+        from mtld.config.calendar import parse_window
 
         return [parse_window(w) for w in self.windows]
 

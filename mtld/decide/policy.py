@@ -2,7 +2,8 @@
 
 - `after_exit`: what a run's exit means for its job (done, retry when, fail why).
 - `pressure_hold`: after memory-pressure interrupts, whether a job is held instead of requeued.
-- `start_micro_batch`: the micro-batch the next attempt of a job starts at.
+- `start_micro_batch`: the micro-batch the next attempt of a job starts at;
+  `fit_effective_batch`: never more than one optimizer step holds.
 - `place_run`: before a run, the pressure and free memory now (defer, step down).
 """
 
@@ -113,6 +114,13 @@ class EarlierRun:
 def one_size_down(size: int) -> int:
     smaller = [s for s in MICRO_BATCH_SIZES if s < size]
     return smaller[-1] if smaller else MICRO_BATCH_SIZES[0]
+
+
+def fit_effective_batch(size: int, effective_batch: int) -> int:
+    """The largest micro-batch up to `size` that one optimizer step can hold (an effective batch of 4 trains
+    at 4, not 8); the smallest size when even that is larger (accumulation then takes one micro-batch)."""
+    fitting = [s for s in MICRO_BATCH_SIZES if s <= size and s <= effective_batch]
+    return max(fitting) if fitting else MICRO_BATCH_SIZES[0]
 
 
 def start_micro_batch(pinned: int | None, first: tuple[int, str], earlier: Sequence[EarlierRun]) -> tuple[int, str]:

@@ -4,7 +4,7 @@ The run child (its autocast dtype), the family key (mtld.decide.family), `mtld e
 `mtld status` and `mtld doctor` all call `resolve_precision`, so what they show
 is what the child does. Light to import: no torch (the daemon never imports it);
 the facts about the machine are read from the OS (`machine_facts`) and passed in,
-so the rule itself is a pure function tested with fakes.
+so the rule itself is a pure function tested with fakes (the reading: mtld.platform.machine).
 
 What "auto" picks, and why (the figures are in the README, "Mixed precision"):
 - CPU: bf16 where the CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16):
@@ -22,19 +22,10 @@ torch.autocast; float16 needs torch.amp.GradScaler as well (mtld.train.step has 
 
 from __future__ import annotations
 
-import functools
-import platform
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
-PrecisionSetting = Literal["auto", "bf16", "fp16", "off"]
 Precision = Literal["bf16", "fp16", "off"]
-SETTINGS: tuple[str, ...] = ("auto", "bf16", "fp16", "off")
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flag names (Linux arch/x86 cpufeatures)
 MPS_BF16_MACOS = (14, 0)
 CUDA_BF16_CAPABILITY = (8, 0)
 
@@ -46,16 +37,6 @@ class MachineFacts:
     cpu_bf16: bool = False  # the CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16)
     macos: tuple[int, int] | None = None  # (major, minor) on macOS
     cuda_capability: tuple[int, int] | None = None  # of the first CUDA device
-
-
-def legacy_setting(value: object) -> object:
-    """Job files from before the four settings said true or false: true is "auto" (mixed precision
-    where it pays on the device), false is "off". Anything else passes on to be checked."""
-    if value is True:
-        return "auto"
-    if value is False:
-        return "off"
-    return value
 
 
 def resolve_precision(setting: str, device: str, facts: MachineFacts) -> tuple[Precision, str]:
@@ -80,60 +61,7 @@ def resolve_precision(setting: str, device: str, facts: MachineFacts) -> tuple[P
             return "bf16", "mixed_precision = bf16"
         return "off", f"mixed_precision = bf16, but {lacks}: fp32"
     if setting != "auto":
-        raise ValueError(f"unknown mixed_precision {setting!r}: use one of {', '.join(SETTINGS)}")
+        raise ValueError(f"unknown mixed_precision {setting!r}: use auto, bf16, fp16 or off")
     if has_bf16:
         return "bf16", f"auto: bf16 on {device}"
     return "off", f"auto: {lacks}: fp32"
-
-
-def precision_for(setting: str, device: str) -> tuple[Precision, str]:
-    """resolve_precision with this machine's facts."""
-    return resolve_precision(setting, device, machine_facts(device))
-
-
-def machine_facts(device: str) -> MachineFacts:
-    """This machine's facts for `device`, read without torch (and once per process)."""
-    return MachineFacts(cpu_bf16=device == "cpu" and _cpu_bf16(), macos=_macos_version(),
-                        cuda_capability=_cuda_capability() if device == "cuda" else None)
-
-
-@functools.cache
-def _cpu_bf16() -> bool:
-    """Linux: the CPU flags the kernel reports (the same test as torch.cpu._is_avx512_bf16_supported
-    and _is_amx_tile_supported, which ask cpuinfo). Elsewhere (macOS: Apple's CPUs) no: fp32."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = line.split(":", 1)[1].split()
-            return any(f in flags for f in CPU_BF16_FLAGS)
-    return False
-
-
-@functools.cache
-def _macos_version() -> tuple[int, int] | None:
-    if sys.platform != "darwin":
-        return None
-    release = platform.mac_ver()[0]  # "14.4.1"
-    try:
-        parts = [int(x) for x in release.split(".")[:2]] + [0]
-        return parts[0], parts[1]
-    except ValueError:
-        return None
-
-
-@functools.cache
-def _cuda_capability() -> tuple[int, int] | None:
-    """The first card's compute capability from nvidia-smi (`--query-gpu=compute_cap`), or None."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return None
-    try:
-        out = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.split()
-        major, minor = out[0].split(".")
-        return int(major), int(minor)
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None

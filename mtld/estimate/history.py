@@ -1,4 +1,5 @@
-"""A family's measured history: its finished runs (from the store) and its stored probes.
+"""A family's measured history: its finished runs (from the store) and its stored probes; a job's
+earlier attempts. What the pure decisions (mtld.decide.family, mtld.decide.policy) read, as their records.
 
 `family_figures` is what the daemon and `mtld train` hand the child
 (Launch.history); `family_records` is the same history as the runtime model's
@@ -19,14 +20,46 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mtld.decide import runtime
-from mtld.decide.runtime import RunRecord
 from mtld.config.jobspec import JobSpec
-from mtld.runs.rundir import RunDir, write_json_atomic
-from mtld.runs.files import Figures, Launch
 from mtld.config.settings import Settings
+from mtld.decide import policy, runtime
+from mtld.decide.family import family
+from mtld.decide.runtime import RunRecord
+from mtld.platform.machine import precision_for
+from mtld.runs.files import Figures, Launch
+from mtld.runs.rundir import RunDir, write_json_atomic
+from mtld.store import Job, Run, Store
 
 PROBES_KEPT = 5
+
+
+def job_family(spec: JobSpec, device: str) -> str:
+    """The job's family on `device`, in the precision it trains in there (with this machine's facts)."""
+    return family(spec, device, precision_for(spec.train.mixed_precision, device)[0])
+
+
+def family_history(store: Store | None, fam: str) -> list[policy.FamilyRun]:
+    """The family's finished runs, oldest first, as the policy reads them."""
+    return [family_run(r) for r in store.family_runs(fam)] if store is not None else []
+
+
+def family_run(run: Run) -> policy.FamilyRun:
+    f = Figures.model_validate(run.figures)
+    return policy.FamilyRun(
+        outcome=run.outcome, micro_batch=run.micro_batch, micro_batch_end=run.micro_batch_end,
+        scaled_down=f.scaled_down, oom_count=f.oom_count, peak_bytes=f.peak_memory_bytes, budget_bytes=f.budget_bytes,
+    )
+
+
+def earlier_runs(store: Store, job: Job) -> list[policy.EarlierRun]:
+    """The job's attempts so far, oldest first, as the policy reads them."""
+    return [policy.EarlierRun(r.outcome, r.micro_batch, r.micro_batch_end, pressure_interrupt(r))
+            for r in store.runs_for(job.id)]
+
+
+def pressure_interrupt(run: Run) -> bool:
+    """The run checkpointed and stopped itself because memory pressure stayed critical."""
+    return run.outcome == "interrupted" and run.figures.get("stop_reason") == "memory_critical"
 
 
 def probe_dir(settings: Settings) -> Path:

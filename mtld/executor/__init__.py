@@ -21,9 +21,6 @@ if TYPE_CHECKING:
     from mtld.config.settings import Settings
     from mtld.store import Run
 
-CHILD_MODULE = "mtld.train"
-
-
 @dataclass(frozen=True)
 class ExitStatus:
     """How a run ended: an exit code, or the signal that killed it, or unknown (lost).

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import psutil
 
 from mtld.disk import open_private
-from mtld.executor import CHILD_MODULE, ExitStatus
+from mtld.executor import ExitStatus
+from mtld.runs.child import CHILD_MODULE
 
 if TYPE_CHECKING:
     from mtld.store import Run

@@ -26,7 +26,7 @@ from mtld.logs.events import get_logger, iso
 from mtld.executor import ClusterUnreachable
 from mtld.daemon.pidfile import running_pid
 from mtld.estimate.rowcounts import remember_rows
-from mtld.decide.schedule import ScheduleError, check_cron, next_firing
+from mtld.config.calendar import ScheduleError, check_cron, next_firing
 from mtld.config.settings import Settings
 from mtld.store import TERMINAL, InvalidTransition, Job, Schedule, Store, UnknownJob
 

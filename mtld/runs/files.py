@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mtld.config.settings import DiskSettings, MemorySettings, Settings
+from mtld.runs.exitcodes import Outcome
 
 VERSION = 1  # the format this mtld writes and the newest it reads
 
-Outcome = Literal["succeeded", "bad_input", "interrupted", "out_of_memory", "disk_full", "failed"]
 
 
 class RunFileError(ValueError):

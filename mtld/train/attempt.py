@@ -33,14 +33,6 @@ from mtld.train.guard import Guard, NoGuard
 from mtld.train.procstats import peak_vm_bytes
 from mtld.train.signals import StopFlag
 
-CODES = {
-    "succeeded": exitcodes.OK,
-    "bad_input": exitcodes.BAD_INPUT,
-    "interrupted": exitcodes.INTERRUPTED,
-    "out_of_memory": exitcodes.OUT_OF_MEMORY,
-    "disk_full": exitcodes.DISK_FULL,
-    "failed": 1,
-}
 FINISHED_FIELDS = (  # result.json fields repeated in the run.finished event
     "outcome", "exit_code", "step", "total_steps", "duration_s", "peak_memory_bytes",
     "samples_per_s", "tokens_per_s", "micro_batch_end", "best_score",
@@ -158,7 +150,7 @@ def _result(outcome: str, message: str | None, summary: Summary, duration: float
         fields["checkpoint"] = str(latest) if latest else None
     if summary.meter is not None:
         fields["peak_memory_bytes"] = summary.meter.peak_bytes()
-    return RunResult(outcome=outcome, exit_code=CODES[outcome], message=message, **fields)
+    return RunResult(outcome=outcome, exit_code=exitcodes.CODE[outcome], message=message, **fields)
 
 
 # ---------------------------------------------------------------- set-up

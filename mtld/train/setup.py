@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from mtld.config.jobspec import JobSpec
-from mtld.decide.precision import Precision, precision_for
+from mtld.decide.precision import Precision
+from mtld.platform.machine import precision_for
 from mtld.config.taskrows import DataError
 from mtld.train.data import TaskData, load_tasks
 from mtld.train.device import amp_dtype, is_oom, seed_everything

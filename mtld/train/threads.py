@@ -27,8 +27,9 @@ import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from mtld.runs.child import ALLOTTED_ENV
+
 CHECK_EVERY_S = 2.0
-ALLOTTED_ENV = "MTLD_THREADS_ALLOTTED"  # "1": OMP_NUM_THREADS is the cluster's allotment, a ceiling
 
 
 class CpuTimes(NamedTuple):

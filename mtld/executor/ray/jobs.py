@@ -45,10 +45,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mtld.disk import open_private
-from mtld.executor import CHILD_MODULE, ClusterUnreachable, ExitStatus
+from mtld.executor import ClusterUnreachable, ExitStatus
 from mtld.logs.events import get_logger
 from mtld.runs.rundir import RunDir
-from mtld.train.threads import ALLOTTED_ENV
+from mtld.runs.child import ALLOTTED_ENV, CHILD_MODULE
 
 if TYPE_CHECKING:
     from mtld.config.settings import RaySettings
