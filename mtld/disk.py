@@ -24,9 +24,12 @@ Torch-free: the daemon, the CLI and the child use it.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
+import tempfile
 from pathlib import Path
+from typing import Any
 
 PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 MB = 1_000_000
@@ -167,3 +170,25 @@ def open_private(path: Path | str, flags: int) -> int:
     except OSError:  # not the owner (a shared log): leave its mode alone
         pass
     return fd
+
+
+def write_atomic(path: Path, content: bytes, mode: int | None = None) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename it into place: a reader
+    sees the old file or the new one, never half of one. `mode`: else the temporary file's 0600."""
+    private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_atomic(path, (json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n").encode("utf-8"))

@@ -126,13 +126,16 @@ class FakeExecutor:
     runs have no pid here, a restarted daemon adopts the ones not ended (by ref), and `reachable` False makes
     `check`, `start` and `adopt` raise ClusterUnreachable; `lose_reply` True: the next start submits the run but
     raises ClusterUnreachable, as when the cluster's answer is lost. `ends_on_term` False: runs ignore stop requests (still
-    checkpointing on a slow cluster)."""
+    checkpointing on a slow cluster). `slots`: runs at once (one locally); `device`: where runs train."""
 
-    def __init__(self, *, remote: bool = False, ends_on_term: bool = True) -> None:
+    def __init__(self, *, remote: bool = False, ends_on_term: bool = True, slots: int | None = None,
+                 device: str = "cpu", kind: str | None = None) -> None:
         self.runs: list[FakeRun] = []
         self.remote = remote
         self.ends_on_term = ends_on_term
-        self.kind = "ray" if remote else "local"
+        self.kind = kind or ("ray" if remote else "local")
+        self.slots = slots or 1
+        self.device = device
         self.reachable = True
         self.lose_reply = False
 
@@ -140,7 +143,7 @@ class FakeExecutor:
         if not self.reachable:
             raise ClusterUnreachable("cannot reach the cluster (fake)")
 
-    def start(self, run_dir: Path, run: Any = None) -> FakeRun:
+    def start(self, run: Any, run_dir: Path) -> FakeRun:
         self.check()
         n = len(self.runs)
         handle = (FakeRun(None, Path(run_dir), ref=f"fake-run-{run.id}", ends_on_term=self.ends_on_term) if self.remote

@@ -100,7 +100,7 @@ def play(trace: str | list[TraceRow], tmp_path: Path, *, work_s: float, budget: 
     daemon = Daemon(settings, store, executor=executor, probe=ReplayProbe(rows, settings.memory, clock=clock, start=0.0),
                     clock=lambda: T0 + now["t"])
     job = store.submit(name="night", spec_json=spec_to_json(SPEC), job_file="/jobs/night.toml",
-                       run_root=str(settings.runs_dir), now=T0 - 1)
+                       run_root=str(settings.local_runs_dir), now=T0 - 1)
     work = {"done": 0.0, "total": work_s}
     child: SimulatedChild | None = None
     path: list[int] = []

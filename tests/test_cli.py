@@ -158,8 +158,16 @@ def test_settings_from_file_and_environment(tmp_path, monkeypatch):
 def test_the_repository_config_is_the_defaults(monkeypatch):
     for name in [n for n in os.environ if n.startswith("MTLD_")]:
         monkeypatch.delenv(name)
+    from mtld.executor.registry import kinds, plugin_for
+
     documented = load_settings(Path(__file__).parent.parent / "config.toml")
-    assert documented.model_dump() == Settings().model_dump()
+    assert documented.model_dump(exclude={"executor"}) == Settings().model_dump(exclude={"executor"})
+    assert documented.executor.kind == Settings().executor.kind
+    # each executor's table, as its own model reads it: its defaults, and one for every kind that has settings
+    tables = documented.executor.model_extra
+    assert sorted(tables) == sorted(k for k, p in kinds().items() if p.settings_model is not None)
+    for kind in tables:
+        assert plugin_for(documented, kind).section == kinds()[kind].settings_model()
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ class Harness:
                run_root: str | None = None) -> int:
         spec = spec_json or spec_to_json(SPEC.model_copy(update={"name": name}))
         return self.real.submit(name=name, spec_json=spec, job_file="/jobs/job.toml", priority=priority,
-                                run_root=run_root or str(self.settings.runs_dir), now=T0 - 60).id
+                                run_root=run_root or str(self.settings.local_runs_dir), now=T0 - 60).id
 
     def job(self, job_id: int):
         return self.real.get(job_id)
@@ -243,7 +243,7 @@ def test_a_move_that_cannot_be_recorded_is_settled_from_the_recorded_run(h):
     h.executor.runs[0].end(0)
     h.daemon.tick(T0 + 1)
     assert h.job(job_id).state == "succeeded"
-    assert [t.reason for t in h.real.transitions_for(job_id)][-1] == "its run had succeeded"
+    assert [t.reason for t in h.real.transitions_for(job_id)][-1] == "the run finished"
     h.assert_settled()
 
 

@@ -61,7 +61,7 @@ def submit(store: Store, settings: Settings, *, priority: int = 0, name: str = "
            not_before: float | None = None) -> int:
     spec = SPEC.model_copy(update={"name": name})
     return store.submit(name=name, spec_json=spec_to_json(spec), job_file="/jobs/job.toml", priority=priority,
-                        not_before=not_before, run_root=str(settings.runs_dir), now=T0 - 60).id
+                        not_before=not_before, run_root=str(settings.local_runs_dir), now=T0 - 60).id
 
 
 def events(settings: Settings, name: str) -> list[dict]:

@@ -10,6 +10,7 @@ import pytest
 
 from mtld.daemon.loop import Daemon
 from mtld.executor.ray.jobs import exit_status, submission_id
+from mtld.executor.registry import plugin_for
 from mtld.config.settings import Settings
 from mtld.queue.status import collect
 from mtld.store import Store
@@ -37,7 +38,8 @@ def cluster(tmp_path, monkeypatch):
         configure(settings.daemon_log)
         store = Store(settings.db_path)
         stores.append(store)
-        executor = FakeExecutor(remote=True, **fake)
+        plugin = plugin_for(settings)  # the Ray executor's slots and device, from its settings
+        executor = FakeExecutor(remote=True, slots=plugin.slots, device=plugin.device, **fake)
         daemon = Daemon(settings, store, executor=executor, probe=probe or ScriptedProbe([reading("normal")]),
                         clock=lambda: T0)
         return daemon, store, executor, settings
@@ -92,7 +94,7 @@ def test_a_restarted_daemon_adopts_the_runs_still_on_the_cluster_and_starts_no_s
     again.tick(T0 + 5)
     assert store.get(a).state == "succeeded" and store.get(b).state == "running"
     assert len(executor.runs) == 2  # nothing submitted again
-    assert [e["submission_id"] for e in events(settings, "daemon.adopted")] == [r.ref for r in executor.runs]
+    assert [e["ref"] for e in events(settings, "daemon.adopted")] == [r.ref for r in executor.runs]
     executor.runs[1].end(0)
     again.tick(T0 + 6)
     assert store.get(b).state == "succeeded" and [len(store.runs_for(j)) for j in (a, b)] == [1, 1]
@@ -138,7 +140,7 @@ def test_a_daemon_stopping_leaves_a_cluster_run_that_has_not_checkpointed_yet_to
     daemon.tick(T0 + 1)
     assert daemon.finished and executor.runs[0].signals == [signal.SIGTERM]  # asked, never killed
     assert store.get(job).state == "running" and store.latest_run(job).ended_at is None
-    assert events(settings, "run.left_running")[0]["submission_id"] == executor.runs[0].ref
+    assert events(settings, "run.left_running")[0]["ref"] == executor.runs[0].ref
 
     executor.runs[0].end(75)  # it checkpointed on the cluster meanwhile
     again = Daemon(settings, store, executor=executor, probe=ScriptedProbe([reading("normal")]), clock=lambda: T0)
@@ -168,7 +170,7 @@ def test_status_shows_every_running_job_with_its_submission_id_and_node(cluster)
     text = io.StringIO()
     render.status(Console(file=text, width=200), info)
     shown = text.getvalue()
-    assert f"executor ray at {settings.executor.ray.address} (2 runs at once)" in shown
+    assert f"executor ray at {plugin_for(settings).ray.address} (2 runs at once)" in shown
     assert f"ray job {executor.runs[0].ref} on node node-1" in shown
     assert f"ray job {executor.runs[1].ref} on node not yet placed" in shown
 
@@ -211,15 +213,18 @@ def test_asking_for_ray_without_its_client_is_one_line_naming_the_extra(tmp_path
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     code, out, err = run_cli("status")
     assert code == 2 and out == ""
-    assert err.strip() == """MTLD_EXECUTOR__KIND: "ray" needs Ray's client: pip install 'mtld[ray]'"""
+    assert err.strip() == """MTLD_EXECUTOR__KIND: 'ray' needs Ray's client: pip install 'mtld[ray]'"""
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:8265", "ray://head:10001", "http://", "http://head:99999"])
-def test_a_malformed_cluster_address_is_refused_when_the_settings_load(address):
-    from pydantic import ValidationError
+def test_a_malformed_cluster_address_is_refused_when_the_settings_load(address, monkeypatch):
+    from mtld.config.settings import SettingsError
+    from mtld.executor.registry import check_settings
 
-    with pytest.raises(ValidationError, match="Ray Jobs API address|port"):
-        Settings(executor={"ray": {"address": address}})
+    for name in [n for n in __import__("os").environ if n.startswith("MTLD_")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(SettingsError, match=r"^environment: executor\.ray\.address - .*(Ray Jobs API address|port)"):
+        check_settings(Settings(executor={"ray": {"address": address}}))
 
 
 def test_a_run_folder_the_worker_cannot_see_exits_66_and_fails_the_job_with_the_reason(tmp_path):
@@ -258,13 +263,13 @@ def test_a_ray_run_asks_for_the_configured_resources_and_a_grace_above_its_check
     settings = Settings(home=tmp_path, executor={"ray": {
         "num_cpus": 2, "num_gpus": 1, "memory_mb": 4000, "resources": {"big": 1}, "stop_grace_s": 90,
         "python": "/opt/py env/bin/python", "runtime_env": {"env_vars": {"HF_HOME": "/shared/hf"}, "pip": ["x"]}}})
-    executor = RayExecutor(settings.executor.ray, owner=str(tmp_path))
+    executor = RayExecutor(plugin_for(settings, "ray").ray, owner=str(tmp_path))
     executor._client = client = Client()
     from types import SimpleNamespace
 
     run = SimpleNamespace(id=1, started_at=T0, executor="ray", pid=None, ref=None, node=None)
-    first = executor.start(tmp_path / "runs" / "1-a b", run)
-    again = executor.start(tmp_path / "runs" / "1-a b", run)  # the same run submitted again: the same job
+    first = executor.start(run, tmp_path / "runs" / "1-a b")
+    again = executor.start(run, tmp_path / "runs" / "1-a b")  # the same run submitted again: the same job
     [job] = client.submitted
     assert first.ref == again.ref == job["submission_id"]
     # a daemon that crashed before recording the submission finds the job by the run's record alone
@@ -343,6 +348,12 @@ class FakeJobsClient:
         return ""
 
 
+def ray_run(run_id: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(id=run_id, started_at=T0, executor="ray", pid=None, ref=None, node=None)
+
+
 def test_a_stop_the_cluster_did_not_take_is_sent_again_until_it_does(tmp_path):
     import requests
 
@@ -350,7 +361,7 @@ def test_a_stop_the_cluster_did_not_take_is_sent_again_until_it_does(tmp_path):
 
     down = requests.ConnectionError("connection refused")
     client = FakeJobsClient(down)
-    run = RayRun(client, "http://head:8265", "mtld-x-run-1-0", tmp_path, 1)
+    run = RayRun(client, "http://head:8265", "mtld-x-run-1-0", tmp_path, ray_run(1))
     run.signal(signal.SIGTERM)
     assert run.poll() is None and client.stops == 2 and run.stop_pending  # asked at the signal and the poll
     client.answers = [_info("RUNNING")]
@@ -363,7 +374,7 @@ def test_a_job_the_cluster_no_longer_knows_ends_the_run_as_lost(tmp_path):
     from mtld.executor.ray.jobs import RayRun
 
     client = FakeJobsClient(RuntimeError("Request failed with status code 404: Job mtld-x does not exist."))
-    status = RayRun(client, "http://head:8265", "mtld-x", tmp_path, 1).poll()
+    status = RayRun(client, "http://head:8265", "mtld-x", tmp_path, ray_run(1)).poll()
     assert (status.code, status.signal) == (None, None) and "no longer knows" in status.detail
 
 

@@ -156,7 +156,7 @@ def submit(t, model: Path, name: str = "job", **train) -> int:
     job_spec = JobSpec.model_validate({"name": name, "model": str(model), "tasks": [
         {"name": "t", "type": "classification", "train": "/data/t.jsonl"}], "train": {"keep_checkpoints": 2, **train}})
     return t.store.submit(name=name, spec_json=spec_to_json(job_spec), job_file="/jobs/job.toml",
-                          run_root=str(t.settings.runs_dir), now=T0 - 60).id
+                          run_root=str(t.settings.local_runs_dir), now=T0 - 60).id
 
 
 def test_a_job_that_would_not_fit_is_held_before_it_starts_and_released_when_space_returns(make, tmp_path):

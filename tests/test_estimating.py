@@ -15,7 +15,7 @@ from mtld.estimate import history
 from mtld.estimate.job import plan_summary
 from mtld.cli.render import estimate_json, estimate_table
 from mtld.estimate.rowcounts import ExampleCounts, queued_estimate
-from mtld.runs.files import Figures, Launch
+from mtld.runs.files import Figures, Launch, parse, to_json
 from mtld.store import Run
 
 
@@ -112,7 +112,7 @@ def test_family_figures_are_the_finished_runs_then_the_probes_and_travel_in_laun
         {"probe": True, "timing": TIMING, "peaks_by_size": {"2": 1}, "device": "cpu"},
     ]
     launch = Launch(micro_batch=4, history=figures)
-    assert Launch.parse(json.loads(launch.to_json()), shown_as="launch.json").history == figures
+    assert parse(Launch, json.loads(to_json(launch)), shown_as="launch.json").history == figures
     assert history.family_figures(fake_store([]), "f") == []
 
 

@@ -38,7 +38,7 @@ from mtld.memory.linux import (
     parse_psi,
     psi_level,
 )
-from mtld.memory.figures import process_footprint
+from mtld.memory.footprint import process_footprint
 from mtld.memory.macos import (
     AVAILABLE_SYSCTL,
     PRESSURE_SYSCTL,

@@ -126,7 +126,7 @@ def test_the_checked_in_example_is_what_the_code_renders():
     checked_in = (REPO / "launchd/io.mtld.daemon.plist").read_bytes()
     assert checked_in == example_plist(), (
         "launchd/io.mtld.daemon.plist is stale: "
-        ".venv/bin/python -m mtld.platform.launchd > launchd/io.mtld.daemon.plist"
+        ".venv/bin/python -m mtld.platform.agent > launchd/io.mtld.daemon.plist"
     )
     example = plistlib.loads(checked_in)
     assert example["ProgramArguments"][0] == "/Users/you/.venv/bin/python"

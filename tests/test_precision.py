@@ -80,7 +80,10 @@ def test_the_family_key_knows_the_precision_and_fp32_keeps_the_old_key(jobs):
     assert family(spec, "cpu", "off") == old_key
     assert family(spec, "cpu", "bf16") == old_key + "|bf16"
     assert family(spec, "cpu", "fp16") == old_key + "|fp16"
-    assert family(spec.model_copy(update={"train": spec.train.model_copy(update={"mixed_precision": "off"})}), "cpu") == old_key
+    from mtld.estimate.history import job_family  # the family in the precision the job trains in here
+
+    assert job_family(spec.model_copy(update={"train": spec.train.model_copy(update={"mixed_precision": "off"})}),
+                      "cpu") == old_key
 
 
 def test_fp16_trains_with_a_loss_scaler_whose_state_is_checkpointed(jobs, read_events):

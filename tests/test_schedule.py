@@ -138,7 +138,7 @@ SPEC = JobSpec.model_validate({"name": "nightly", "model": "/models/bert", "task
 
 def submit(store: Store, settings: Settings, now: datetime):
     return store.submit(name="nightly", spec_json=spec_to_json(SPEC), job_file="/jobs/nightly.toml",
-                        run_root=str(settings.runs_dir), now=now.timestamp())
+                        run_root=str(settings.local_runs_dir), now=now.timestamp())
 
 
 def events(settings: Settings, name: str) -> list[dict]:
@@ -183,7 +183,7 @@ def test_a_schedule_fires_into_a_dated_job_and_missed_nights_fire_once(tmp_path,
     daemon, store, executor, settings = make_daemon(tmp_path, monkeypatch)
     added = at("Mon 2026-11-23 12:00")
     schedule = store.add_schedule(name="nightly", cron="0 1 * * *", spec_json=spec_to_json(SPEC),
-                                  job_file="/jobs/nightly.toml", run_root=str(settings.runs_dir),
+                                  job_file="/jobs/nightly.toml", run_root=str(settings.local_runs_dir),
                                   next_fire_at=next_firing("0 1 * * *", added).timestamp(), now=added.timestamp())
     daemon.tick(now=at("Tue 2026-11-24 00:59").timestamp())
     assert store.list_jobs() == []

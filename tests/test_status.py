@@ -65,10 +65,10 @@ def queue(jobs, tmp_path, monkeypatch):
 
     def submit(name, minutes=0.0, spec=spec, **kw):
         return store.submit(name=name, spec_json=spec_to_json(spec), job_file="/jobs/j.toml",
-                            run_root=str(settings.runs_dir), now=t0.timestamp() + minutes * 60, **kw)
+                            run_root=str(settings.local_runs_dir), now=t0.timestamp() + minutes * 60, **kw)
 
     done = submit("history", -60)
-    run = store.start_run(done.id, micro_batch=4, family=family(spec, "cpu"), now=t0.timestamp() - 3000)
+    run = store.start_run(done.id, micro_batch=4, family=family(spec, "cpu", "off"), now=t0.timestamp() - 3000)
     store.finish_run(run.id, outcome="succeeded", micro_batch_end=4, figures=FIGURES, now=t0.timestamp() - 2985)
     store.transition(done.id, "succeeded", reason="done", now=t0.timestamp() - 2985)
     return SimpleNamespace(settings=settings, store=store, spec=spec, t0=t0, submit=submit)

@@ -88,7 +88,9 @@ def test_rays_allotment_is_the_governors_ceiling_not_a_pin(monkeypatch):
     from mtld.executor.ray.jobs import RayExecutor
     from mtld.config.settings import Settings
 
-    env_vars = RayExecutor(Settings().executor.ray, owner="x").runtime_env()["env_vars"]
+    from mtld.executor.ray.settings import RaySettings
+
+    env_vars = RayExecutor(RaySettings(), owner="x").runtime_env()["env_vars"]
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # as Ray sets it for num_cpus = 2
     for name, value in env_vars.items():
         monkeypatch.setenv(name, value)

@@ -22,6 +22,7 @@ from rich.console import Console
 from mtld import __version__
 from mtld.logs.events import configure
 from mtld.config.settings import Settings, SettingsError, load_settings
+from mtld.executor import registry
 from mtld.store import Job, Store, StoreError
 from mtld.store.schema import MAX_ID
 
@@ -47,6 +48,7 @@ class Context:
         if self._settings is None:
             try:
                 self._settings = load_settings(self.config)
+                registry.check_settings(self._settings)  # each executor checks its own table
             except SettingsError as e:
                 fail(str(e), code=2)
             try:

@@ -12,7 +12,7 @@ from mtld.cli import render
 from mtld.queue import jobs
 from mtld.cli import Context, JobId, JsonFlag, app, check_ids, emit_json, fail, out
 from mtld.config.jobspec import JobFileError
-from mtld.daemon.pidfile import running_pid
+from mtld.platform.pidfile import running_pid
 from mtld.queue.status import job_view
 from mtld.store import TERMINAL, InvalidTransition, Job, UnknownJob
 

@@ -20,6 +20,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from mtld.executor import ExecutorPlugin
+from mtld.executor import registry
+
 if TYPE_CHECKING:
     from mtld.decide.runtime import PlanSummary, Prediction
 
@@ -62,15 +65,13 @@ def status(out: Console, info: dict[str, Any]) -> None:
     state = "not running" if not d["running"] else f"running (pid {d['pid']})"
     out.print(f"[bold]daemon[/]  {state}{', paused: no new jobs start' if d['paused'] else ''}")
     e = info.get("executor") or {}
-    if e.get("kind") == "ray":
-        slots = f"{e['slots']} run{'s' if e['slots'] != 1 else ''} at once"
-        out.print(f"executor ray at {e['address']} ({slots}); run folders in {e['runs_dir']}", markup=False)
+    for line in _executor_kind(e.get("kind")).lines(e):  # each executor says what it adds (none for local)
+        out.print(line, markup=False)
     for job in info["running"]:
         out.print(running_line(job))
-        if (job.get("run") or {}).get("executor") == "ray":
-            r = job["run"]
-            node = r["node"][:12] if r.get("node") else "not yet placed"  # Ray's node ids: 56 hex digits
-            out.print(f"        ray job {r['submission_id']} on node {node}", markup=False)
+        run = job.get("run") or {}
+        for line in _executor_kind(run.get("executor")).run_lines(run):
+            out.print(f"        {line}", markup=False)
     w = info["schedule"]
     if w["windows"]:
         when = f"inside, until {local_iso(w['closes_at'])}" if w["inside"] else f"outside; the next opens {local_iso(w['next_opens_at'])}"
@@ -90,6 +91,11 @@ def status(out: Console, info: dict[str, Any]) -> None:
         out.print("No jobs." + ("" if info.get("states") else " Queue one with: mtld submit JOB.toml"))
     if info.get("disk"):
         out.print(disk_line(info["disk"]), markup=False)
+
+
+def _executor_kind(kind: str | None) -> type[ExecutorPlugin]:
+    """The executor kind a view names; an unknown one (no longer installed) says nothing more."""
+    return (registry.kind(kind) if kind else None) or ExecutorPlugin
 
 
 def disk_line(d: dict[str, Any]) -> str:

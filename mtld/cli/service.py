@@ -24,7 +24,7 @@ def daemon(
 ) -> None:
     """Run the queue in the foreground (launchd and systemd run it like this)."""
     from mtld.daemon.loop import serve
-    from mtld.daemon.pidfile import AlreadyRunning
+    from mtld.platform.pidfile import AlreadyRunning
 
     c: Context = ctx.obj
     configure(c.settings.daemon_log, level=c.settings.log_level, console=None if quiet else sys.stderr)

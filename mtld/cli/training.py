@@ -14,6 +14,7 @@ from mtld.cli import render
 from mtld.queue import jobs
 from mtld.cli import Context, JsonFlag, app, emit_json, fail, get_job, out
 from mtld.config.jobspec import JobFileError, load_job
+from mtld.runs import exitcodes
 
 # ------------------------------------------------------------------ training in the foreground
 
@@ -26,11 +27,14 @@ def train(
     batch_size: Annotated[Optional[str], typer.Option(help="Micro-batch 2, 4 or 8 (default: the job's, else the configured start size).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps (default: the configured one).")] = None,
 ) -> None:
-    """Run a job now, in the foreground, without the queue: the same code the daemon runs."""
-    from mtld.decide.family import family, resolve_device
-    from mtld.estimate.history import family_figures, probe_dir
-    from mtld.runs.rundir import RunDir, RunDirRefused
+    """Run a job now, in the foreground, without the queue: the same code the daemon runs, at the size it
+    would start at (the family's history, the memory now)."""
+    from mtld.decide.family import pinned_size, start_size
+    from mtld.estimate.history import family_figures, family_history, job_family, probe_dir
+    from mtld.memory import make_probe
+    from mtld.platform.machine import guess_device
     from mtld.runs.files import launch_for
+    from mtld.runs.rundir import RunDir, RunDirRefused
     from mtld.train import run_attempt
 
     c: Context = ctx.obj
@@ -43,20 +47,29 @@ def train(
         fail(str(e), code=2)
     if device not in (None, "auto", "cpu", "cuda", "mps"):
         fail(f"{job_file}: --device - must be auto, cpu, cuda or mps, not {device!r}", code=2)
+    device = device or c.settings.train.device
+    fam = job_family(spec, guess_device(device))
+    try:
+        reading = make_probe(c.settings.memory).read()
+    except Exception:  # an unreadable level never holds a run (as in the daemon)
+        reading = None
+    start = start_size(c.settings, family_history(c.store, fam), pinned=pinned_size(spec.train.batch_size),
+                       effective_batch=spec.train.effective_batch_size, reading=reading)
+    if start.micro_batch is None:
+        fail(f"mtld train: not starting now: {start.reason} (the daemon would wait too)", code=exitcodes.INTERRUPTED)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = RunDir(out_dir or (spec.output or Path.cwd() / "runs") / f"{spec.name}-{stamp}")
     os.umask(0o077)  # as in the daemon's child: whatever the run creates is user-only
-    try:  # only a folder `mtld train` made for this job: nothing placed there by others is loaded
-        run_dir.claim({"job_id": None, "name": spec.name})
+    try:  # only a folder `mtld train` made for this job, or an empty one: nothing placed there by others is loaded
+        run_dir.claim({"job_id": None, "name": spec.name}, adopt_empty=True)
     except RunDirRefused as e:
         fail(f"{job_file}: --out - {e}", code=2)
     if run_dir.job_file.exists() and run_dir.read_job() != spec:
         fail(f"{run_dir.path}: holds a run of another job spec; choose another --out", code=2)
-    size = spec.train.batch_size if spec.train.batch_size != "auto" else c.settings.train.start_batch_size
-    device = device or c.settings.train.device
-    history = family_figures(c.store, family(spec, resolve_device(device)), probe_dir(c.settings))
+    sys.stderr.write(f"micro-batch {start.micro_batch}: {start.reason}\n")
+    history = family_figures(c.store, fam, probe_dir(c.settings))
     run_dir.write_job(spec)
-    run_dir.write_launch(launch_for(c.settings, micro_batch=size, device=device, history=history))
+    run_dir.write_launch(launch_for(c.settings, micro_batch=start.micro_batch, device=device, history=history))
     code = run_attempt(run_dir.path, console=sys.stderr)
     result = run_dir.read_result()
     sys.stderr.write(f"{result.outcome if result else 'failed'}: {run_dir.path}\n")
@@ -91,6 +104,7 @@ def estimate(
 ) -> None:
     """How long the job takes at micro-batch 2, 4 and 8, and whether each fits in memory now."""
     from mtld.estimate.job import estimate_job
+    from mtld.executor.registry import plugin_for
 
     c: Context = ctx.obj
     try:
@@ -102,7 +116,7 @@ def estimate(
         sys.stderr.write(f"probing {spec.name}: a few timed steps at micro-batch 2, 4 and 8 in a child process "
                          "(on the demo model about 20 s)...\n")
     try:
-        plan, rows = estimate_job(spec, settings, store, probe=probe)
+        plan, rows = estimate_job(spec, settings, store, device=plugin_for(settings).device, probe=probe)
     except RuntimeError as e:  # the probe child failed
         fail(f"mtld estimate: {e}")
     if as_json:

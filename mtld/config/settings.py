@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from mtld import MICRO_BATCH_SIZES
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
+                      ValidationInfo, field_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 from pydantic_settings import SettingsError as SourceError
 
@@ -25,8 +26,10 @@ class SettingsError(Exception):
     """The configuration cannot be used; the message says where and why."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf and nan are never a setting
+class Section(BaseModel):
+    """One table of the settings: unknown keys are refused, and inf and nan are never a setting."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _threads(value: object) -> int | str:
@@ -48,7 +51,7 @@ def _micro_batch(size: int) -> int:
     return size
 
 
-class TrainSettings(_Section):
+class TrainSettings(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # An int, not Literal[2, 4, 8]: environment values arrive as strings.
     start_batch_size: Annotated[int, AfterValidator(_micro_batch)] = 4
@@ -59,7 +62,7 @@ class TrainSettings(_Section):
     max_nonfinite_steps: int = Field(default=10, ge=1, le=10_000)
 
 
-class MemorySettings(_Section):
+class MemorySettings(Section):
     probe: Literal["auto", "macos", "linux", "simulated", "replay"] = "auto"
     simulated_file: Path | None = Field(default=None, validate_default=True)
     replay_file: Path | None = Field(default=None, validate_default=True)
@@ -89,7 +92,12 @@ class MemorySettings(_Section):
         return value
 
 
-class DaemonSettings(_Section):
+# After SIGKILL, how long the daemon waits for a run child to be reaped (the service manager's stop timeout
+# adds it to daemon.stop_timeout_s: mtld.platform.agent).
+FORCED_STOP_GRACE_S = 5.0
+
+
+class DaemonSettings(Section):
     poll_interval_s: float = Field(default=2.0, gt=0, le=60)
     stop_timeout_s: float = Field(default=15.0, gt=0, le=600)
     max_attempts: int = Field(default=3, ge=1, le=100)
@@ -99,7 +107,7 @@ class DaemonSettings(_Section):
     notify: bool = True
 
 
-class DiskSettings(_Section):
+class DiskSettings(Section):
     margin_mb: float = Field(default=256.0, ge=0, allow_inf_nan=False)  # free space kept beyond a run's need
     keep_last_checkpoint: bool = False  # after a successful run; else only model/ and best/ stay
     log_max_mb: float = Field(default=50.0, gt=0, allow_inf_nan=False)  # mtld.jsonl rotates beyond this
@@ -119,7 +127,7 @@ def _windows(windows: list[str]) -> list[str]:
     return windows
 
 
-class ScheduleSettings(_Section):
+class ScheduleSettings(Section):
     windows: Annotated[list[str], AfterValidator(_windows)] = []
     at_window_end: Literal["checkpoint", "finish"] = "checkpoint"
 
@@ -129,7 +137,7 @@ class ScheduleSettings(_Section):
         return [parse_window(w) for w in self.windows]
 
 
-def _home(value: object) -> Path | None:
+def absolute_folder(value: object) -> Path | None:
     """MTLD_HOME (or `home`): an absolute folder, or one that can be made (empty or relative would put the
     state wherever the command happens to run)."""
     if value is None:
@@ -148,89 +156,24 @@ def _home(value: object) -> Path | None:
     return path
 
 
-def _ray_address(value: str) -> str:
-    """The Ray Jobs API address (the dashboard's HTTP address), e.g. http://127.0.0.1:8265."""
-    from urllib.parse import urlsplit
+class ExecutorSettings(BaseModel):
+    """`executor.kind`, and one table per kind of executor (`[executor.ray]`, ...). Each executor checks its
+    own table with its own model (mtld.executor.registry), so a new executor needs no change here."""
 
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-        raise ValueError(f"must be the Ray Jobs API address, like http://127.0.0.1:8265, not {value!r}")
-    try:
-        parts.port
-    except ValueError:
-        raise ValueError(f"{value!r}: the port is not a number from 1 to 65535") from None
-    return value.rstrip("/")
+    model_config = ConfigDict(extra="allow")
 
+    kind: str = Field(default="local", min_length=1)
 
-class RaySettings(_Section):
-    """Where and how runs go to a Ray cluster (README, "Training on a Ray cluster")."""
-
-    address: Annotated[str, AfterValidator(_ray_address)] = "http://127.0.0.1:8265"
-    # The folder run folders go in. Both this machine and every worker must see it at this same path (a
-    # shared filesystem); unset: the state folder's runs/, which only a one-machine cluster sees.
-    runs_dir: Annotated[Path | None, BeforeValidator(_home)] = None
-    # The interpreter that runs `-m mtld.train` on the workers (one with mtld installed).
-    python: str = Field(default="python3", min_length=1)
-    # What each run asks the cluster for (Ray's entrypoint resources); memory in MB. Ray sets the run's
-    # OMP_NUM_THREADS to num_cpus (ray/_private/utils.py, set_omp_num_threads_if_unset): its CPU threads.
-    num_cpus: float = Field(default=1.0, ge=0)
-    num_gpus: float = Field(default=0.0, ge=0)
-    memory_mb: float = Field(default=0.0, ge=0)
-    resources: dict[str, float] = {}
-    # The device runs train on there: "auto" is "cuda" when num_gpus > 0, else "cpu" (the family key and
-    # start size use it; this machine's memory does not gate a cluster run).
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Passed to Ray as the job's runtime_env (e.g. env_vars, py_executable, working_dir); mtld adds its env_vars.
-    runtime_env: dict[str, Any] = {}
-    @field_validator("runtime_env")
-    @classmethod
-    def _env_vars_are_text(cls, env: dict[str, Any]) -> dict[str, Any]:
-        """Ray takes environment variables as strings only: numbers and booleans are written as text, anything
-        else is refused here rather than by every submission."""
-        env_vars = env.get("env_vars")
-        if env_vars is None:
-            return {k: v for k, v in env.items() if k != "env_vars"}
-        if not isinstance(env_vars, dict):
-            raise ValueError("runtime_env.env_vars must be a table of NAME = \"value\"")
-        text = {}
-        for name, value in env_vars.items():
-            if isinstance(value, bool):
-                value = "1" if value else "0"
-            if not isinstance(value, (str, int, float)):
-                raise ValueError(f"runtime_env.env_vars.{name} must be text or a number, not {type(value).__name__}")
-            text[str(name)] = str(value)
-        return {**env, "env_vars": text}
-
-    # How many runs may train at once on the cluster.
-    slots: int = Field(default=1, ge=1, le=64)
-    # Seconds Ray waits after SIGTERM before SIGKILL when a run is stopped (the run checkpoints in between).
-    stop_grace_s: float = Field(default=60.0, ge=1, le=3600)
-
-
-class ExecutorSettings(_Section):
-    kind: Literal["local", "ray"] = "local"
-    ray: RaySettings = RaySettings()
-
-    @field_validator("kind")
-    @classmethod
-    def _ray_installed(cls, kind: str) -> str:
-        if kind == "ray":
-            import importlib.util
-
-            if importlib.util.find_spec("ray") is None:
-                raise ValueError("\"ray\" needs Ray's client: pip install 'mtld[ray]'")
-        return kind
-
-    @property
-    def slots(self) -> int:
-        """Runs at once: one on this machine; up to ray.slots on a cluster."""
-        return self.ray.slots if self.kind == "ray" else 1
+    def section(self, kind: str) -> dict[str, Any]:
+        """The `[executor.KIND]` table as written (checked by that executor)."""
+        value = (self.model_extra or {}).get(kind)
+        return value if isinstance(value, dict) else {}
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MTLD_", env_nested_delimiter="__", extra="forbid")
 
-    home: Annotated[Path | None, BeforeValidator(_home)] = None
+    home: Annotated[Path | None, BeforeValidator(absolute_folder)] = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     train: TrainSettings = TrainSettings()
     daemon: DaemonSettings = DaemonSettings()
@@ -238,6 +181,7 @@ class Settings(BaseSettings):
     schedule: ScheduleSettings = ScheduleSettings()
     disk: DiskSettings = DiskSettings()
     executor: ExecutorSettings = ExecutorSettings()
+    _config_file: Path | None = PrivateAttr(default=None)
 
     @classmethod
     def settings_customise_sources(
@@ -266,11 +210,14 @@ class Settings(BaseSettings):
         return self.state_dir / "state.db"
 
     @property
-    def runs_dir(self) -> Path:
-        """Where new jobs' run folders go (a job file's `output` wins): on a Ray cluster, the shared folder."""
-        if self.executor.kind == "ray" and self.executor.ray.runs_dir is not None:
-            return self.executor.ray.runs_dir
+    def local_runs_dir(self) -> Path:
+        """The state folder's runs/: where run folders go unless the executor says otherwise (its `runs_dir`)."""
         return self.state_dir / "runs"
+
+    @property
+    def config_file(self) -> Path | None:
+        """The config file these settings were read from (None: defaults and the environment only)."""
+        return self._config_file
 
     @property
     def daemon_log(self) -> Path:
@@ -311,9 +258,9 @@ def load_settings(config: Path | None = None) -> Settings:
         model_config = SettingsConfigDict(toml_file=path)
 
     try:
-        return SettingsFromFile()
+        settings = SettingsFromFile()
     except ValidationError as e:
-        raise SettingsError("\n".join(_problem(err, path) for err in e.errors())) from None
+        raise SettingsError(problem_lines(e, path)) from None
     except SourceError as e:  # an MTLD_SECTION (or a list) that is not JSON; it names the field only
         field = re.search(r'field "(\w+)"', str(e))
         prefix = f"MTLD_{field.group(1)}".upper() if field else "MTLD_"
@@ -322,12 +269,22 @@ def load_settings(config: Path | None = None) -> Settings:
                             """e.g. MTLD_DAEMON='{"notify": false}'; or set one key: MTLD_DAEMON__NOTIFY=false)""") from None
     except (OSError, ValueError) as e:  # TOML syntax errors are ValueErrors
         raise SettingsError(f"{path}: {e}") from None
+    settings._config_file = path
+    return settings
 
 
-def _problem(err: dict, path: Path | None) -> str:
-    """One line: `MTLD_KEY: message` when the environment set the value, else `FILE: dotted.key - message`."""
-    message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-    variable = "MTLD_" + "__".join(map(str, err["loc"])).upper()
+def problem_lines(error: ValidationError, path: Path | None, *, within: tuple[str, ...] = ()) -> str:
+    """One line per problem: `MTLD_KEY: message` when the environment set the value, else
+    `FILE: dotted.key - message`. `within`: where the validated table sits (an executor's section)."""
+    return "\n".join(problem_line((*within, *err["loc"]), _message(err), path) for err in error.errors())
+
+
+def _message(err: Any) -> str:
+    return "unknown key" if err["type"] == "extra_forbidden" else str(err["msg"]).removeprefix("Value error, ")
+
+
+def problem_line(loc: tuple[Any, ...], message: str, path: Path | None) -> str:
+    variable = "MTLD_" + "__".join(map(str, loc)).upper()
     if any(name.upper() == variable for name in os.environ):
         return f"{variable}: {message}"
-    return f"{path or 'environment'}: {'.'.join(map(str, err['loc']))} - {message}"
+    return f"{path or 'environment'}: {'.'.join(map(str, loc))} - {message}"

@@ -21,19 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from mtld import disk
-from mtld.decide.family import family, run_device
+from mtld.estimate.history import job_family
 from mtld.config.jobspec import JobSpec, looks_like_path, spec_from_json
 from mtld.logs.files import rotate
 from mtld.runs.rundir import RunDir
-from mtld.runs.files import Figures
+from mtld.runs.figures import Figures
 from mtld.config.settings import Settings
 from mtld.store import Job, Store
 
 
 class DiskGuard:
-    def __init__(self, settings: Settings, store: Store, log: Any, *,
+    def __init__(self, settings: Settings, store: Store, log: Any, *, device: str,
                  free_bytes: Callable[[Path], int] = disk.free_bytes, notify: Callable[[str, str], Any] | None = None):
-        self.settings, self.store, self.log = settings, store, log
+        self.settings, self.store, self.log, self.device = settings, store, log, device
         self.free_bytes, self.notify = free_bytes, notify
         self.last_recheck: float | None = None
 
@@ -53,7 +53,7 @@ class DiskGuard:
             margin_bytes=self.settings.disk.margin_bytes,
         )
         if own and own[-1].outcome == "disk_full":  # what that run said it needed: never less
-            need = max(need, Figures.model_validate(own[-1].figures).disk_needed_bytes or 0)
+            need = max(need, Figures.read(own[-1].figures).disk_needed_bytes or 0)
         return need
 
     def shortfall(self, job: Job, spec: JobSpec, fam: str) -> str | None:
@@ -83,12 +83,11 @@ class DiskGuard:
         if self.last_recheck is not None and now - self.last_recheck < self.settings.disk.recheck_s:
             return
         self.last_recheck = now
-        device = run_device(self.settings)
         for job in self.store.list_jobs(["queued"]):
             if not (job.hold or "").startswith(disk.HOLD_PREFIX):
                 continue
             spec = spec_from_json(job.spec_json)
-            if self.shortfall(job, spec, family(spec, device)) is None:
+            if self.shortfall(job, spec, job_family(spec, self.device)) is None:
                 self.store.set_hold(job.id, None, now=now)
                 self.log.info("job.released", job_id=job.id, reason="enough free disk space again")
 
@@ -104,7 +103,7 @@ class DiskGuard:
 def _last_measured(runs: list[Any]) -> Figures | None:
     """The newest figures with a measured checkpoint size."""
     for run in reversed(runs):
-        figures = Figures.model_validate(run.figures)
+        figures = Figures.read(run.figures)
         if figures.checkpoint_bytes:
             return figures
     return None

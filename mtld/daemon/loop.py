@@ -32,29 +32,29 @@ from typing import Any, TextIO
 
 from mtld import __version__, disk
 from mtld.decide import policy, schedule
-from mtld.daemon.ledger import FORCED_STOP_GRACE_S, ActiveRun, Bookkeeping, describe
+from mtld.daemon.ledger import ActiveRun, RunLedger, describe
 from mtld.daemon.diskguard import DiskGuard
-from mtld.executor import ClusterUnreachable, Executor, ExitStatus, make_executor, wait_for_exit
-from mtld.decide.family import earlier_runs, family, family_history, pinned_size, run_device, start_size
-from mtld.estimate.history import family_figures, probe_dir
-from mtld.queue.jobs import fired_job_name
+from mtld.executor import ClusterUnreachable, Executor, ExitStatus, wait_for_exit
+from mtld.executor.registry import make_executor
+from mtld.decide.family import pinned_size, start_size
+from mtld.estimate.history import earlier_runs, family_figures, family_history, job_family, probe_dir
 from mtld.config.jobspec import stored_spec
 from mtld.logs.events import format_event, get_logger, last_event
 from mtld.memory import Probe, Reading, make_probe
-from mtld.daemon.pidfile import PidFile
+from mtld.platform.pidfile import PidFile
 from mtld.platform.power import SleepInhibitor, notify, on_battery
 from mtld.runs.rundir import RunDir
 from mtld.runs.files import launch_for
-from mtld.config.settings import Settings
+from mtld.config.settings import FORCED_STOP_GRACE_S, Settings
 from mtld.store import InvalidTransition, Job, Run, Schedule, Store
 from mtld.daemon.wakeup import Wakeup
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class Daemon(Bookkeeping):
+class Daemon:
     """The queue's one loop. Tests drive `tick(now)` with their own clock and a fake executor.
-    How a run's end is recorded, and runs without a live child are settled: mtld.daemon.ledger."""
+    How a run's end is recorded, and runs without a live child are settled: its `ledger` (mtld.daemon.ledger)."""
 
     def __init__(
         self,
@@ -71,7 +71,6 @@ class Daemon(Bookkeeping):
         self.settings = settings
         self.store = store
         self.executor = executor or make_executor(settings)
-        self.slots = settings.executor.slots if self.executor.remote else 1
         self.probe = probe or make_probe(settings.memory)
         self.clock = clock
         self.exit_when_idle = exit_when_idle
@@ -85,8 +84,11 @@ class Daemon(Bookkeeping):
         self.windows = settings.schedule.parsed()
         self.failed_firings: set[tuple[int, float]] = set()  # (schedule, due time) already logged as failed
         self.calm_since: float | None = None  # since when the pressure level has read normal (policy.calm_since)
-        self.disk = DiskGuard(settings, store, self.log, free_bytes=free_bytes,
+        self.disk = DiskGuard(settings, store, self.log, device=self.executor.device, free_bytes=free_bytes,
                               notify=notify if settings.daemon.notify else None)
+        self.ledger = RunLedger(settings, store, self.executor, self.log,
+                                make_executor=lambda kind: make_executor(settings, kind), on_hold=self.disk.held,
+                                notify=notify if settings.daemon.notify else None)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -108,7 +110,7 @@ class Daemon(Bookkeeping):
             self.log.info("daemon.started", version=__version__, state_dir=str(self.settings.state_dir),
                           poll_interval_s=self.settings.daemon.poll_interval_s, exit_when_idle=self.exit_when_idle)
             try:
-                self.reconcile(now=self.clock())
+                self.reconcile(self.clock())
             except Exception as e:  # the store may be out for now: each idle tick settles what is left
                 self.log.error("daemon.recover_failed", error=describe(e), exc_info=e)
             self.loop()
@@ -147,7 +149,7 @@ class Daemon(Bookkeeping):
             self.supervise(active, now)
         if self.store.get_flag("pause_now") == "1":  # seen: the running runs (if any) were asked to stop
             self.store.set_flag("pause_now", None)
-        if len(self.active) < self.slots:
+        if len(self.active) < self.executor.slots:
             self.reconcile(now, at_start=False)  # a job whose start or end could not be recorded: settle it now
             self.disk.release_holds(now)
             if self.store.get_flag("paused") != "1":
@@ -161,7 +163,7 @@ class Daemon(Bookkeeping):
 
     def dispatch(self, now: float) -> None:
         """Start eligible jobs, in priority order, while a slot is free; stop at the first that must wait."""
-        while len(self.active) < self.slots:
+        while len(self.active) < self.executor.slots:
             started = len(self.active)
             self.dispatch_one(now)
             if len(self.active) == started:
@@ -197,7 +199,7 @@ class Daemon(Bookkeeping):
     def _plan(self, job: Job, now: float) -> tuple[Any, str, int, str] | None:
         """(spec, family, micro-batch, why) of the job's next attempt; None when it must wait (logged)."""
         spec = stored_spec(job.spec_json, shown_as=f"job {job.id}")  # an older mtld may have let it through
-        fam = family(spec, run_device(self.settings))
+        fam = job_family(spec, self.executor.device)
         if self.disk.hold_if_short(job, spec, fam, now):  # the next tick looks at the rest of the queue
             return
         if self.executor.remote:  # this machine's memory says nothing of a worker's: the run's own guard decides
@@ -208,6 +210,7 @@ class Daemon(Bookkeeping):
             reading = self._read_pressure()
         self.calm_since = policy.calm_since(self.calm_since, reading.level.value if reading else None, now)
         start = start_size(self.settings, family_history(self.store, fam), pinned=pinned_size(job.batch_size),
+                           effective_batch=spec.train.effective_batch_size,
                            earlier=earlier_runs(self.store, job), reading=reading,
                            calm_for_s=None if self.calm_since is None else now - self.calm_since)
         if start.micro_batch is None:
@@ -245,9 +248,9 @@ class Daemon(Bookkeeping):
             run_dir.write_job(spec)
             run_dir.write_launch(launch_for(self.settings, micro_batch=micro_batch, job_id=job.id, run_id=run.id,
                                             history=history,  # on a cluster: the device its family names
-                                            device=run_device(self.settings) if self.executor.remote else None))
+                                            device=self.executor.device if self.executor.remote else None))
             step = "starting the child"
-            handle = self.executor.start(run_dir.path, run)
+            handle = self.executor.start(run, run_dir.path)
         except ClusterUnreachable as e:  # the cluster, not the job: the run stays open until it can ask
             self._cluster_lost(job, run, e, now)
             return
@@ -266,11 +269,11 @@ class Daemon(Bookkeeping):
                 active.inhibitor = inhibitor
         log.info("run.launched", pid=handle.pid, attempt=run.attempt, micro_batch=micro_batch,
                  run_dir=str(run_dir.path), sleep_inhibited=active.inhibitor is not None,
-                 executor=self.executor.kind, **({"submission_id": handle.ref} if self.executor.remote else {}))
+                 executor=self.executor.kind, ref=handle.ref)
 
     def _start_failed(self, job_id: int, step: str, error: Exception, now: float) -> None:
         self.log.error("run.start_failed", job_id=job_id, step=step, error=describe(error))
-        self._fail_job(job_id, f"could not start: {step}: {describe(error)}", now, outcome="start_failed")
+        self.ledger.fail_job(job_id, f"could not start: {step}: {describe(error)}", now, outcome="start_failed")
 
     def _cluster_ready(self, job: Job) -> bool:
         """The cluster answers (checked before each start, so that an outage defers the queue, not fails it)."""
@@ -287,6 +290,19 @@ class Daemon(Bookkeeping):
         or requeues the job if it never arrived. Nothing is submitted twice."""
         self.log.warning("run.submit_unconfirmed", job_id=job.id, run_id=run.id, error=describe(error))
         self._defer("cluster_unreachable", str(error), job_id=job.id)
+
+    def record_exit(self, active: ActiveRun, status: ExitStatus, now: float, *, forced_stop: bool = False) -> None:
+        """The run ended: stop watching it and have the ledger record it (after a pressure interrupt the next
+        start waits for the level to stay normal: `calm_since` starts again)."""
+        if active in self.active:
+            self.active.remove(active)
+        recorded = self.ledger.record_exit(active, status, now, forced_stop=forced_stop)
+        if recorded.pressure_interrupt:
+            self.calm_since = None
+
+    def reconcile(self, now: float, *, at_start: bool = True) -> None:
+        """Have the ledger settle jobs marked running with no live run here; watch again what it adopts."""
+        self.active.extend(self.ledger.reconcile(now, self.active, at_start=at_start))
 
     def supervise(self, active: ActiveRun, now: float) -> None:
         try:
@@ -328,7 +344,7 @@ class Daemon(Bookkeeping):
             return
         stored_spec(recurring.spec_json, shown_as=f"schedule {recurring.id}")  # what the job will run: still valid
         job = self.store.fire_schedule(recurring.id, due_at=recurring.next_fire_at, next_fire_at=next_at.timestamp(),
-                                       name=fired_job_name(recurring.name, due), now=now)
+                                       name=schedule.fired_job_name(recurring.name, due), now=now)
         if job is not None:
             self.log.info("schedule.fired", schedule_id=recurring.id, job_id=job.id, due_at=due.isoformat(),
                           missed=local - due > timedelta(minutes=1), next_fire_at=next_at.isoformat())
@@ -364,8 +380,7 @@ class Daemon(Bookkeeping):
                     self.record_exit(active, status, self.clock())
         for active in pending:  # out of time, or a second signal
             if active.handle.pid is None:
-                self.log.info("run.left_running", job_id=active.job_id, run_id=active.run.id,
-                              submission_id=active.handle.ref)
+                self.log.info("run.left_running", job_id=active.job_id, run_id=active.run.id, ref=active.handle.ref)
                 continue
             active.handle.signal(signal.SIGKILL)  # the last periodic checkpoint will have to do
             status = wait_for_exit(active.handle, FORCED_STOP_GRACE_S) or ExitStatus(signal=signal.SIGKILL)

@@ -1,6 +1,7 @@
 """Pure decisions: records and numbers in, a decision out. No clock, no OS, no torch.
 
-- `after_exit`: what a run's exit means for its job (done, retry when, fail why).
+- `after_exit`: what a run's exit means for its job (done, retry when, fail why); `settle`: the same
+  for a job whose run ended while its own move went unrecorded.
 - `pressure_hold`: after memory-pressure interrupts, whether a job is held instead of requeued.
 - `start_micro_batch`: the micro-batch the next attempt of a job starts at;
   `fit_effective_batch`: never more than one optimizer step holds.
@@ -49,10 +50,9 @@ def after_exit(
     FAILED_OUTCOMES; `stop_reason` is why the daemon asked the child to stop
     (cancel, pause, shutdown), if it did.
     """
-    if exit_code == exitcodes.OK:
-        return ExitDecision("succeeded", "succeeded", "the run finished")
-    if cancel_requested:
-        return ExitDecision("cancelled", "cancelled", "cancelled by the user")
+    settled = _finished_or_cancelled(exit_code == exitcodes.OK, cancel_requested)
+    if settled is not None:
+        return settled
     if exit_code == exitcodes.INTERRUPTED:
         why = stop_reason or (message or "the run stopped itself")
         return ExitDecision("interrupted", "queued", f"interrupted with a checkpoint: {why}; it resumes")
@@ -62,12 +62,13 @@ def after_exit(
         hold = message or "disk full: see the run log"
         return ExitDecision("disk_full", "queued", f"stopped for lack of disk space ({hold}); on hold until "
                             "there is room (mtld retry, or the daemon once it sees enough free space)", hold=hold)
-    if exit_code == exitcodes.NOT_VISIBLE:  # the cluster's set-up, not the job: retrying cannot help
-        return ExitDecision("bad_input", "failed", "the run folder is not visible where the run started: "
-                            "executor.ray.runs_dir must be a folder every worker sees at the same path "
+    if exit_code == exitcodes.NOT_VISIBLE:  # the executor's set-up, not the job: retrying cannot help
+        return ExitDecision("bad_input", "failed", "the run folder is not visible where the run started: the "
+                            "executor's run folder must be one every machine that runs it sees at the same path "
                             "(mtld doctor checks it)")
-    if exit_code is None and signal is None:
-        return ExitDecision("lost", "queued", "the run ended while no daemon was watching; it resumes from its checkpoint")
+    if exit_code is None and signal is None:  # it left no result.json and no status: it resumes
+        why = message or "the run ended while no daemon was watching"
+        return ExitDecision("lost", "queued", f"{why}; it resumes from its last checkpoint")
 
     if exit_code == exitcodes.OUT_OF_MEMORY:
         outcome, what = "out_of_memory", "out of memory even at micro-batch 2"
@@ -84,6 +85,22 @@ def after_exit(
         return ExitDecision(outcome, "queued", f"{what}; retrying one micro-batch size down", retry_at=now)
     delay = backoff_s * 2 ** (failures - 1)
     return ExitDecision(outcome, "queued", f"{what}; retrying in {delay:.0f} s", retry_at=now + delay)
+
+
+def settle(*, last_outcome: str | None, cancel_requested: bool) -> ExitDecision:
+    """A job marked running whose last run was recorded as ended but whose own move was not (the store went
+    out between the two): the same order as `after_exit`: done, then cancelled, else back in the queue."""
+    settled = _finished_or_cancelled(last_outcome == "succeeded", cancel_requested)
+    return settled or ExitDecision(last_outcome or "lost", "queued", "recovered with no live run")
+
+
+def _finished_or_cancelled(succeeded: bool, cancel_requested: bool) -> ExitDecision | None:
+    """First things first: a run that finished has finished, even when a cancel came too late."""
+    if succeeded:
+        return ExitDecision("succeeded", "succeeded", "the run finished")
+    if cancel_requested:
+        return ExitDecision("cancelled", "cancelled", "cancelled by the user")
+    return None
 
 
 def pressure_hold(interrupted_at: Sequence[float], *, now: float, limit: int, window_s: float,

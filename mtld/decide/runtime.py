@@ -2,7 +2,7 @@
 
 Pure: no torch, no clock, no files. The I/O side (tokenizing a job into a
 `PlanSummary`: mtld.estimate.job; the family's history and the probe:
-mtld.estimate.history); the figures come typed (mtld.runs.files.Figures).
+mtld.estimate.history); the figures come typed (mtld.runs.figures.Figures).
 
 Step time. At micro-batch m an optimizer step of p padded tokens takes about
 `a_m + b_m × p` seconds. Each run's result.json keeps, per size, the running
@@ -38,7 +38,7 @@ from typing import Any
 
 from mtld import MICRO_BATCH_SIZES as SIZES
 from mtld.config.durations import checkpoint_interval
-from mtld.runs.files import Figures, Sum
+from mtld.runs.figures import Figures, Sum
 
 LIVE_PRIOR_WEIGHT = 0.05  # the model counts as much as the first 5 % of the run's own steps
 
@@ -65,7 +65,7 @@ class Sums:
         return cls(d.steps, float(d.padded_tokens), d.seconds, d.tokens_squared, d.tokens_seconds)
 
     def to_timing(self) -> dict[str, float]:
-        """The fields of result.json's timing (mtld.runs.files.Sum, what from_timing reads)."""
+        """The fields of result.json's timing (mtld.runs.figures.Sum, what from_timing reads)."""
         return {"steps": self.n, "padded_tokens": int(self.x), "seconds": round(self.y, 6), "tokens_squared": self.xx,
                 "tokens_seconds": round(self.xy, 6)}
 

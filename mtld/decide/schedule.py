@@ -64,3 +64,8 @@ def firing(expression: str, due_at: datetime, now: datetime) -> tuple[bool, date
     if due_at > now:
         return False, due_at
     return True, next_firing(expression, now)
+
+
+def fired_job_name(name: str, at: datetime) -> str:
+    """Each firing's job (and so its run folder) is dated: reviews-20261128-0100."""
+    return f"{name}-{at.astimezone():%Y%m%d-%H%M}"

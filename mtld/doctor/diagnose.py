@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from mtld import __version__
-from mtld.decide.family import resolve_device
+from mtld.executor import ExecutorPlugin
+from mtld.executor.registry import plugin_for
+from mtld.platform.machine import guess_device
 from mtld.memory import budget_bytes, make_probe, process_footprint, record_trace
-from mtld.daemon.pidfile import running_pid
+from mtld.platform.pidfile import running_pid
 from mtld.platform.agent import SubprocessRunner, agent_status
 from mtld.config.settings import Settings
 
@@ -24,6 +26,7 @@ USED_FIGURE = {
 
 
 def diagnose(settings: Settings) -> dict[str, dict[str, Any]]:
+    executor = plugin_for(settings)
     return {
         "mtld": {"version": __version__, "python": sys.executable, "platform": sys.platform},
         "device": _device(settings),
@@ -32,32 +35,30 @@ def diagnose(settings: Settings) -> dict[str, dict[str, Any]]:
             "state": str(settings.state_dir),
             "logs": str(settings.log_dir),
             "store": str(settings.db_path),
-            "runs": str(settings.runs_dir),
+            "runs": str(executor.runs_dir),
         },
         "daemon": {"pid": (pid := running_pid(settings.pid_file)), "running": pid is not None},
         "agent": agent_status(SubprocessRunner(timeout_s=10)),
-        **({"cluster": _cluster(settings)} if settings.executor.kind == "ray" else {}),
+        "executor": _executor(executor),
     }
 
 
-def _cluster(settings: Settings) -> dict[str, Any]:
-    """The Ray cluster runs go to: reachable, the same Ray and mtld on both ends, the shared folder seen by a
-    worker, the resources a run asks for (mtld.executor.ray.workercheck)."""
-    from mtld.executor.ray.workercheck import check_cluster
-
-    sys.stderr.write(f"checking the Ray cluster at {settings.executor.ray.address} with a small Ray job "
-                     "(up to 2 min)\n")
-    return check_cluster(settings)
+def _executor(executor: ExecutorPlugin) -> dict[str, Any]:
+    """The executor runs go to, and what its own check found (a cluster: reachable, the same versions on
+    both ends, the shared folder seen by a worker, the resources a run asks for)."""
+    if executor.doctor_note:
+        sys.stderr.write(executor.doctor_note + "\n")
+    return {**executor.describe(), **(executor.doctor() or {})}
 
 
 def problems(info: dict[str, dict[str, Any]]) -> list[str]:
     """What the diagnosis found that stops runs (doctor exits 1 when there is any)."""
-    return list(info.get("cluster", {}).get("problems", []))
+    return list(info.get("executor", {}).get("problems", []))
 
 
 def _device(settings: Settings) -> dict[str, Any]:
     """Asks torch itself (the daemon only guesses, to stay torch-free)."""
-    info: dict[str, Any] = {"setting": settings.train.device, "daemon_guess": resolve_device(settings.train.device)}
+    info: dict[str, Any] = {"setting": settings.train.device, "daemon_guess": guess_device(settings.train.device)}
     try:
         import torch
     except ImportError as e:
@@ -67,7 +68,7 @@ def _device(settings: Settings) -> dict[str, Any]:
     device = pick_device(settings.train.device)
     info.update(torch=torch.__version__, trains_on=device.type, memory_bytes=total_memory_bytes(device),
                 cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available(), threads=torch.get_num_threads())
-    from mtld.decide.precision import precision_for
+    from mtld.platform.machine import precision_for
 
     info["mixed_precision_auto"] = dict(zip(("precision", "why"), precision_for("auto", device.type), strict=True))
     return info
@@ -80,7 +81,7 @@ def _memory(settings: Settings) -> dict[str, Any]:
         reading = probe.read()
     except Exception as e:
         return {"probe": mem.probe, "error": f"{type(e).__name__}: {e}"}
-    device = resolve_device(settings.train.device)
+    device = guess_device(settings.train.device)
     info: dict[str, Any] = {
         "probe": type(probe).__name__,
         "decides": {"level": getattr(probe, "decides", None), "over_budget": USED_FIGURE.get(device)},

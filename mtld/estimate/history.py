@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from mtld.config.jobspec import JobSpec
+from mtld.disk import write_json_atomic
 from mtld.config.settings import Settings
 from mtld.decide import policy, runtime
 from mtld.decide.family import family
 from mtld.decide.runtime import RunRecord
 from mtld.platform.machine import precision_for
-from mtld.runs.files import Figures, Launch
-from mtld.runs.rundir import RunDir, write_json_atomic
+from mtld.runs.figures import Figures
+from mtld.runs.files import Launch
+from mtld.runs.rundir import RunDir
 from mtld.store import Job, Run, Store
 
 PROBES_KEPT = 5
@@ -44,7 +46,7 @@ def family_history(store: Store | None, fam: str) -> list[policy.FamilyRun]:
 
 
 def family_run(run: Run) -> policy.FamilyRun:
-    f = Figures.model_validate(run.figures)
+    f = Figures.read(run.figures)
     return policy.FamilyRun(
         outcome=run.outcome, micro_batch=run.micro_batch, micro_batch_end=run.micro_batch_end,
         scaled_down=f.scaled_down, oom_count=f.oom_count, peak_bytes=f.peak_memory_bytes, budget_bytes=f.budget_bytes,
@@ -77,7 +79,7 @@ def family_figures(store: Any, family: str, probe_dir: Path | None = None) -> li
     history = []
     for run in store.family_runs(family) if store is not None else []:
         if run.outcome in ("succeeded", "interrupted") and run.figures.get("timing"):
-            figures = Figures.model_validate(run.figures)
+            figures = Figures.read(run.figures)
             history.append(figures.model_copy(update={"micro_batch_end": run.micro_batch_end or run.micro_batch}))
     if probe_dir is not None:
         history += _read_probes(probe_file(probe_dir, family))
@@ -92,7 +94,7 @@ def family_records(store: Any, family: str, probe_dir: Path | None = None) -> li
 def _read_probes(path: Path) -> list[Figures]:
     try:
         probes = json.loads(path.read_text(encoding="utf-8")).get("probes", [])
-        return [Figures.model_validate(p) for p in probes]
+        return [Figures.read(p) for p in probes]
     except (FileNotFoundError, ValueError):  # a cache of measurements: unreadable means none
         return []
 

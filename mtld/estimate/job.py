@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtld.decide import runtime
-from mtld.decide.runtime import PlanSummary, Prediction, summarize
-from mtld.decide.family import family, family_history, pinned_size, run_device, start_size
-from mtld.estimate.history import family_records, probe_dir, run_probe, store_probe
 from mtld.config.jobspec import JobSpec
-from mtld.memory import Reading, make_probe
 from mtld.config.settings import Settings
+from mtld.decide import runtime
+from mtld.decide.family import pinned_size, start_size
+from mtld.decide.runtime import PlanSummary, Prediction, summarize
+from mtld.estimate.history import family_history, family_records, job_family, probe_dir, run_probe, store_probe
+from mtld.memory import Reading, make_probe
 
 
 def plan_summary(spec: JobSpec) -> PlanSummary:
@@ -38,16 +38,15 @@ def plan_summary(spec: JobSpec) -> PlanSummary:
                      padded_tokens)
 
 
-def estimate_job(spec: JobSpec, settings: Settings, store: Any, *, reading: Reading | None = None,
+def estimate_job(spec: JobSpec, settings: Settings, store: Any, *, device: str, reading: Reading | None = None,
                  probe: bool = False, plan: PlanSummary | None = None) -> tuple[PlanSummary, list[Prediction]]:
     """The plan, optionally a probe (stored with the family's probes), then one row per size, the
-    row the daemon would start at now (memory `reading`, else read now) marked chosen.
-    Raises RuntimeError when the probe child fails."""
-    device = run_device(settings)
-    fam = family(spec, device)
+    row the daemon would start at now on `device` (the executor's; memory `reading`, else read now)
+    marked chosen. Raises RuntimeError when the probe child fails."""
+    fam = job_family(spec, device)
     reading = reading if reading is not None else make_probe(settings.memory).read()
     chosen = start_size(settings, family_history(store, fam), pinned=pinned_size(spec.train.batch_size),
-                        reading=reading).micro_batch
+                        effective_batch=spec.train.effective_batch_size, reading=reading).micro_batch
     plan = plan or plan_summary(spec)
     if probe:
         store_probe(probe_dir(settings), fam, run_probe(spec, device))

@@ -19,7 +19,7 @@ from pathlib import Path
 from mtld.decide import runtime
 from mtld.decide.runtime import RunRecord, evaluation_count
 from mtld.config.jobspec import JobSpec
-from mtld.runs.rundir import write_json_atomic
+from mtld.disk import write_json_atomic
 from mtld.config.settings import Settings
 
 

@@ -1,4 +1,4 @@
-"""The local executor: each run is a child process of the daemon, in its own session."""
+"""The local executor: each run is a child process of the daemon, in its own session, on this machine."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from mtld.disk import open_private
-from mtld.executor import ExitStatus
+from mtld.executor import ExecutorPlugin, ExitStatus
 from mtld.runs.child import CHILD_MODULE
 
 if TYPE_CHECKING:
@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 class ChildProcess:
     """A run child this process started: reaped with wait4 for status and rusage."""
 
-    def __init__(self, popen: subprocess.Popen):
+    def __init__(self, popen: subprocess.Popen[bytes]):
         self.popen = popen
         self.pid = popen.pid
         self.ref = str(popen.pid)
-        self.node = None
+        self.node: str | None = None
         self.status: ExitStatus | None = None
 
     def signal(self, signum: int) -> None:
@@ -53,7 +53,7 @@ class AdoptedProcess:
         self.process = process
         self.pid = process.pid
         self.ref = str(process.pid)
-        self.node = None
+        self.node: str | None = None
 
     def signal(self, signum: int) -> None:
         if self.process.is_running():
@@ -80,14 +80,16 @@ class LocalExecutor:
 
     kind = "local"
     remote = False
+    slots = 1  # one run at a time: runs on one machine compete for its memory
 
-    def __init__(self, python: str = sys.executable):
+    def __init__(self, device: str = "cpu", python: str = sys.executable):
+        self.device = device
         self.python = python
 
     def check(self) -> None:
         pass
 
-    def start(self, run_dir: Path, run: Run | None = None) -> ChildProcess:
+    def start(self, run: Run, run_dir: Path) -> ChildProcess:
         # tracebacks from before logging starts, fatal errors
         output = os.fdopen(open_private(run_dir / "child.log", os.O_WRONLY | os.O_APPEND), "ab")
         try:
@@ -106,7 +108,7 @@ class LocalExecutor:
 
     def adopt(self, run: Run, run_dir: Path) -> AdoptedProcess | None:
         """The still-running child of an earlier daemon, if the run's pid really is that run."""
-        if not run.pid or (run.executor or "local") != self.kind:
+        if not run.pid or run.executor != self.kind:
             return None
         return find_child(run.pid, run_dir, run.started_at)
 
@@ -121,3 +123,12 @@ def find_child(pid: int, run_dir: Path, started_at: float) -> AdoptedProcess | N
         return None
     is_that_run = CHILD_MODULE in cmdline and str(run_dir) in cmdline and created <= started_at + 60
     return AdoptedProcess(process) if is_that_run else None
+
+
+class LocalPlugin(ExecutorPlugin):
+    """Runs train here, one at a time, on the device `train.device` picks."""
+
+    kind = "local"
+
+    def executor(self) -> LocalExecutor:
+        return LocalExecutor(device=self.device)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import sys
 
-from mtld.memory.figures import MemoryFigures, memory_figures, parse_meminfo, process_footprint, psutil_figures
+from mtld.memory.figures import MemoryFigures, memory_figures, parse_meminfo, psutil_figures
+from mtld.memory.footprint import process_footprint
 from mtld.memory.guard import (
     Advice,
     GuardDecision,

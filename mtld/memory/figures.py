@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -62,16 +61,3 @@ def memory_figures(root: Path = Path("/")) -> MemoryFigures:
         return parse_meminfo(read_file(root / "proc/meminfo"))
     except (OSError, ValueError):
         return psutil_figures()
-
-
-def process_footprint(pid: int | None = None, platform: str = sys.platform) -> int:
-    """A process's memory as its platform accounts it: macOS phys_footprint (mtld.memory.macos), elsewhere the
-    resident set. Raises OSError (psutil's NoSuchProcess and AccessDenied are not) when it cannot be read."""
-    if platform == "darwin":
-        from mtld.memory.macos import phys_footprint
-
-        return phys_footprint(pid)
-    try:
-        return int(psutil.Process(pid).memory_info().rss)
-    except psutil.Error as e:
-        raise OSError(f"process {pid}: {e}") from None

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from mtld.disk import private_dir
+from mtld.config.settings import FORCED_STOP_GRACE_S, Settings, platform_dirs
+from mtld.disk import private_dir, write_atomic
 from mtld.platform import launchd, privacy, systemd
 from mtld.platform.runner import Result, Runner, SubprocessRunner
-from mtld.runs.rundir import write_atomic
-from mtld.config.settings import Settings, platform_dirs
 
 __all__ = [
     "AgentError", "AgentPlan", "Command", "WaitUntilGone", "Runner", "SubprocessRunner", "Result",
@@ -80,8 +79,6 @@ WAIT_MARGIN_S = 10  # beyond the service manager's own SIGKILL, before we give u
 def stop_grace_s(settings: Settings) -> int:
     """Seconds the service manager waits after SIGTERM before SIGKILL: longer than the daemon's
     worst-case stop (wait for the child's checkpoint, SIGKILL it and wait again, record) plus a margin."""
-    from mtld.daemon.loop import FORCED_STOP_GRACE_S
-
     return math.ceil(settings.daemon.stop_timeout_s + FORCED_STOP_GRACE_S) + STOP_MARGIN_S
 
 
@@ -340,3 +337,7 @@ def example_plist() -> bytes:
     plan = plan_install(Settings.model_construct(), platform="darwin", python=EXAMPLE_PYTHON, uid=501,
                         home=EXAMPLE_HOME, env={})
     return plan.files[launchd.plist_path(EXAMPLE_HOME)]
+
+
+if __name__ == "__main__":  # python -m mtld.platform.agent > launchd/io.mtld.daemon.plist
+    sys.stdout.buffer.write(example_plist())

@@ -2,7 +2,7 @@
 
 The dict in `plist_dict` is the single source of truth; `launchd/io.mtld.daemon.plist`
 in the repository is this module's output for a placeholder user (regenerate it
-with `python -m mtld.platform.launchd > launchd/io.mtld.daemon.plist`).
+with `python -m mtld.platform.agent > launchd/io.mtld.daemon.plist`).
 """
 
 from __future__ import annotations
@@ -87,11 +87,3 @@ def parse_print_details(stdout: str) -> dict:
         "process_type": spawn.split(" (")[0] if spawn else None,  # "interactive (4)" -> "interactive"
         "last_exit_code": fields.get("last exit code"),
     }
-
-
-if __name__ == "__main__":
-    import sys
-
-    from mtld.platform.agent import example_plist
-
-    sys.stdout.buffer.write(example_plist())

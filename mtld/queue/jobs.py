@@ -24,7 +24,8 @@ from mtld import MICRO_BATCH_SIZES
 from mtld.config.jobspec import JobSpec, load_job, model_outside_job_folder, spec_from_dict, spec_to_json, stored_spec
 from mtld.logs.events import get_logger, iso
 from mtld.executor import ClusterUnreachable
-from mtld.daemon.pidfile import running_pid
+from mtld.executor.registry import plugin_for
+from mtld.platform.pidfile import running_pid
 from mtld.estimate.rowcounts import remember_rows
 from mtld.config.calendar import ScheduleError, check_cron, next_firing
 from mtld.config.settings import Settings
@@ -155,7 +156,7 @@ def _queue(settings: Settings, store: Store, spec: JobSpec, job_file: str, *, no
         priority=spec.schedule.priority,
         not_before=_start_after(spec),
         batch_size=str(spec.train.batch_size),
-        run_root=str(spec.output or settings.runs_dir),
+        run_root=str(spec.output or plugin_for(settings).runs_dir),
         now=now.timestamp(),
         reason=reason,
     )
@@ -166,7 +167,7 @@ def add_schedule(settings: Settings, store: Store, spec: JobSpec, job_file: Path
     first = next_firing(spec.schedule.cron, local_now)
     schedule = store.add_schedule(
         name=spec.name, cron=spec.schedule.cron, spec_json=spec_to_json(spec), job_file=str(job_file.resolve()),
-        run_root=str(spec.output or settings.runs_dir), priority=spec.schedule.priority,
+        run_root=str(spec.output or plugin_for(settings).runs_dir), priority=spec.schedule.priority,
         batch_size=str(spec.train.batch_size), next_fire_at=first.timestamp(), now=now.timestamp(),
     )
     get_logger(schedule_id=schedule.id).info("schedule.added", name=schedule.name, cron=schedule.cron,
@@ -182,11 +183,6 @@ def unschedule(settings: Settings, store: Store, schedule_id: int) -> Schedule:
     removed = store.remove_schedule(schedule_id)
     get_logger(schedule_id=schedule_id).info("schedule.removed", name=removed.name)
     return removed
-
-
-def fired_job_name(name: str, at: datetime) -> str:
-    """Each firing's job (and so its run folder) is dated: reviews-20261128-0100."""
-    return f"{name}-{at.astimezone():%Y%m%d-%H%M}"
 
 
 def cancel(settings: Settings, store: Store, job_id: int, *, now: datetime) -> Job:
@@ -213,11 +209,11 @@ def cancel(settings: Settings, store: Store, job_id: int, *, now: datetime) -> J
 def _stop_unwatched_child(settings: Settings, store: Store, job: Job) -> bool:
     """Stop the job's open run if it still runs (SIGTERM here, Ray's stop on a cluster: it checkpoints and
     exits): True if it did. ClusterUnreachable when its cluster does not answer (it may still train there)."""
-    from mtld.executor import make_executor
+    from mtld.executor.registry import make_executor
 
     for run in store.runs_for(job.id):
         if run.ended_at is None:
-            handle = make_executor(settings, kind=run.executor or "local").adopt(run, Path(job.run_dir))
+            handle = make_executor(settings, run.executor).adopt(run, Path(job.run_dir))
             if handle is not None and handle.poll() is None:
                 handle.signal(signal.SIGTERM)
                 return True

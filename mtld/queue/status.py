@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from mtld.disk import free_bytes
-from mtld.decide.family import earlier_runs, family, family_history, pinned_size, planned_size, run_device
-from mtld.estimate.history import family_records, probe_dir
+from mtld.decide.family import pinned_size, planned_size
+from mtld.estimate.history import earlier_runs, family_history, family_records, job_family, probe_dir
+from mtld.executor import ExecutorPlugin
+from mtld.executor.registry import kind as executor_kind
+from mtld.executor.registry import plugin_for
 from mtld.config.jobspec import spec_from_json
 from mtld.logs.events import iso, last_event
-from mtld.daemon.pidfile import running_pid
+from mtld.platform.pidfile import running_pid
 from mtld.estimate.rowcounts import ExampleCounts, cache_file, queued_estimate
 from mtld.decide.schedule import finish_time, first_open, inside, next_opening, open_window
 from mtld.config.settings import Settings
@@ -89,10 +92,9 @@ def earliest(job: Job) -> float:
 
 
 def forecast(settings: Settings, store: Store, queued: list[Job], running_left_s: list[float | None],
-             now: datetime, durations: QueuedDurations | None = None) -> dict[int, dict[str, Any]]:
+             now: datetime, durations: QueuedDurations | None = None, *, slots: int = 1) -> dict[int, dict[str, Any]]:
     """Expected start, finish and duration of each queued job, by replaying the daemon's choice
-    (the highest-priority job that is due, as a slot frees (one slot here; `executor.ray.slots` on a
-    cluster), inside the run windows) with each job's expected duration from its family's history
+    (the highest-priority job that is due, as one of the executor's `slots` frees, inside the run windows) with each job's expected duration from its family's history
     (`running_left_s`: what each running job has left). Unknown from the first unknown duration on;
     nothing is expected while the daemon is paused, nor for a job on hold."""
     windows = settings.schedule.parsed()
@@ -101,7 +103,7 @@ def forecast(settings: Settings, store: Store, queued: list[Job], running_left_s
     paused = store.get_flag("paused") == "1"
     start = now.timestamp()
     lanes: list[float | None] = [None if paused or left is None else start + left for left in running_left_s]
-    lanes += [None if paused else start] * max(0, settings.executor.slots - len(lanes))
+    lanes += [None if paused else start] * max(0, slots - len(lanes))
     pending = [j for j in queued if j.hold is None]  # a held job starts only when released
     out.update({j.id: {"expected_start": None, "expected_finish": None, "expected_s": rounded(durations.of(j))}
                 for j in queued if j.hold is not None})
@@ -135,10 +137,10 @@ class QueuedDurations:
     """A queued job's expected seconds (mtld.estimate.rowcounts.queued_estimate) at the size it would start at.
     Row counts the cache misses are kept in memory, never saved: `mtld status` is a read."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, device: str | None = None) -> None:
         self.settings, self.store = settings, store
+        self.device = device or plugin_for(settings).device  # where the executor's runs train
         self.counts = ExampleCounts(cache_file(settings))
-        self.device = run_device(settings)
         self.seconds: dict[int, float | None] = {}
         self.families: dict[str, tuple[list[Any], list[Any]]] = {}  # (policy history, timing records), read once
 
@@ -152,13 +154,13 @@ class QueuedDurations:
             spec = spec_from_json(job.spec_json)
         except ValueError:
             return None
-        fam = family(spec, self.device)
+        fam = job_family(spec, self.device)
         if fam not in self.families:
             self.families[fam] = (family_history(self.store, fam),
                                   family_records(self.store, fam, probe_dir(self.settings)))
         history, records = self.families[fam]
         size, _ = planned_size(self.settings, history, pinned=pinned_size(job.batch_size),
-                               earlier=earlier_runs(self.store, job))
+                               effective_batch=spec.train.effective_batch_size, earlier=earlier_runs(self.store, job))
         progress = run_progress(Path(job.run_dir)) if job.attempts else None
         done = progress["step"] / progress["total"] if progress and progress.get("total") else 0.0
         return queued_estimate(spec, records, size, done_fraction=done, counts=self.counts)
@@ -205,7 +207,8 @@ def collect(settings: Settings, store: Store, now: datetime | None = None, *, st
     finished = sorted((j for j in jobs if j.state not in ("running", "queued") and j.removed_at is None),
                       key=lambda j: -j.updated_at)
     pid = running_pid(settings.pid_file)
-    active, left, durations = [], [], QueuedDurations(settings, store)
+    executor = plugin_for(settings)
+    active, left, durations = [], [], QueuedDurations(settings, store, executor.device)
     for job in running:
         run = store.latest_run(job.id)
         view = job_view(job)
@@ -213,7 +216,7 @@ def collect(settings: Settings, store: Store, now: datetime | None = None, *, st
         view["progress"] = run_progress(Path(job.run_dir))
         active.append(view)
         left.append(running_left(store, job, view["progress"], now, durations))
-    expected = forecast(settings, store, queued, left, now, durations)
+    expected = forecast(settings, store, queued, left, now, durations, slots=executor.slots)
     if states:
         active = [view for view in active if view["state"] in states]
         queued = [j for j in queued if j.state in states]
@@ -221,7 +224,7 @@ def collect(settings: Settings, store: Store, now: datetime | None = None, *, st
     shown = finished if states or every_finished else finished[:RECENT_FINISHED]
     return {
         "daemon": {"running": pid is not None, "pid": pid, "paused": store.get_flag("paused") == "1"},
-        "executor": executor_view(settings),
+        "executor": executor.describe(),
         "counts": store.counts(),
         "states": states or None,
         "running": active,
@@ -230,31 +233,21 @@ def collect(settings: Settings, store: Store, now: datetime | None = None, *, st
         "finished_hidden": len(finished) - len(shown),
         "schedule": windows_view(settings, now),
         "schedules": [schedule_view(s) for s in store.list_schedules()],
-        "disk": disk_view(settings, store),
+        "disk": disk_view(executor, store),
     }
 
 
 def run_view(run: Run) -> dict[str, Any]:
-    """A running attempt: where it runs (the pid here; the Ray submission id and node on a cluster)."""
-    view = {"id": run.id, "attempt": run.attempt, "pid": run.pid, "micro_batch": run.micro_batch,
-            "executor": run.executor or "local"}
-    if view["executor"] == "ray":
-        view.update(submission_id=run.ref, node=run.node)
-    return view
+    """A running attempt: where it runs (the pid here), and what its executor adds (a cluster's job id, node)."""
+    view: dict[str, Any] = {"id": run.id, "attempt": run.attempt, "pid": run.pid, "micro_batch": run.micro_batch,
+                            "executor": run.executor}
+    plugin = executor_kind(run.executor)
+    return {**view, **plugin.describe_run(run)} if plugin is not None else view
 
 
-def executor_view(settings: Settings) -> dict[str, Any]:
-    e = settings.executor
-    view: dict[str, Any] = {"kind": e.kind, "slots": e.slots}
-    if e.kind == "ray":
-        view.update(address=e.ray.address, runs_dir=str(settings.runs_dir))
-    return view
-
-
-def disk_view(settings: Settings, store: Store) -> dict[str, Any]:
+def disk_view(executor: ExecutorPlugin, store: Store) -> dict[str, Any]:
     """The space mtld's run folders take (each run measured its folder when it ended: no folder is
     walked here) and what is free where new runs go."""
     folders, used = store.runs_disk_usage()
-    return {"runs_bytes": used, "run_folders": folders, "runs_dir": str(settings.runs_dir),
-            "free_bytes": free_bytes(settings.runs_dir)}
-
+    return {"runs_bytes": used, "run_folders": folders, "runs_dir": str(executor.runs_dir),
+            "free_bytes": free_bytes(executor.runs_dir)}

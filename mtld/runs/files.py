@@ -3,14 +3,22 @@
     launch.json   Launch     how to run this attempt (written by the daemon or `mtld train`)
     result.json   RunResult  what the attempt did (written by the child, always)
 
-`Figures` is the measured part of a result: what the store keeps with each run
-and what the runtime model (mtld.decide.runtime) and the policy read back. One
-model, written by the child, loaded by every reader: nobody spells these keys
-a second time.
+One model per file, written by one function (`to_json`) and read by one (`load`); nobody spells their keys
+a second time. What an attempt measured is `Figures` (mtld.runs.figures).
 
-Each file has a `version`. A reader refuses a file from a newer mtld with one
-line (RunFileError) instead of guessing at fields it does not know; files
-without one (written before versions existed) read as version 1.
+The rule, for files that cross machines and versions (a Ray worker may run an mtld one minor version behind
+the daemon's, or ahead of it):
+
+- Every file says its format: `version` (the major: a change an older reader cannot take) and `minor` (a
+  change it can: only new fields, each with a default). Files without them are 1.0.
+- Strict where written: the models refuse a field they do not have, so a misspelt field (`disk_byte`)
+  fails where it is made instead of vanishing.
+- Tolerant where read across versions: a reader takes a file of its own major version; when the file's
+  minor is newer than its own, it leaves out the fields it does not know (they are the newer minor's) and
+  reads the rest. A file of the same or an older minor with a field the reader does not know is damaged or
+  not ours, and is refused. A newer major version is refused with one line (RunFileError): upgrade mtld.
+- Adding a field means a new MINOR (tests/test_runfiles.py holds the schema of each version and fails
+  when the models change without it); removing or changing one means a new VERSION.
 
 Torch-free and light: the daemon, the store and the CLI import it.
 """
@@ -19,137 +27,34 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from mtld.config.settings import DiskSettings, MemorySettings, Settings
 from mtld.runs.exitcodes import Outcome
+from mtld.runs.figures import Figures, Record, known_only
 
-VERSION = 1  # the format this mtld writes and the newest it reads
+VERSION = 1  # the major format this mtld writes, and the only one it reads
+MINOR = 1  # 1.1: the `minor` field itself; result.json and launch.json are otherwise as in 1.0
 
+F = TypeVar("F", bound="RunFile")
 
 
 class RunFileError(ValueError):
     """launch.json or result.json that this mtld cannot use; the message is one line."""
 
 
-class _File(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    @classmethod
-    def load(cls, path: Path) -> Any:
-        """The file at `path` (FileNotFoundError when there is none); RunFileError when it is not one of ours."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise RunFileError(f"{path}: not JSON ({e})") from None
-        return cls.parse(data, shown_as=str(path))
-
-    @classmethod
-    def parse(cls, data: Any, *, shown_as: str) -> Any:
-        if not isinstance(data, dict):
-            raise RunFileError(f"{shown_as}: not a JSON object")
-        version = data.get("version", 1)
-        if isinstance(version, int) and version > VERSION:
-            raise RunFileError(f"{shown_as}: written by a newer mtld (format {version}; this one reads up to "
-                               f"{VERSION}): upgrade mtld")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top)"
-            raise RunFileError(f"{shown_as}: {where} - {first['msg']}") from None
-
-    def to_json(self) -> bytes:
-        return (self.model_dump_json(indent=2) + "\n").encode("utf-8")
-
-
-# ---------------------------------------------------------------- step timings
-
-
-class Sum(BaseModel):
-    """Running sums over steps of (padded tokens, seconds): mtld.decide.runtime.Sums on disk."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    steps: int = 0
-    padded_tokens: int = 0
-    seconds: float = 0.0
-    tokens_squared: float = 0.0
-    tokens_seconds: float = 0.0
-
-
-class EvalTiming(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    count: int = 0
-    seconds: float = 0.0
-    tokens: int = 0
-
-
-class SaveTiming(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    count: int = 0
-    seconds: float = 0.0
-
-
-class SizeTiming(Sum):
-    """One micro-batch size's steps in one attempt: all of them, the warm-up apart, evaluations, saves."""
-
-    step_overhead_s: float | None = None  # the attempt's own fit, for people reading the file
-    s_per_padded_token: float | None = None
-    warmup: Sum = Sum()
-    eval: EvalTiming = EvalTiming()
-    saves: SaveTiming = SaveTiming()
-
-
-# ---------------------------------------------------------------- result.json
-
-
-class Figures(BaseModel):
-    """What an attempt (or a probe) measured; the store keeps this with the run."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    step: int | None = None
-    total_steps: int | None = None
-    resumed_from_step: int | None = None
-    micro_batch_start: int | None = None
-    micro_batch_end: int | None = None
-    scaled_down: bool = False
-    oom_count: int = 0
-    skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradient norm
-    stop_reason: str | None = None  # why an interrupted attempt stopped itself: "signal" or "memory_critical"
-    peak_memory_bytes: int | None = None
-    budget_bytes: int | None = None
-    max_rss_bytes: int | None = None  # from the parent's wait4: set by the daemon, not the child
-    samples_per_s: float | None = None
-    tokens_per_s: float | None = None
-    duration_s: float | None = None
-    train_seconds: float | None = None
-    startup_s: float | None = None  # probes measure it; runs derive it (mtld.decide.runtime.run_record)
-    samples: int | None = None
-    device: str | None = None
-    best_score: float | None = None
-    timing: dict[int, SizeTiming] = Field(default_factory=dict)
-    probe: bool = False  # a probe's figures (mtld.train.probe), not a run's
-    peaks_by_size: dict[int, int] = Field(default_factory=dict)  # a probe measures every size
-    checkpoint_bytes: int | None = None  # the last checkpoint's state (mtld.disk: what the next run needs)
-    export_bytes: int | None = None  # the model's weights, as model/ and best/ hold them
-    disk_needed_bytes: int | None = None  # a disk_full attempt: the free space it needed (mtld.disk.space_needed)
-    disk_bytes: int | None = None  # the run folder's size when the attempt ended (what `mtld status` adds up)
-
-    def stored(self) -> dict[str, Any]:
-        """JSON-safe, without the fields left at their defaults (what the store keeps)."""
-        return self.model_dump(mode="json", exclude_defaults=True)
-
-
-class RunResult(Figures, _File):
-    """result.json: the attempt's outcome, its exit status and what it measured."""
+class RunFile(Record):
+    """What both files carry: their format (see the rule above)."""
 
     version: int = VERSION
+    minor: int = MINOR
+
+
+class RunResult(Figures, RunFile):
+    """result.json: the attempt's outcome, its exit status and what it measured."""
+
     outcome: Outcome
     exit_code: int
     message: str | None = None
@@ -163,13 +68,9 @@ class RunResult(Figures, _File):
         return Figures.model_validate(self.model_dump(include=set(Figures.model_fields)))
 
 
-# ---------------------------------------------------------------- launch.json
+class Launch(RunFile):
+    """launch.json: how to run one attempt. Written by the launcher (`launch_for`), read by the child."""
 
-
-class Launch(_File):
-    """How to run one attempt. Written by the launcher (`launch_for`), read by the child."""
-
-    version: int = VERSION
     micro_batch: int
     device: str = "auto"
     job_id: int | None = None
@@ -182,6 +83,43 @@ class Launch(_File):
     threads: int | str = "auto"  # train.threads: a pinned count, or "auto" (mtld.train.threads)
     threads_every_s: float = 2.0  # seconds between the thread governor's checks
     max_nonfinite_steps: int = 10  # train.max_nonfinite_steps: skipped steps in a row that end the run
+
+
+def to_json(record: RunFile) -> bytes:
+    """The file's bytes, as every writer writes them."""
+    return (record.model_dump_json(indent=2) + "\n").encode("utf-8")
+
+
+def load(model: type[F], path: Path) -> F:
+    """The file at `path` (FileNotFoundError when there is none); RunFileError when this mtld cannot use it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise RunFileError(f"{path}: not JSON ({e})") from None
+    return parse(model, data, shown_as=str(path))
+
+
+def parse(model: type[F], data: Any, *, shown_as: str) -> F:
+    """`data` as `model`, by the rule above."""
+    if not isinstance(data, dict):
+        raise RunFileError(f"{shown_as}: not a JSON object")
+    version, minor = data.get("version", 1), data.get("minor", 0)
+    if not isinstance(version, int) or not isinstance(minor, int):
+        raise RunFileError(f"{shown_as}: version and minor must be whole numbers")
+    if version > VERSION:
+        raise RunFileError(f"{shown_as}: written by a newer mtld (format {version}.{minor}; this one reads "
+                           f"{VERSION}.x): upgrade mtld")
+    if version < VERSION:  # no older major exists yet; when one does, it is converted here
+        raise RunFileError(f"{shown_as}: format {version}.{minor} is older than this mtld reads ({VERSION}.x)")
+    if minor > MINOR:
+        data = known_only(model, data)  # the newer minor's fields: not ours to know
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top)"
+        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        raise RunFileError(f"{shown_as}: {where} - {message}") from None
 
 
 def launch_for(settings: Settings, *, micro_batch: int, device: str | None = None, job_id: int | None = None,

@@ -26,37 +26,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mtld.disk import private_dir
+from mtld.disk import private_dir, write_atomic, write_json_atomic
 from mtld.config.jobspec import JobSpec, spec_from_json, spec_to_json
-from mtld.runs.files import Launch, RunResult
+from mtld.runs.files import Launch, RunResult, load, to_json
 
 MARKER = ".mtld-run"
 
 
 class RunDirRefused(Exception):
     """A run folder mtld did not make for this run; the message is one line."""
-
-
-def write_atomic(path: Path, content: bytes, mode: int | None = None) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename it into place: a reader
-    sees the old file or the new one, never half of one. `mode`: else the temporary file's 0600."""
-    private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_atomic(path, (json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 class RunDir:
@@ -73,18 +51,23 @@ class RunDir:
     best_dir = property(lambda self: self.path / "best")
     marker_file = property(lambda self: self.path / MARKER)
 
-    def claim(self, owner: dict[str, Any], *, adopt_unmarked: bool = False) -> None:
+    def claim(self, owner: dict[str, Any], *, adopt_unmarked: bool = False, adopt_empty: bool = False) -> None:
         """Make the folder for `owner` (who runs in it: {"job_id": 5, "store": ...}) and mark it, or
         check that an existing one carries the same mark. RunDirRefused: a folder without the mark
-        (unless `adopt_unmarked`: the caller knows an older mtld made it), or with another owner's."""
+        (unless `adopt_unmarked`: the caller knows an older mtld made it; or `adopt_empty` and it is
+        empty: nothing in it can be loaded, as a user's `--out` folder made beforehand), or with
+        another owner's."""
         private_dir(self.path.parent)
         try:
             os.mkdir(self.path, 0o700)
         except FileExistsError:
-            self._check_owner(owner, adopt_unmarked)
+            self._check_owner(owner, adopt_unmarked or (adopt_empty and self._is_empty_folder()))
             return
         os.chmod(self.path, 0o700)
         write_json_atomic(self.marker_file, {"made_by": "mtld", **owner})
+
+    def _is_empty_folder(self) -> bool:
+        return self.path.is_dir() and not self.path.is_symlink() and not any(self.path.iterdir())
 
     def made_for(self, owner: dict[str, Any]) -> bool:
         """Whether this folder carries mtld's mark for `owner` (mtld clean removes only such folders)."""
@@ -101,6 +84,7 @@ class RunDir:
             found = json.loads(self.marker_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             if adopt_unmarked:
+                os.chmod(self.path, 0o700)
                 write_json_atomic(self.marker_file, {"made_by": "mtld", **owner})
                 return
             raise RunDirRefused(f"{self.path} already exists and mtld did not make it for this run (no {MARKER} "
@@ -121,20 +105,36 @@ class RunDir:
         return spec_from_json(self.job_file.read_text(encoding="utf-8"))
 
     def write_launch(self, launch: Launch) -> None:
-        write_atomic(self.launch_file, launch.to_json())
+        write_atomic(self.launch_file, to_json(launch))
 
     def read_launch(self) -> Launch:
         """FileNotFoundError when there is none; RunFileError when it is not one this mtld can use."""
-        return Launch.load(self.launch_file)
+        return load(Launch, self.launch_file)
 
     def write_result(self, result: RunResult) -> None:
-        write_atomic(self.result_file, result.to_json())
+        write_atomic(self.result_file, to_json(result))
 
     def read_result(self) -> RunResult | None:
         """None when the attempt left none; RunFileError when it is not one this mtld can use."""
         try:
-            return RunResult.load(self.result_file)
+            return load(RunResult, self.result_file)
         except FileNotFoundError:
+            return None
+
+    def result_of(self, run_id: int, started_at: float) -> RunResult | None:
+        """The result.json of the attempt `run_id` (started at `started_at`), if that attempt wrote it: not a
+        leftover of an earlier attempt, and one this mtld can read. The one test of "is this result ours",
+        whoever asks (the daemon's ledger, an executor). A result from before results named their run counts
+        when it was written after the attempt started. Never raises: a result that cannot be read is none
+        (the exit status still decides)."""
+        try:
+            result = self.read_result()
+            if result is None:
+                return None
+            if result.run_id is not None:
+                return result if result.run_id == run_id else None
+            return result if self.result_file.stat().st_mtime >= started_at else None
+        except Exception:  # RunFileError, OSError, or worse: reading a result never stops the queue
             return None
 
     def checkpoint_files(self) -> list[Path]:

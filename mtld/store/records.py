@@ -73,7 +73,7 @@ class Run:
     signal: int | None
     figures: dict[str, Any]
     start_reason: str | None = None  # why it started at its micro-batch
-    executor: str | None = None  # "local" or "ray" (None: an mtld before the Ray executor, so local)
+    executor: str = "local"  # the kind that runs it (mtld.executor.registry); rows from before it was stored: local
     ref: str | None = None  # the executor's handle: the pid, or the Ray submission id
     node: str | None = None  # the node it runs on, for a run on a cluster
 
@@ -123,7 +123,7 @@ def job_from_row(row: sqlite3.Row) -> Job:
 
 
 def run_from_row(row: sqlite3.Row) -> Run:
-    return Run(**{**dict(row), "figures": json.loads(row["figures"])})
+    return Run(**{**dict(row), "figures": json.loads(row["figures"]), "executor": row["executor"] or "local"})
 
 
 def json_safe(value: Any) -> Any:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mtld.config.taskrows import DataError, read_rows
-from mtld.runs.rundir import write_atomic
+from mtld.disk import write_atomic
 from mtld.train.errors import BadInput, missing_package_message
 from mtld.train.layout import TASKS_FILE
 

@@ -59,7 +59,7 @@ def run_selftest(*, quick: bool, out_dir: Path = Path("."), checks: Iterable[Spe
 
 
 def write_report(report: Report, path: Path) -> None:
-    from mtld.runs.rundir import write_atomic
+    from mtld.disk import write_atomic
 
     write_atomic(path, (report.model_dump_json(indent=2) + "\n").encode(), mode=0o644)
 

@@ -46,15 +46,14 @@ from typing import TYPE_CHECKING, Any
 
 from mtld.disk import open_private
 from mtld.executor import ClusterUnreachable, ExitStatus
+from mtld.executor.ray.plugin import EXTRA_HINT
 from mtld.logs.events import get_logger
 from mtld.runs.rundir import RunDir
 from mtld.runs.child import ALLOTTED_ENV, CHILD_MODULE
 
 if TYPE_CHECKING:
-    from mtld.config.settings import RaySettings
+    from mtld.executor.ray.settings import RaySettings
     from mtld.store import Run
-
-EXTRA_HINT = "pip install 'mtld[ray]'"
 STOP_SIGNALS = (signals.SIGTERM, signals.SIGINT, signals.SIGKILL)
 REQUEST_TIMEOUT_S = 10.0  # every call to the Jobs API: a dashboard that hangs must not hang the daemon
 # Finished jobs whose entrypoint never ran to an exit status because of the cluster, not the run: the run is
@@ -118,14 +117,13 @@ class RayRun:
 
     pid = None  # not a process here
 
-    def __init__(self, client: Any, address: str, ref: str, run_dir: Path, run_id: int | None,
-                 node: str | None = None):
-        self.client, self.address, self.ref, self.run_dir, self.run_id = client, address, ref, Path(run_dir), run_id
+    def __init__(self, client: Any, address: str, ref: str, run_dir: Path, run: Run, node: str | None = None):
+        self.client, self.address, self.ref, self.run_dir, self.run = client, address, ref, Path(run_dir), run
         self.node = node
         self.status: ExitStatus | None = None
         self.stop_pending = False  # a stop asked for that the cluster has not taken yet: sent again each poll
         self.unreachable = False
-        self.log = get_logger(run_id=run_id, submission_id=ref)
+        self.log = get_logger(run_id=run.id, submission_id=ref)
 
     def signal(self, signum: int) -> None:
         """SIGTERM, SIGINT and SIGKILL all stop the job: Ray signals the run, which checkpoints within the
@@ -174,14 +172,9 @@ class RayRun:
         self.unreachable = True
 
     def _result_code(self) -> int | None:
-        """The exit status this attempt's result.json records, if it wrote one."""
-        try:
-            result = RunDir(self.run_dir).read_result()
-        except Exception:
-            return None
-        if result is None or (self.run_id is not None and result.run_id not in (None, self.run_id)):
-            return None
-        return result.exit_code
+        """The exit status this attempt's result.json records, if this attempt wrote one."""
+        result = RunDir(self.run_dir).result_of(self.run.id, self.run.started_at)
+        return result.exit_code if result else None
 
     def _append_output(self) -> None:
         """Ray keeps the entrypoint's output: add it to the run folder's child.log, as a local child's."""
@@ -223,9 +216,11 @@ class RayExecutor:
     kind = "ray"
     remote = True
 
-    def __init__(self, settings: RaySettings, *, owner: str):
+    def __init__(self, settings: RaySettings, *, owner: str, device: str = "cpu"):
         self.settings = settings
         self.owner = owner
+        self.device = device
+        self.slots = settings.slots
         self._client: Any = None
 
     @property
@@ -267,7 +262,7 @@ class RayExecutor:
                 "entrypoint_num_gpus": s.num_gpus or None, "entrypoint_memory": int(s.memory_mb * 1_000_000) or None,
                 "entrypoint_resources": s.resources or None}
 
-    def start(self, run_dir: Path, run: Run) -> RayRun:
+    def start(self, run: Run, run_dir: Path) -> RayRun:
         """Submit the run. ClusterUnreachable when the cluster did not answer: the submission may or may not
         have arrived, so the run stays open and `adopt` settles it (by its derived id) once the cluster answers."""
         ref = submission_id(self.owner, run)
@@ -283,7 +278,7 @@ class RayExecutor:
         except Exception:
             if not self._exists(ref):  # else: submitted before (a crash between submitting and recording it)
                 raise
-        return RayRun(self.client, s.address, ref, run_dir, run.id)
+        return RayRun(self.client, s.address, ref, run_dir, run)
 
     def adopt(self, run: Run, run_dir: Path) -> RayRun | None:
         """The Ray job of `run`, finished or not (its status tells): by its stored submission id, or, for a run
@@ -294,7 +289,7 @@ class RayExecutor:
         ref = run.ref or submission_id(self.owner, run)
         if not self._exists(ref):
             return None
-        return RayRun(self.client, self.settings.address, ref, run_dir, run.id, node=run.node)
+        return RayRun(self.client, self.settings.address, ref, run_dir, run, node=run.node)
 
     def _exists(self, ref: str) -> bool:
         try:

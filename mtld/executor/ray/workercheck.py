@@ -3,12 +3,10 @@
 The daemon's side (`check_cluster`): the Jobs API answers at the configured
 address, with which Ray version; then one small Ray job, asking for the same
 resources as a run, so it lands where a run would (or stays pending where no
-node has them). That job is this module's `main` on the worker: it reads back a
-token the daemon's side wrote in `executor.ray.runs_dir`, and reports its host,
-its mtld, Ray and torch versions and the cluster's resources, as one line the
-daemon's side reads from the job's logs.
-
-    python -m mtld.executor.ray.workercheck RUNS_DIR TOKEN_FILE   # on a worker, as a Ray job
+node has them). That job is mtld.executor.ray.worker on the worker: it reads back a
+token this side wrote in `executor.ray.runs_dir`, and reports its host, its
+mtld, Ray and torch versions and the cluster's resources, as one line (after
+MARK) that this side reads from the job's logs.
 """
 
 from __future__ import annotations
@@ -16,53 +14,22 @@ from __future__ import annotations
 import json
 import secrets
 import shlex
-import socket
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-MARK = "mtld-workercheck "
+if TYPE_CHECKING:
+    from mtld.executor.ray.settings import RaySettings
 
-
-def main(argv: list[str]) -> int:
-    runs_dir, token_file = Path(argv[0]), Path(argv[1])
-    report: dict[str, Any] = {"host": socket.gethostname(), "python": sys.executable}
-    try:
-        report["token"] = token_file.read_text().strip()
-    except OSError as e:
-        report["token"] = None
-        report["folder_error"] = f"{runs_dir}: {e.strerror or e}"
-    from mtld import __version__
-
-    report["mtld"] = __version__
-    try:
-        import ray
-
-        report["ray"] = ray.__version__
-        ray.init(logging_level="ERROR", log_to_driver=False)  # the job's driver joins its cluster (RAY_ADDRESS)
-        report["resources"] = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
-        report["nodes"] = sum(1 for n in ray.nodes() if n.get("Alive"))
-    except Exception as e:
-        report["ray_error"] = f"{type(e).__name__}: {e}"
-    try:
-        import torch
-
-        report["torch"] = torch.__version__
-        report["cuda_devices"] = torch.cuda.device_count()
-    except Exception as e:
-        report["torch"] = f"not importable: {e}"
-    print(MARK + json.dumps(report), flush=True)
-    return 0
+MARK = "mtld-workercheck "  # the worker's report line starts with it
+WORKER_MODULE = "mtld.executor.ray.worker"
 
 
-def check_cluster(settings: Any, *, timeout_s: float = 120.0) -> dict[str, Any]:
+def check_cluster(ray: RaySettings, *, runs_dir: Path, owner: str, timeout_s: float = 120.0) -> dict[str, Any]:
     """The `cluster` section of `mtld doctor` (executor.kind = "ray"). `problems` lists what would stop runs."""
     from mtld.executor import ClusterUnreachable
     from mtld.executor.ray.jobs import client_for, first_line
 
-    ray = settings.executor.ray
-    runs_dir = settings.runs_dir
     info: dict[str, Any] = {"address": ray.address, "runs_dir": str(runs_dir), "slots": ray.slots, "problems": []}
     problems = info["problems"]
     try:
@@ -89,7 +56,7 @@ def check_cluster(settings: Any, *, timeout_s: float = 120.0) -> dict[str, Any]:
         problems.append(f"cannot write in {runs_dir}: {e.strerror or e}")
         return info
     try:
-        worker = _run_check_job(client, settings, token_file, timeout_s)
+        worker = _run_check_job(client, ray, runs_dir, owner, token_file, timeout_s)
     except Exception as e:  # a refused submission, an answer cut short: one line, never a traceback
         worker = {"failed": f"the check job could not run: {type(e).__name__}: {first_line(e)}"}
     finally:
@@ -113,14 +80,14 @@ def check_cluster(settings: Any, *, timeout_s: float = 120.0) -> dict[str, Any]:
     return info
 
 
-def _run_check_job(client: Any, settings: Any, token_file: Path, timeout_s: float) -> dict[str, Any]:
+def _run_check_job(client: Any, r: RaySettings, runs_dir: Path, owner: str, token_file: Path,
+                   timeout_s: float) -> dict[str, Any]:
     from mtld.executor.ray.jobs import RayExecutor
 
-    executor = RayExecutor(settings.executor.ray, owner=str(settings.state_dir))
-    r = settings.executor.ray
+    executor = RayExecutor(r, owner=owner)
     submission = client.submit_job(
-        entrypoint=f"{shlex.quote(r.python)} -m mtld.executor.ray.workercheck "
-                   f"{shlex.quote(str(settings.runs_dir))} {shlex.quote(str(token_file))}",
+        entrypoint=f"{shlex.quote(r.python)} -m {WORKER_MODULE} "
+                   f"{shlex.quote(str(runs_dir))} {shlex.quote(str(token_file))}",
         metadata={"mtld": "doctor"}, **executor.job_options(),
     )
     deadline = time.monotonic() + timeout_s
@@ -158,7 +125,3 @@ def _mtld_version() -> str:
     from mtld import __version__
 
     return __version__
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
