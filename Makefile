@@ -21,7 +21,7 @@ endif
 # start their own on 127.0.0.1 and stop it.
 PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast lint docs demo bench clean
 
 $(BIN)/.mtld-ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,17 @@ test: setup
 test-fast: setup
 	$(PYTEST) -m "not slow"
 
+# The layers and the types: ruff (unused and undefined names), mypy (strict on the daemon, the executors, the
+# policy and the run files), import-linter (the contracts in pyproject.toml: docs/architecture.md).
+lint: setup
+	$(BIN)/ruff check mtld tests bench examples
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+# The documentation site (docs/, mkdocs.yml), built strictly: a broken link or anchor fails it.
+docs: setup
+	$(BIN)/mkdocs build --strict --quiet
+
 demo: setup
 	BIN=$(BIN) examples/demo.sh
 
@@ -47,4 +58,4 @@ bench: setup
 	$(BIN)/python -m bench --threads 1
 
 clean:
-	rm -rf $(VENV) examples/tiny-bert .mtld-demo
+	rm -rf $(VENV) examples/tiny-bert .mtld-demo site

@@ -237,7 +237,7 @@ def test_a_run_folder_the_worker_cannot_see_exits_66_and_fails_the_job_with_the_
     done = subprocess.run([sys.executable, "-m", "mtld.train", str(tmp_path / "not-here")], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == exitcodes.NOT_VISIBLE
-    assert "does not exist on" in done.stderr and "executor.ray.runs_dir" in done.stderr
+    assert "does not exist on" in done.stderr and "every machine that runs them sees" in done.stderr
     assert not (tmp_path / "not-here").exists()  # nothing made where the run folder should have been
     decision = policy.after_exit(exit_code=done.returncode, signal=None, earlier_failures=0, max_attempts=3,
                                  backoff_s=60, cancel_requested=False, stop_reason=None, message=None, now=T0)

@@ -97,7 +97,7 @@ def test_the_demo_job_runs_to_success_as_a_ray_job(home, demo, client):
     assert ray_job.submission_id == run.ref and ray_job.status == "SUCCEEDED"
     assert run.node == ray_job.driver_node_id  # placed: recorded as the daemon saw it
     launched = home.daemon_events("run.launched")[0]
-    assert (launched["executor"], launched["submission_id"], launched["pid"]) == ("ray", run.ref, None)
+    assert (launched["executor"], launched["ref"], launched["pid"]) == ("ray", run.ref, None)
     run_dir = Path(job.run_dir)
     assert (run_dir / "model").is_dir() and {"run.started", "run.finished"} <= {e["event"] for e in home.run_events(job_id)}
     assert f"Running entrypoint for job {run.ref}" in (run_dir / "child.log").read_text()  # Ray's output, appended
@@ -151,7 +151,7 @@ def test_kill_9_of_the_daemon_then_a_restart_adopts_the_running_ray_job(home, da
     [run] = home.runs(job_id)  # one attempt: the same Ray job went on, none was started again
     assert run.outcome == "succeeded"
     assert [j.status for j in ray_jobs_of(client, home)] == ["SUCCEEDED"]
-    assert home.daemon_events("daemon.adopted")[0]["submission_id"] == run.ref
+    assert home.daemon_events("daemon.adopted")[0]["ref"] == run.ref
     assert [e.get("resumed_from_step") for e in home.run_events(job_id, "run.started")] == [None]  # no progress lost
 
 
@@ -173,7 +173,8 @@ def test_two_slots_run_two_jobs_at_once(tmp_path, ray_address, data_dir):
 
 def test_doctor_checks_the_cluster_with_a_real_job_that_reads_back_a_token_from_the_runs_folder(home):
     done = home.mtld("doctor", "--json")
-    cluster = json.loads(done.stdout)["cluster"]
+    cluster = json.loads(done.stdout)["executor"]
+    assert cluster["kind"] == "ray"
     assert cluster["problems"] == []
     worker = cluster["worker"]
     assert cluster["ray_here"] == cluster["ray_cluster"] == worker["ray"]

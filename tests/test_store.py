@@ -343,7 +343,7 @@ def test_reopen_keeps_data_and_schema(tmp_path):
         assert s.get(job.id) == job and s.get_flag("paused") == "1"
     raw = sqlite3.connect(path)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(store_module.MIGRATIONS) >= 1
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(store_module.schema.MIGRATIONS) >= 1
     raw.close()
 
 
@@ -352,13 +352,15 @@ def test_a_new_migration_applies_once_to_an_existing_file(tmp_path, monkeypatch)
     with Store(path) as s:
         job = submit(s)
     extra = "CREATE TABLE extra (a TEXT DEFAULT ';'); -- a ; in a comment\nINSERT INTO extra VALUES ('x;y');"
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, extra])
+    from mtld.store import database
+
+    monkeypatch.setattr(database, "MIGRATIONS", [*database.MIGRATIONS, extra])
     for _ in range(2):
         with Store(path) as s:
             assert s.get(job.id) == job
     raw = sqlite3.connect(path)
     assert raw.execute("SELECT a FROM extra").fetchall() == [("x;y",)]
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(store_module.MIGRATIONS)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(database.MIGRATIONS)
     raw.close()
 
 
@@ -366,7 +368,7 @@ def test_a_file_from_a_newer_version_is_refused(tmp_path):
     path = tmp_path / "state.db"
     Store(path).close()
     raw = sqlite3.connect(path)
-    raw.execute(f"PRAGMA user_version = {len(store_module.MIGRATIONS) + 1}")
+    raw.execute(f"PRAGMA user_version = {len(store_module.schema.MIGRATIONS) + 1}")
     raw.close()
     with pytest.raises(store_module.SchemaTooNew):
         Store(path)
@@ -374,7 +376,7 @@ def test_a_file_from_a_newer_version_is_refused(tmp_path):
 
 def test_foreign_keys_are_enforced(db):
     with pytest.raises(sqlite3.IntegrityError):
-        db._db.execute("INSERT INTO runs (job_id, attempt, started_at, micro_batch) VALUES (999, 1, 0, 2)")
+        db.db.connection.execute("INSERT INTO runs (job_id, attempt, started_at, micro_batch) VALUES (999, 1, 0, 2)")
 
 
 def test_a_store_may_be_used_from_another_thread(db):

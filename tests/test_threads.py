@@ -86,7 +86,6 @@ def test_rays_allotment_is_the_governors_ceiling_not_a_pin(monkeypatch):
     import torch
 
     from mtld.executor.ray.jobs import RayExecutor
-    from mtld.config.settings import Settings
 
     from mtld.executor.ray.settings import RaySettings
 

@@ -9,7 +9,7 @@ import typer
 
 from mtld.cli import render
 from mtld.queue import cleanup
-from mtld.cli import Context, JsonFlag, app, emit_json, fail, out
+from mtld.cli.common import Context, JsonFlag, app, emit_json, fail, out
 from mtld.config.durations import parse_duration
 from mtld.store import InvalidTransition, UnknownJob
 

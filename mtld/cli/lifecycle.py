@@ -10,7 +10,7 @@ import typer
 
 from mtld.cli import render
 from mtld.queue import jobs
-from mtld.cli import Context, JobId, JsonFlag, app, check_ids, emit_json, fail, out
+from mtld.cli.common import Context, JobId, JsonFlag, app, check_ids, emit_json, fail, out
 from mtld.config.jobspec import JobFileError
 from mtld.platform.pidfile import running_pid
 from mtld.queue.status import job_view

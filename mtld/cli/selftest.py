@@ -27,7 +27,7 @@ def user_folders(settings: Settings) -> list[tuple[str, Path]]:
 
 
 def run(settings: Settings, *, quick: bool, out_file: Path | None, as_json: bool) -> int:
-    from mtld.cli import emit_json, out
+    from mtld.cli.common import emit_json, out
     from mtld.doctor.selftest import default_out, run_selftest, write_report
     from mtld.doctor.selftest.show import line, table
 

@@ -10,7 +10,7 @@ import typer
 
 from mtld.cli import render
 from mtld.queue import jobs
-from mtld.cli import Context, JsonFlag, app, emit_json, fail, out
+from mtld.cli.common import Context, JsonFlag, app, emit_json, fail, out
 from mtld.logs.events import configure, get_logger
 
 # ------------------------------------------------------------------ the daemon

@@ -12,7 +12,7 @@ import typer
 
 from mtld.cli import render
 from mtld.queue import jobs
-from mtld.cli import Context, JsonFlag, app, emit_json, fail, get_job, out
+from mtld.cli.common import Context, JsonFlag, app, emit_json, fail, get_job, out
 from mtld.config.jobspec import JobFileError, load_job
 from mtld.runs import exitcodes
 

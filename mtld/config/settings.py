@@ -157,7 +157,7 @@ def absolute_folder(value: object) -> Path | None:
 
 
 class ExecutorSettings(BaseModel):
-    """`executor.kind`, and one table per kind of executor (`[executor.ray]`, ...). Each executor checks its
+    """`executor.kind`, and one table per kind of executor (`[executor.KIND]`). Each executor checks its
     own table with its own model (mtld.executor.registry), so a new executor needs no change here."""
 
     model_config = ConfigDict(extra="allow")

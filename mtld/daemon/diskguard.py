@@ -46,7 +46,7 @@ class DiskGuard:
         weights = disk.weight_files_bytes(_model_folder(spec.model) or "")
         rd = RunDir(job.run_dir)
         need = disk.space_needed(
-            checkpoint_bytes=measured.checkpoint_bytes if measured else 3 * weights,
+            checkpoint_bytes=(measured.checkpoint_bytes if measured else None) or 3 * weights,
             export_bytes=(measured.export_bytes if measured else None) or weights,
             keep=spec.train.keep_checkpoints, checkpoints_on_disk=len(rd.checkpoint_files()),
             exports_on_disk=sum(d.is_dir() for d in (rd.model_dir, rd.best_dir)),

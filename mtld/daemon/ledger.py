@@ -17,6 +17,7 @@ import signal
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from mtld.config.jobspec import JobFileError
@@ -173,11 +174,11 @@ class RunLedger:
         watched_runs = {a.run.id for a in watched}
         for run in self.store.active_runs():
             if run.id not in watched_runs:
-                self._settle(run.job_id, now, lambda run=run: self._recover_run(run, now, at_start, adopted))
+                self._settle(run.job_id, now, partial(self._recover_run, run, now, at_start, adopted))
         watched_jobs = {a.job_id for a in [*watched, *adopted]}
         for job in self.store.list_jobs([RUNNING]):  # its run was recorded, its move was not
             if job.id not in watched_jobs and not any(r.ended_at is None for r in self.store.runs_for(job.id)):
-                self._settle(job.id, now, lambda job=job: self._recover_move(job, now))
+                self._settle(job.id, now, partial(self._recover_move, job, now))
         return adopted
 
     def _settle(self, job_id: int, now: float, settle: Callable[[], None]) -> None:
@@ -214,7 +215,8 @@ class RunLedger:
         result = run_dir.result_of(run.id, run.started_at)
         when = "at daemon start" if at_start else "with no live run"
         code = result.exit_code if result else None
-        decision = self._after_exit(job, run, code, None, now, stop_reason=None,
+        decision = self._after_exit(job, run, code, None, now,
+                                    stop_reason=f"stopped by the daemon {when}" if action == "stopped" else None,
                                     message=result.message if result else f"recovered {when} (child {action})")
         self._apply(job.id, run, ExitStatus(code=code), decision, result, now)
 

@@ -1,4 +1,4 @@
-"""The daemon: runs the queue unattended, one job at a time (or, on a Ray cluster, up to `executor.ray.slots`).
+"""The daemon: runs the queue unattended, as many runs at once as its executor has slots (one on this machine).
 
 One plain loop: wait on the wake-up (a timeout of `poll_interval_s`), then
 `tick(now)`. A tick supervises the running runs (exit, cancel, pause --now,
@@ -178,6 +178,7 @@ class Daemon:
         if not schedule.inside(self.windows, local):
             if self.store.next_eligible(now=now) is not None:
                 opens = schedule.next_opening(self.windows, local)
+                assert opens is not None  # outside every window: there are windows, so one opens next
                 self._defer("outside_window", f"outside the run windows; the next opens at {opens:%a %H:%M}",
                             opens_at=opens.isoformat())
             return
@@ -201,7 +202,7 @@ class Daemon:
         spec = stored_spec(job.spec_json, shown_as=f"job {job.id}")  # an older mtld may have let it through
         fam = job_family(spec, self.executor.device)
         if self.disk.hold_if_short(job, spec, fam, now):  # the next tick looks at the rest of the queue
-            return
+            return None
         if self.executor.remote:  # this machine's memory says nothing of a worker's: the run's own guard decides
             if not self._cluster_ready(job):
                 return None
@@ -214,7 +215,7 @@ class Daemon:
                            earlier=earlier_runs(self.store, job), reading=reading,
                            calm_for_s=None if self.calm_since is None else now - self.calm_since)
         if start.micro_batch is None:
-            self._defer(start.deferred, start.reason, job_id=job.id)
+            self._defer(start.deferred or "deferred", start.reason, job_id=job.id)
             return None
         self.deferred_because = None
         self.log.info("policy.decided", job_id=job.id, micro_batch=start.micro_batch, reason=start.reason, family=fam,
@@ -310,8 +311,7 @@ class Daemon:
         except ChildProcessError:  # reaped elsewhere: gone, how it ended unknown (its result.json may say)
             status = ExitStatus()
         if active.handle.node and active.handle.node != active.node:
-            active.node = active.handle.node
-            self._record_node(active)
+            self._record_node(active, active.handle.node)
         if status is not None:
             self.record_exit(active, status, now)
             return
@@ -349,9 +349,10 @@ class Daemon:
             self.log.info("schedule.fired", schedule_id=recurring.id, job_id=job.id, due_at=due.isoformat(),
                           missed=local - due > timedelta(minutes=1), next_fire_at=next_at.isoformat())
 
-    def _record_node(self, active: ActiveRun) -> None:
+    def _record_node(self, active: ActiveRun, node: str) -> None:
+        active.node = node
         try:
-            self.store.set_run_node(active.run.id, active.node)
+            self.store.set_run_node(active.run.id, node)
         except Exception as e:  # status shows it; the run goes on without it
             self.log.warning("run.node_unrecorded", job_id=active.job_id, run_id=active.run.id, error=describe(e))
             return

@@ -1,10 +1,7 @@
 """The SQLite store: the single source of truth for jobs, runs and their history.
 
-Only this package writes SQL (the schema: `schema`; the rows: `records`). The CLI and the daemon are separate processes that
-open the same file, so the file is in WAL mode (readers never wait for the
-writer) and every write is one short `BEGIN IMMEDIATE` transaction: the write
-lock is taken up front, so two writers never deadlock trying to upgrade a read
-lock, and the busy timeout makes the second one wait instead of failing.
+Only this package writes SQL (the schema: `schema`; the rows: `records`; the connection, WAL and the
+short write transactions that let the CLI and the daemon share the file: `database`).
 
 A job moves only along these edges (`ALLOWED_MOVES`):
 
@@ -34,22 +31,17 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mtld.disk import private_dir
-from mtld.store.housekeeping import Housekeeping
+from mtld.store.database import Database
 from mtld.store.records import (
     InvalidTransition, Job, Run, Schedule, SchemaTooNew, StoreError, Transition, UnknownJob, UnknownRun, column_list,
     job_from_row, json_safe, run_from_row,
 )
 from mtld.store.schema import (
-    ALLOWED_MOVES, BATCH_SIZES, BUSY_TIMEOUT_S, CANCELLED, FAILED, MAX_ID, MIGRATIONS, QUEUED, RUNNING, STATES,
-    SUCCEEDED, TERMINAL, SAFE_NAME, statements,
+    ALLOWED_MOVES, BATCH_SIZES, CANCELLED, FAILED, MAX_ID, QUEUED, RUNNING, SAFE_NAME, STATES, SUCCEEDED, TERMINAL,
 )
 
 __all__ = [
@@ -59,28 +51,15 @@ __all__ = [
 ]
 
 
-class Store(Housekeeping):
+class Store:
     """One connection to the state file. Safe to share between the threads of one process."""
 
     def __init__(self, path: Path | str):
-        self.path = Path(path)
-        private_dir(self.path.parent)
-        # Create the file private before SQLite does; its -wal and -shm files copy this mode.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        try:
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA foreign_keys = ON")
-            self._enter_wal()
-            self._migrate()
-        except BaseException:
-            self._db.close()
-            raise
+        self.db = Database(Path(path))
+        self.path = self.db.path
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -88,57 +67,10 @@ class Store(Housekeeping):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- plumbing ---------------------------------------------------------------------------
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-
-    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, tuple(params)).fetchall()
-
-    def _enter_wal(self) -> None:
-        """Switch the file to WAL (it stays so). When several processes switch a brand-new
-        file together, SQLite answers "database is locked" at once instead of using the busy
-        timeout, so wait here the way the timeout would."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
-        while True:
-            try:
-                self._db.execute("PRAGMA journal_mode = WAL")
-                return
-            except sqlite3.OperationalError as e:
-                if not e.sqlite_errorname.startswith("SQLITE_BUSY") or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-
-    def _migrate(self) -> None:
-        """Bring the schema to len(MIGRATIONS). Many processes may open a brand-new file at
-        once, so the version is read again under the write lock: each migration runs once."""
-        target = len(MIGRATIONS)
-        if self._rows("PRAGMA user_version")[0][0] == target:
-            return
-        with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > target:
-                raise SchemaTooNew(f"{self.path} has schema version {version}; this mtld knows up to {target}")
-            for script in MIGRATIONS[version:]:
-                for statement in statements(script):
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version = {target}")
-
     def _job(self, job_id: int) -> Job:
         if not 0 < job_id <= MAX_ID:
             raise UnknownJob(job_id)
-        rows = self._rows(f"SELECT {column_list(Job)} FROM jobs WHERE id = ?", (job_id,))
+        rows = self.db.rows(f"SELECT {column_list(Job)} FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             raise UnknownJob(job_id)
         return job_from_row(rows[0])
@@ -146,7 +78,7 @@ class Store(Housekeeping):
     def _run(self, run_id: int) -> Run:
         if not 0 < run_id <= MAX_ID:
             raise UnknownRun(run_id)
-        rows = self._rows(f"SELECT {column_list(Run)} FROM runs WHERE id = ?", (run_id,))
+        rows = self.db.rows(f"SELECT {column_list(Run)} FROM runs WHERE id = ?", (run_id,))
         if not rows:
             raise UnknownRun(run_id)
         return run_from_row(rows[0])
@@ -182,7 +114,7 @@ class Store(Housekeeping):
             raise ValueError(f"job name {name!r} is not a safe folder name")
         if str(batch_size) not in BATCH_SIZES:
             raise ValueError(f"batch_size must be one of {', '.join(BATCH_SIZES)}, not {batch_size!r}")
-        with self._write() as db:
+        with self.db.write() as db:
             return self._insert_job(db, name=name, spec_json=spec_json, job_file=str(job_file), priority=priority,
                                     not_before=not_before, batch_size=str(batch_size), run_root=str(run_root),
                                     now=now, reason=reason)
@@ -207,22 +139,22 @@ class Store(Housekeeping):
 
     def list_jobs(self, states: Iterable[str] | None = None) -> list[Job]:
         if states is None:
-            return [job_from_row(r) for r in self._rows(f"SELECT {column_list(Job)} FROM jobs ORDER BY id")]
+            return [job_from_row(r) for r in self.db.rows(f"SELECT {column_list(Job)} FROM jobs ORDER BY id")]
         wanted = list(states)
         if unknown := set(wanted) - set(STATES):
             raise ValueError(f"unknown state(s): {', '.join(sorted(unknown))}")
         marks = ", ".join("?" * len(wanted))
-        rows = self._rows(f"SELECT {column_list(Job)} FROM jobs WHERE state IN ({marks}) ORDER BY id", wanted)
+        rows = self.db.rows(f"SELECT {column_list(Job)} FROM jobs WHERE state IN ({marks}) ORDER BY id", wanted)
         return [job_from_row(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         """Jobs per state; every state is present, zero included."""
-        found = dict(self._rows("SELECT state, COUNT(*) FROM jobs WHERE removed_at IS NULL GROUP BY state"))
+        found = dict(self.db.rows("SELECT state, COUNT(*) FROM jobs WHERE removed_at IS NULL GROUP BY state"))
         return {state: found.get(state, 0) for state in STATES}
 
     def next_eligible(self, *, now: float) -> Job | None:
         """The queued job to run next: due now, highest priority, then oldest, then lowest id."""
-        rows = self._rows(
+        rows = self.db.rows(
             f"SELECT {column_list(Job)} FROM jobs WHERE state = ?"
             " AND hold IS NULL"
             " AND (not_before IS NULL OR not_before <= ?) AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
@@ -242,13 +174,13 @@ class Store(Housekeeping):
             raise ValueError("a job starts running only through start_run, which also records the run")
         if hold is not None and to_state != QUEUED:
             raise ValueError("only a queued job can be on hold")
-        with self._write() as db:
+        with self.db.write() as db:
             return self._move(db, self._job(job_id), to_state, verb=f"move to {to_state}", reason=reason, now=now,
                               last_error=last_error, next_attempt_at=next_attempt_at, hold=hold)
 
     def set_hold(self, job_id: int, hold: str | None, *, now: float) -> Job:
         """Put a queued job on hold (`hold`: why) or release it (None); recorded as a transition."""
-        with self._write() as db:
+        with self.db.write() as db:
             job = self._job(job_id)
             if job.state != QUEUED:
                 raise InvalidTransition(f"job {job_id} is {job.state}; only a queued job can be "
@@ -266,7 +198,7 @@ class Store(Housekeeping):
         as a transition that names what changed. InvalidTransition unless the job is queued."""
         if str(batch_size) not in BATCH_SIZES:
             raise ValueError(f"batch_size must be one of {', '.join(BATCH_SIZES)}, not {batch_size!r}")
-        with self._write() as db:
+        with self.db.write() as db:
             job = self._job(job_id)
             if job.state != QUEUED:
                 raise InvalidTransition(f"job {job_id} is {job.state}; only a queued job can be changed")
@@ -282,7 +214,7 @@ class Store(Housekeeping):
     def cancel_unwatched(self, job_id: int, *, now: float) -> Job:
         """Cancel a running job that no daemon watches: close its open runs (outcome cancelled) and move it
         to cancelled, in one transaction. A job not running is cancelled as `cancel` would."""
-        with self._write() as db:
+        with self.db.write() as db:
             job = self._job(job_id)
             if job.state != RUNNING:
                 return self._move(db, job, CANCELLED, verb="cancel", reason="cancelled before it ran", now=now)
@@ -292,7 +224,7 @@ class Store(Housekeeping):
 
     def cancel(self, job_id: int, *, now: float) -> Job:
         """Cancel a queued job now; for a running one, only ask (the daemon stops the child)."""
-        with self._write() as db:
+        with self.db.write() as db:
             job = self._job(job_id)
             if job.state == RUNNING:
                 db.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?", (now, job_id))
@@ -305,7 +237,7 @@ class Store(Housekeeping):
         job = self._job(job_id)
         if job.state == QUEUED and job.hold is not None:
             return self.set_hold(job_id, None, now=now)
-        with self._write() as db:
+        with self.db.write() as db:
             job = self._job(job_id)
             if job.state not in (FAILED, CANCELLED):
                 raise InvalidTransition(f"job {job_id} is {job.state}; cannot retry")
@@ -319,7 +251,7 @@ class Store(Housekeeping):
     def start_run(self, job_id: int, *, micro_batch: int, family: str | None = None, reason: str | None = None,
                   now: float, executor: str = "local") -> Run:
         """Move a queued job to running and record the attempt, atomically: a job never runs twice."""
-        with self._write() as db:
+        with self.db.write() as db:
             job = self._job(job_id)
             attempt = db.execute("SELECT COALESCE(MAX(attempt), 0) + 1 FROM runs WHERE job_id = ?",
                                  (job_id,)).fetchone()[0]
@@ -334,13 +266,13 @@ class Store(Housekeeping):
 
     def set_run_handle(self, run_id: int, *, executor: str, ref: str, pid: int | None = None) -> None:
         """Where the attempt runs: what a restarted daemon needs to find it again."""
-        with self._write() as db:
+        with self.db.write() as db:
             if db.execute("UPDATE runs SET executor = ?, ref = ?, pid = ? WHERE id = ?",
                           (executor, ref, pid, run_id)).rowcount != 1:
                 raise UnknownRun(run_id)
 
     def set_run_node(self, run_id: int, node: str) -> None:
-        with self._write() as db:
+        with self.db.write() as db:
             db.execute("UPDATE runs SET node = ? WHERE id = ?", (node, run_id))
 
     def finish_run(self, run_id: int, *, outcome: str, now: float, exit_code: int | None = None,
@@ -351,7 +283,7 @@ class Store(Housekeeping):
         Figures are stored as strict JSON (NaN becomes null); None keeps `{}`. A value JSON
         cannot hold raises TypeError before anything is written."""
         figures_json = None if figures is None else json.dumps(json_safe(figures), allow_nan=False, sort_keys=True)
-        with self._write() as db:
+        with self.db.write() as db:
             run = self._run(run_id)
             if run.ended_at is not None:
                 raise InvalidTransition(f"run {run_id} already finished ({run.outcome})")
@@ -363,32 +295,32 @@ class Store(Housekeeping):
             return self._run(run_id)
 
     def runs_for(self, job_id: int) -> list[Run]:
-        rows = self._rows(f"SELECT {column_list(Run)} FROM runs WHERE job_id = ? ORDER BY id", (job_id,))
+        rows = self.db.rows(f"SELECT {column_list(Run)} FROM runs WHERE job_id = ? ORDER BY id", (job_id,))
         return [run_from_row(r) for r in rows]
 
     def latest_run(self, job_id: int) -> Run | None:
-        rows = self._rows(f"SELECT {column_list(Run)} FROM runs WHERE job_id = ? ORDER BY id DESC LIMIT 1", (job_id,))
+        rows = self.db.rows(f"SELECT {column_list(Run)} FROM runs WHERE job_id = ? ORDER BY id DESC LIMIT 1", (job_id,))
         return run_from_row(rows[0]) if rows else None
 
     def family_runs(self, family: str, limit: int = 20) -> list[Run]:
         """The family's most recent finished runs, oldest first: its batch-size history."""
-        rows = self._rows(f"SELECT {column_list(Run)} FROM runs WHERE family = ? AND ended_at IS NOT NULL"
+        rows = self.db.rows(f"SELECT {column_list(Run)} FROM runs WHERE family = ? AND ended_at IS NOT NULL"
                           " ORDER BY id DESC LIMIT ?", (family, limit))
         return [run_from_row(r) for r in reversed(rows)]
 
     def active_runs(self) -> list[Run]:
         """Runs not yet finished: at daemon start, each is either still alive or lost."""
-        return [run_from_row(r) for r in self._rows(f"SELECT {column_list(Run)} FROM runs WHERE ended_at IS NULL ORDER BY id")]
+        return [run_from_row(r) for r in self.db.rows(f"SELECT {column_list(Run)} FROM runs WHERE ended_at IS NULL ORDER BY id")]
 
     def transitions_for(self, job_id: int) -> list[Transition]:
-        rows = self._rows(f"SELECT {column_list(Transition)} FROM transitions WHERE job_id = ? ORDER BY id", (job_id,))
+        rows = self.db.rows(f"SELECT {column_list(Transition)} FROM transitions WHERE job_id = ? ORDER BY id", (job_id,))
         return [Transition(**dict(r)) for r in rows]
 
     # -- schedules --------------------------------------------------------------------------
 
     def add_schedule(self, *, name: str, cron: str, spec_json: str, job_file: str, run_root: str,
                      next_fire_at: float, now: float, priority: int = 0, batch_size: str = "auto") -> Schedule:
-        with self._write() as db:
+        with self.db.write() as db:
             schedule_id = db.execute(
                 "INSERT INTO schedules (name, cron, spec_json, job_file, priority, batch_size, run_root, created_at,"
                 " next_fire_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -399,14 +331,14 @@ class Store(Housekeeping):
     def get_schedule(self, schedule_id: int) -> Schedule | None:
         if not 0 < schedule_id <= MAX_ID:
             return None
-        rows = self._rows(f"SELECT {column_list(Schedule)} FROM schedules WHERE id = ?", (schedule_id,))
+        rows = self.db.rows(f"SELECT {column_list(Schedule)} FROM schedules WHERE id = ?", (schedule_id,))
         return Schedule(**dict(rows[0])) if rows else None
 
     def list_schedules(self) -> list[Schedule]:
-        return [Schedule(**dict(r)) for r in self._rows(f"SELECT {column_list(Schedule)} FROM schedules ORDER BY id")]
+        return [Schedule(**dict(r)) for r in self.db.rows(f"SELECT {column_list(Schedule)} FROM schedules ORDER BY id")]
 
     def remove_schedule(self, schedule_id: int) -> Schedule:
-        with self._write() as db:
+        with self.db.write() as db:
             schedule = self.get_schedule(schedule_id)
             if schedule is None:
                 raise StoreError(f"no schedule {schedule_id}")
@@ -419,7 +351,7 @@ class Store(Housekeeping):
         `due_at` is the firing the caller saw: if another daemon tick already
         moved it, nothing happens (None), so a firing never submits twice.
         """
-        with self._write() as db:
+        with self.db.write() as db:
             moved = db.execute(
                 "UPDATE schedules SET next_fire_at = ?, last_fired_at = ?, fired = fired + 1"
                 " WHERE id = ? AND next_fire_at = ?", (next_fire_at, now, schedule_id, due_at),
@@ -434,14 +366,47 @@ class Store(Housekeeping):
     # -- flags ------------------------------------------------------------------------------
 
     def get_flag(self, name: str, default: str | None = None) -> str | None:
-        rows = self._rows("SELECT value FROM flags WHERE name = ?", (name,))
+        rows = self.db.rows("SELECT value FROM flags WHERE name = ?", (name,))
         return rows[0][0] if rows else default
 
     def set_flag(self, name: str, value: str | None) -> None:
         """Set a flag; None removes it."""
-        with self._write() as db:
+        with self.db.write() as db:
             if value is None:
                 db.execute("DELETE FROM flags WHERE name = ?", (name,))
             else:
                 db.execute("INSERT INTO flags (name, value) VALUES (?, ?)"
                            " ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
+
+    # -- cleaning up: finished jobs whose run folders were removed, and the space runs take ---------
+    # A removed job keeps its row and its runs (the family's history): marked with `removed_at`, left out of
+    # `mtld status`, never retried.
+
+    def mark_removed(self, job_id: int, *, reason: str, now: float) -> Job:
+        """Mark a finished job removed (its run folder is gone); recorded as a transition."""
+        with self.db.write() as db:
+            job = self._job(job_id)
+            if job.state not in TERMINAL:
+                raise InvalidTransition(f"job {job_id} is {job.state}; only a finished job can be removed "
+                                        f"(cancel it first)")
+            if job.removed_at is None:
+                db.execute("UPDATE jobs SET removed_at = ?, updated_at = ? WHERE id = ?", (now, now, job_id))
+                db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) VALUES (?, ?, ?, ?, ?)",
+                           (job_id, job.state, job.state, now, reason))
+            return self._job(job_id)
+
+    def set_run_figure(self, run_id: int, name: str, value: Any) -> None:
+        """Change one of a finished run's figures (`mtld clean --keep-models` updates `disk_bytes`)."""
+        with self.db.write() as db:
+            db.execute("UPDATE runs SET figures = json_set(figures, ?, json(?)) WHERE id = ?",
+                       (f"$.{name}", json.dumps(value), run_id))
+
+    def runs_disk_usage(self: Any) -> tuple[int, int]:
+        """(run folders, bytes): each job not removed, by its latest finished run's `disk_bytes`
+        (measured by the run when it ended); one query, no folder is walked."""
+        rows = self.db.rows(
+            "SELECT COUNT(*), COALESCE(SUM(json_extract(r.figures, '$.disk_bytes')), 0) FROM runs r"
+            " JOIN jobs j ON j.id = r.job_id WHERE j.removed_at IS NULL"
+            " AND json_extract(r.figures, '$.disk_bytes') IS NOT NULL"
+            " AND r.id = (SELECT MAX(id) FROM runs WHERE job_id = j.id AND ended_at IS NOT NULL)")
+        return int(rows[0][0]), int(rows[0][1])

@@ -18,8 +18,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir = Path(args[0])
     if not run_dir.is_dir():  # the launcher made it: a worker of a cluster that does not share the folder
-        sys.stderr.write(f"mtld: the run folder {run_dir} does not exist on {socket.gethostname()}: the Ray executor "
-                         "needs executor.ray.runs_dir on a folder every worker sees at the same path\n")
+        sys.stderr.write(f"mtld: the run folder {run_dir} does not exist on {socket.gethostname()}: the executor's "
+                         "run folders must be on storage every machine that runs them sees at the same path "
+                         "(mtld doctor checks it)\n")
         return exitcodes.NOT_VISIBLE
     os.umask(0o077)  # whatever this run creates is user-only (mtld.disk also sets modes explicitly)
     return run_attempt(run_dir)

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from mtld.disk import open_private
 from mtld.executor import ClusterUnreachable, ExitStatus
-from mtld.executor.ray.plugin import EXTRA_HINT
+from mtld.executor.ray.settings import EXTRA_HINT
 from mtld.logs.events import get_logger
 from mtld.runs.rundir import RunDir
 from mtld.runs.child import ALLOTTED_ENV, CHILD_MODULE

@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mtld.executor import ExecutorPlugin
-from mtld.executor.ray.settings import RaySettings
+from mtld.executor.ray.settings import EXTRA_HINT, RaySettings
 
 if TYPE_CHECKING:
     from mtld.executor.ray.jobs import RayExecutor
     from mtld.store import Run
-
-EXTRA_HINT = "pip install 'mtld[ray]'"
 
 
 class RayPlugin(ExecutorPlugin):

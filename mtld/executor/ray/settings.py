@@ -10,6 +10,8 @@ from pydantic import AfterValidator, BeforeValidator, Field, field_validator
 
 from mtld.config.settings import Section, absolute_folder
 
+EXTRA_HINT = "pip install 'mtld[ray]'"  # Ray's client comes with this extra
+
 
 def _ray_address(value: str) -> str:
     """The Ray Jobs API address (the dashboard's HTTP address), e.g. http://127.0.0.1:8265."""

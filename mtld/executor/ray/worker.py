@@ -11,6 +11,7 @@ name in the import-linter contract).
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import sys
 from pathlib import Path
@@ -34,9 +35,11 @@ def main(argv: list[str]) -> int:
         import ray
 
         report["ray"] = ray.__version__
-        ray.init(logging_level="ERROR", log_to_driver=False)  # the job's driver joins its cluster (RAY_ADDRESS)
-        report["resources"] = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
-        report["nodes"] = sum(1 for n in ray.nodes() if n.get("Alive"))
+        ray.init(logging_level=logging.ERROR, log_to_driver=False)  # the job's driver joins its cluster (RAY_ADDRESS)
+        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+        report["resources"] = {k: v for k, v in resources.items() if not k.startswith("node:")}
+        report["nodes"] = len([n for n in nodes if n.get("Alive")])
     except Exception as e:
         report["ray_error"] = f"{type(e).__name__}: {e}"
     try:

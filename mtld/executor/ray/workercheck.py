@@ -109,7 +109,8 @@ def _run_check_job(client: Any, r: RaySettings, runs_dir: Path, owner: str, toke
         last = next((ln for ln in reversed(logs.splitlines()) if ln.strip()), "no output")
         return {"failed": f"the check job {info.status.value.lower()} on the cluster without a report "
                           f"(executor.ray.python = {r.python!r} must run Python with mtld installed): {last}"}
-    return json.loads(line.removeprefix(MARK))
+    report: dict[str, Any] = json.loads(line.removeprefix(MARK))
+    return report
 
 
 def _cluster_version(client: Any) -> str | None:
