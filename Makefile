@@ -47,7 +47,7 @@ lint: setup
 
 # The documentation site (docs/, mkdocs.yml), built strictly: a broken link or anchor fails it.
 docs: setup
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 demo: setup
 	BIN=$(BIN) examples/demo.sh
