@@ -1,5 +1,5 @@
 """What a Ray cluster costs a run against the local executor, on this machine. A benchmark program, not a
-test: it prints figures and writes bench/executors.json and bench/executors.md, which the README quotes.
+test: it prints figures and writes bench/executors.json and bench/executors.md, which docs/benchmarks.md quotes.
 
     python -m bench.executors [--repeats 3]
 

@@ -1,6 +1,6 @@
 """Does returning freed heap to the OS (glibc's malloc_trim(0)) lower a CPU run's resident set after a
 memory-guard scale-down? A benchmark program, not a test: it prints figures and writes them to
-bench/trim.json and bench/trim.md, which the README quotes.
+bench/trim.json and bench/trim.md, which docs/benchmarks.md quotes.
 
     python -m bench.trim [--repeats 3] [--steps 20] [--after-steps 40]
 

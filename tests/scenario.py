@@ -30,7 +30,7 @@ from tests.conftest import log_events
 TRACES = Path(__file__).parent / "traces"
 T0 = 1_790_000_000.0
 GiB = 2**30
-PACE = {2: 232 / 547, 4: 330 / 547, 8: 1.0}  # work a second at each micro-batch (README: the demo job)
+PACE = {2: 232 / 547, 4: 330 / 547, 8: 1.0}  # work a second at each micro-batch (docs/benchmarks.md: the demo job)
 SPEC = JobSpec.model_validate({"name": "night", "model": "/models/bert", "tasks": [
     {"name": "t", "type": "classification", "train": "/data/t.jsonl"}]})
 

@@ -88,7 +88,7 @@ class TrainSpec(_Strict):
     temperature: float = Field(default=2.0, ge=1, le=100)
     # auto: bf16 where the device has it (mtld.decide.precision); old job files' true/false read as auto/off
     mixed_precision: Annotated[PrecisionSetting, BeforeValidator(legacy_setting)] = "auto"
-    compile: bool = False  # torch.compile the encoder: pays on long runs only (README, "torch.compile")
+    compile: bool = False  # torch.compile the encoder: pays on long runs only (docs/benchmarks.md, "torch.compile")
 
 
 def _cron(expression: str | None) -> str | None:

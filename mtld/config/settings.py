@@ -74,7 +74,7 @@ class MemorySettings(Section):
     headroom: float = Field(default=0.6, gt=0, le=1)
     sample_every_s: float = Field(default=1.0, gt=0, le=60)
     log_every_s: float = Field(default=30.0, gt=0)
-    # Hysteresis (mtld.memory.guard) and restarts after pressure (mtld.decide.policy): README, "Memory and the micro-batch".
+    # Hysteresis (mtld.memory.guard) and restarts after pressure (mtld.decide.policy): docs/memory.md.
     dwell_s: float = Field(default=5.0, ge=0, le=600)
     quiet_s: float = Field(default=30.0, ge=0, le=3600)
     resume_calm_s: float = Field(default=60.0, ge=0, le=86400)

@@ -31,7 +31,7 @@ PROGRESS_FIELDS = ("step", "total", "epoch", "loss", "samples_per_s", "tokens_pe
 
 
 def job_view(job: Job) -> dict[str, Any]:
-    """The stable JSON form of a job (documented in the README)."""
+    """The stable JSON form of a job (documented in docs/usage.md, "JSON output")."""
     return {
         "id": job.id,
         "name": job.name,
