@@ -51,6 +51,15 @@ class Report(BaseModel):
         return self.counts.get("fail", 0) == 0
 
 
+def write_report(report: Report, path: Path) -> None:
+    """The report file, written whole (a temporary file renamed into place) and user-only (0600), like the rest
+    of mtld's state: it names the machine, its folders and its users' queued jobs' data."""
+    from mtld.disk import PRIVATE_FILE
+    from mtld.runs.rundir import write_atomic
+
+    write_atomic(path, (report.model_dump_json(indent=2) + "\n").encode(), mode=PRIVATE_FILE)
+
+
 SCHEMA_FILE = Path(__file__).resolve().parents[3] / "docs/selftest-schema.json"
 
 
