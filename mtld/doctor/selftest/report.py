@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mtld.disk import PRIVATE_FILE, write_atomic
+
 SCHEMA_VERSION = 1
 Status = Literal["pass", "fail", "skipped"]
 Group = Literal["everywhere", "linux", "macos", "cuda"]
@@ -54,9 +56,6 @@ class Report(BaseModel):
 def write_report(report: Report, path: Path) -> None:
     """The report file, written whole (a temporary file renamed into place) and user-only (0600), like the rest
     of mtld's state: it names the machine, its folders and its users' queued jobs' data."""
-    from mtld.disk import PRIVATE_FILE
-    from mtld.runs.rundir import write_atomic
-
     write_atomic(path, (report.model_dump_json(indent=2) + "\n").encode(), mode=PRIVATE_FILE)
 
 
