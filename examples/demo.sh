@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The demo: queue two jobs on a tiny local model and let the daemon run them.
 # Everything lives in .mtld-demo/ (MTLD_HOME); nothing is downloaded.
+# The commands it suggests at the end name every file by its absolute path,
+# so each works pasted alone, in any folder (tests/test_demo.py runs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${BIN:-.venv/bin}
+BIN=$(cd "${BIN:-.venv/bin}" && pwd)
 export MTLD_HOME="$PWD/.mtld-demo"
 export MTLD_DAEMON__POLL_INTERVAL_S=1 MTLD_DAEMON__NOTIFY=false
 rm -rf "$MTLD_HOME"
@@ -15,8 +17,10 @@ if [ ! -f examples/tiny-bert/config.json ]; then
 fi
 
 echo "== queueing the demo jobs"
-echo "job $("$BIN/mtld" submit examples/demo.toml): demo (4 tasks, 3 epochs)"
-echo "job $("$BIN/mtld" submit examples/sentiment.toml): sentiment-quick (priority 5: runs first)"
+demo=$("$BIN/mtld" submit examples/demo.toml)
+echo "job $demo: demo (4 tasks, 3 epochs)"
+quick=$("$BIN/mtld" submit examples/sentiment.toml)
+echo "job $quick: sentiment-quick (priority 5: runs first)"
 
 echo "== running the daemon until the queue is empty (progress below; the full log is JSON lines)"
 "$BIN/mtld" daemon --exit-when-idle
@@ -31,8 +35,16 @@ for run in "$MTLD_HOME"/runs/*/; do
     echo "      model/ (final)  best/ (best eval score)  metrics.json  run.jsonl (the run's events)"
 done
 echo "  $MTLD_HOME/logs/mtld.jsonl (the daemon's events)"
-echo "  try: MTLD_HOME=.mtld-demo .venv/bin/mtld show 1      (or: logs 1, status --json)"
-echo "       .venv/bin/mtld predict .mtld-demo/runs/1-demo examples/data/sentiment.eval.jsonl"
+echo
+q() { printf '%q' "$1"; }  # a path as the shell reads it back, spaces and all
+mtld="MTLD_HOME=$(q "$MTLD_HOME") $(q "$BIN/mtld")"
+run_dir=$("$BIN/mtld" show "$demo" --json | "$BIN/python" -c 'import json, sys; print(json.load(sys.stdin)["run_dir"])')
+echo "== try (each line works on its own, from any folder)"
+echo "  $mtld show $demo"
+echo "  $mtld logs $demo -n 20"
+echo "  $mtld status --json"
+echo "  $(q "$BIN/mtld") predict $(q "$run_dir") $(q "$PWD/examples/data/sentiment.eval.jsonl")" \
+     "--out $(q "$MTLD_HOME/sentiment.predictions.jsonl")"
 echo
 echo "== what 'mtld agent install' would do for your own state on this machine (nothing is changed)"
 env -u MTLD_HOME "$BIN/mtld" agent install --dry-run

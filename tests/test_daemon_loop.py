@@ -231,17 +231,46 @@ def test_a_slow_tick_is_never_skipped_or_warned_about(make, caplog):
     assert noisy == [] and "skipped" not in log and '"level": "warning"' not in log
 
 
+def logged(settings: Settings, name: str) -> bool:
+    """Whether the daemon log has a complete line with event `name` (a line still being written is not read)."""
+    text = settings.daemon_log.read_text(encoding="utf-8") if settings.daemon_log.exists() else ""
+    return any(json.loads(line)["event"] == name for line in text[: text.rfind("\n") + 1].splitlines() if line)
+
+
+def when_logged(settings: Settings, name: str, timeout_s: float = 60) -> bool:
+    """Poll the daemon log until `name` is logged: True, or False after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not logged(settings, name):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_a_signal_ends_the_loop_wait_at_once(make):
-    daemon, store, executor, settings = make(poll_interval_s=30)
+    """SIGTERM is sent only once `daemon.started` is logged, which `run` does after installing its handlers and
+    the wake-up fd: earlier, pytest's own SIGTERM action would end the test run. The wait is the longest poll
+    interval there is (60 s); should the signal not end it, a watchdog ends the loop sooner with another reason,
+    and the test fails on that reason instead of on a measured time."""
+    daemon, store, executor, settings = make(poll_interval_s=60)
     daemon.clock = time.time
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
-    started = time.monotonic()
-    timer.start()
+    before = signal.getsignal(signal.SIGTERM)
+    seen_started: list[bool] = []
+
+    def signal_when_started() -> None:
+        seen_started.append(when_logged(settings, "daemon.started"))
+        if seen_started[0]:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if not when_logged(settings, "daemon.stopping", timeout_s=20):
+            daemon.finish("watchdog: the signal did not end the wait")
+
+    helper = threading.Thread(target=signal_when_started, daemon=True)
+    helper.start()
     assert daemon.run() == 0
-    assert time.monotonic() - started < 5  # not the 30 s poll interval
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
-    assert signal.getsignal(signal.SIGTERM) != daemon.handle_signal  # handlers restored
+    helper.join(timeout=60)
+    assert seen_started == [True]
     assert [e["reason"] for e in events(settings, "daemon.stopping")] == ["signal"]
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is restored
 
 
 def test_wakeup_from_code_and_from_a_signal(monkeypatch):
@@ -255,9 +284,7 @@ def test_wakeup_from_code_and_from_a_signal(monkeypatch):
         assert wakeup.wait(0.01) is False  # drained
         wakeup.install()
         threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR1)).start()
-        started = time.monotonic()
-        assert wakeup.wait(10) is True
-        assert time.monotonic() - started < 5
+        assert wakeup.wait(60) is True  # only the signal writes to the pipe now: False would be the timeout
     finally:
         wakeup.close()
         signal.signal(signal.SIGUSR1, previous)

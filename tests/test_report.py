@@ -49,13 +49,11 @@ def test_an_unreadable_result_leaves_the_log_series(tmp_path):
     assert s.predicted_before_s == 130.0 and s.loss == [1.0, 0.5]
 
 
-def test_draws_a_png(tmp_path):
-    pytest.importorskip("matplotlib")
+def test_draws_a_png(tmp_path):  # matplotlib is a hard dependency (pyproject.toml): no skip when it is missing
     out = draw_report(write_run(tmp_path / "run"), tmp_path / "pic" / "r.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_empty_run_still_draws(tmp_path):
-    pytest.importorskip("matplotlib")
     (tmp_path / "run").mkdir()
     assert draw_report(tmp_path / "run").exists()

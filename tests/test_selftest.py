@@ -4,6 +4,8 @@ for real on this machine (the macOS and CUDA checks: tests/test_selftest_fakes.p
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 import time
@@ -15,7 +17,7 @@ from mtld.doctor.selftest.base import run_check
 from mtld.doctor.selftest.report import SCHEMA_FILE, Report, schema_text
 from mtld.doctor.selftest.show import table
 from mtld.testing import RecordingRunner
-from tests.conftest import REPO, child_env
+from tests.conftest import REPO, child_env, run_cli
 
 
 def validate(value, schema, root=None, where="$"):
@@ -118,6 +120,46 @@ def test_psi_missing_is_a_failure_that_names_the_kernel_option(tmp_path):
     ctx = Context(home=tmp_path, platform="linux", shared={"root": tmp_path})
     check = run_check(linux.CHECKS[0], ctx)
     assert check.status == "fail" and "CONFIG_PSI" in check.why
+
+
+def test_the_report_goes_to_the_state_folder_or_to_out_never_here_and_its_path_is_printed(tmp_path, monkeypatch):
+    """A self-test run from a project checkout left mtld-selftest-*.json in it. One quick fake check, through
+    the real command: it writes a trace beside the report, as the macOS pressure trace does."""
+    home, here = tmp_path / "home", tmp_path / "checkout"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for name in [n for n in os.environ if n.startswith("MTLD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MTLD_HOME", str(home))
+
+    def traced(ctx: Context) -> dict:
+        trace = ctx.out_dir / "mtld-trace-test.jsonl"
+        trace.write_text("{}\n")
+        ctx.files["trace"] = str(trace)
+        return {"n": 1}
+
+    monkeypatch.setattr("mtld.doctor.selftest.ALL_CHECKS", [Spec("x.traced", "everywhere", "nothing", traced)])
+    code, stdout, stderr = run_cli("doctor", "--selftest", "--quick", "--json")
+    report = Report.model_validate_json(stdout)
+    assert code == 0 and [c.name for c in report.checks] == ["x.traced"]
+    [written] = (home / "selftest").glob("mtld-selftest-*.json")
+    assert Report.model_validate_json(written.read_text()) == report
+    assert stderr.splitlines()[-1] == f"mtld doctor: the report is {written}"
+    assert report.files == {"trace": str(home / "selftest" / "mtld-trace-test.jsonl")}
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600  # user-only, like the rest of the state
+    assert stat.S_IMODE((home / "selftest").stat().st_mode) == 0o700
+    assert list(here.iterdir()) == []
+
+    chosen = tmp_path / "attach" / "report.json"
+    code, stdout, stderr = run_cli("doctor", "--selftest", "--quick", "--json", "--out", str(chosen))
+    assert code == 0 and json.loads(chosen.read_text()) == json.loads(stdout)
+    assert stderr.splitlines()[-1] == f"mtld doctor: the report is {chosen}"
+    assert stat.S_IMODE(chosen.stat().st_mode) == 0o600 and (tmp_path / "attach" / "mtld-trace-test.jsonl").exists()
+    assert list(here.iterdir()) == [] and list((home / "selftest").glob("mtld-selftest-*.json")) == [written]
+
+    code, stdout, _ = run_cli("doctor", "--selftest", "--quick", "--out", "here.json")  # relative: to the current folder
+    assert code == 0 and stdout.splitlines()[-1].endswith(f"; the report is {here / 'here.json'}")
+    assert Report.model_validate_json((here / "here.json").read_text()).counts == {"pass": 1, "fail": 0, "skipped": 0}
 
 
 @pytest.mark.slow

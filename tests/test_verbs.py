@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 
@@ -72,26 +72,34 @@ def test_wait_for_an_unknown_id_is_exit_2_before_any_waiting(home, job_file):
     assert mtld("wait", str(10**21))[0] == 2
 
 
-def test_wait_blocks_until_the_job_ends_and_says_each_change(home, job_file):
+def test_wait_blocks_until_the_job_ends_and_says_each_change(home, job_file, monkeypatch):
+    """`mtld wait` sleeps --interval between looks at the store (jobs.wait's injected sleep); each sleep here is
+    where a daemon moves the job on, so every state is seen whatever the machine's pace."""
     job_id = int(mtld("submit", str(job_file))[1])
 
-    def daemon_like() -> None:
-        time.sleep(0.3)
+    def start() -> None:
         with store(home) as db:
             db.start_run(job_id, micro_batch=2, now=time.time())
-        time.sleep(0.3)
+
+    def succeed() -> None:
         with store(home) as db:
             db.finish_run(db.latest_run(job_id).id, outcome="succeeded", now=time.time())
             db.transition(job_id, "succeeded", reason="done", now=time.time())
 
-    helper = threading.Thread(target=daemon_like)
-    helper.start()
+    daemon_steps, slept = [start, succeed], []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        assert daemon_steps, "still waiting after the job ended"
+        daemon_steps.pop(0)()
+
+    monkeypatch.setattr(jobs, "wait", functools.partial(jobs.wait, sleep=sleep))
     code, stdout, stderr = mtld("wait", str(job_id), "--interval", "0.1")
-    helper.join()
     assert code == 0 and stdout == f"job {job_id}: succeeded\n"
+    assert slept == [0.1, 0.1]  # --interval is what it sleeps, and it stops looking once the job has ended
     lines = stderr.splitlines()
     assert lines[0].startswith(f"mtld wait: {job_id} queued  (no daemon is running")
-    assert lines[1].startswith(f"mtld wait: {job_id} running") and lines[2] == f"mtld wait: {job_id} succeeded"
+    assert lines[1].startswith(f"mtld wait: {job_id} running") and lines[2:] == [f"mtld wait: {job_id} succeeded"]
 
 
 def test_wait_as_a_function_reads_only_the_store(home, job_file):
@@ -109,16 +117,25 @@ def test_wait_as_a_function_reads_only_the_store(home, job_file):
 
 
 @pytest.mark.slow
-def test_wait_in_another_process_sees_the_end(home, job_file):
+def test_wait_in_another_process_sees_the_end(home, job_file, tmp_path):
+    """The job ends only after the waiter has said it is queued (its first look at the store): the end is
+    something it must see on a later look, not before it started."""
     job_id = int(mtld("submit", str(job_file))[1])
-    waiter = subprocess.Popen([sys.executable, "-m", "mtld", "wait", str(job_id), "--interval", "0.2"],
-                              env=child_env(MTLD_HOME=str(home)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-    time.sleep(1.0)
-    assert waiter.poll() is None
-    end(home, job_id, "succeeded")
-    out, _ = waiter.communicate(timeout=60)
+    said = tmp_path / "wait.stderr"
+    with said.open("w") as stderr:
+        waiter = subprocess.Popen([sys.executable, "-m", "mtld", "wait", str(job_id), "--interval", "0.2"],
+                                  env=child_env(MTLD_HOME=str(home)), stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not said.read_text().endswith("\n") and waiter.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert said.read_text().startswith(f"mtld wait: {job_id} queued"), said.read_text()
+        end(home, job_id, "succeeded")
+        out, _ = waiter.communicate(timeout=60)
+    finally:
+        waiter.kill()
     assert waiter.returncode == 0 and out == f"job {job_id}: succeeded\n"
+    assert said.read_text().splitlines()[1:] == [f"mtld wait: {job_id} succeeded"]
 
 
 # ------------------------------------------------------------------ mtld restart

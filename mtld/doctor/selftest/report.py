@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mtld.disk import PRIVATE_FILE, write_atomic
+
 SCHEMA_VERSION = 1
 Status = Literal["pass", "fail", "skipped"]
 Group = Literal["everywhere", "linux", "macos", "cuda"]
@@ -49,6 +51,12 @@ class Report(BaseModel):
     @property
     def ok(self) -> bool:
         return self.counts.get("fail", 0) == 0
+
+
+def write_report(report: Report, path: Path) -> None:
+    """The report file, written whole (a temporary file renamed into place) and user-only (0600), like the rest
+    of mtld's state: it names the machine, its folders and its users' queued jobs' data."""
+    write_atomic(path, (report.model_dump_json(indent=2) + "\n").encode(), mode=PRIVATE_FILE)
 
 
 SCHEMA_FILE = Path(__file__).resolve().parents[3] / "docs/selftest-schema.json"
