@@ -132,7 +132,7 @@ def doctor(
                                            "state) and write a report to attach to a bug report.")] = False,
     quick: Annotated[bool, typer.Option("--quick", help="With --selftest: the short checks only (under a minute).")] = False,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="With --selftest: the report's file "
-                                                     "(default: mtld-selftest-DATE.json here).")] = None,
+                                                     "(default: selftest/mtld-selftest-DATE.json in the state folder).")] = None,
     record_trace: Annotated[Optional[Path], typer.Option(
         "--record-trace", help="Record memory readings to FILE (JSON lines, one a second) instead.",
         metavar="FILE")] = None,

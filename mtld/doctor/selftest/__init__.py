@@ -22,23 +22,25 @@ from typing import Any
 from mtld import __version__
 from mtld.doctor.selftest import common, cuda, linux, macos, macos_agent
 from mtld.doctor.selftest.base import Context, Failed, Skipped, Spec, run_check
-from mtld.doctor.selftest.report import Check, Report
+from mtld.doctor.selftest.report import Check, Report, write_report
 
 __all__ = ["ALL_CHECKS", "Context", "Failed", "Report", "Skipped", "Spec", "default_out", "run_selftest",
-           "write_report"]
+           "write_report"]  # write_report: mtld.doctor.selftest.report's
 
 ALL_CHECKS: list[Spec] = [*common.CHECKS, *linux.CHECKS, *macos.CHECKS, *macos_agent.CHECKS, *cuda.CHECKS]
 
 
-def default_out(now: datetime | None = None, folder: Path = Path(".")) -> Path:
+def default_out(folder: Path, now: datetime | None = None) -> Path:
+    """The report's file in `folder` (the CLI's: the state folder's selftest/), named by the time."""
     now = now or datetime.now()
     return folder / f"mtld-selftest-{now:%Y%m%d-%H%M%S}.json"
 
 
-def run_selftest(*, quick: bool, out_dir: Path = Path("."), checks: Iterable[Spec] | None = None,
+def run_selftest(*, quick: bool, out_dir: Path, checks: Iterable[Spec] | None = None,
                  context: Callable[[Path], Context] | None = None, shared: dict[str, Any] | None = None,
                  progress: Callable[[Check], None] | None = None) -> Report:
-    """Run the checks on a fresh temporary MTLD_HOME (removed afterwards) and return the report."""
+    """Run the checks on a fresh temporary MTLD_HOME (removed afterwards) and return the report. `out_dir`:
+    where files that outlive the run go, beside the report (a Mac's memory trace)."""
     started = time.monotonic()
     home = Path(tempfile.mkdtemp(prefix="mtld-selftest-"))
     try:
@@ -56,12 +58,6 @@ def run_selftest(*, quick: bool, out_dir: Path = Path("."), checks: Iterable[Spe
     return Report(created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), quick=quick,
                   platform=platform_facts(), versions=versions(), seconds=round(time.monotonic() - started, 2),
                   counts=counts, checks=results, files=ctx.files)
-
-
-def write_report(report: Report, path: Path) -> None:
-    from mtld.disk import write_atomic
-
-    write_atomic(path, (report.model_dump_json(indent=2) + "\n").encode(), mode=0o644)
 
 
 def platform_facts() -> dict[str, Any]:

@@ -38,12 +38,16 @@ class Context:
     runner: Runner = field(default_factory=lambda: SubprocessRunner(timeout_s=60))
     platform: str = sys.platform
     python: str = sys.executable
-    out_dir: Path = Path(".")  # where traces go, beside the report
+    out_dir: Path | None = None  # where traces go, beside the report (unset: the throwaway home, never here)
     label_suffix: str = field(default_factory=lambda: f"{os.getpid()}")  # throwaway agent names
     shared: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+
+    def __post_init__(self) -> None:
+        if self.out_dir is None:
+            self.out_dir = self.home
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
+from mtld.disk import open_private
 from mtld.doctor.selftest.base import Context, Failed, Skipped, Spec, require
 
 PRESSURE = "kern.memorystatus_vm_pressure_level"  # 1 normal, 2 warn, 4 critical (XNU bsd/kern/kern_memorystatus*.c)
@@ -151,10 +152,10 @@ def check_pressure_trace(ctx: Context) -> dict[str, Any]:
     ramp = max(1, int(duration * 0.6))
     per_second = max(1, target // ramp)
     settings = MemorySettings()
-    path = ctx.out_dir / f"mtld-trace-{datetime.now():%Y%m%d-%H%M%S}.jsonl"
+    path = (ctx.out_dir or ctx.home) / f"mtld-trace-{datetime.now():%Y%m%d-%H%M%S}.jsonl"
     held, allocated, stopped_by, alarms, levels = [], 0, None, [], set()
     start = ctx.clock()
-    with open(path, "w") as trace:
+    with os.fdopen(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as trace:  # user-only
         for second in range(duration + 1):
             while allocated < min(target, per_second * (second + 1)) and stopped_by is None:
                 size = min(CHUNK, target - allocated)
