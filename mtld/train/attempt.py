@@ -184,15 +184,17 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
                  "step": trainer.position.step}
         save_model(parts.model, parts.tokenizer, [t.info for t in parts.tasks], out_dir, max_length=spec.max_length, extra=extra)
 
+    summary.fields["total_steps"] = sum(len(p) for p in parts.plans)
+    state = _resume(rd, parts.runner, parts.fingerprint, log)
     trainer = Trainer(
         runner=parts.runner, tasks=parts.tasks, plans=parts.plans, spec=spec.train, run_dir=rd, device=device, log=log,
         export=export, checkpoint_extra=lambda: {"fingerprint": parts.fingerprint, "micro_batch_start": micro_batch},
         progress_every_s=launch.progress_every_s, meter=summary.meter,
         threads=thread_policy(launch.threads, device.type, log=log, every_s=launch.threads_every_s),
         history=launch.history, max_nonfinite_steps=launch.max_nonfinite_steps, disk_margin_bytes=launch.disk.margin_bytes,
+        resume=state,
     )
-    summary.fields["total_steps"] = trainer.total_steps
-    resumed = _resume(rd, trainer, parts.fingerprint, log)
+    resumed = int(state["step"]) if state is not None else None
     summary.trainer = trainer
     summary.fields["resumed_from_step"] = resumed
     train = spec.train
@@ -202,7 +204,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         total_steps=trainer.total_steps, steps_per_epoch=len(parts.plans[0]), epochs=train.epochs, resumed_from_step=resumed,
         optimizer=parts.optimizer_kind, mixed_precision=parts.precision,
         mixed_precision_reason=parts.precision_reason, compile=spec.train.compile,
-        threads=torch.get_num_threads(), planned_padded_tokens=trainer.planned_padded_tokens(),
+        threads=torch.get_num_threads(), planned_padded_tokens=trainer.eta.planned_padded_tokens(micro_batch),
         peak_vm_bytes=peak_vm_bytes(),  # address space after set-up (Linux): what RLIMIT_AS sees
         tasks=[{"name": t.info.name, "type": t.info.type, "train": len(t.train), "eval": len(t.eval) if t.eval else 0}
                for t in parts.tasks],
@@ -280,8 +282,9 @@ def _micro_batch(requested: int, effective: int) -> int:
     return max(fitting) if fitting else MICRO_BATCH_SIZES[0]
 
 
-def _resume(rd: RunDir, trainer: Any, fingerprint: str, log: Any) -> int | None:
-    """Load the newest readable checkpoint into the model, optimizer, scheduler, RNG and position."""
+def _resume(rd: RunDir, runner: Any, fingerprint: str, log: Any) -> dict[str, Any] | None:
+    """Load the newest readable checkpoint into the model, optimizer, scheduler and RNG; its state (the
+    trainer takes the position and evaluations from it), or None to start from the beginning."""
     from mtld.train.checkpoint import Refused, load_checkpoint
     from mtld.train.device import set_rng_states
 
@@ -299,14 +302,12 @@ def _resume(rd: RunDir, trainer: Any, fingerprint: str, log: Any) -> int | None:
                 f"the checkpoints in {rd.checkpoints} were made by a different job (its data or settings changed): "
                 "remove that folder to start over"
             )
-        runner = trainer.runner
         runner.model.load_state_dict(state["model"])
         runner.optimizer.load_state_dict(state["optimizer"])
         runner.scheduler.load_state_dict(state["scheduler"])
         if runner.scaler is not None and state.get("scaler"):
             runner.scaler.load_state_dict(state["scaler"])
         set_rng_states(state["rng"])
-        trainer.restore(state)
         log.info("checkpoint.loaded", path=str(path), step=state["step"], micro_batch=state["micro_batch"])
-        return int(state["step"])
+        return state
     return None

@@ -44,6 +44,16 @@ class Step:
     ids: np.ndarray
 
 
+@dataclass
+class Position:
+    """Where a run is in its batch plan: the epoch, the index of the next step in that epoch's plan, and
+    the optimizer steps taken overall (the trainer moves it on; checkpoints keep it)."""
+
+    epoch: int = 0
+    index: int = 0
+    step: int = 0
+
+
 def steps_per_epoch(sizes: Sequence[int], batch_size: int) -> int:
     return sum(-(-n // batch_size) for n in sizes)
 
