@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from mtld.runs import exitcodes
 from mtld import MICRO_BATCH_SIZES
+from mtld.decide.policy import fit_effective_batch
 from mtld.disk import DiskFull, free_bytes, is_disk_full, shortfall_text, space_needed, tree_bytes
 from mtld.config.jobspec import JobFileError, JobSpec, check_semantics, spec_to_json
 from mtld.logs.events import configure, get_logger
@@ -166,6 +167,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
     from mtld.train.threads import thread_policy
 
     spec = _read_job(rd)
+    micro_batch = _micro_batch(rd, launch.micro_batch, spec.train.effective_batch_size)
     quiet_transformers()
     device = dev.pick_device(launch.device)
     dev.prepare(device, launch.memory_fraction)
@@ -173,7 +175,6 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
     if isinstance(guard, NoGuard) and launch.memory is not None:
         guard = summary.guard = _memory_guard(launch, device, log)
         summary.fields["budget_bytes"] = guard.budget_bytes
-    micro_batch = _micro_batch(launch.micro_batch, spec.train.effective_batch_size)
     summary.fields.update(device=device.type, micro_batch_start=micro_batch, micro_batch_end=micro_batch)
     parts = build(spec, device, micro_batch, stop=stop, guard=guard, log=log)
     parts.runner.nan_steps = nan_steps_for_tests(os.environ.get(NAN_STEPS_ENV, ""))
@@ -275,11 +276,15 @@ def _read_job(rd: RunDir) -> JobSpec:
     return spec
 
 
-def _micro_batch(requested: int, effective: int) -> int:
-    if requested not in MICRO_BATCH_SIZES:
-        raise BadInput(f"micro-batch {requested} is not one of {MICRO_BATCH_SIZES}")
-    fitting = [b for b in MICRO_BATCH_SIZES if b <= requested and b <= effective]
-    return max(fitting) if fitting else MICRO_BATCH_SIZES[0]
+def _micro_batch(rd: RunDir, size: int, effective: int) -> int:
+    """The size launch.json says, as given: the launcher decided it (mtld.decide.policy.fit_effective_batch
+    keeps it within one optimizer step); any other size is not this child's to correct."""
+    if size not in MICRO_BATCH_SIZES:
+        raise BadInput(f"{rd.launch_file}: micro_batch - {size} is not one of {', '.join(map(str, MICRO_BATCH_SIZES))}")
+    if (fitted := fit_effective_batch(size, effective)) != size:
+        raise BadInput(f"{rd.launch_file}: micro_batch - {size} is larger than the job's effective batch {effective} "
+                       f"(the launcher's size for it: {fitted})")
+    return size
 
 
 def _resume(rd: RunDir, runner: Any, fingerprint: str, log: Any) -> dict[str, Any] | None:
