@@ -14,7 +14,6 @@ with `disk.keep_last_checkpoint`).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -177,7 +176,6 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         summary.fields["budget_bytes"] = guard.budget_bytes
     summary.fields.update(device=device.type, micro_batch_start=micro_batch, micro_batch_end=micro_batch)
     parts = build(spec, device, micro_batch, stop=stop, guard=guard, log=log)
-    parts.runner.nan_steps = nan_steps_for_tests(os.environ.get(NAN_STEPS_ENV, ""))
     summary.runner = parts.runner
 
     def export(out_dir: Path) -> None:
@@ -249,18 +247,6 @@ def _memory_guard(launch: Launch, device: Any, log: Any) -> Any:
              sample_every_s=settings.sample_every_s, decides=getattr(probe, "decides", None),
              dwell_s=settings.dwell_s, quiet_s=settings.quiet_s)
     return MemoryGuard(sampler, budget, hysteresis(settings))
-
-
-# For tests only: "5" or "5,9" or "5-14" makes those optimizer steps' loss NaN (read here, in the child).
-NAN_STEPS_ENV = "MTLD_TEST_NAN_STEPS"
-
-
-def nan_steps_for_tests(text: str) -> frozenset[int]:
-    steps: set[int] = set()
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        first, _, last = part.partition("-")
-        steps.update(range(int(first), int(last or first) + 1))
-    return frozenset(steps)
 
 
 def _read_job(rd: RunDir) -> JobSpec:
