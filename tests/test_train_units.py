@@ -277,7 +277,8 @@ def test_with_a_prior_the_eta_is_the_models_time_left_scaled_by_the_runs_pace_pl
     assert resumed.eta_s(at, 4, timings) == round(model_left + other, 1)  # nothing of this attempt done: the model
     every_step = LiveEta(hand_plan(), eval_every=1, checkpoint_steps=None, prior=prior, start_step=2)
     assert every_step.eta_s(at, 4, timings) == round(model_left + 2 * 10 * 0.1 + (1 + 1) * 2.0, 1)
-    assert eta.eta_s(at, 2, timings_on_a_line(2, 0.5, 0.01, [32, 64, 128])) == round(0.5 * 2 + 0.01 * 144, 1)  # no prior at 2
+    no_prior_at_2 = timings_on_a_line(2, 0.5, 0.01, [32, 64, 128])
+    assert eta.eta_s(at, 2, no_prior_at_2) == round(0.5 * 2 + 0.01 * (48 + 96), 1)  # the run's own line
 
 
 def test_the_attempts_prior_covers_the_plan_it_has_left():

@@ -70,11 +70,8 @@ class EvalState:
 
 
 class Trainer:
-    """One attempt's training loop over the batch plan, from `resume` (a checkpoint's state) or the start.
-
-    It feeds `eta` (mtld.train.eta.LiveEta, built here once the attempt's start is
-    known) and logs what that answers; the torch model is `runner.model`.
-    """
+    """One attempt's loop over the batch plan, from the start or a checkpoint's state (`resume`). It feeds
+    `eta` (mtld.train.eta.LiveEta) and logs what that answers; the torch model is `runner.model`."""
 
     def __init__(
         self,
@@ -117,8 +114,9 @@ class Trainer:
         self._epoch_ids: tuple[int, torch.Tensor, np.ndarray] | None = None
         if resume is not None:
             self.restore(resume)
-        tokens = PlanTokens(plans, [t.train.lengths for t in tasks], [t.eval.lengths if t.eval is not None else None for t in tasks])
-        # history: Launch.history, the family's earlier runs and probes (the ETA's prior)
+        evals = [t.eval.lengths if t.eval is not None else None for t in tasks]
+        tokens = PlanTokens(plans, [t.train.lengths for t in tasks], evals)
+        # history (Launch.history): the family's earlier runs and probes, the ETA's prior
         self.eta = LiveEta.for_attempt(tokens, spec, start=replace(self.position), micro_batch=runner.micro_batch,
                                        history=history)
 
@@ -159,7 +157,7 @@ class Trainer:
                     "the learning rate or check the data")
             finished = self.clock()
             self.account(step, result.loss, result.padded_tokens, finished - started)
-            epoch_end = self.advance(len(plan))
+            epoch_end = self.position.advance(len(plan))
             self.maybe_progress(finished)
             self.threads.check(finished)
             number = self.position.step
@@ -181,8 +179,7 @@ class Trainer:
         return "succeeded"
 
     def log_estimate(self) -> None:
-        """run.estimate, once, when the family has history: this attempt's expected duration (from its
-        start step on) and what that rests on."""
+        """run.estimate, when the family has history: this attempt's expected duration from its start step."""
         prior = self.eta.prior
         if prior is None:
             return
@@ -201,16 +198,6 @@ class Trainer:
             self._epoch_ids = (epoch, torch.from_numpy(flat).to(self.device), offsets)
         _, flat, offsets = self._epoch_ids
         return flat[offsets[index] : offsets[index + 1]]
-
-    def advance(self, plan_length: int) -> bool:
-        """Move past the step just taken; True when that ended an epoch."""
-        self.position.step += 1
-        self.position.index += 1
-        if self.position.index < plan_length:
-            return False
-        self.position.epoch += 1
-        self.position.index = 0
-        return True
 
     def stopped(self) -> RunOutcome:
         path = self.checkpoint()
