@@ -1,6 +1,11 @@
 """The daemon for real: a daemon process, a SQLite file under MTLD_HOME, the tiny model.
 
-Only what needs real processes and signals; the tick's decisions are in test_daemon_loop."""
+Only what needs real processes and signals; the tick's decisions are in test_daemon_loop.
+A test that signals a running run makes its runs hold before step HOLD_AT (the
+`gate` fixture, tests/childhooks) instead of giving them many epochs: the run
+is certainly still running, at a known step, when the signal lands, and it
+goes on only when the test opens the gate.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +19,24 @@ from pathlib import Path
 
 import pytest
 
+from tests.childhooks import Gate, hooks_env
 from tests.conftest import Home, finish, job_file
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
+HOLD_AT = 3  # optimizer steps taken (and logged in step.progress) when a held run waits at the gate
 
 
 @pytest.fixture
 def home(tmp_path) -> Home:
     return Home(tmp_path / "home")
+
+
+@pytest.fixture
+def gate(home, tmp_path) -> Gate:
+    """The runs of this home's daemon hold before step HOLD_AT until the gate opens (or they are stopped)."""
+    gate = Gate(tmp_path / "gate")
+    home.env = hooks_env(home.env, hold_at=HOLD_AT, gate=gate)
+    return gate
 
 
 def test_a_submitted_job_runs_to_success_with_its_events_logged(home, data_dir):
@@ -41,16 +56,19 @@ def test_a_submitted_job_runs_to_success_with_its_events_logged(home, data_dir):
     assert (Path(job.run_dir) / "model").is_dir()
 
 
-def test_sigkill_of_the_daemon_mid_run_then_restart_resumes_from_the_checkpoint(home, data_dir):
-    # long enough that the orphaned child cannot finish before the next daemon starts, even on a busy machine
-    job_id = home.submit(job_file(data_dir, epochs=12, checkpoint_every=3))
+def test_sigkill_of_the_daemon_mid_run_then_restart_resumes_from_the_checkpoint(home, data_dir, gate):
+    job_id = home.submit(job_file(data_dir, checkpoint_every=2))
     daemon = home.daemon()
-    home.wait_for(lambda: home.run_events(job_id, "checkpoint.saved"))
+    held = gate.wait_held(alive=lambda: daemon.poll() is None)  # after the checkpoint at step 2
     daemon.kill()
     daemon.wait()
     child_pid = home.runs(job_id)[0].pid
+    assert held["pid"] == child_pid  # the orphaned child still holds: it cannot finish before the next daemon
 
-    code, stderr = finish(home.daemon("--exit-when-idle"))
+    restarted = home.daemon("--exit-when-idle")
+    home.wait_for(lambda: home.daemon_events("daemon.recovered"))
+    gate.open()  # the resumed run goes on past the gate
+    code, stderr = finish(restarted)
     assert code == 0, stderr
     assert home.job(job_id).state == "succeeded"
     first, second = home.runs(job_id)
@@ -61,10 +79,10 @@ def test_sigkill_of_the_daemon_mid_run_then_restart_resumes_from_the_checkpoint(
     assert not resumed[0] and resumed[1] > 0
 
 
-def test_sigterm_of_the_daemon_requeues_the_run_with_a_checkpoint_and_exits_in_time(home, data_dir):
-    job_id = home.submit(job_file(data_dir, epochs=4, checkpoint_every=1000))
+def test_sigterm_of_the_daemon_requeues_the_run_with_a_checkpoint_and_exits_in_time(home, data_dir, gate):
+    job_id = home.submit(job_file(data_dir, checkpoint_every=1000))
     daemon = home.daemon()
-    home.wait_for(lambda: home.run_events(job_id, "step.progress"))
+    gate.wait_held(alive=lambda: daemon.poll() is None)
     started = time.monotonic()
     daemon.send_signal(signal.SIGTERM)
     code, stderr = finish(daemon, timeout=30)
@@ -74,18 +92,19 @@ def test_sigterm_of_the_daemon_requeues_the_run_with_a_checkpoint_and_exits_in_t
     assert job.state == "queued"
     [run] = home.runs(job_id)
     assert (run.outcome, run.exit_code) == ("interrupted", 75)
-    assert list((Path(job.run_dir) / "checkpoints").glob("step-*.pt"))
+    # the checkpoint the stop took where the run held (none by steps: checkpoint_every is 1000)
+    assert [p.name for p in (Path(job.run_dir) / "checkpoints").glob("step-*.pt")] == [f"step-{HOLD_AT:08d}.pt"]
     assert home.daemon_events("run.stop_requested")[0]["reason"] == "shutdown"
 
 
-def test_cancel_of_a_running_job(home, data_dir):
-    job_id = home.submit(job_file(data_dir, epochs=40))  # long enough to be running when the cancel comes
+def test_cancel_of_a_running_job(home, data_dir, gate):
+    job_id = home.submit(job_file(data_dir))
     daemon = home.daemon("--exit-when-idle")
-    home.wait_for(lambda: home.run_events(job_id, "step.progress"))
+    gate.wait_held(alive=lambda: daemon.poll() is None)
     status = json.loads(home.mtld("status", "--json").stdout)
     assert status["daemon"]["pid"] == daemon.pid
     [running] = status["running"]
-    assert running["id"] == job_id and 0 < running["progress"]["step"] <= running["progress"]["total"]
+    assert running["id"] == job_id and running["progress"]["step"] == HOLD_AT < running["progress"]["total"]
     assert running["progress"]["micro_batch"] == 4 and running["progress"]["eta_s"] is not None
     assert "cancel requested" in home.mtld("cancel", str(job_id)).stdout
     code, stderr = finish(daemon)
@@ -95,25 +114,28 @@ def test_cancel_of_a_running_job(home, data_dir):
     assert (run.outcome, run.exit_code) == ("cancelled", 75)
 
 
-def test_pause_now_requeues_and_resume_continues(home, data_dir):
-    job_id = home.submit(job_file(data_dir, epochs=12))  # still running when the pause lands, even on a busy machine
+def test_pause_now_requeues_and_resume_continues(home, data_dir, gate):
+    job_id = home.submit(job_file(data_dir))
     daemon = home.daemon("--exit-when-idle")
-    home.wait_for(lambda: home.run_events(job_id, "step.progress"))
+    gate.wait_held(alive=lambda: daemon.poll() is None)
     home.mtld("pause", "--now")
     home.wait_for(lambda: home.job(job_id).state == "queued")  # that nothing starts while paused: test_daemon_loop
+    gate.open()
     home.mtld("resume")
     code, stderr = finish(daemon)
     assert code == 0, stderr
     first, second = home.runs(job_id)
     assert (first.outcome, second.outcome) == ("interrupted", "succeeded")
-    assert home.run_events(job_id, "run.started")[1]["resumed_from_step"] > 0
+    assert home.run_events(job_id, "run.started")[1]["resumed_from_step"] == HOLD_AT  # the stop's checkpoint
 
 
-def test_a_child_killed_by_sigkill_is_retried_one_size_down(home, data_dir):
-    job_id = home.submit(job_file(data_dir, epochs=4))
+def test_a_child_killed_by_sigkill_is_retried_one_size_down(home, data_dir, gate):
+    job_id = home.submit(job_file(data_dir))
     daemon = home.daemon("--exit-when-idle")
-    home.wait_for(lambda: home.run_events(job_id, "step.progress"))
-    os.kill(home.runs(job_id)[0].pid, signal.SIGKILL)
+    held = gate.wait_held(alive=lambda: daemon.poll() is None)
+    assert held["pid"] == home.runs(job_id)[0].pid
+    os.kill(held["pid"], signal.SIGKILL)
+    gate.open()  # the retry goes on past the gate
     code, stderr = finish(daemon)
     assert code == 0, stderr
     first, second = home.runs(job_id)

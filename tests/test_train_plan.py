@@ -116,3 +116,11 @@ def test_padding_and_micro_batches():
     lengths = np.array([3, 3, 9, 9, 17, 17, 30])
     assert padded_tokens(ids, lengths, 2) == 2 * 8 + 2 * 16 + 2 * 24 + 1 * 32
     assert padded_tokens(ids, lengths, 8) == 7 * 32
+
+
+def test_the_position_moves_step_by_step_and_into_the_next_epoch():
+    from mtld.train.plan import Position
+
+    at = Position()
+    ends = [at.advance(3) for _ in range(4)]
+    assert ends == [False, False, True, False] and at == Position(epoch=1, index=1, step=4)

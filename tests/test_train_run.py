@@ -366,6 +366,33 @@ def test_bad_input_exits_2_with_a_clear_message_and_no_result_model(jobs, case, 
     assert read_events(run_dir)[-1]["event"] == "run.finished"
 
 
+@pytest.mark.parametrize(("size", "effective", "problem"), [
+    (8, 4, "8 is larger than the job's effective batch 4 (the launcher's size for it: 4)"),
+    (4, 3, "4 is larger than the job's effective batch 3 (the launcher's size for it: 2)"),
+    (3, 8, "3 is not one of 2, 4, 8"),
+])
+def test_a_micro_batch_the_launcher_did_not_decide_is_bad_input(jobs, capsys, read_events, size, effective, problem):
+    """The launcher fits the size to the job (mtld.decide.policy.fit_effective_batch); the child does not
+    correct it, so a wrong launch.json cannot train at a size the store does not record."""
+    spec = jobs.spec([jobs.task("classification", 16)], effective_batch_size=effective)
+    run_dir = jobs.run_dir(spec, micro_batch=size)
+    assert run_attempt(run_dir) == 2
+    message = f"{run_dir / 'launch.json'}: micro_batch - {problem}"
+    assert json.loads((run_dir / "result.json").read_text())["message"] == message
+    assert capsys.readouterr().err.strip().splitlines() == [f"mtld train: {message}"]
+    assert not read_events(run_dir, "run.started")
+
+
+@pytest.mark.parametrize(("size", "effective"), [(2, 1), (4, 4), (4, 6)])
+def test_the_child_trains_at_the_launchers_size_as_given(jobs, read_events, size, effective):
+    spec = jobs.spec([jobs.task("classification", 12)], epochs=1, effective_batch_size=effective)
+    run_dir = jobs.run_dir(spec, micro_batch=size)
+    assert run_attempt(run_dir) == 0
+    [started] = read_events(run_dir, "run.started")
+    assert (started["micro_batch"], started["accumulation"]) == (size, -(-effective // size))
+    assert json.loads((run_dir / "result.json").read_text())["micro_batch_end"] == size
+
+
 def test_a_missing_launch_file_is_bad_input(tmp_path):
     assert run_attempt(tmp_path) == 2
     assert json.loads((tmp_path / "result.json").read_text())["outcome"] == "bad_input"

@@ -205,3 +205,96 @@ def test_a_failed_checkpoint_write_leaves_nothing_behind(tmp_path):
     with pytest.raises(RuntimeError):
         save_checkpoint(tmp_path, 2, {"bad": Unpicklable()}, keep=3)
     assert [p.name for p in tmp_path.iterdir()] == ["step-00000001.pt"]
+
+
+# ---------------------------------------------------------------- the live ETA, alone
+
+
+def hand_plan():
+    """One task, two epochs of two steps of four examples; padded widths are multiples of 8."""
+    from mtld.train.eta import PlanTokens
+    from mtld.train.plan import Step
+
+    lengths = np.array([5, 9, 17, 3, 20, 7, 8, 1])
+    plans = [[Step(0, np.array([0, 1, 2, 3])), Step(0, np.array([4, 5, 6, 7]))],
+             [Step(0, np.array([1, 3, 5, 7])), Step(0, np.array([0, 2, 4, 6]))]]
+    return PlanTokens(plans, [lengths], [np.array([4, 6])])
+
+
+# Padded tokens per step. Micro-batch 4: one micro-batch as wide as the step's longest example:
+# 4×24, 4×24 | 4×16, 4×24. Micro-batch 2: (2×16 + 2×24), (2×24 + 2×8) | (2×16 + 2×8), (2×24 + 2×24).
+AT_4 = [96, 96, 64, 96]
+AT_2 = [80, 64, 48, 96]
+
+
+def timings_on_a_line(micro_batch, a, b, points):
+    from mtld.train.timing import StepTimings
+
+    timings = StepTimings(warmup_steps=0)
+    for tokens in points:
+        timings.record(micro_batch, tokens, a + b * tokens)
+    return timings
+
+
+def test_plan_tokens_are_each_steps_padded_tokens_at_each_size():
+    from mtld.train.plan import Position
+
+    tokens = hand_plan()
+    assert [t.tolist() for t in tokens.per_step(4)] == [AT_4[:2], AT_4[2:]]
+    assert [t.tolist() for t in tokens.per_step(2)] == [AT_2[:2], AT_2[2:]]
+    assert (tokens.total(4), tokens.total(2), tokens.eval_tokens, tokens.total_steps) == (352, 288, 10, 4)
+    assert tokens.left(Position(0, 1, 1), 4) == 96 + 64 + 96 and tokens.left(Position(2, 0, 4), 4) == 0
+    assert [[s.ids.tolist() for s in p] for p in tokens.plan_from(Position(1, 1, 3))] == [[[0, 2, 4, 6]]]
+
+
+def test_without_a_prior_the_eta_is_the_runs_own_line_over_what_is_left():
+    from mtld.train.eta import LiveEta
+    from mtld.train.plan import Position
+
+    eta = LiveEta(hand_plan(), eval_every=0, checkpoint_steps=None)
+    timings = timings_on_a_line(4, 0.5, 0.01, [32, 64, 128])  # a = 0.5 s per step, b = 0.01 s per padded token
+    assert eta.eta_s(Position(1, 0, 2), 4, timings) == pytest.approx(0.5 * 2 + 0.01 * (64 + 96))
+    assert eta.eta_s(Position(0, 1, 1), 4, timings) == pytest.approx(round(0.5 * 3 + 0.01 * (96 + 64 + 96), 1))
+    assert eta.eta_s(Position(1, 0, 2), 2, timings) is None  # nothing measured at 2 yet
+    assert eta.eta_s(Position(2, 0, 4), 4, timings) == 0.0
+    assert eta.planned_padded_tokens(4) == 352 and eta.planned_padded_tokens(2) == 288
+
+
+def test_with_a_prior_the_eta_is_the_models_time_left_scaled_by_the_runs_pace_plus_evaluations_and_saves():
+    from mtld.train.eta import LiveEta
+    from mtld.train.plan import Position
+
+    prior = {"sizes": {"4": {"a": 0.4, "b": 0.02, "warmup_s": 1.0}}, "eval_s_per_token": 0.1, "save_s": 2.0}
+    timings = timings_on_a_line(4, 0.0, 3.0 / 96, [96, 96])  # the first epoch took 6 s
+    at = Position(1, 0, 2)
+    model_left = 0.4 * 2 + 0.02 * (64 + 96)
+    model_done = 0.4 * 2 + 0.02 * (96 + 96) + 1.0
+    other = 1 * 10 * 0.1 + (2 + 1 + 1) * 2.0  # an evaluation at the epoch end; saves: 2 by steps, the epoch end, the export
+    eta = LiveEta(hand_plan(), eval_every=0, checkpoint_steps=1, prior=prior)
+    w = 0.5 / (0.5 + 0.05)  # half the attempt done: its own pace counts that much
+    assert eta.eta_s(at, 4, timings) == round(model_left * ((1 - w) + w * 6.0 / model_done) + other, 1)
+    resumed = LiveEta(hand_plan(), eval_every=0, checkpoint_steps=1, prior=prior, start_step=2)
+    assert resumed.eta_s(at, 4, timings) == round(model_left + other, 1)  # nothing of this attempt done: the model
+    every_step = LiveEta(hand_plan(), eval_every=1, checkpoint_steps=None, prior=prior, start_step=2)
+    assert every_step.eta_s(at, 4, timings) == round(model_left + 2 * 10 * 0.1 + (1 + 1) * 2.0, 1)
+    no_prior_at_2 = timings_on_a_line(2, 0.5, 0.01, [32, 64, 128])
+    assert eta.eta_s(at, 2, no_prior_at_2) == round(0.5 * 2 + 0.01 * (48 + 96), 1)  # the run's own line
+
+
+def test_the_attempts_prior_covers_the_plan_it_has_left():
+    from mtld.config.jobspec import TrainSpec
+    from mtld.runs.files import Figures
+    from mtld.train.eta import LiveEta, attempt_prior
+    from mtld.train.plan import Position
+
+    earlier = timings_on_a_line(4, 0.5, 0.01, [32, 64, 128, 256])
+    history = [Figures(timing=earlier.as_dict())]
+    train = TrainSpec(effective_batch_size=4, checkpoint_every=1000)
+    whole = attempt_prior(hand_plan(), train, start=Position(), micro_batch=4, history=history)
+    rest = attempt_prior(hand_plan(), train, start=Position(1, 0, 2), micro_batch=4, history=history)
+    assert whole["predicted_s"] == pytest.approx(0.5 * 4 + 0.01 * 352)
+    assert rest["predicted_s"] == pytest.approx(0.5 * 2 + 0.01 * (64 + 96))
+    assert attempt_prior(hand_plan(), train, start=Position(), micro_batch=4, history=[]) is None
+    assert attempt_prior(hand_plan(), train, start=Position(), micro_batch=4, history=[Figures()]) == {}
+    eta = LiveEta.for_attempt(hand_plan(), train, start=Position(1, 0, 2), micro_batch=4, history=history)
+    assert (eta.start_step, eta.prior, eta.eval_every, eta.checkpoint_steps) == (2, rest, 0, 1000)

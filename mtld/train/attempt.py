@@ -14,7 +14,6 @@ with `disk.keep_last_checkpoint`).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any, TextIO
 
 from mtld.runs import exitcodes
 from mtld import MICRO_BATCH_SIZES
+from mtld.decide.policy import fit_effective_batch
 from mtld.disk import DiskFull, free_bytes, is_disk_full, shortfall_text, space_needed, tree_bytes
 from mtld.config.jobspec import JobFileError, JobSpec, check_semantics, spec_to_json
 from mtld.logs.events import configure, get_logger
@@ -166,6 +166,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
     from mtld.train.threads import thread_policy
 
     spec = _read_job(rd)
+    micro_batch = _micro_batch(rd, launch.micro_batch, spec.train.effective_batch_size)
     quiet_transformers()
     device = dev.pick_device(launch.device)
     dev.prepare(device, launch.memory_fraction)
@@ -173,10 +174,8 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
     if isinstance(guard, NoGuard) and launch.memory is not None:
         guard = summary.guard = _memory_guard(launch, device, log)
         summary.fields["budget_bytes"] = guard.budget_bytes
-    micro_batch = _micro_batch(launch.micro_batch, spec.train.effective_batch_size)
     summary.fields.update(device=device.type, micro_batch_start=micro_batch, micro_batch_end=micro_batch)
     parts = build(spec, device, micro_batch, stop=stop, guard=guard, log=log)
-    parts.runner.nan_steps = nan_steps_for_tests(os.environ.get(NAN_STEPS_ENV, ""))
     summary.runner = parts.runner
 
     def export(out_dir: Path) -> None:
@@ -184,15 +183,17 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
                  "step": trainer.position.step}
         save_model(parts.model, parts.tokenizer, [t.info for t in parts.tasks], out_dir, max_length=spec.max_length, extra=extra)
 
+    summary.fields["total_steps"] = sum(len(p) for p in parts.plans)
+    state = _resume(rd, parts.runner, parts.fingerprint, log)
     trainer = Trainer(
         runner=parts.runner, tasks=parts.tasks, plans=parts.plans, spec=spec.train, run_dir=rd, device=device, log=log,
         export=export, checkpoint_extra=lambda: {"fingerprint": parts.fingerprint, "micro_batch_start": micro_batch},
         progress_every_s=launch.progress_every_s, meter=summary.meter,
         threads=thread_policy(launch.threads, device.type, log=log, every_s=launch.threads_every_s),
         history=launch.history, max_nonfinite_steps=launch.max_nonfinite_steps, disk_margin_bytes=launch.disk.margin_bytes,
+        resume=state,
     )
-    summary.fields["total_steps"] = trainer.total_steps
-    resumed = _resume(rd, trainer, parts.fingerprint, log)
+    resumed = int(state["step"]) if state is not None else None
     summary.trainer = trainer
     summary.fields["resumed_from_step"] = resumed
     train = spec.train
@@ -202,7 +203,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         total_steps=trainer.total_steps, steps_per_epoch=len(parts.plans[0]), epochs=train.epochs, resumed_from_step=resumed,
         optimizer=parts.optimizer_kind, mixed_precision=parts.precision,
         mixed_precision_reason=parts.precision_reason, compile=spec.train.compile,
-        threads=torch.get_num_threads(), planned_padded_tokens=trainer.planned_padded_tokens(),
+        threads=torch.get_num_threads(), planned_padded_tokens=trainer.eta.planned_padded_tokens(micro_batch),
         peak_vm_bytes=peak_vm_bytes(),  # address space after set-up (Linux): what RLIMIT_AS sees
         tasks=[{"name": t.info.name, "type": t.info.type, "train": len(t.train), "eval": len(t.eval) if t.eval else 0}
                for t in parts.tasks],
@@ -248,18 +249,6 @@ def _memory_guard(launch: Launch, device: Any, log: Any) -> Any:
     return MemoryGuard(sampler, budget, hysteresis(settings))
 
 
-# For tests only: "5" or "5,9" or "5-14" makes those optimizer steps' loss NaN (read here, in the child).
-NAN_STEPS_ENV = "MTLD_TEST_NAN_STEPS"
-
-
-def nan_steps_for_tests(text: str) -> frozenset[int]:
-    steps: set[int] = set()
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        first, _, last = part.partition("-")
-        steps.update(range(int(first), int(last or first) + 1))
-    return frozenset(steps)
-
-
 def _read_job(rd: RunDir) -> JobSpec:
     try:
         spec = rd.read_job()
@@ -273,15 +262,20 @@ def _read_job(rd: RunDir) -> JobSpec:
     return spec
 
 
-def _micro_batch(requested: int, effective: int) -> int:
-    if requested not in MICRO_BATCH_SIZES:
-        raise BadInput(f"micro-batch {requested} is not one of {MICRO_BATCH_SIZES}")
-    fitting = [b for b in MICRO_BATCH_SIZES if b <= requested and b <= effective]
-    return max(fitting) if fitting else MICRO_BATCH_SIZES[0]
+def _micro_batch(rd: RunDir, size: int, effective: int) -> int:
+    """The size launch.json says, as given: the launcher decided it (mtld.decide.policy.fit_effective_batch
+    keeps it within one optimizer step); any other size is not this child's to correct."""
+    if size not in MICRO_BATCH_SIZES:
+        raise BadInput(f"{rd.launch_file}: micro_batch - {size} is not one of {', '.join(map(str, MICRO_BATCH_SIZES))}")
+    if (fitted := fit_effective_batch(size, effective)) != size:
+        raise BadInput(f"{rd.launch_file}: micro_batch - {size} is larger than the job's effective batch {effective} "
+                       f"(the launcher's size for it: {fitted})")
+    return size
 
 
-def _resume(rd: RunDir, trainer: Any, fingerprint: str, log: Any) -> int | None:
-    """Load the newest readable checkpoint into the model, optimizer, scheduler, RNG and position."""
+def _resume(rd: RunDir, runner: Any, fingerprint: str, log: Any) -> dict[str, Any] | None:
+    """Load the newest readable checkpoint into the model, optimizer, scheduler and RNG; its state (the
+    trainer takes the position and evaluations from it), or None to start from the beginning."""
     from mtld.train.checkpoint import Refused, load_checkpoint
     from mtld.train.device import set_rng_states
 
@@ -299,14 +293,12 @@ def _resume(rd: RunDir, trainer: Any, fingerprint: str, log: Any) -> int | None:
                 f"the checkpoints in {rd.checkpoints} were made by a different job (its data or settings changed): "
                 "remove that folder to start over"
             )
-        runner = trainer.runner
         runner.model.load_state_dict(state["model"])
         runner.optimizer.load_state_dict(state["optimizer"])
         runner.scheduler.load_state_dict(state["scheduler"])
         if runner.scaler is not None and state.get("scaler"):
             runner.scaler.load_state_dict(state["scaler"])
         set_rng_states(state["rng"])
-        trainer.restore(state)
         log.info("checkpoint.loaded", path=str(path), step=state["step"], micro_batch=state["micro_batch"])
-        return int(state["step"])
+        return state
     return None

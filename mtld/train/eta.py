@@ -1,87 +1,148 @@
-"""The run's live ETA and its planned tokens: what `step.progress` and `run.estimate` say.
+"""The run's live ETA (`eta_s` in step.progress) and its planned padded tokens (run.started).
 
-A mixin of mtld.train.loop.Trainer (split out to keep each module readable):
-it reads the trainer's plan (`plans`, `tasks`, `spec`, `position`,
-`attempt_start`, `total_steps`), its `runner`, `timings`, `model` (the
-family's runtime model, built once in `run`), `every_steps` and `log`. The
-arithmetic itself is mtld.decide.runtime's (pure).
+Two small objects with explicit inputs, built once per attempt by the trainer:
+
+- `PlanTokens`: what the batch plan costs, from the plan and the tasks' token
+  lengths alone: padded tokens of every planned step at a micro-batch size
+  (worked out for a size the first time it is asked for: a run asks for its
+  start size, then for each size it scales down to), and the real tokens of
+  one evaluation.
+- `LiveEta`: the plan's figures, the spec's evaluation and checkpoint cadence,
+  the step this attempt started at and the family's runtime model (`prior`,
+  mtld.decide.runtime.launch_prior over the plan this attempt has left; None
+  without history). The trainer feeds it the position, the micro-batch and
+  its step timings; it answers `eta_s`, and logs nothing (the trainer logs
+  run.estimate from `prior` and `start_step`).
+
+The arithmetic is mtld.decide.runtime's (pure); this module only gathers its
+inputs. Torch-free.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from mtld.config.durations import checkpoint_interval
+from mtld.config.jobspec import TrainSpec
+from mtld.decide.runtime import launch_prior, live_eta, run_record, summarize
 from mtld.runs.files import Figures
-from mtld.train.plan import padded_tokens
-from mtld.train.timing import eta_seconds
+from mtld.train.plan import Position, Step, padded_tokens
+from mtld.train.timing import StepTimings, eta_seconds
+
+TokenCounts = np.ndarray[Any, np.dtype[np.int64]]
+
+
+class PlanTokens:
+    """Token figures of a batch plan (epochs of steps) over tasks with these token lengths."""
+
+    def __init__(self, plans: Sequence[Sequence[Step]], train_lengths: Sequence[np.ndarray],
+                 eval_lengths: Sequence[np.ndarray | None]) -> None:
+        self.plans, self.train_lengths, self.eval_lengths = plans, train_lengths, eval_lengths
+        self.eval_tokens = sum(int(x.sum()) for x in eval_lengths if x is not None)  # real tokens of one evaluation
+        self.total_steps = sum(len(p) for p in plans)
+        self._per_step: dict[int, list[TokenCounts]] = {}
+
+    @property
+    def epochs(self) -> int:
+        return len(self.plans)
+
+    def per_step(self, micro_batch: int) -> list[TokenCounts]:
+        """Per epoch, the padded tokens of each of its steps at this micro-batch, in plan order."""
+        if micro_batch not in self._per_step:
+            self._per_step[micro_batch] = [
+                np.array([padded_tokens(s.ids, self.train_lengths[s.task], micro_batch) for s in plan], dtype=np.int64)
+                for plan in self.plans
+            ]
+        return self._per_step[micro_batch]
+
+    def total(self, micro_batch: int) -> int:
+        return int(sum(int(t.sum()) for t in self.per_step(micro_batch)))
+
+    def left(self, at: Position, micro_batch: int) -> int:
+        """Padded tokens of the steps from `at` (the next step to take) to the end."""
+        per_step = self.per_step(micro_batch)
+        if at.epoch >= len(per_step):
+            return 0
+        return int(per_step[at.epoch][at.index:].sum()) + sum(int(t.sum()) for t in per_step[at.epoch + 1:])
+
+    def plan_from(self, at: Position) -> list[Sequence[Step]]:
+        """The part of the plan that is left at `at`, as epochs of steps."""
+        if at.epoch >= self.epochs:
+            return []
+        return [self.plans[at.epoch][at.index:], *self.plans[at.epoch + 1:]]
+
+
+def attempt_prior(tokens: PlanTokens, train: TrainSpec, *, start: Position, micro_batch: int,
+                  history: Sequence[Figures]) -> dict[str, Any] | None:
+    """The family's history (Launch.history) and the plan left to this attempt → the runtime model
+    (mtld.decide.runtime.launch_prior; its `predicted_s` is this attempt's expected duration, from
+    `start` on); {} when no earlier run has timings, None without history."""
+    if not history:
+        return None
+    records = [r for r in map(run_record, history) if r is not None]
+    plan = summarize(tokens.plan_from(start), tokens.train_lengths, tokens.eval_lengths, train, padded_tokens)
+    return launch_prior(plan, records, micro_batch) or {}
 
 
 class LiveEta:
-    def eta_s(self) -> float | None:
-        """Remaining steps × (a + b × padded tokens), fitted on this run's steps at this micro-batch."""
-        b = self.runner.micro_batch
-        per_step = self.step_tokens(b)
-        epoch, index = self.position.epoch, self.position.index
-        if epoch >= len(self.plans):
+    """Seconds left in an attempt: remaining steps × (a + b × padded tokens), plus evaluations and saves.
+
+    With a prior for the size the run trains at, the prior's remaining time is
+    scaled by this run's own pace so far (mtld.decide.runtime.live_eta);
+    without one, the line fitted to this run's own steps at that size.
+    """
+
+    def __init__(self, tokens: PlanTokens, *, eval_every: int, checkpoint_steps: int | None, start_step: int = 0,
+                 prior: Mapping[str, Any] | None = None) -> None:
+        self.tokens = tokens
+        self.eval_every = eval_every  # 0: once per epoch
+        self.checkpoint_steps = checkpoint_steps  # None: by time (counted at epoch ends only)
+        self.start_step = start_step  # a resumed attempt starts at its checkpoint's step
+        self.prior = prior
+
+    @classmethod
+    def for_attempt(cls, tokens: PlanTokens, train: TrainSpec, *, start: Position, micro_batch: int,
+                    history: Sequence[Figures]) -> LiveEta:
+        every_steps, _ = checkpoint_interval(train.checkpoint_every)
+        prior = attempt_prior(tokens, train, start=start, micro_batch=micro_batch, history=history)
+        return cls(tokens, eval_every=train.eval_every, checkpoint_steps=every_steps, start_step=start.step, prior=prior)
+
+    def planned_padded_tokens(self, micro_batch: int) -> int:
+        """Padded tokens of the whole plan at this micro-batch (run.started says it)."""
+        return self.tokens.total(micro_batch)
+
+    def eta_s(self, at: Position, micro_batch: int, timings: StepTimings) -> float | None:
+        """Seconds left from `at` at this micro-batch, to 0.1 s; None before anything can be said."""
+        if at.epoch >= self.tokens.epochs:
             return 0.0
-        tokens_left = int(per_step[epoch][index:].sum()) + sum(int(t.sum()) for t in per_step[epoch + 1 :])
-        steps_left = self.total_steps - self.position.step
-        observed = eta_seconds(self.timings.fit(b), steps_left, tokens_left)
-        eta = self.blended_eta(b, steps_left, tokens_left, observed)
+        steps_left = self.tokens.total_steps - at.step
+        tokens_left = self.tokens.left(at, micro_batch)
+        observed = eta_seconds(timings.fit(micro_batch), steps_left, tokens_left)
+        eta = self._blended(at, micro_batch, timings, steps_left, tokens_left, observed)
         return round(eta, 1) if eta is not None else None
 
-    def blended_eta(self, b: int, steps_left: int, tokens_left: int, observed: float | None) -> float | None:
-        """The family's model (built in `run`) scaled by this run's pace: mtld.decide.runtime.live_eta."""
-        from mtld.decide.runtime import live_eta
-
-        size = (self.model.get("sizes") or {}).get(str(b))
-        done = self.timings.sizes.get(b)
+    def _blended(self, at: Position, micro_batch: int, timings: StepTimings, steps_left: int, tokens_left: int,
+                 observed: float | None) -> float | None:
+        prior = self.prior or {}
+        size = (prior.get("sizes") or {}).get(str(micro_batch))
+        done = timings.sizes.get(micro_batch)
         if not size or done is None:
             return observed
-        evals_left = (steps_left // self.spec.eval_every) if self.spec.eval_every else (len(self.plans) - self.position.epoch)
-        other = evals_left * self.eval_tokens() * (self.model.get("eval_s_per_token") or 0.0)
-        by_steps = steps_left // self.every_steps if self.every_steps else 0  # by time: epoch ends only
-        saves_left = by_steps + (len(self.plans) - self.position.epoch) + 1
-        other += saves_left * (self.model.get("save_s") or 0.0)
-        model_done = size["a"] * done.all.n + size["b"] * done.all.x + size.get("warmup_s", 0.0)
-        return live_eta(model_left_s=size["a"] * steps_left + size["b"] * tokens_left, model_done_s=model_done,
-                        elapsed_s=done.all.y, fraction_done=self.attempt_fraction(),
-                        observed_left_s=observed, other_left_s=other)
+        epochs_left = self.tokens.epochs - at.epoch
+        evals_left = steps_left // self.eval_every if self.eval_every else epochs_left
+        other = evals_left * self.tokens.eval_tokens * (prior.get("eval_s_per_token") or 0.0)
+        by_steps = steps_left // self.checkpoint_steps if self.checkpoint_steps else 0
+        saves_left = by_steps + epochs_left + 1  # checkpoints by step and at epoch ends, and the export
+        other += saves_left * (prior.get("save_s") or 0.0)
+        a, b = float(size["a"]), float(size["b"])
+        model_done = a * done.all.n + b * done.all.x + float(size.get("warmup_s", 0.0))
+        return live_eta(model_left_s=a * steps_left + b * tokens_left, model_done_s=model_done,
+                        elapsed_s=done.all.y, fraction_done=self.fraction_done(at), observed_left_s=observed,
+                        other_left_s=other)
 
-    def attempt_fraction(self) -> float:
+    def fraction_done(self, at: Position) -> float:
         """How much of this attempt's share of the plan is done (a resumed attempt starts at 0)."""
-        start = self.attempt_start.step
-        return (self.position.step - start) / max(self.total_steps - start, 1)
-
-    def prior_from_history(self, history: Sequence[Figures]) -> dict[str, Any]:
-        """The family's history (from the daemon) and the plan left to this attempt → the runtime model;
-        logged once, as run.estimate: predicted_s is this attempt's expected duration (from_step on)."""
-        from mtld.decide.runtime import launch_prior, run_record, summarize
-
-        records = [r for r in map(run_record, history) if r is not None]
-        start = self.attempt_start
-        left = [self.plans[start.epoch][start.index:], *self.plans[start.epoch + 1:]] if start.epoch < len(self.plans) else []
-        plan = summarize(left, [t.train.lengths for t in self.tasks],
-                         [t.eval.lengths if t.eval is not None else None for t in self.tasks], self.spec, padded_tokens)
-        prior = launch_prior(plan, records, self.runner.micro_batch) or {}
-        self.log.info("run.estimate", predicted_s=round(prior["predicted_s"], 1) if prior.get("predicted_s") else None,
-                      basis=prior.get("basis", "unknown"), micro_batch=self.runner.micro_batch, from_step=start.step)
-        return prior
-
-    def eval_tokens(self) -> int:
-        """Real tokens of one evaluation over every task's eval split."""
-        return sum(int(t.eval.lengths.sum()) for t in self.tasks if t.eval is not None)
-
-    def step_tokens(self, micro_batch: int) -> list[np.ndarray]:
-        if micro_batch not in self._tokens_cache:
-            self._tokens_cache[micro_batch] = [
-                np.array([padded_tokens(s.ids, self.tasks[s.task].train.lengths, micro_batch) for s in plan], dtype=np.int64)
-                for plan in self.plans
-            ]
-        return self._tokens_cache[micro_batch]
-
-    def planned_padded_tokens(self) -> int:
-        return int(sum(t.sum() for t in self.step_tokens(self.runner.micro_batch)))
+        return (at.step - self.start_step) / max(self.tokens.total_steps - self.start_step, 1)

@@ -30,10 +30,10 @@ from mtld.train.data import TaskData
 from mtld.train.device import MemoryMeter, all_finite, empty_cache, is_oom, rng_states, synchronize
 from mtld.train.inference import Aborted, infer_split
 from mtld.train.metrics import aggregate_score, task_metrics
-from mtld.train.plan import Step
+from mtld.train.eta import LiveEta, PlanTokens
+from mtld.train.plan import Position, Step
 from mtld.train.step import StepRunner
 from mtld.train.threads import FixedThreads, ThreadGovernor
-from mtld.train.eta import LiveEta
 from mtld.train.timing import StepTimings
 
 RunOutcome = Literal["succeeded", "interrupted", "out_of_memory", "failed"]
@@ -42,13 +42,6 @@ EVAL_BATCH_FACTOR = 4  # inference keeps no activations for backward: a few time
 
 class NonFiniteWeights(Exception):
     """The model's weights hold NaN or inf: nothing may be saved from it."""
-
-
-@dataclass
-class Position:
-    epoch: int = 0
-    index: int = 0
-    step: int = 0
 
 
 @dataclass
@@ -76,7 +69,10 @@ class EvalState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class Trainer(LiveEta):
+class Trainer:
+    """One attempt's loop over the batch plan, from the start or a checkpoint's state (`resume`). It feeds
+    `eta` (mtld.train.eta.LiveEta) and logs what that answers; the torch model is `runner.model`."""
+
     def __init__(
         self,
         *,
@@ -97,19 +93,17 @@ class Trainer(LiveEta):
         history: Sequence[Figures] = (),
         max_nonfinite_steps: int = 10,
         disk_margin_bytes: int = 0,
+        resume: dict[str, Any] | None = None,
     ):
         self.runner, self.tasks, self.plans, self.spec = runner, tasks, plans, spec
         self.run_dir, self.device, self.log, self.export = run_dir, device, log, export
         self.checkpoint_extra, self.progress_every_s, self.meter, self.clock = checkpoint_extra, progress_every_s, meter, clock
         self.position = Position()
-        self.attempt_start = Position()  # where this attempt began (after a resume: the checkpoint's step)
         self.evals = EvalState()
         self.progress = Progress()
         self.timings = timings or StepTimings()  # the seam for per-step (padded tokens, seconds) records
         self.threads = threads or FixedThreads()
-        self.history = list(history)  # Launch.history: the family's earlier runs and probes
         self.max_nonfinite_steps = max_nonfinite_steps
-        self.model: dict[str, Any] = {}  # the runtime model for this attempt (mtld.decide.runtime.launch_prior)
         self.total_steps = sum(len(p) for p in plans)
         self.last_checkpoint_step = -1
         self.last_checkpoint_at = 0.0  # clock() of this attempt's start or its last checkpoint
@@ -117,14 +111,19 @@ class Trainer(LiveEta):
         self.disk_margin_bytes = disk_margin_bytes
         self.saved_bytes: dict[str, int] = {}  # checkpoint_bytes, export_bytes: what mtld.disk's need is made of
         self.message: str | None = None
-        self._tokens_cache: dict[int, list[np.ndarray]] = {}
         self._epoch_ids: tuple[int, torch.Tensor, np.ndarray] | None = None
+        if resume is not None:
+            self.restore(resume)
+        evals = [t.eval.lengths if t.eval is not None else None for t in tasks]
+        tokens = PlanTokens(plans, [t.train.lengths for t in tasks], evals)
+        # history (Launch.history): the family's earlier runs and probes, the ETA's prior
+        self.eta = LiveEta.for_attempt(tokens, spec, start=replace(self.position), micro_batch=runner.micro_batch,
+                                       history=history)
 
     # ------------------------------------------------------------ the run
 
     def run(self) -> RunOutcome:
-        self.attempt_start = replace(self.position)
-        self.model = self.prior_from_history(self.history) if self.history else {}
+        self.log_estimate()
         self.progress.started = self.progress.window_start = self.last_checkpoint_at = self.clock()
         try:
             return self._run()
@@ -158,7 +157,7 @@ class Trainer(LiveEta):
                     "the learning rate or check the data")
             finished = self.clock()
             self.account(step, result.loss, result.padded_tokens, finished - started)
-            epoch_end = self.advance(len(plan))
+            epoch_end = self.position.advance(len(plan))
             self.maybe_progress(finished)
             self.threads.check(finished)
             number = self.position.step
@@ -179,6 +178,16 @@ class Trainer(LiveEta):
         self.timings.record_save(self.clock() - started)
         return "succeeded"
 
+    def log_estimate(self) -> None:
+        """run.estimate, when the family has history: this attempt's expected duration from its start step."""
+        prior = self.eta.prior
+        if prior is None:
+            return
+        predicted = prior.get("predicted_s")
+        self.log.info("run.estimate", predicted_s=round(predicted, 1) if predicted else None,
+                      basis=prior.get("basis", "unknown"), micro_batch=self.runner.micro_batch,
+                      from_step=self.eta.start_step)
+
     def device_ids(self, epoch: int, index: int) -> torch.Tensor:
         """The step's example ids as a view into the epoch's ids, copied to the device once per
         epoch: a small host-to-device copy per micro-batch would sync CUDA every time."""
@@ -189,16 +198,6 @@ class Trainer(LiveEta):
             self._epoch_ids = (epoch, torch.from_numpy(flat).to(self.device), offsets)
         _, flat, offsets = self._epoch_ids
         return flat[offsets[index] : offsets[index + 1]]
-
-    def advance(self, plan_length: int) -> bool:
-        """Move past the step just taken; True when that ended an epoch."""
-        self.position.step += 1
-        self.position.index += 1
-        if self.position.index < plan_length:
-            return False
-        self.position.epoch += 1
-        self.position.index = 0
-        return True
 
     def stopped(self) -> RunOutcome:
         path = self.checkpoint()
@@ -252,7 +251,7 @@ class Trainer(LiveEta):
             tokens_per_s=round(p.window_tokens / elapsed, 1),
             micro_batch=self.runner.micro_batch,
             lr=self.runner.optimizer.param_groups[0]["lr"],
-            eta_s=self.eta_s(),
+            eta_s=self.eta.eta_s(self.position, self.runner.micro_batch, self.timings),
         )
         p.window_start, p.window_excluded, p.window_samples, p.window_tokens, p.window_steps = self.clock(), 0.0, 0, 0, 0
         p.window_loss = None
@@ -314,7 +313,7 @@ class Trainer(LiveEta):
         self.meter.sample()
         duration = self.clock() - started
         self.exclude(duration)
-        self.timings.record_eval(self.runner.micro_batch, self.eval_tokens(), duration)
+        self.timings.record_eval(self.runner.micro_batch, self.eta.tokens.eval_tokens, duration)
         self.log.info("eval", **record, duration_s=round(duration, 3))
         return True
 

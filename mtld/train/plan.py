@@ -44,6 +44,26 @@ class Step:
     ids: np.ndarray
 
 
+@dataclass
+class Position:
+    """Where a run is in its batch plan: the epoch, the index of the next step in that epoch's plan, and
+    the optimizer steps taken overall (the trainer moves it on; checkpoints keep it)."""
+
+    epoch: int = 0
+    index: int = 0
+    step: int = 0
+
+    def advance(self, plan_length: int) -> bool:
+        """Move past the step just taken in an epoch of `plan_length` steps; True when that ended the epoch."""
+        self.step += 1
+        self.index += 1
+        if self.index < plan_length:
+            return False
+        self.epoch += 1
+        self.index = 0
+        return True
+
+
 def steps_per_epoch(sizes: Sequence[int], batch_size: int) -> int:
     return sum(-(-n // batch_size) for n in sizes)
 
@@ -80,7 +100,7 @@ def share_out(p: np.ndarray, total: int) -> list[int]:
     counts = np.floor(exact).astype(np.int64)
     remainders = np.argsort(-(exact - counts), kind="stable")
     counts[remainders[: total - counts.sum()]] += 1
-    return counts.tolist()
+    return [int(c) for c in counts]
 
 
 def task_probabilities(sizes: Sequence[int], strategy: Strategy, temperature: float = 2.0) -> np.ndarray:
@@ -92,7 +112,8 @@ def task_probabilities(sizes: Sequence[int], strategy: Strategy, temperature: fl
         weights = n ** (1.0 / temperature)
     else:
         weights = n
-    return weights / weights.sum()
+    probabilities: np.ndarray = weights / weights.sum()
+    return probabilities
 
 
 def _task_rounds(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, task: int) -> Iterator[np.ndarray]:

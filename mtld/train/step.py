@@ -58,12 +58,10 @@ class StepRunner:
         stop: StopFlag,
         guard: Guard,
         log: Any,
-        nan_steps: frozenset[int] = frozenset(),
     ):
         self.model, self.tasks, self.optimizer, self.scheduler = model, tasks, optimizer, scheduler
         self.device, self.micro_batch, self.max_grad_norm, self.amp = device, micro_batch, max_grad_norm, amp
         self.stop, self.guard, self.log = stop, guard, log
-        self.nan_steps = nan_steps  # a test hook (MTLD_TEST_NAN_STEPS): these steps' losses are made NaN
         self.scaled_down = False
         self.oom_count = 0
         self.nonfinite_in_a_row = 0
@@ -133,8 +131,6 @@ class StepRunner:
         task = self.tasks[step.task]
         kind, split = task.info.type, task.train
         scale = task.info.weight / max(int(split.units[step.ids].sum()), 1)
-        if number in self.nan_steps:
-            scale = float("nan")
         total: torch.Tensor | None = None
         padded = 0
         position = 0
