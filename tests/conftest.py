@@ -410,6 +410,10 @@ class Home:
         with self.store() as store:
             return store.runs_for(job_id)
 
+    def transitions(self, job_id: int):
+        with self.store() as store:
+            return store.transitions_for(job_id)
+
     def daemon_events(self, name: str | None = None) -> list[dict]:
         return log_events(self.path / "logs" / "mtld.jsonl", name)
 

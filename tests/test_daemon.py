@@ -72,7 +72,9 @@ def test_sigkill_of_the_daemon_mid_run_then_restart_resumes_from_the_checkpoint(
     assert code == 0, stderr
     assert home.job(job_id).state == "succeeded"
     first, second = home.runs(job_id)
-    assert first.outcome == "lost" and second.outcome == "succeeded"
+    # stopped cleanly by the new daemon, it checkpointed and said so in its result.json: interrupted, not lost
+    assert first.outcome == "interrupted" and second.outcome == "succeeded"
+    assert any("stopped by the daemon at daemon start" in t.reason for t in home.transitions(job_id))
     recovered = home.daemon_events("daemon.recovered")
     assert recovered[0]["child"] == "stopped" and recovered[0]["pid"] == child_pid
     resumed = [e["resumed_from_step"] for e in home.run_events(job_id, "run.started")]

@@ -188,8 +188,10 @@ def test_weights_after_training_do_not_depend_on_the_micro_batch(no_dropout_jobs
 
 # Under bf16 autocast each micro-batch's matrix products are rounded to bf16 (8 bits of mantissa),
 # so micro-batch 2 and 8 no longer give bit-equal sums: their weights after training agree to
-# BF16_ATOL, which is below how far bf16 itself moves them from fp32 (the README, "Mixed precision").
-BF16_ATOL = 3e-3  # measured 1.1e-3 here (bf16 vs fp32: 4.1e-3); tiny model, 2 epochs, rate 1e-3
+# BF16_ATOL. That is of the order of how far bf16 itself moves them from fp32, not below it: across
+# sessions the micro-batch moved them 0.8e-3 to 1.8e-3 and bf16 against fp32 1.7e-3 to 4.1e-3, so
+# the two overlap and are not compared (they once were, and that assertion flaked).
+BF16_ATOL = 3e-3  # tiny model, 2 epochs, rate 1e-3
 
 
 @pytest.mark.slow
@@ -207,7 +209,7 @@ def test_under_bf16_the_weights_still_barely_depend_on_the_micro_batch(no_dropou
     across_b = max((weights[2][n] - weights[8][n]).abs().max().item() for n in fp32)
     bf16_vs_fp32 = max((weights[8][n] - fp32[n]).abs().max().item() for n in fp32)
     assert across_b <= BF16_ATOL
-    assert across_b < bf16_vs_fp32  # the micro-batch moves the weights less than the precision does
+    assert bf16_vs_fp32 > 1e-4  # bf16 really was used: without it the bound above would say nothing of bf16
     assert all(torch.isfinite(w).all() for w in weights[2].values())
 
 

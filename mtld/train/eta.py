@@ -28,7 +28,7 @@ import numpy as np
 from mtld.config.durations import checkpoint_interval
 from mtld.config.jobspec import TrainSpec
 from mtld.decide.runtime import launch_prior, live_eta, run_record, summarize
-from mtld.runs.files import Figures
+from mtld.runs.figures import Figures
 from mtld.train.plan import Position, Step, padded_tokens
 from mtld.train.timing import StepTimings, eta_seconds
 

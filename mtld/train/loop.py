@@ -22,7 +22,7 @@ import torch
 
 from mtld.config.jobspec import TrainSpec
 from mtld.runs.rundir import RunDir, write_json_atomic
-from mtld.runs.files import Figures
+from mtld.runs.figures import Figures
 from mtld.disk import DiskFull
 from mtld.config.durations import checkpoint_interval
 from mtld.train.checkpoint import checkpoint_due, save_within_space, state_bytes
