@@ -17,6 +17,7 @@ Torch-free and light to import.
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -99,7 +100,9 @@ class RecordingRunner:
 
 
 class FakeRun:
-    """A run that never finishes on its own: it ends when `end()` is called, or (75, checkpointed) on SIGTERM."""
+    """A run that never finishes on its own: it ends when `end()` is called, or (75, checkpointed) on SIGTERM.
+    While it runs it shows progress as a real run does (a `step.progress` line in its run log at each poll,
+    what the daemon's watchdog reads), unless `hang()` was called."""
 
     def __init__(self, pid: int | None, run_dir: Path, ref: str | None = None, node: str | None = None,
                  ends_on_term: bool = True):
@@ -108,13 +111,31 @@ class FakeRun:
         self.node = node
         self.signals: list[int] = []
         self.status: ExitStatus | None = None
+        self.hung = False
+        self.steps = 0
+
+    def hang(self) -> None:
+        """From now on it shows no progress (a GPU call that never returns)."""
+        self.hung = True
+
+    def _progress(self) -> None:
+        self.steps += 1
+        line = json.dumps({"ts": "fake", "event": "step.progress", "step": self.steps})
+        with open(Path(self.run_dir) / "run.jsonl", "a", encoding="utf-8") as log:
+            log.write(line + "\n")
 
     def signal(self, signum: int) -> None:
         self.signals.append(signum)
-        if signum in (signal.SIGTERM, signal.SIGKILL) and self.status is None and self.ends_on_term:
+        if self.status is not None:
+            return
+        if signum == signal.SIGKILL and self.pid is not None:  # a process here cannot ignore it
+            self.status = ExitStatus(signal=signum)
+        elif signum in (signal.SIGTERM, signal.SIGKILL) and self.ends_on_term:
             self.status = ExitStatus(code=75) if signum == signal.SIGTERM else ExitStatus(signal=signum)
 
     def poll(self) -> ExitStatus | None:
+        if self.status is None and not self.hung and Path(self.run_dir).is_dir():
+            self._progress()
         return self.status
 
     def end(self, code: int = 0) -> None:

@@ -75,7 +75,9 @@ FIRST = (4, "the family's start size")  # what the family decided for a first at
         (None, [EarlierRun("interrupted", 8, 4)], 4, "ended at (interrupted)"),
         (None, [EarlierRun("interrupted", 8, None)], 8, "ended at (interrupted)"),
         (None, [EarlierRun("lost", 2, 2)], 2, "ended at (lost)"),
-        (None, [EarlierRun("out_of_memory", 2, 2)], 2, "ended at (out_of_memory)"),
+        (None, [EarlierRun("out_of_memory", 2, 2)], 2, "ran out of memory at 2: one size down"),  # 2 is the floor
+        (None, [EarlierRun("out_of_memory", 8, None)], 4, "ran out of memory at 8: one size down"),  # a GPU failure
+        (None, [EarlierRun("stalled", 8, None)], 4, "stalled at 8: one size down"),
         (None, [EarlierRun("killed", 8, None), EarlierRun("interrupted", 4, None)], 4, "ended at (interrupted)"),  # the last one counts
         # a memory-pressure interrupt: one size smaller than where it was stopped
         (None, [EarlierRun("interrupted", 8, None, pressure=True)], 4, "interrupted by memory pressure at 8: one size down"),

@@ -75,6 +75,8 @@ def status(out: Console, info: dict[str, Any]) -> None:
     w = info["schedule"]
     if w["windows"]:
         when = f"inside, until {local_iso(w['closes_at'])}" if w["inside"] else f"outside; the next opens {local_iso(w['next_opens_at'])}"
+        if w.get("kept_awake"):
+            when += " (the machine is kept awake until then; closing the lid still sleeps it)"
         out.print(f"[bold]windows[/] {escape(', '.join(w['windows']))}: {when}")
     if info["queued"]:
         out.print("[bold]queued[/]")

@@ -127,6 +127,21 @@ def _windows(windows: list[str]) -> list[str]:
     return windows
 
 
+class WatchdogSettings(Section):
+    """A run that shows no progress for longer than its allowance is stopped and retried one size down
+    (docs/unattended.md, "A run that stops making progress"; the allowance: mtld.decide.policy.stall_allowance)."""
+
+    stall_s: float = Field(default=600.0, ge=1, le=86_400)  # the allowance's floor between two signs of life
+    step_factor: float = Field(default=20.0, ge=1, le=10_000)  # and at least this many of the family's median step
+    max_stalls: int = Field(default=2, ge=1, le=100)  # stalls in a row that put the job on hold
+
+
+class PowerSettings(Section):
+    # While a queued job waits for a run window that opens within this many seconds and the machine is on AC
+    # power, keep it from idle-sleeping until the window opens (0: never).
+    stay_awake_before_window_s: float = Field(default=3600.0, ge=0, le=86_400)
+
+
 class ScheduleSettings(Section):
     windows: Annotated[list[str], AfterValidator(_windows)] = []
     at_window_end: Literal["checkpoint", "finish"] = "checkpoint"
@@ -179,6 +194,8 @@ class Settings(BaseSettings):
     daemon: DaemonSettings = DaemonSettings()
     memory: MemorySettings = MemorySettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    watchdog: WatchdogSettings = WatchdogSettings()
+    power: PowerSettings = PowerSettings()
     disk: DiskSettings = DiskSettings()
     executor: ExecutorSettings = ExecutorSettings()
     _config_file: Path | None = PrivateAttr(default=None)

@@ -22,6 +22,7 @@ from typing import Any
 
 from mtld.config.jobspec import JobFileError
 from mtld.config.settings import FORCED_STOP_GRACE_S, Settings
+from mtld.daemon.watchdog import Watch
 from mtld.decide import policy
 from mtld.estimate.history import pressure_interrupt
 from mtld.executor import ClusterUnreachable, Executor, ExitStatus, RunHandle, wait_for_exit
@@ -41,6 +42,10 @@ class ActiveRun:
     run_dir: RunDir
     inhibitor: SleepInhibitor | None = None
     stop_reason: str | None = None  # why we asked the child to stop, if we did
+    stop_detail: str | None = None  # what the daemon saw (a stall: how long it was quiet)
+    stop_asked_at: float | None = None
+    killed: bool = False  # it did not stop in time and was sent SIGKILL
+    watch: Watch | None = field(default=None, repr=False)  # the progress watchdog's (mtld.daemon.watchdog)
     last_progress: dict[str, Any] | None = field(default=None, repr=False)
     node: str | None = None  # the cluster node it runs on, once known (stored with the run)
 
@@ -86,24 +91,30 @@ class RunLedger:
             decision = policy.ExitDecision("interrupted", "queued", "stopped at daemon shutdown without a final "
                                            "checkpoint; it resumes from its last one")
         else:
+            stalled = active.stop_reason == "stalled"
             decision = self._after_exit(job, active.run, status.code, status.signal, now,
                                         stop_reason=active.stop_reason,
-                                        message=result.message if result else status.detail)
+                                        message=active.stop_detail if stalled else (
+                                            result.message if result else status.detail),
+                                        gpu_failure=None if status.code == 0 else gpu_failure_in(active.run_dir))
         pressure = decision.outcome == "interrupted" and result is not None and result.stop_reason == "memory_critical"
         if pressure:
             decision = self._pressure_hold(job.id, active.run, decision, now)
+        elif decision.outcome == "stalled":
+            decision = self._stall_hold(job.id, active.run, decision)
         self._apply(job.id, active.run, status, decision, result, now, stop_reason=active.stop_reason)
         return Recorded(decision, pressure_interrupt=pressure)
 
     def _after_exit(self, job: Job, run: Run, exit_code: int | None, signum: int | None, now: float, *,
-                    stop_reason: str | None, message: str | None) -> policy.ExitDecision:
+                    stop_reason: str | None, message: str | None,
+                    gpu_failure: str | None = None) -> policy.ExitDecision:
         earlier_failures = sum(1 for r in self.store.runs_for(job.id)
                                if r.id != run.id and r.outcome in policy.FAILED_OUTCOMES)
         daemon = self.settings.daemon
         return policy.after_exit(exit_code=exit_code, signal=signum, earlier_failures=earlier_failures,
                                  max_attempts=daemon.max_attempts, backoff_s=daemon.retry_backoff_s,
                                  cancel_requested=job.cancel_requested, stop_reason=stop_reason, message=message,
-                                 now=now)
+                                 now=now, gpu_failure=gpu_failure)
 
     def _pressure_hold(self, job_id: int, run: Run, decision: policy.ExitDecision, now: float) -> policy.ExitDecision:
         """The job's pressure interrupts since it was last released may put it on hold (policy.pressure_hold)."""
@@ -113,6 +124,17 @@ class RunLedger:
         memory = self.settings.memory
         hold = policy.pressure_hold([*earlier, now], now=now, limit=memory.interrupt_limit,
                                     window_s=memory.interrupt_window_s, job_id=job_id)
+        return replace(decision, hold=hold, reason=f"{decision.reason}; held: {hold}") if hold else decision
+
+    def _stall_hold(self, job_id: int, run: Run, decision: policy.ExitDecision) -> policy.ExitDecision:
+        """Stalls in a row since the job was last released (this one included) may put it on hold."""
+        released = max((t.at for t in self.store.transitions_for(job_id) if t.reason == "released"), default=0.0)
+        in_a_row = 1
+        for earlier in reversed([r for r in self.store.runs_for(job_id) if r.id != run.id and r.started_at >= released]):
+            if earlier.outcome != "stalled":
+                break
+            in_a_row += 1
+        hold = policy.stall_hold(in_a_row, limit=self.settings.watchdog.max_stalls, job_id=job_id)
         return replace(decision, hold=hold, reason=f"{decision.reason}; held: {hold}") if hold else decision
 
     def _apply(self, job_id: int, run: Run, status: ExitStatus, decision: policy.ExitDecision,
@@ -126,7 +148,7 @@ class RunLedger:
                               micro_batch_end=result.micro_batch_end if result else None, figures=figures, now=now)
         job = self.store.transition(
             job_id, decision.job_state, reason=decision.reason, now=now,
-            last_error=decision.reason if decision.job_state == "failed" else None,
+            last_error=decision.reason if decision.job_state == "failed" or decision.outcome == "stalled" else None,
             next_attempt_at=decision.retry_at, hold=decision.hold,
         )
         log = self.log.bind(job_id=job_id, run_id=run.id)
@@ -237,6 +259,19 @@ class RunLedger:
         if job is None:
             raise LookupError(f"job {job_id} is not in the store")
         return job
+
+
+def gpu_failure_in(run_dir: RunDir, tail_bytes: int = 64 * 1024) -> str | None:
+    """A failed GPU command buffer reported at the end of the child's own output (child.log: what the framework
+    printed outside the run log), as policy.gpu_failure reads it; None when there is none or no file."""
+    try:
+        with open(run_dir.path / "child.log", "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - tail_bytes))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    return policy.gpu_failure(text)
 
 
 def describe(error: BaseException) -> str:

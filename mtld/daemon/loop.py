@@ -26,13 +26,14 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from mtld import __version__, disk
-from mtld.decide import policy, schedule
+from mtld.decide import policy, runtime, schedule
 from mtld.daemon.ledger import ActiveRun, RunLedger, describe
+from mtld.daemon.awake import WindowAwake
 from mtld.daemon.diskguard import DiskGuard
 from mtld.executor import ClusterUnreachable, Executor, ExitStatus, wait_for_exit
 from mtld.executor.registry import make_executor
@@ -46,8 +47,11 @@ from mtld.platform.power import SleepInhibitor, notify, on_battery
 from mtld.runs.rundir import RunDir
 from mtld.runs.files import launch_for
 from mtld.config.settings import FORCED_STOP_GRACE_S, Settings
-from mtld.store import InvalidTransition, Job, Run, Schedule, Store
+from mtld.store import InvalidTransition, Job, Run, Store
+from mtld.daemon.recurring import Recurring
 from mtld.daemon.wakeup import Wakeup
+from mtld.daemon.watchdog import Stall, Watch
+from mtld.runs.figures import Figures
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -82,10 +86,11 @@ class Daemon:
         self.finished = False
         self.deferred_because: str | None = None
         self.windows = settings.schedule.parsed()
-        self.failed_firings: set[tuple[int, float]] = set()  # (schedule, due time) already logged as failed
+        self.schedules = Recurring(store, self.log)
         self.calm_since: float | None = None  # since when the pressure level has read normal (policy.calm_since)
         self.disk = DiskGuard(settings, store, self.log, device=self.executor.device, free_bytes=free_bytes,
                               notify=notify if settings.daemon.notify else None)
+        self.awake = WindowAwake(settings, self.log)
         self.ledger = RunLedger(settings, store, self.executor, self.log,
                                 make_executor=lambda kind: make_executor(settings, kind), on_hold=self.disk.held,
                                 notify=notify if settings.daemon.notify else None)
@@ -116,6 +121,7 @@ class Daemon:
             self.loop()
         finally:
             self.wakeup.uninstall()
+            self.awake.release("the daemon stopped")
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             pidfile.release()
@@ -144,58 +150,64 @@ class Daemon:
             self.stop(now)
             return
         self.disk.rotate_log()
-        self.fire_schedules(now)
+        self.schedules.fire_due(now)
         for active in list(self.active):
             self.supervise(active, now)
         if self.store.get_flag("pause_now") == "1":  # seen: the running runs (if any) were asked to stop
             self.store.set_flag("pause_now", None)
+        window_wait = None  # when the run window a due job waits for opens (the machine stays awake for it)
         if len(self.active) < self.executor.slots:
             self.reconcile(now, at_start=False)  # a job whose start or end could not be recorded: settle it now
             self.disk.release_holds(now)
             if self.store.get_flag("paused") != "1":
-                self.dispatch(now)
+                window_wait = self.dispatch(now)
             if not self.active and self.exit_when_idle and self._queue_is_empty():
                 self.finish("idle")
+        self.awake.update(window_wait if not self.finished else None, now)
 
     def _queue_is_empty(self) -> bool:
         counts = self.store.counts()
         return counts.get("queued", 0) == 0 and counts.get("running", 0) == 0
 
-    def dispatch(self, now: float) -> None:
-        """Start eligible jobs, in priority order, while a slot is free; stop at the first that must wait."""
+    def dispatch(self, now: float) -> float | None:
+        """Start eligible jobs, in priority order, while a slot is free; stop at the first that must wait.
+        Returns when the run window opens that a due job waits for, if one does."""
         while len(self.active) < self.executor.slots:
             started = len(self.active)
-            self.dispatch_one(now)
+            window_wait = self.dispatch_one(now)
             if len(self.active) == started:
-                return
+                return window_wait
+        return None
 
-    def dispatch_one(self, now: float) -> None:
-        """Start the next eligible job, if any."""
+    def dispatch_one(self, now: float) -> float | None:
+        """Start the next eligible job, if any (or: when the window opens that it waits for)."""
         if self.settings.daemon.hold_on_battery and on_battery():
             self._defer("on_battery", "the machine runs on battery (daemon.hold_on_battery)")
-            return
+            return None
         local = datetime.fromtimestamp(now).astimezone()
         if not schedule.inside(self.windows, local):
-            if self.store.next_eligible(now=now) is not None:
-                opens = schedule.next_opening(self.windows, local)
-                assert opens is not None  # outside every window: there are windows, so one opens next
-                self._defer("outside_window", f"outside the run windows; the next opens at {opens:%a %H:%M}",
-                            opens_at=opens.isoformat())
-            return
+            if self.store.next_eligible(now=now) is None:
+                return None
+            opens = schedule.next_opening(self.windows, local)
+            assert opens is not None  # outside every window: there are windows, so one opens next
+            self._defer("outside_window", f"outside the run windows; the next opens at {opens:%a %H:%M}",
+                        opens_at=opens.isoformat())
+            return opens.timestamp()
         job = self.store.next_eligible(now=now)
         if job is None:
             self.deferred_because = None
-            return
+            return None
         try:
             planned = self._plan(job, now)
         except sqlite3.OperationalError as e:  # the store is out (locked, full): the job waits for the next tick
             self._defer("store_unavailable", describe(e), job_id=job.id)
-            return
+            return None
         except Exception as e:
             self._start_failed(job.id, "reading its stored spec and history", e, now)
-            return
+            return None
         if planned is not None:
             self._launch(job, *planned, now)
+        return None
 
     def _plan(self, job: Job, now: float) -> tuple[Any, str, int, str] | None:
         """(spec, family, micro-batch, why) of the job's next attempt; None when it must wait (logged)."""
@@ -262,7 +274,7 @@ class Daemon:
             self.store.set_run_handle(run.id, executor=self.executor.kind, ref=handle.ref, pid=handle.pid)
         except Exception as e:  # only a restarted daemon needs it, to find the run: the run goes on
             log.warning("run.pid_unrecorded", error=describe(e))
-        active = ActiveRun(job.id, run, handle, run_dir)
+        active = ActiveRun(job.id, run, handle, run_dir, watch=self._watch(run_dir, micro_batch, history, now))
         self.active.append(active)
         if self.settings.daemon.prevent_sleep and handle.pid is not None:
             inhibitor = SleepInhibitor()
@@ -315,39 +327,22 @@ class Daemon:
         if status is not None:
             self.record_exit(active, status, now)
             return
+        if active.stop_reason is not None:
+            self._kill_if_overdue(active, now)
+        elif (stall := self._stalled(active, now)) is not None:
+            self.log.warning("run.stalled", job_id=active.job_id, run_id=active.run.id, phase=stall.phase,
+                             quiet_s=round(stall.quiet_s, 1), allowance_s=round(stall.allowance_s, 1))
+            self.ask_to_stop(active, "stalled", now, detail=stall.text())
         if active.stop_reason is None:
             job = self.store.get(active.job_id)
             if job is None or job.cancel_requested:
-                self.ask_to_stop(active, "cancel")
+                self.ask_to_stop(active, "cancel", now)
             elif self.store.get_flag("pause_now") == "1":
-                self.ask_to_stop(active, "pause")
+                self.ask_to_stop(active, "pause", now)
             elif (self.settings.schedule.at_window_end == "checkpoint"
                   and not schedule.inside(self.windows, datetime.fromtimestamp(now).astimezone())):
-                self.ask_to_stop(active, "window_end")
+                self.ask_to_stop(active, "window_end", now)
         self._echo_progress(active)
-
-    def fire_schedules(self, now: float) -> None:
-        """Submit a job for every schedule that is due; missed firings coalesce into one."""
-        local = datetime.fromtimestamp(now).astimezone()
-        for recurring in self.store.list_schedules():
-            try:
-                self._fire(recurring, local, now)
-            except Exception as e:  # that schedule is skipped (logged once), never the tick
-                if (recurring.id, recurring.next_fire_at) not in self.failed_firings:
-                    self.failed_firings.add((recurring.id, recurring.next_fire_at))
-                    self.log.error("schedule.fire_failed", schedule_id=recurring.id, error=describe(e))
-
-    def _fire(self, recurring: Schedule, local: datetime, now: float) -> None:
-        due = datetime.fromtimestamp(recurring.next_fire_at).astimezone()
-        fire, next_at = schedule.firing(recurring.cron, due, local)
-        if not fire:
-            return
-        stored_spec(recurring.spec_json, shown_as=f"schedule {recurring.id}")  # what the job will run: still valid
-        job = self.store.fire_schedule(recurring.id, due_at=recurring.next_fire_at, next_fire_at=next_at.timestamp(),
-                                       name=schedule.fired_job_name(recurring.name, due), now=now)
-        if job is not None:
-            self.log.info("schedule.fired", schedule_id=recurring.id, job_id=job.id, due_at=due.isoformat(),
-                          missed=local - due > timedelta(minutes=1), next_fire_at=next_at.isoformat())
 
     def _record_node(self, active: ActiveRun, node: str) -> None:
         active.node = node
@@ -358,11 +353,38 @@ class Daemon:
             return
         self.log.info("run.placed", job_id=active.job_id, run_id=active.run.id, node=active.node)
 
-    def ask_to_stop(self, active: ActiveRun, reason: str) -> None:
-        """SIGTERM: the child finishes its micro-step, checkpoints and exits 75."""
-        active.stop_reason = reason
+    def ask_to_stop(self, active: ActiveRun, reason: str, now: float, *, detail: str | None = None) -> None:
+        """SIGTERM: the child finishes its micro-step, checkpoints and exits 75 (`_kill_if_overdue` if not)."""
+        active.stop_reason, active.stop_detail, active.stop_asked_at = reason, detail, now
         active.handle.signal(signal.SIGTERM)
         self.log.info("run.stop_requested", job_id=active.job_id, run_id=active.run.id, reason=reason)
+
+    def _kill_if_overdue(self, active: ActiveRun, now: float) -> None:
+        """A run asked to stop that has not within `daemon.stop_timeout_s` (a hung GPU call never returns to
+        the step loop that would see the request) is killed: its last checkpoint will have to do."""
+        asked = active.stop_asked_at
+        if asked is not None and not active.killed and now - asked > self.settings.daemon.stop_timeout_s:
+            active.killed = True
+            active.handle.signal(signal.SIGKILL)
+            self.log.warning("run.killed", job_id=active.job_id, run_id=active.run.id, reason=active.stop_reason,
+                             waited_s=round(now - asked, 1))
+
+    def _watch(self, run_dir: RunDir, micro_batch: int, history: list[Figures], now: float) -> Watch:
+        """The watchdog's watch over a run, with allowances from its family's measured pace."""
+        pace = runtime.pace([r for r in map(runtime.run_record, history) if r is not None], micro_batch)
+        w = self.settings.watchdog
+        allowance = policy.stall_allowance(floor_s=w.stall_s, step_factor=w.step_factor, step_s=pace.step_s,
+                                           startup_s=pace.startup_s, first_steps_s=pace.first_steps_s,
+                                           eval_s=pace.eval_s)
+        return Watch(run_dir.log_file, allowance, now)
+
+    def _stalled(self, active: ActiveRun, now: float) -> Stall | None:
+        if active.watch is None:  # adopted after a restart: the floor's allowances, counted from now
+            active.watch = self._watch(active.run_dir, active.run.micro_batch, [], now)
+        if self.executor.remote and active.handle.node is None:
+            active.watch.alive(now)  # still waiting for a node: the cluster's queue, not a stall
+            return None
+        return active.watch.look(now)
 
     def stop(self, now: float) -> None:
         """Forward the stop to every run, wait (bounded) for their checkpoints, requeue, exit. A run on a
@@ -370,7 +392,7 @@ class Daemon:
         adopts it and records its end."""
         for active in self.active:
             if active.stop_reason is None:
-                self.ask_to_stop(active, "shutdown")
+                self.ask_to_stop(active, "shutdown", now)
         deadline = time.monotonic() + self.settings.daemon.stop_timeout_s  # real seconds, whatever the clock
         pending = list(self.active)
         while pending and time.monotonic() < deadline and self.stop_signals < 2:

@@ -43,16 +43,27 @@ def after_exit(
     stop_reason: str | None,
     message: str | None,
     now: float,
+    gpu_failure: str | None = None,
 ) -> ExitDecision:
     """Classify a finished run.
 
     `earlier_failures` counts this job's earlier runs whose outcome is in
     FAILED_OUTCOMES; `stop_reason` is why the daemon asked the child to stop
-    (cancel, pause, shutdown), if it did.
+    (cancel, pause, shutdown, stalled), if it did; `gpu_failure`: a line of the
+    child's output that says the GPU failed a command buffer (`gpu_failure`).
     """
     settled = _finished_or_cancelled(exit_code == exitcodes.OK, cancel_requested)
     if settled is not None:
         return settled
+    if gpu_failure is not None:  # raised nothing, or hung: a smaller micro-batch asks less of the device
+        failures = earlier_failures + 1
+        what = f"the GPU failed a command buffer ({gpu_failure})"
+        if failures >= max_attempts:
+            return ExitDecision("out_of_memory", "failed", f"{what}; gave up after {failures} attempts")
+        return ExitDecision("out_of_memory", "queued", f"{what}; retrying one micro-batch size down", retry_at=now)
+    if stop_reason == "stalled":  # stopped by the watchdog; whether it still checkpointed does not matter
+        return ExitDecision("stalled", "queued", f"{message or 'no progress within its allowance'}: stopped; "
+                            "retrying one micro-batch size down", retry_at=now)
     if exit_code == exitcodes.INTERRUPTED:
         why = stop_reason or (message or "the run stopped itself")
         return ExitDecision("interrupted", "queued", f"interrupted with a checkpoint: {why}; it resumes")
@@ -118,6 +129,30 @@ def pressure_hold(interrupted_at: Sequence[float], *, now: float, limit: int, wi
     return f"memory pressure: {len(recent)} interrupts in {minutes} min — `mtld retry {job_id}` to release"
 
 
+# What MetalPerformanceShaders prints when a command buffer it committed fails: PyTorch's MPS backend raises
+# nothing for it and the step goes on with garbage, NaN or a hang (pytorch/pytorch#123171, #125954). The
+# reason is Apple's MTLCommandBufferError: "Insufficient Memory (00000008:kIOGPUCommandBufferCallbackError
+# OutOfMemory)" for MTLCommandBufferErrorOutOfMemory, "Internal Error (0000000e...)" for a GPU fault.
+GPU_FAILURE = "command buffer exited with error status"
+GPU_REASONS = ("Insufficient Memory", "kIOGPUCommandBufferCallbackErrorOutOfMemory", "Internal Error",
+               "kIOAccelCommandBufferCallbackErrorSubmissionsIgnored")
+
+
+def gpu_failure(output: str) -> str | None:
+    """The reason a failed Metal command buffer gave, from the end of a run child's output; None when it
+    shows none. The first reason after the newest failure line, else the failure line itself."""
+    at = output.rfind(GPU_FAILURE)
+    if at < 0:
+        return None
+    after = output[at:at + 2000]
+    found = [(after.find(r), r) for r in GPU_REASONS if r in after]
+    if not found:
+        return GPU_FAILURE
+    start = min(found)[0]
+    line = after[start:].splitlines()[0].strip()
+    return line[:200]
+
+
 @dataclass(frozen=True)
 class EarlierRun:
     """What the next attempt needs to know about the job's previous run."""
@@ -154,8 +189,9 @@ def start_micro_batch(pinned: int | None, first: tuple[int, str], earlier: Seque
         return first
     last = earlier[-1]
     worked = last.micro_batch_end or last.micro_batch
-    if last.outcome == "killed":
-        return one_size_down(worked), f"the last attempt was killed at {worked}: one size down"
+    if last.outcome in ("killed", "stalled", "out_of_memory"):
+        how = {"killed": "was killed", "stalled": "stalled", "out_of_memory": "ran out of memory"}[last.outcome]
+        return one_size_down(worked), f"the last attempt {how} at {worked}: one size down"
     if last.outcome == "interrupted" and last.pressure:
         return one_size_down(worked), f"the last attempt was interrupted by memory pressure at {worked}: one size down"
     return worked, f"the size the last attempt ended at ({last.outcome})"
@@ -194,8 +230,9 @@ def family_start_size(history: Sequence[FamilyRun], default: int, headroom: floa
     worked = last.micro_batch_end or last.micro_batch
     if last.outcome == "out_of_memory":
         return MICRO_BATCH_SIZES[0], "the last run of this family ran out of memory even at 2"
-    if last.outcome == "killed":
-        return one_size_down(worked), f"the last run of this family was killed at {worked}: one size down"
+    if last.outcome in ("killed", "stalled"):
+        how = "was killed" if last.outcome == "killed" else "stalled"
+        return one_size_down(worked), f"the last run of this family {how} at {worked}: one size down"
     if last.scaled_down or last.oom_count:
         return worked, f"the last run of this family scaled down to {worked}: start there"
     if last.outcome != "succeeded" or not last.peak_bytes or not last.budget_bytes:
@@ -249,6 +286,42 @@ def place_run(size: int, *, pressure: str, available_bytes: int | None, peaks: d
                            f"{one_size_down(size)}")
             size = one_size_down(size)
     return Placement(size, "; ".join(reasons))
+
+
+# ------------------------------------------------------------------ runs that stop making progress
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """How long a run may go without a sign of life (a step, an evaluation's end, a checkpoint) before the
+    watchdog stops it, by what it is doing."""
+
+    training_s: float  # between two signs of life while it trains
+    starting_s: float  # from its start to its first step (loading, tokenizing, the warm-up steps)
+    evaluating_s: float  # one evaluation
+
+    def of(self, phase: str) -> float:
+        return {"starting": self.starting_s, "evaluating": self.evaluating_s}.get(phase, self.training_s)
+
+
+def stall_allowance(*, floor_s: float, step_factor: float, step_s: float | None, startup_s: float | None,
+                    first_steps_s: float | None, eval_s: float | None, margin: float = 3.0) -> Allowance:
+    """The watchdog's allowances: training: the larger of `floor_s` and `step_factor` times the family's
+    median step; starting and evaluating: that, plus `margin` times what the family's runs took for the start
+    (and first steps) or one evaluation (the floor again where nothing was measured)."""
+    training = max(floor_s, step_factor * step_s) if step_s else floor_s
+    start = (startup_s or 0.0) + (first_steps_s or 0.0)
+    return Allowance(training_s=training, starting_s=training + (margin * start if start else floor_s),
+                     evaluating_s=training + (margin * eval_s if eval_s else floor_s))
+
+
+def stall_hold(stalled_in_a_row: int, *, limit: int, job_id: int) -> str | None:
+    """After `stalled_in_a_row` attempts of a job stalled one after the other (this one included): the hold to
+    put it on, or None to retry it (one size down). A run that hangs again and again is a fault to look at."""
+    if stalled_in_a_row < limit:
+        return None
+    return (f"stalled {stalled_in_a_row} times in a row (no progress within its allowance) — look at the run log, "
+            f"then `mtld retry {job_id}` to release")
 
 
 def calm_since(previous: float | None, pressure: str | None, now: float) -> float | None:

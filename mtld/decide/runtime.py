@@ -234,6 +234,29 @@ def extras(records: Sequence[RunRecord]) -> Extras:
     return Extras(ev_s / ev_t if ev_t else None, sv_s / sv_n if sv_n else None, _median(startups) if startups else None)
 
 
+@dataclass(frozen=True)
+class Pace:
+    """How long a run of the family takes between signs of life, by its history (None: not measured)."""
+
+    step_s: float | None  # one optimizer step, past the warm-up (the median over runs)
+    first_steps_s: float | None  # the warm-up steps together (compilation, allocator growth)
+    startup_s: float | None  # from the child's start to its first step
+    eval_s: float | None  # one evaluation
+
+
+def pace(records: Sequence[RunRecord], micro_batch: int) -> Pace:
+    """The family's pace at `micro_batch` (the size's own runs; the step time of any size when it has none:
+    the watchdog wants an order of magnitude, not the estimate's precision)."""
+    own = [r.sizes[micro_batch] for r in records if micro_batch in r.sizes]
+    sizes = own or [s for r in records for s in r.sizes.values()]
+    steps = [s.steady.y / s.steady.n for s in sizes if s.steady.n > 0]
+    warmups = [s.warmup.y for s in sizes if s.warmup.n > 0]
+    evals = [s.eval_seconds / s.eval_count for s in sizes if s.eval_count > 0]
+    startups = [r.startup_s for r in records if r.startup_s is not None]
+    return Pace(step_s=_median(steps) if steps else None, first_steps_s=_median(warmups) if warmups else None,
+                startup_s=_median(startups) if startups else None, eval_s=_median(evals) if evals else None)
+
+
 # ---------------------------------------------------------------- peaks
 
 

@@ -55,6 +55,12 @@ def finish_time(windows: list[Window], start: datetime, seconds: float, at_windo
     return at + timedelta(seconds=left)
 
 
+def keep_awake(opens_at: float | None, now: float, *, ahead_s: float, on_mains: bool) -> bool:
+    """Whether the wait for a run window that opens at `opens_at` (None: no job waits for one) keeps the
+    machine from idle-sleeping now: within `ahead_s` of the opening, and on mains power only."""
+    return opens_at is not None and on_mains and ahead_s > 0 and 0 < opens_at - now <= ahead_s
+
+
 # ------------------------------------------------------------------ recurring jobs
 
 

@@ -38,6 +38,20 @@ def inhibit_sleep_argv(
     return None
 
 
+def stay_awake_argv(
+    seconds: int, reason: str, *, platform: str = sys.platform, which: Which = shutil.which
+) -> list[str] | None:
+    """A command that keeps the machine from idle-sleeping for `seconds`, then ends; None if no tool.
+    caffeinate(8): `-t`, the assertion's timeout in seconds; systemd-inhibit(1) holds its lock while its
+    command (here `sleep`) runs."""
+    if platform == "darwin":
+        return ["caffeinate", "-i", "-t", str(seconds)]
+    if platform.startswith("linux") and which("systemd-inhibit"):
+        return ["systemd-inhibit", "--what=idle:sleep", "--who=mtld", f"--why={reason}", "--mode=block",
+                "sleep", str(seconds)]
+    return None
+
+
 class SleepInhibitor:
     """Holds one sleep inhibitor for the lifetime of one process (the training child).
 
@@ -57,8 +71,14 @@ class SleepInhibitor:
     def start(self, pid: int, reason: str, *, settle_s: float = 0.2) -> bool:
         """Start inhibiting sleep while `pid` lives; False (quietly) where no tool exists or it
         gives up at once (systemd-inhibit without logind: containers, sessions with no bus)."""
+        return self._hold(inhibit_sleep_argv(pid, reason, platform=self.platform, which=self.which), settle_s)
+
+    def start_for(self, seconds: int, reason: str, *, settle_s: float = 0.2) -> bool:
+        """Inhibit idle sleep for `seconds` (the wait for a run window); False as `start`."""
+        return self._hold(stay_awake_argv(seconds, reason, platform=self.platform, which=self.which), settle_s)
+
+    def _hold(self, argv: list[str] | None, settle_s: float) -> bool:
         self.stop()
-        argv = inhibit_sleep_argv(pid, reason, platform=self.platform, which=self.which)
         if argv is None:
             return False
         try:

@@ -22,7 +22,8 @@ from mtld.config.jobspec import spec_from_json
 from mtld.logs.events import iso, last_event
 from mtld.platform.pidfile import running_pid
 from mtld.estimate.rowcounts import ExampleCounts, cache_file, queued_estimate
-from mtld.decide.schedule import finish_time, first_open, inside, next_opening, open_window
+from mtld.decide.schedule import finish_time, first_open, inside, keep_awake, next_opening, open_window
+from mtld.platform.power import on_battery
 from mtld.config.settings import Settings
 from mtld.store import Job, Run, Schedule, Store
 
@@ -70,16 +71,22 @@ def schedule_view(schedule: Schedule) -> dict[str, Any]:
     }
 
 
-def windows_view(settings: Settings, now: datetime) -> dict[str, Any]:
+def windows_view(settings: Settings, now: datetime, *, waiting: bool = False) -> dict[str, Any]:
+    """The run windows now. `waiting`: a queued job is due and waits for the next opening (then the daemon
+    keeps the machine awake for it when it opens soon, on mains power: `kept_awake`)."""
     windows = settings.schedule.parsed()
     opened = open_window(windows, now)
     following = next_opening(windows, now)
+    awake = (waiting and following is not None and settings.daemon.prevent_sleep
+             and keep_awake(following.timestamp(), now.timestamp(), ahead_s=settings.power.stay_awake_before_window_s,
+                            on_mains=on_battery() is not True))
     return {
         "windows": settings.schedule.windows,
         "inside": inside(windows, now),
         "closes_at": opened[1].isoformat() if opened else None,
         "next_opens_at": following.isoformat() if following else None,
         "at_window_end": settings.schedule.at_window_end,
+        "kept_awake": bool(awake),
     }
 
 
@@ -204,6 +211,7 @@ def collect(settings: Settings, store: Store, now: datetime | None = None, *, st
     jobs = store.list_jobs()
     running = [j for j in jobs if j.state == "running"]
     queued = sorted((j for j in jobs if j.state == "queued"), key=lambda j: (-j.priority, j.submitted_at, j.id))
+    waiting = not running and any(j.hold is None and earliest(j) <= now.timestamp() for j in queued)  # for a window
     finished = sorted((j for j in jobs if j.state not in ("running", "queued") and j.removed_at is None),
                       key=lambda j: -j.updated_at)
     pid = running_pid(settings.pid_file)
@@ -231,7 +239,7 @@ def collect(settings: Settings, store: Store, now: datetime | None = None, *, st
         "queued": [{**job_view(j), **expected[j.id]} for j in queued],
         "finished": [job_view(j) for j in shown],
         "finished_hidden": len(finished) - len(shown),
-        "schedule": windows_view(settings, now),
+        "schedule": windows_view(settings, now, waiting=waiting),
         "schedules": [schedule_view(s) for s in store.list_schedules()],
         "disk": disk_view(executor, store),
     }

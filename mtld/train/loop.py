@@ -282,6 +282,7 @@ class Trainer:
             self.evals.pending = False
             return True
         started = self.clock()
+        self.log.info("eval.started", step=self.position.step)  # the daemon's watchdog allows an evaluation's time
         metrics: dict[str, dict[str, Any]] = {}
         batch_size = EVAL_BATCH_FACTOR * self.runner.micro_batch
         try:
