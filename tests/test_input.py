@@ -149,7 +149,7 @@ def test_a_corrupt_store_is_one_line_naming_it(home, job_folder):
     for argv in (["status"], ["show", "1"], ["submit", str(job_folder / "job.toml")]):
         code, stdout, stderr = mtld(*argv)
         assert (code, stdout) == (2, "")
-        assert stderr.startswith(f"{home / 'state.db'}: cannot use the job store (") and stderr.count("\n") == 1
+        assert stderr.startswith(f"{home / 'state.db'}: the job store is damaged (") and stderr.count("\n") == 1
 
 
 # ------------------------------------------------------------------ case 1: an override cannot reach the store unchecked

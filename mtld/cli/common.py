@@ -16,7 +16,7 @@ from mtld import __version__
 from mtld.logs.events import configure
 from mtld.config.settings import Settings, SettingsError, load_settings
 from mtld.executor import registry
-from mtld.store import Job, Store, StoreError
+from mtld.store import Job, Store, StoreDamaged, StoreError
 from mtld.store.schema import MAX_ID
 
 app = typer.Typer(
@@ -56,7 +56,9 @@ class Context:
             path = self.settings.db_path
             try:
                 self._store = Store(path)
-            except (sqlite3.DatabaseError, StoreError, OSError) as e:  # damaged, too new, or not writable
+            except StoreDamaged as e:  # its own line says what to do
+                fail(str(e), code=2)
+            except (sqlite3.DatabaseError, StoreError, OSError) as e:  # too new, locked, or not writable
                 fail(f"{path}: cannot use the job store ({e})", code=2)
         return self._store
 

@@ -54,6 +54,7 @@ from mtld.daemon.watchdog import Stall, Watch
 from mtld.runs.figures import Figures
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+MAX_FAILED_TICKS = 10  # in a row: then the daemon exits 1 rather than fail every poll interval forever
 
 
 class Daemon:
@@ -84,6 +85,7 @@ class Daemon:
         self.stop_signals = 0
         self.wakeup = Wakeup()
         self.finished = False
+        self.exit_code = 0
         self.deferred_because: str | None = None
         self.windows = settings.schedule.parsed()
         self.schedules = Recurring(store, self.log)
@@ -126,15 +128,24 @@ class Daemon:
                 signal.signal(signum, handler)
             pidfile.release()
             self.log.info("daemon.stopped")
-        return 0
+        return self.exit_code
 
     def loop(self) -> None:
-        """Tick, then wait for a signal, a wake-up or the poll interval; until `finish`."""
+        """Tick, then wait for a signal, a wake-up or the poll interval; until `finish`. A tick that fails is
+        tried again at the next one; MAX_FAILED_TICKS failures in a row end the daemon with status 1 instead
+        of a spin (launchd's and systemd's own throttling then apply, and `mtld doctor` says why)."""
+        failed = 0
         while not self.finished:
             try:
                 self.tick(self.clock())
-            except Exception as e:  # a bug or a broken store must not end the daemon; the next tick tries again
-                self.log.error("daemon.tick_failed", error=f"{type(e).__name__}: {e}", exc_info=e)
+                failed = 0
+            except Exception as e:  # a bug or a broken store must not end the daemon at once
+                failed += 1
+                self.log.error("daemon.tick_failed", error=f"{type(e).__name__}: {e}", in_a_row=failed, exc_info=e)
+                if failed >= MAX_FAILED_TICKS:
+                    self.log.error("daemon.giving_up", ticks=failed, error=f"{type(e).__name__}: {e}")
+                    self.exit_code = 1
+                    self.finish("ticks_failing")
             if not self.finished:
                 self.wakeup.wait(self.settings.daemon.poll_interval_s)
 
@@ -166,8 +177,11 @@ class Daemon:
         self.awake.update(window_wait if not self.finished else None, now)
 
     def _queue_is_empty(self) -> bool:
-        counts = self.store.counts()
-        return counts.get("queued", 0) == 0 and counts.get("running", 0) == 0
+        """Nothing runs and nothing queued could start without a person: a job on hold waits for a condition
+        or `mtld retry`, so `--exit-when-idle` does not wait for it."""
+        if self.store.counts().get("running", 0):
+            return False
+        return all(job.hold is not None for job in self.store.list_jobs(["queued"]))
 
     def dispatch(self, now: float) -> float | None:
         """Start eligible jobs, in priority order, while a slot is free; stop at the first that must wait.
@@ -440,6 +454,11 @@ class Daemon:
 
 
 def serve(settings: Settings, *, exit_when_idle: bool = False, console: TextIO | None = sys.stderr) -> int:
+    """Open the store (refused in one line when damaged: StoreDamaged), keep a backup of it, and run."""
     os.umask(0o077)  # whatever the daemon creates is user-only (mtld.disk also sets modes explicitly)
     with Store(settings.db_path) as store:
+        try:
+            get_logger().info("store.backed_up", path=str(store.db.backup()))
+        except (OSError, sqlite3.Error) as e:  # a full disk: the queue still runs, without a fresh backup
+            get_logger().warning("store.backup_failed", error=describe(e))
         return Daemon(settings, store, exit_when_idle=exit_when_idle, console=console).run()

@@ -80,18 +80,40 @@ def clean_job(settings: Settings, store: Store, job: Job, *, now: float, keep_mo
     removal.kept = sorted(p.name for p in rd.path.iterdir() if p not in doomed) if keep_models and rd.path.is_dir() else []
     if dry_run:
         return removal
+    try:  # claimed in the store before its folder is touched: a `retry` now is refused, one before wins
+        store.claim_cleaning(job.id, now=now)
+    except InvalidTransition as e:
+        removal.skipped = f"{e}: left alone"
+        return removal
     for path in doomed:
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+        _delete(path)
     log = get_logger(job_id=job.id)
     if keep_models:
         latest = store.latest_run(job.id)
         if latest is not None and latest.ended_at is not None:
             store.set_run_figure(latest.id, "disk_bytes", tree_bytes(rd.path))
+        store.done_cleaning(job.id, removed=False, reason="cleaned, models kept", now=now)
         log.info("job.cleaned", run_dir=str(rd.path), bytes=removal.bytes, kept=removal.kept)
     else:
-        store.mark_removed(job.id, reason=f"removed with its run folder ({removal.bytes} bytes)", now=now)
+        store.done_cleaning(job.id, removed=True, reason=f"removed with its run folder ({removal.bytes} bytes)",
+                            now=now)
         log.info("job.removed", run_dir=str(rd.path), bytes=removal.bytes)
     return removal
+
+
+def _delete(path: Path) -> None:
+    """Delete a file or folder; entries a concurrent clean deleted first are gone all the same."""
+    if not (path.is_dir() and not path.is_symlink()):
+        path.unlink(missing_ok=True)
+        return
+    for _ in range(3):
+        try:
+            shutil.rmtree(path)
+            return
+        except FileNotFoundError:  # something in it vanished under the walk: walk what is left
+            if not path.exists():
+                return
+    shutil.rmtree(path)
 
 
 def summary(removals: list[Removal], *, dry_run: bool) -> dict[str, Any]:

@@ -37,8 +37,8 @@ from typing import Any
 
 from mtld.store.database import Database
 from mtld.store.records import (
-    InvalidTransition, Job, Run, Schedule, SchemaTooNew, StoreError, Transition, UnknownJob, UnknownRun, column_list,
-    job_from_row, json_safe, run_from_row,
+    InvalidTransition, Job, Run, Schedule, SchemaTooNew, StoreDamaged, StoreError, Transition, UnknownJob, UnknownRun,
+    column_list, job_from_row, json_safe, run_from_row,
 )
 from mtld.store.schema import (
     ALLOWED_MOVES, BATCH_SIZES, CANCELLED, FAILED, MAX_ID, QUEUED, RUNNING, SAFE_NAME, STATES, SUCCEEDED, TERMINAL,
@@ -46,8 +46,8 @@ from mtld.store.schema import (
 
 __all__ = [
     "ALLOWED_MOVES", "BATCH_SIZES", "CANCELLED", "FAILED", "QUEUED", "RUNNING", "STATES", "SUCCEEDED", "TERMINAL",
-    "InvalidTransition", "Job", "Run", "Schedule", "SchemaTooNew", "Store", "StoreError", "Transition", "UnknownJob",
-    "UnknownRun",
+    "InvalidTransition", "Job", "Run", "Schedule", "SchemaTooNew", "Store", "StoreDamaged", "StoreError", "Transition",
+    "UnknownJob", "UnknownRun",
 ]
 
 
@@ -243,6 +243,9 @@ class Store:
                 raise InvalidTransition(f"job {job_id} is {job.state}; cannot retry")
             if job.removed_at is not None:
                 raise InvalidTransition(f"job {job_id} was removed with its run folder; submit it again instead")
+            if job.cleaning_at is not None:
+                raise InvalidTransition(f"job {job_id} is being cleaned (mtld clean is deleting its checkpoints); "
+                                        "retry it once that is done")
             return self._move(db, job, QUEUED, verb="retry", reason="retry", now=now,
                               attempts=0, last_error=None, next_attempt_at=None)
 
@@ -382,17 +385,30 @@ class Store:
     # A removed job keeps its row and its runs (the family's history): marked with `removed_at`, left out of
     # `mtld status`, never retried.
 
-    def mark_removed(self, job_id: int, *, reason: str, now: float) -> Job:
-        """Mark a finished job removed (its run folder is gone); recorded as a transition."""
+    def claim_cleaning(self, job_id: int, *, now: float) -> Job:
+        """Claim a finished job for `mtld clean`, in one transaction with the check that it is finished and not
+        removed: until `done_cleaning`, `retry` refuses it (it would resume from checkpoints being deleted).
+        Claiming a job already claimed is allowed: a clean that died half-way is finished by the next one."""
         with self.db.write() as db:
             job = self._job(job_id)
             if job.state not in TERMINAL:
-                raise InvalidTransition(f"job {job_id} is {job.state}; only a finished job can be removed "
-                                        f"(cancel it first)")
-            if job.removed_at is None:
+                raise InvalidTransition(f"job {job_id} is {job.state}; only a finished job can be cleaned "
+                                        "(cancel it first)")
+            if job.removed_at is not None:
+                raise InvalidTransition(f"job {job_id} was removed already")
+            db.execute("UPDATE jobs SET cleaning_at = ? WHERE id = ?", (now, job_id))
+            return self._job(job_id)
+
+    def done_cleaning(self, job_id: int, *, removed: bool, reason: str, now: float) -> Job:
+        """End a clean's claim: the job is marked removed (its run folder is gone; recorded as a transition),
+        or, when its models were kept, it may be retried again (from the start: its checkpoints are gone)."""
+        with self.db.write() as db:
+            job = self._job(job_id)
+            if removed and job.removed_at is None:
                 db.execute("UPDATE jobs SET removed_at = ?, updated_at = ? WHERE id = ?", (now, now, job_id))
                 db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) VALUES (?, ?, ?, ?, ?)",
                            (job_id, job.state, job.state, now, reason))
+            db.execute("UPDATE jobs SET cleaning_at = NULL WHERE id = ?", (job_id,))
             return self._job(job_id)
 
     def set_run_figure(self, run_id: int, name: str, value: Any) -> None:

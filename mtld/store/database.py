@@ -17,9 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mtld.disk import private_dir
-from mtld.store.records import SchemaTooNew
+from mtld.disk import open_private, private_dir
+from mtld.store.records import SchemaTooNew, StoreDamaged
 from mtld.store.schema import BUSY_TIMEOUT_S, MIGRATIONS, statements
+
+BACKUP_SUFFIX = ".backup"  # the daemon's copy at its start, beside the store: state.db.backup
 
 
 class Database:
@@ -28,19 +30,71 @@ class Database:
     def __init__(self, path: Path):
         self.path = path
         private_dir(self.path.parent)
-        # Create the file private before SQLite does; its -wal and -shm files copy this mode.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        self._create_or_check_not_empty()
         self._lock = threading.RLock()
         self.connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                           check_same_thread=False)
         try:
             self.connection.row_factory = sqlite3.Row
             self.connection.execute("PRAGMA foreign_keys = ON")
+            self._check()
             self._enter_wal()
             self._migrate()
+        except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
+            self.connection.close()
+            if isinstance(e, sqlite3.OperationalError) and not _damage(e):
+                raise  # locked, full, unreadable: not the file's fault
+            raise StoreDamaged(self._damaged(str(e))) from None
         except BaseException:
             self.connection.close()
             raise
+
+    def _create_or_check_not_empty(self) -> None:
+        """Create the file private before SQLite does (its -wal and -shm files copy this mode). A file that is
+        there and empty is never taken for a new store: a new store gets its header within moments of being
+        made (WAL is switched on at once), so an empty one is another process's that is just starting, or
+        damage (a copy cut short, a disk that filled up)."""
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            return  # ours: new
+        except FileExistsError:
+            pass
+        deadline = time.monotonic() + 2.0
+        while self.path.stat().st_size == 0:
+            if time.monotonic() > deadline:
+                raise StoreDamaged(self._damaged("the file is empty"))
+            time.sleep(0.02)
+
+    def _check(self) -> None:
+        """SQLite's own check of the file's pages (`PRAGMA quick_check`: milliseconds at mtld's sizes)."""
+        found = [row[0] for row in self.connection.execute("PRAGMA quick_check").fetchall()]
+        if found != ["ok"]:
+            raise StoreDamaged(self._damaged("; ".join(found[:2])))
+
+    def _damaged(self, detail: str) -> str:
+        backup = self.path.with_name(self.path.name + BACKUP_SUFFIX)
+        if backup.is_file():
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(backup.stat().st_mtime))
+            what = (f"the daemon's backup from {when} is {backup}: stop the daemon, move {self.path.name} aside "
+                    f"and copy the backup in its place")
+        else:
+            what = "there is no backup: move it aside to start with an empty queue"
+        return f"{self.path}: the job store is damaged ({detail}); {what}"
+
+    def backup(self) -> Path:
+        """A consistent copy of the store beside it (SQLite's online backup), user-only; replaced atomically."""
+        target = self.path.with_name(self.path.name + BACKUP_SUFFIX)
+        partial = target.with_name(target.name + ".partial")
+        partial.unlink(missing_ok=True)
+        os.close(open_private(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
+        copy = sqlite3.connect(partial)
+        try:
+            with self._lock:
+                self.connection.backup(copy)
+        finally:
+            copy.close()
+        os.replace(partial, target)
+        return target
 
     def close(self) -> None:
         with self._lock:
@@ -90,3 +144,9 @@ class Database:
                 for statement in statements(script):
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {target}")
+
+
+def _damage(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite's error says the file is not a sound database (not: locked, full, read-only)."""
+    name = getattr(error, "sqlite_errorname", "")
+    return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in str(error)

@@ -32,6 +32,11 @@ class SchemaTooNew(StoreError):
     """The file was written by a newer mtld; refusing beats silently misreading it."""
 
 
+class StoreDamaged(StoreError):
+    """The file is not a usable job store (damaged pages, truncated, empty); the message is one line that says
+    what to do."""
+
+
 @dataclass(frozen=True)
 class Job:
     id: int
@@ -52,6 +57,7 @@ class Job:
     last_error: str | None
     hold: str | None = None  # why a queued job waits for a condition or a person (never started while set)
     removed_at: float | None = None  # its run folder was removed (mtld clean / remove); hidden from status
+    cleaning_at: float | None = None  # `mtld clean` claimed it and is deleting its folder: not retried meanwhile
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -117,6 +117,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN ref TEXT;
     ALTER TABLE runs ADD COLUMN node TEXT;
     """,
+    # 7: `mtld clean` claims a finished job before it touches its folder, so that `mtld retry` (which would
+    # resume from the checkpoints being deleted) is refused meanwhile; cleared (or turned into removed_at) after.
+    """
+    ALTER TABLE jobs ADD COLUMN cleaning_at REAL;
+    """,
 ]
 
 
