@@ -127,3 +127,44 @@ def test_mtld_train_refuses_an_output_folder_it_did_not_make(tmp_path, monkeypat
     assert done.exit_code == 2
     assert "--out - " in done.output and "mtld did not make it for this run" in done.output
     assert json.loads(json.dumps(sorted(p.name for p in planted.iterdir()))) == ["checkpoints"]  # nothing written
+
+
+def test_pruning_never_lets_a_file_it_did_not_write_push_out_the_one_just_written(tmp_path):
+    """Issue 25, item 2: two planted (or damaged) files with later step numbers used to be "the newest two",
+    and the good checkpoint just written was deleted."""
+    from structlog.testing import capture_logs
+
+    from mtld.train.checkpoint import prune
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in ("step-00000004.pt", "step-00000008.pt", "step-00000012.pt", "step-99999998.pt", "step-99999999.pt"):
+        (folder / name).write_bytes(name.encode())
+    (folder / ".step-16.pt.tmp").write_bytes(b"half")  # what a killed writer left
+    with capture_logs() as logs:
+        import structlog
+
+        prune(folder, 2, written=folder / "step-00000012.pt", log=structlog.get_logger())
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["step-00000008.pt", "step-00000012.pt"]
+    assert sorted(p.name for p in (folder / "bad").iterdir()) == ["step-99999998.pt", "step-99999999.pt"]
+    assert [e["event"] for e in logs] == ["checkpoint.quarantined"] * 2
+    assert not (folder / ".step-16.pt.tmp").exists()
+    prune(folder, 0)  # after a success: none kept (the set-aside ones stay in bad/ for a person to look at)
+    assert list(folder.glob("*.pt")) == [] and len(list((folder / "bad").iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_two_planted_files_never_cost_a_run_its_checkpoints(jobs, read_events):
+    import torch
+
+    spec = jobs.spec([jobs.task("classification", 40)], epochs=2, checkpoint_every=2, keep_checkpoints=2)
+    run_dir = jobs.run_dir(spec, micro_batch=2)
+    (run_dir / "checkpoints").mkdir()
+    torch.save(Planted(run_dir / "ran"), run_dir / "checkpoints" / "step-99999999.pt")  # refused when loaded
+    (run_dir / "checkpoints" / "step-99999998.pt").write_bytes(b"truncated")  # unreadable
+    assert run_attempt(run_dir) == 0
+    assert sorted(e["reason"] for e in read_events(run_dir, "checkpoint.quarantined")) == ["refused", "unreadable"]
+    assert sorted(p.name for p in (run_dir / "checkpoints" / "bad").iterdir()) == ["step-99999998.pt", "step-99999999.pt"]
+    saved = [e["step"] for e in read_events(run_dir, "checkpoint.saved")]
+    assert saved == [2, 4, 5, 6, 8, 10] and not (run_dir / "ran").exists()  # every 2 steps, and each epoch's end
+    assert not read_events(run_dir, "run.failed")

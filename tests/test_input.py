@@ -231,3 +231,20 @@ def test_the_handler_lets_ordinary_exits_through(home, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["status", "--json"])
     assert exited.value.code == 0
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["submit", "job.toml", "--priority", "abc"], "--priority: Input should be a valid integer"),
+    (["show", "-1"], "-1: no such option for `mtld show` (see mtld show --help)"),
+    (["show"], "JOB_ID: missing (see mtld show --help)"),
+    (["show", "abc"], "JOB_ID: Input should be a valid integer"),
+    (["logs", "1", "--lines", "-5"], "--lines: Input should be greater than or equal to 1"),
+    (["wait", "1", "--interval", "0"], "--interval: Input should be greater than or equal to 0.1"),
+    (["nosuch"], "mtld: No such command 'nosuch'."),
+])
+def test_a_usage_error_is_one_line_and_exit_2_never_a_box(home, capsys, argv, line):
+    """Issue 25, item 8: click's boxes were 5-6 lines for what is one mistake on the command line."""
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith(line) and err.count("\n") == 1 and "╭" not in err

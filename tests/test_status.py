@@ -124,3 +124,24 @@ def test_a_window_delays_and_pauses_the_queue(queue):
     job = queue.submit("night", 1)
     f = forecast(settings, queue.store, [job], [], queue.t0)
     assert starts(f, job) == (3600.0, 3613.0)  # waits for the window to open at 22:00
+
+
+def test_at_80_columns_an_id_is_never_cut_and_a_long_reason_wraps():
+    """Issue 25, item 11: a held job's long reason squeezed the ID column to "…" — the ID `mtld retry` needs."""
+    import io
+
+    from rich.console import Console
+
+    from mtld.cli.render import jobs_table
+
+    views = [{"id": 123456, "name": "a-rather-long-job-name-for-sentiment", "priority": 5, "batch_size": "auto",
+              "expected_start": None, "expected_finish": None, "last_error": "out of memory even at micro-batch 2",
+              "hold": "memory pressure: 3 interrupts in 20 min — `mtld retry 123456` to release"}]
+    out = io.StringIO()
+    Console(file=out, width=80).print(jobs_table(views, ("id", "name", "priority", "batch_size", "expected_start",
+                                                         "expected_finish", "hold", "last_error")))
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert any(line.startswith("123456 ") for line in lines)  # whole, at the start of its row
+    text = "".join(lines)
+    assert "…" not in text and "release" in text and "micro-batc" in text  # wrapped, not cut

@@ -123,22 +123,30 @@ def running_line(job: dict[str, Any]) -> str:
             f"{p['samples_per_s']} samples/s  ETA {eta}{memory}")
 
 
+# In a narrow terminal every column but the ID wraps (rich shrinks only columns that may wrap); the ID, which
+# `mtld retry` and `mtld show` need, is never cut. `mtld show ID` and `--json` have every value on one line.
+
+
 def jobs_table(views: list[dict[str, Any]], columns: tuple[str, ...]) -> Table:
     table = Table(box=None, pad_edge=False)
     for column in columns:
-        table.add_column(column.upper().replace("_", " "), no_wrap=column != "last_error")
+        header = column.upper().replace("_", " ")
+        if column == "id":
+            table.add_column(header, no_wrap=True, min_width=max([len(_cell(v, column)) for v in views] + [2]))
+        else:
+            table.add_column(header, overflow="fold")
     for view in views:
-        cells = []
-        for column in columns:
-            value = view.get(column)
-            if value is None and column.startswith("expected_"):
-                cells.append("-" if view.get("hold") else "?")  # "?": no earlier run has measured a duration
-            elif column.endswith(("_at", "not_before", "_start", "_finish")):
-                cells.append(local_iso(value))
-            else:
-                cells.append("" if value is None else str(value))
-        table.add_row(*map(Text, cells))  # Text: a cell is never read as markup
+        table.add_row(*(Text(_cell(view, c)) for c in columns))  # Text: a cell is never read as markup
     return table
+
+
+def _cell(view: dict[str, Any], column: str) -> str:
+    value = view.get(column)
+    if value is None and column.startswith("expected_"):
+        return "-" if view.get("hold") else "?"  # "?": no earlier run has measured a duration
+    if column.endswith(("_at", "not_before", "_start", "_finish")):
+        return local_iso(value)
+    return "" if value is None else str(value)
 
 
 def schedules(out: Console, views: list[dict[str, Any]]) -> None:

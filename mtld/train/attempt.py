@@ -276,7 +276,7 @@ def _micro_batch(rd: RunDir, size: int, effective: int) -> int:
 def _resume(rd: RunDir, runner: Any, fingerprint: str, log: Any) -> dict[str, Any] | None:
     """Load the newest readable checkpoint into the model, optimizer, scheduler and RNG; its state (the
     trainer takes the position and evaluations from it), or None to start from the beginning."""
-    from mtld.train.checkpoint import Refused, load_checkpoint
+    from mtld.train.checkpoint import Refused, load_checkpoint, quarantine
     from mtld.train.device import set_rng_states
 
     for path in reversed(rd.checkpoint_files()):
@@ -284,9 +284,11 @@ def _resume(rd: RunDir, runner: Any, fingerprint: str, log: Any) -> dict[str, An
             state = load_checkpoint(path)
         except Refused as e:  # not ours: it may have been planted; never unpickled in full
             log.warning("checkpoint.refused", path=str(path), reason=str(e))
+            quarantine(path, "refused", log)  # set aside: it must never count among the newest again
             continue
         except Exception as e:  # damaged (it should not be: writes are atomic); try the one before
             log.warning("checkpoint.unreadable", path=str(path), error=f"{type(e).__name__}: {e}")
+            quarantine(path, "unreadable", log)
             continue
         if state.get("fingerprint") != fingerprint:
             raise BadInput(

@@ -47,8 +47,9 @@ def state_bytes(value: Any) -> int:
     return 0
 
 
-def save_checkpoint(directory: Path, step: int, state: dict[str, Any], *, keep: int) -> Path:
-    """Write atomically, then keep the newest `keep`. Raises DiskFull (nothing half-written left) on ENOSPC."""
+def save_checkpoint(directory: Path, step: int, state: dict[str, Any], *, keep: int, log: Any = None) -> Path:
+    """Write atomically, then keep the newest `keep` (`prune`). Raises DiskFull (nothing half-written left)
+    on ENOSPC."""
     private_dir(directory)
     final = directory / checkpoint_name(step)
     tmp = directory / f".step-{step}.pt.tmp"
@@ -65,12 +66,12 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], *, keep: 
                            detail=f"writing {final.name} failed: no space left; the earlier checkpoints are intact") from e
         raise
     _fsync_dir(directory)
-    prune(directory, keep)
+    prune(directory, keep, written=final, log=log)
     return final
 
 
 def save_within_space(directory: Path, step: int, state: dict[str, Any], *, keep: int, export_bytes: int,
-                      exports_on_disk: int, margin_bytes: int) -> Path:
+                      exports_on_disk: int, margin_bytes: int, log: Any = None) -> Path:
     """Save when the free space covers the rest of the run (mtld.disk.space_needed). When it does not,
     save this one checkpoint anyway if it fits, then raise DiskFull naming it (the run stops there);
     when not even that fits, raise DiskFull at once: the earlier checkpoints stay as they are."""
@@ -80,22 +81,43 @@ def save_within_space(directory: Path, step: int, state: dict[str, Any], *, keep
                         exports_on_disk=exports_on_disk, margin_bytes=margin_bytes)
     free = free_bytes(directory)
     if free >= need:
-        return save_checkpoint(directory, step, state, keep=keep)
+        return save_checkpoint(directory, step, state, keep=keep, log=log)
     saved = None
     if free >= size + max(size // 50, 1 << 16):  # this one fits, with room for the file's own overhead
         try:
-            saved = save_checkpoint(directory, step, state, keep=keep)
+            saved = save_checkpoint(directory, step, state, keep=keep, log=log)
         except DiskFull as e:
             raise DiskFull(need, free_bytes(directory), directory.parent, detail=e.detail) from e
     raise DiskFull(need, free, directory.parent, saved=saved,
                    detail=f"checkpoint at step {step} kept" if saved else "the earlier checkpoints are kept")
 
 
-def prune(directory: Path, keep: int) -> None:
-    """Keep the newest `keep` checkpoints (none when 0); drop temporary files a killed writer left behind."""
+def prune(directory: Path, keep: int, *, written: Path | None = None, log: Any = None) -> None:
+    """Keep the newest `keep` checkpoints (none when 0); drop temporary files a killed writer left behind.
+    `written`: the checkpoint just written, never deleted. A file that claims a later step than it is not
+    this run's (steps only grow; the resume set aside every newer one it could not load): it is moved to
+    checkpoints/bad/ instead of counting among the newest, so that a planted or damaged file can never
+    push a good checkpoint out."""
     files = sorted(directory.glob("step-*.pt"))
-    for old in (files[:-keep] if keep else files) + list(directory.glob(".step-*.pt.tmp")):
+    if written is not None:
+        for foreign in [f for f in files if f.name > written.name]:
+            quarantine(foreign, "it claims a later step than the checkpoint just written: not this run's", log)
+        files = [f for f in files if f.name <= written.name]
+    doomed = [f for f in (files[:-keep] if keep else files) if f != written]
+    for old in doomed + list(directory.glob(".step-*.pt.tmp")):
         old.unlink(missing_ok=True)
+
+
+def quarantine(path: Path, reason: str, log: Any = None) -> Path:
+    """Move a checkpoint this run cannot use to checkpoints/bad/ (kept for a person to look at, never
+    loaded or counted again); `checkpoint.quarantined` says why."""
+    bad = path.parent / "bad"
+    private_dir(bad)
+    target = bad / path.name
+    os.replace(path, target)
+    if log is not None:
+        log.warning("checkpoint.quarantined", path=str(path), moved_to=str(target), reason=reason)
+    return target
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -358,7 +358,7 @@ class Trainer:
         try:
             path = save_within_space(self.run_dir.checkpoints, self.position.step, state, keep=self.spec.keep_checkpoints,
                                      export_bytes=self.saved_bytes["export_bytes"], exports_on_disk=exports,
-                                     margin_bytes=self.disk_margin_bytes)
+                                     margin_bytes=self.disk_margin_bytes, log=self.log)
         except DiskFull as e:  # the run stops; with this checkpoint when it still fitted
             if e.saved is not None:
                 self.saved(e.saved, started)
