@@ -807,6 +807,23 @@ def test_a_trace_without_page_counts_replays_with_fits_against_the_available_sha
     assert new.read().usable_bytes == (row.vm.free_count + row.vm.inactive_count) * row.vm.page_size
 
 
+def test_doctor_shows_what_fits_and_what_kern_memorystatus_level_would_have_said(tmp_path):
+    from mtld.config.settings import Settings
+    from mtld.doctor.diagnose import diagnose
+
+    traces = Path(__file__).parent / "traces"
+    settings = Settings(home=tmp_path, memory={"probe": "replay", "replay_file": traces / "mps_apps_open.jsonl"})
+    row = mtld.memory.read_trace(traces / "mps_apps_open.jsonl")[0]
+    fits_now = (row.vm.free_count + row.vm.inactive_count) * PAGE
+    assert diagnose(settings)["memory"]["fits"] == {
+        "bytes": fits_now, "bound": "free + speculative + inactive pages",
+        "free_speculative_inactive_bytes": fits_now, "before_kernel_warn_bytes": 588_800 * PAGE,
+        "memorystatus_level_bytes": 16 * GiB * 65 // 100}
+    settings = Settings(home=tmp_path, memory={"probe": "replay", "replay_file": traces / "mps_false_warn.jsonl"})
+    shown = diagnose(settings)["memory"]["fits"]
+    assert shown["bound"] == "available_bytes" and shown["bytes"] == diagnose(settings)["memory"]["available_bytes"]
+
+
 def fake_proc_pid_rusage(footprints: dict[int, int]):
     """A PROC_PID_RUSAGE function over recorded footprints (ESRCH for an unknown pid)."""
 
@@ -1172,3 +1189,68 @@ def test_doctor_records_a_trace_of_this_machine(tmp_path):
     rows = read_trace(trace)
     assert len(rows) == 2 and rows[0].footprint_bytes > 0
     assert rows[0].platform == ("darwin" if sys.platform == "darwin" else "linux")
+
+
+# ------------------------------------------------------------------ the self-test's check of the page counts
+
+
+def vm_stat_output(pages: VmPages, *, page_size: int | None = None, **moved: int) -> str:
+    """What vm_stat(1) prints for these counts ("%-30s %16llu.", system_cmds vm_stat/vm_stat.c); `moved`
+    shifts a line by so many pages (the counts move between two reads)."""
+    lines = {"Pages free:": pages.free_count - pages.speculative_count, "Pages active:": pages.active_count,
+             "Pages inactive:": pages.inactive_count, "Pages speculative:": pages.speculative_count,
+             "Pages throttled:": 0, "Pages wired down:": pages.wire_count, "Pages purgeable:": pages.purgeable_count,
+             '"Translation faults":': 123456789, "Pages occupied by compressor:": pages.compressor_page_count}
+    for key, by in moved.items():
+        lines[f"Pages {key.replace('_', ' ')}:"] += by
+    return (f"Mach Virtual Memory Statistics: (page size of {page_size or pages.page_size} bytes)\n"
+            + "".join(f"{label:<30} {value:>16}.\n" for label, value in lines.items()))
+
+
+def selftest_context(tmp_path, runner, platform: str = "darwin"):
+    from mtld.doctor.selftest import Context, macos
+
+    values = {macos.MEMSIZE: 16 * GiB, macos.FREE_LEVEL: 65}
+    return Context(home=tmp_path, platform=platform, runner=runner, out_dir=tmp_path,
+                   shared={"sysctl": values.__getitem__, "vm_pages": lambda: APPS_OPEN})
+
+
+def run_vm_check(ctx):
+    from mtld.doctor.selftest import macos
+    from mtld.doctor.selftest.base import run_check
+
+    return run_check(next(spec for spec in macos.CHECKS if spec.name == "macos.vm_statistics"), ctx)
+
+
+def test_selftest_checks_the_page_counts_against_vm_stat_and_shows_both_fits_figures(tmp_path):
+    from mtld.testing import RecordingRunner
+
+    runner = RecordingRunner().on("vm_stat", stdout=vm_stat_output(APPS_OPEN, active=-900))  # within 1 % of RAM
+    check = run_vm_check(selftest_context(tmp_path, runner))
+    assert check.status == "pass", check.why
+    assert check.figures["vm_stat"]["Pages active"] == 422_400 - 900 and check.figures["tolerance_pages"] == 10_485
+    assert (check.figures["fits_bytes"], check.figures["memorystatus_level_bytes"]) == (268_800 * PAGE,
+                                                                                        16 * GiB * 65 // 100)
+    assert check.figures["bound"] == "free + speculative + inactive pages"
+    assert runner.calls == [["vm_stat"]]
+
+
+@pytest.mark.parametrize(("output", "why"), [
+    (vm_stat_output(APPS_OPEN, page_size=4096), "page size: ctypes 16384, vm_stat 4096"),
+    (vm_stat_output(APPS_OPEN, inactive=-50_000), "disagree by more than 10485 pages: Pages inactive (+50000)"),
+    ("Mach Virtual Memory Statistics: (page size of 16384 bytes)\n", "Pages free (not in vm_stat's output)"),
+])
+def test_selftest_fails_when_ctypes_and_vm_stat_disagree(tmp_path, output, why):
+    from mtld.testing import RecordingRunner
+
+    runner = RecordingRunner().on("vm_stat", stdout=output)
+    check = run_vm_check(selftest_context(tmp_path, runner))
+    assert check.status == "fail" and why in check.why
+    assert len(runner.calls) == 3  # read again twice: pages move between the two reads
+
+
+def test_selftest_page_count_check_is_for_macos(tmp_path):
+    from mtld.testing import RecordingRunner
+
+    check = run_vm_check(selftest_context(tmp_path, RecordingRunner(), platform="linux"))
+    assert check.status == "skipped" and check.why == "macOS only"
