@@ -8,18 +8,23 @@ device's figures from the trace's columns) feeds the real MemoryGuard, whose
 advice halves the micro-batch or checkpoints and exits 75 with
 result.json's stop_reason "memory_critical", exactly as mtld.train would.
 Training itself is a counter: each second adds the work a micro-batch size
-gets done (the demo job's samples/s at 2, 4 and 8, relative to 8).
+gets done (the demo job's samples/s at 2, 4 and 8, relative to 8). The
+family's earlier nights (`earlier`: the size and peak of each) are runs in
+the store before the trace starts, as an earlier night leaves them; the
+check before a run reads their peaks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mtld.daemon.loop import Daemon
 from mtld.config.jobspec import JobSpec, spec_to_json
 from mtld.logs.events import configure
-from mtld.memory import MemoryGuard, ReplayProbe, Sampler, TraceRow, hysteresis, read_trace
+from mtld.estimate.history import job_family
+from mtld.memory import MemoryGuard, Probe, Reading, ReplayProbe, Sampler, TraceRow, hysteresis, read_trace
 from mtld.runs.rundir import RunDir
 from mtld.runs.files import RunResult
 from mtld.config.settings import Settings
@@ -45,6 +50,20 @@ class Played:
     hold: str | None
     done: float  # share of the job's work done
     events: dict[str, list[dict]] = field(default_factory=dict)  # the daemon's events by name
+
+
+class MemorystatusLevelFits:
+    """The fits rule before issue 22, to compare with: the check before a run against kern.memorystatus_level's
+    share of RAM (MacProbe's usable_bytes then); the rest of the reading is the real probe's."""
+
+    def __init__(self, probe: Probe):
+        self.probe = probe
+
+    def read(self) -> Reading:
+        reading = self.probe.read()
+        share = reading.detail.get("memorystatus_level")
+        old = reading.total_bytes * share // 100 if share is not None and reading.total_bytes else None
+        return replace(reading, usable_bytes=old)
 
 
 class SimulatedChild:
@@ -87,8 +106,11 @@ class SimulatedChild:
 
 
 def play(trace: str | list[TraceRow], tmp_path: Path, *, work_s: float, budget: int = int(0.8 * 12 * GiB),
-         device: str = "mps", start_size: int = 8, memory: dict | None = None) -> Played:
-    """Submit one job needing `work_s` seconds at micro-batch 8 and play the whole trace (1 Hz)."""
+         device: str = "mps", start_size: int = 8, memory: dict | None = None,
+         earlier: Sequence[tuple[int, int]] = (), fits_rule: Callable[[Probe], Probe] = lambda probe: probe) -> Played:
+    """Submit one job needing `work_s` seconds at micro-batch 8 and play the whole trace (1 Hz). `earlier`:
+    the family's finished runs, (size, peak bytes) each, oldest first; `fits_rule` wraps the daemon's probe
+    (MemorystatusLevelFits: the rule before issue 22)."""
     rows = read_trace(TRACES / f"{trace}.jsonl") if isinstance(trace, str) else trace
     settings = Settings(home=tmp_path / "home", train={"device": device, "start_batch_size": start_size},
                         daemon={"prevent_sleep": False, "notify": False}, memory=memory or {})
@@ -97,8 +119,16 @@ def play(trace: str | list[TraceRow], tmp_path: Path, *, work_s: float, budget: 
     clock = lambda: now["t"]  # noqa: E731 - the trace's seconds, shared by the daemon, its probe and the child
     store = Store(settings.db_path)
     executor = FakeExecutor()
-    daemon = Daemon(settings, store, executor=executor, probe=ReplayProbe(rows, settings.memory, clock=clock, start=0.0),
-                    clock=lambda: T0 + now["t"])
+    probe = fits_rule(ReplayProbe(rows, settings.memory, clock=clock, start=0.0))
+    daemon = Daemon(settings, store, executor=executor, probe=probe, clock=lambda: T0 + now["t"])
+    for night, (size, peak) in enumerate(earlier, 1):
+        then = T0 - 86_400 * (len(earlier) - night + 1)
+        done = store.submit(name=f"night-{night}", spec_json=spec_to_json(SPEC), job_file="/jobs/night.toml",
+                            run_root=str(settings.local_runs_dir), now=then)
+        run = store.start_run(done.id, micro_batch=size, family=job_family(SPEC, executor.device), now=then)
+        store.finish_run(run.id, outcome="succeeded", exit_code=0, micro_batch_end=size, now=then + 3600,
+                         figures={"peak_memory_bytes": peak, "budget_bytes": budget})
+        store.transition(done.id, "succeeded", reason="an earlier night", now=then + 3600)
     job = store.submit(name="night", spec_json=spec_to_json(SPEC), job_file="/jobs/night.toml",
                        run_root=str(settings.local_runs_dir), now=T0 - 1)
     work = {"done": 0.0, "total": work_s}

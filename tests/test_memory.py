@@ -16,6 +16,7 @@ import ctypes
 import errno
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -41,14 +42,21 @@ from mtld.memory.linux import (
 from mtld.memory.footprint import process_footprint
 from mtld.memory.macos import (
     AVAILABLE_SYSCTL,
+    HOST_STATISTICS64,
+    HOST_VM_INFO64,
+    HOST_VM_INFO64_COUNT,
     PRESSURE_SYSCTL,
     PROC_PID_RUSAGE,
     RUSAGE_INFO_V0,
     SYSCTLBYNAME,
     MacProbe,
     RusageInfoV0,
+    VmPages,
+    VmStatistics64,
+    mac_fit,
     phys_footprint,
     macos_level,
+    read_vm_pages,
     sysctl_by_command,
     sysctl_by_ctypes,
 )
@@ -605,6 +613,7 @@ def test_mac_probe_live():
     reading = MacProbe(SETTINGS).read()
     assert reading.total_bytes and 0 <= reading.available_bytes <= reading.total_bytes
     assert "notes" not in reading.detail
+    assert reading.detail["vm"]["page_size"] in (4096, 16384) and 0 <= reading.usable_bytes <= reading.total_bytes
     json_safe(reading.to_dict())
 
 
@@ -632,27 +641,187 @@ def sysctls(**values: int):
     (1, MemoryFigures(16 * GiB, GiB // 2, 0), N, C),  # 3 %: still the kernel's normal
 ])
 def test_mac_probe_the_kernel_decides_the_available_share_is_data(value, figures, level, by_available):
-    reading = MacProbe(SETTINGS, sysctl=sysctls(pressure=value, available=41), figures=lambda: figures).read()
+    reading = MacProbe(SETTINGS, sysctl=sysctls(pressure=value, available=41), figures=lambda: figures,
+                       vm_pages=lambda: APPS_OPEN).read()
     assert reading.level is level
     assert reading.detail["sysctl_pressure_level"] == value and reading.detail["kernel_level"] == level.value
     assert reading.detail["available_level"] == by_available.value
     assert reading.detail["available_share"] == round(figures.available_bytes / figures.total_bytes, 4)
     assert (reading.total_bytes, reading.available_bytes, reading.swap_used_bytes) == figures
-    assert reading.usable_bytes == reading.fit_bytes == 16 * GiB * 41 // 100  # kern.memorystatus_level: 41 %
+    assert reading.usable_bytes == reading.fit_bytes == mac_fit(APPS_OPEN, 16 * GiB).bytes  # the pages, not 41 %
+    assert reading.detail["memorystatus_level"] == 41  # data
     assert "notes" not in reading.detail and reading.source == "macos"
     json_safe(reading.to_dict())
 
 
-def test_mac_probe_unknown_or_unreadable_level_is_noted():
-    reading = MacProbe(SETTINGS, sysctl=lambda name: 3, figures=lambda: ROOMY).read()
-    assert reading.level is N and "unknown" in reading.detail["notes"][0]
+def no_vm_pages() -> VmPages:
+    raise OSError("host_statistics64 is not available here (macOS only)")
 
-    reading = MacProbe(SETTINGS, sysctl=sysctls(), figures=lambda: TIGHT).read()
+
+def test_mac_probe_unknown_or_unreadable_level_is_noted():
+    reading = MacProbe(SETTINGS, sysctl=lambda name: 3, figures=lambda: ROOMY, vm_pages=lambda: APPS_OPEN).read()
+    assert reading.level is N and reading.detail["notes"] == [f"{PRESSURE_SYSCTL} = 3: unknown, read as normal"]
+
+    reading = MacProbe(SETTINGS, sysctl=sysctls(), figures=lambda: TIGHT, vm_pages=no_vm_pages).read()
     assert reading.level is W  # from the available share, only because the kernel cannot be read
     assert reading.detail["kernel_level"] is None
     assert "no such sysctl" in reading.detail["notes"][0] and "available share instead" in reading.detail["notes"][0]
-    assert reading.usable_bytes is None and reading.fit_bytes == GiB  # fits checked against psutil's figure
-    assert "fits checked against the available share" in reading.detail["notes"][1]
+    # without the page counts, fits are checked against psutil's available: the same pages by psutil's count
+    assert reading.usable_bytes is None and reading.fit_bytes == GiB
+    assert "(macOS only); fits checked against psutil's available" in reading.detail["notes"][1]
+    assert "no such sysctl: kern.memorystatus_level (data only)" in reading.detail["notes"][2]
+    assert "vm" not in reading.detail and "fit" not in reading.detail
+
+
+# ------------------------------------------------------------------ macOS: what a new run fits in
+
+PAGE = 16384  # the kernel's page size on Apple silicon
+# A 16 GiB Mac with apps left open (tests/traces/make_traces.py, mps_apps_open): 6.4 GiB active, 3.5 GiB
+# inactive, 0.4 + 0.2 GiB free and speculative (free_count holds both), 1.6 GiB in the compressor, 3.9 GiB wired
+APPS_OPEN = VmPages(page_size=PAGE, free_count=38_400, active_count=422_400, inactive_count=230_400,
+                    speculative_count=12_800, compressor_page_count=102_400, wire_count=254_976,
+                    purgeable_count=5_120, external_page_count=281_600, internal_page_count=384_000)
+# struct vm_statistics64's fields in the header's order (osfmk/mach/vm_statistics.h) and their struct codes
+VM_STATISTICS64 = [
+    ("free_count", "I"), ("active_count", "I"), ("inactive_count", "I"), ("wire_count", "I"),
+    ("zero_fill_count", "Q"), ("reactivations", "Q"), ("pageins", "Q"), ("pageouts", "Q"), ("faults", "Q"),
+    ("cow_faults", "Q"), ("lookups", "Q"), ("hits", "Q"), ("purges", "Q"), ("purgeable_count", "I"),
+    ("speculative_count", "I"), ("decompressions", "Q"), ("compressions", "Q"), ("swapins", "Q"), ("swapouts", "Q"),
+    ("compressor_page_count", "I"), ("throttled_count", "I"), ("external_page_count", "I"),
+    ("internal_page_count", "I"), ("total_uncompressed_pages_in_compressor", "Q"),
+]
+
+
+def vm_statistics64_bytes(pages: VmPages) -> bytes:
+    """The struct as the kernel fills it, packed with `struct` from the header's field order (not from the
+    ctypes Structure under test). The event counters get large distinct values, so a field read at the wrong
+    offset cannot pass for a page count."""
+    counts = pages.model_dump(exclude_none=True)
+    values = [counts.get(name, (2**40 if code == "Q" else 3 * 10**9) + i)
+              for i, (name, code) in enumerate(VM_STATISTICS64)]
+    return struct.pack("=" + "".join(code for _, code in VM_STATISTICS64), *values)
+
+
+def fake_host_statistics64(recorded: bytes, calls: list, *, filled: int = HOST_VM_INFO64_COUNT, status: int = 0):
+    """A HOST_STATISTICS64 function that writes `recorded` as the kernel would and says it filled `filled` ints."""
+
+    @HOST_STATISTICS64
+    def host_statistics64(host, flavor, info, count):
+        calls.append((host, flavor, count.contents.value))
+        if status:
+            return status
+        ctypes.memmove(info, recorded, len(recorded))
+        count.contents.value = filled
+        return 0
+
+    return host_statistics64
+
+
+def test_vm_statistics64_has_the_headers_layout():
+    packed = vm_statistics64_bytes(APPS_OPEN)
+    assert ctypes.sizeof(VmStatistics64) == len(packed) == 152 and HOST_VM_INFO64_COUNT == 38
+    offsets = {name: getattr(VmStatistics64, name).offset for name, _ in VM_STATISTICS64}
+    assert offsets == {name: struct.calcsize("=" + "".join(c for _, c in VM_STATISTICS64[:i]))
+                       for i, (name, _) in enumerate(VM_STATISTICS64)}  # no padding anywhere, as in the header
+    assert (offsets["speculative_count"], offsets["compressor_page_count"]) == (92, 128)
+
+
+def test_read_vm_pages_reads_what_the_kernel_wrote():
+    calls: list = []
+    mach = (fake_host_statistics64(vm_statistics64_bytes(APPS_OPEN), calls), 2563, PAGE)
+    assert read_vm_pages(mach) == APPS_OPEN
+    assert calls == [(2563, HOST_VM_INFO64, 38)]  # the host port, HOST_VM_INFO64, room for the whole struct
+
+
+def test_read_vm_pages_refuses_what_it_cannot_trust():
+    recorded = vm_statistics64_bytes(APPS_OPEN)
+    with pytest.raises(OSError, match="filled 24 of 38 ints: no compressor figures"):  # a rev0 answer
+        read_vm_pages((fake_host_statistics64(recorded, [], filled=24), 1, PAGE))
+    with pytest.raises(OSError, match=r"host_statistics64\(HOST_VM_INFO64\): kern_return_t 4"):
+        read_vm_pages((fake_host_statistics64(recorded, [], status=4), 1, PAGE))
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="off macOS")
+def test_read_vm_pages_off_macos_is_an_oserror():
+    with pytest.raises(OSError, match="macOS only"):
+        read_vm_pages()
+
+
+def kernel_warns(uncompressed: int, compressor: int, divisor: int) -> bool:
+    """VM_PRESSURE_NORMAL_TO_WARNING with the compressor active (osfmk/vm/vm_pageout.c), in integer pages."""
+    return uncompressed < (uncompressed + compressor) * 10 // divisor
+
+
+@pytest.mark.parametrize(("pages", "total", "reclaimable", "before_warn", "bound"), [
+    # apps open: the working sets of others are not counted; the kernel is far from warn
+    (APPS_OPEN, 16 * GiB, 268_800, 691_200 - 102_400, "free + speculative + inactive pages"),
+    # the compressor holds much: the kernel would warn before the free and inactive pages ran out
+    (VmPages(page_size=PAGE, free_count=30_000, speculative_count=10_000, active_count=300_000,
+             inactive_count=100_000, compressor_page_count=350_000), 16 * GiB, 130_000, 80_000,
+     "the kernel's warn point"),
+    # already past the warn point: nothing fits
+    (VmPages(page_size=PAGE, free_count=20_000, speculative_count=0, active_count=200_000, inactive_count=80_000,
+             compressor_page_count=320_000), 16 * GiB, 100_000, 0, "the kernel's warn point"),
+    # 3 GB or less (divisor 11): the kernel warns once U < 10 × C
+    (VmPages(page_size=4096, free_count=30_000, speculative_count=0, active_count=120_000, inactive_count=50_000,
+             compressor_page_count=15_000), 2 * GiB, 80_000, 50_000, "the kernel's warn point"),
+])
+def test_mac_fit_counts_free_speculative_inactive_and_stops_at_the_kernels_warn_point(pages, total, reclaimable,
+                                                                                       before_warn, bound):
+    fit = mac_fit(pages, total)
+    page = pages.page_size
+    assert (fit.reclaimable_bytes, fit.before_warn_bytes) == (reclaimable * page, before_warn * page)
+    assert fit.bound == bound
+    assert fit.bytes == min(reclaimable, before_warn) * page
+    divisor = 11 if total <= 3 * GiB else 20
+    uncompressed = pages.active_count + pages.inactive_count + pages.free_count
+    if before_warn:  # `before_warn` pages taken leave it at normal; `divisor` more make it warn (integer division)
+        assert not kernel_warns(uncompressed - before_warn, pages.compressor_page_count, divisor)
+        assert kernel_warns(uncompressed - before_warn - divisor, pages.compressor_page_count, divisor)
+    else:
+        assert kernel_warns(uncompressed, pages.compressor_page_count, divisor)
+
+
+def test_mac_probe_fits_against_the_pages_not_kern_memorystatus_level():
+    reading = MacProbe(SETTINGS, sysctl=sysctls(pressure=1, available=65), figures=lambda: ROOMY,
+                       vm_pages=lambda: APPS_OPEN).read()
+    assert reading.level is N and "notes" not in reading.detail
+    assert reading.fit_bytes == 268_800 * PAGE < 16 * GiB * 65 // 100  # 4.1 GiB, where the old rule said 10.4
+    assert reading.detail["vm"] == APPS_OPEN.model_dump(exclude_none=True)
+    assert reading.detail["fit"] == {"reclaimable_bytes": 268_800 * PAGE, "before_warn_bytes": 588_800 * PAGE,
+                                     "bound": "free + speculative + inactive pages"}
+    assert reading.to_dict()["usable_bytes"] == reading.fit_bytes
+    json_safe(reading.to_dict())
+
+
+def test_a_trace_without_page_counts_replays_with_fits_against_the_available_share():
+    from mtld.memory.replay import ReplayProbe
+
+    old = ReplayProbe(Path(__file__).parent / "traces/mps_false_warn.jsonl", SETTINGS, clock=lambda: 0.5, start=0.0)
+    reading = old.read()
+    assert reading.usable_bytes is None and reading.fit_bytes == reading.available_bytes == old.row().available_bytes
+    assert "page counts are not in the trace; fits checked against psutil's available" in reading.detail["notes"][0]
+
+    new = ReplayProbe(Path(__file__).parent / "traces/mps_apps_open.jsonl", SETTINGS, clock=lambda: 0.5, start=0.0)
+    row = new.row()
+    assert new.read().usable_bytes == (row.vm.free_count + row.vm.inactive_count) * row.vm.page_size
+
+
+def test_doctor_shows_what_fits_and_what_kern_memorystatus_level_would_have_said(tmp_path):
+    from mtld.config.settings import Settings
+    from mtld.doctor.diagnose import diagnose
+
+    traces = Path(__file__).parent / "traces"
+    settings = Settings(home=tmp_path, memory={"probe": "replay", "replay_file": traces / "mps_apps_open.jsonl"})
+    row = mtld.memory.read_trace(traces / "mps_apps_open.jsonl")[0]
+    fits_now = (row.vm.free_count + row.vm.inactive_count) * PAGE
+    assert diagnose(settings)["memory"]["fits"] == {
+        "bytes": fits_now, "bound": "free + speculative + inactive pages",
+        "free_speculative_inactive_bytes": fits_now, "before_kernel_warn_bytes": 588_800 * PAGE,
+        "memorystatus_level_bytes": 16 * GiB * 65 // 100}
+    settings = Settings(home=tmp_path, memory={"probe": "replay", "replay_file": traces / "mps_false_warn.jsonl"})
+    shown = diagnose(settings)["memory"]["fits"]
+    assert shown["bound"] == "available_bytes" and shown["bytes"] == diagnose(settings)["memory"]["available_bytes"]
 
 
 def fake_proc_pid_rusage(footprints: dict[int, int]):
@@ -979,6 +1148,26 @@ def test_a_recorded_trace_replays_to_the_same_levels():
     assert got == [N, W, C, N]
 
 
+def test_a_recorded_trace_keeps_the_page_counts_and_replays_to_the_same_fits():
+    import io
+
+    from mtld.memory.replay import ReplayProbe, parse_trace, record_trace
+
+    clock = FakeClock(0.0)
+
+    def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    probe = MacProbe(SETTINGS, sysctl=sysctls(pressure=1, available=65), figures=lambda: ROOMY,
+                     vm_pages=lambda: APPS_OPEN)
+    out = io.StringIO()
+    assert record_trace(probe, out, seconds=2, clock=clock, sleep=sleep) == 2
+    rows = parse_trace(out.getvalue().splitlines())
+    assert [row.vm for row in rows] == [APPS_OPEN, APPS_OPEN] and '"vm": {"page_size": 16384' in out.getvalue()
+    replayed = ReplayProbe(rows, SETTINGS, clock=lambda: 0.5, start=0.0).read()
+    assert replayed.usable_bytes == probe.read().usable_bytes == 268_800 * PAGE
+
+
 def test_record_trace_wants_a_platform_probe():
     import io
 
@@ -1000,3 +1189,68 @@ def test_doctor_records_a_trace_of_this_machine(tmp_path):
     rows = read_trace(trace)
     assert len(rows) == 2 and rows[0].footprint_bytes > 0
     assert rows[0].platform == ("darwin" if sys.platform == "darwin" else "linux")
+
+
+# ------------------------------------------------------------------ the self-test's check of the page counts
+
+
+def vm_stat_output(pages: VmPages, *, page_size: int | None = None, **moved: int) -> str:
+    """What vm_stat(1) prints for these counts ("%-30s %16llu.", system_cmds vm_stat/vm_stat.c); `moved`
+    shifts a line by so many pages (the counts move between two reads)."""
+    lines = {"Pages free:": pages.free_count - pages.speculative_count, "Pages active:": pages.active_count,
+             "Pages inactive:": pages.inactive_count, "Pages speculative:": pages.speculative_count,
+             "Pages throttled:": 0, "Pages wired down:": pages.wire_count, "Pages purgeable:": pages.purgeable_count,
+             '"Translation faults":': 123456789, "Pages occupied by compressor:": pages.compressor_page_count}
+    for key, by in moved.items():
+        lines[f"Pages {key.replace('_', ' ')}:"] += by
+    return (f"Mach Virtual Memory Statistics: (page size of {page_size or pages.page_size} bytes)\n"
+            + "".join(f"{label:<30} {value:>16}.\n" for label, value in lines.items()))
+
+
+def selftest_context(tmp_path, runner, platform: str = "darwin"):
+    from mtld.doctor.selftest import Context, macos
+
+    values = {macos.MEMSIZE: 16 * GiB, macos.FREE_LEVEL: 65}
+    return Context(home=tmp_path, platform=platform, runner=runner, out_dir=tmp_path,
+                   shared={"sysctl": values.__getitem__, "vm_pages": lambda: APPS_OPEN})
+
+
+def run_vm_check(ctx):
+    from mtld.doctor.selftest import macos
+    from mtld.doctor.selftest.base import run_check
+
+    return run_check(next(spec for spec in macos.CHECKS if spec.name == "macos.vm_statistics"), ctx)
+
+
+def test_selftest_checks_the_page_counts_against_vm_stat_and_shows_both_fits_figures(tmp_path):
+    from mtld.testing import RecordingRunner
+
+    runner = RecordingRunner().on("vm_stat", stdout=vm_stat_output(APPS_OPEN, active=-900))  # within 1 % of RAM
+    check = run_vm_check(selftest_context(tmp_path, runner))
+    assert check.status == "pass", check.why
+    assert check.figures["vm_stat"]["Pages active"] == 422_400 - 900 and check.figures["tolerance_pages"] == 10_485
+    assert (check.figures["fits_bytes"], check.figures["memorystatus_level_bytes"]) == (268_800 * PAGE,
+                                                                                        16 * GiB * 65 // 100)
+    assert check.figures["bound"] == "free + speculative + inactive pages"
+    assert runner.calls == [["vm_stat"]]
+
+
+@pytest.mark.parametrize(("output", "why"), [
+    (vm_stat_output(APPS_OPEN, page_size=4096), "page size: ctypes 16384, vm_stat 4096"),
+    (vm_stat_output(APPS_OPEN, inactive=-50_000), "disagree by more than 10485 pages: Pages inactive (+50000)"),
+    ("Mach Virtual Memory Statistics: (page size of 16384 bytes)\n", "Pages free (not in vm_stat's output)"),
+])
+def test_selftest_fails_when_ctypes_and_vm_stat_disagree(tmp_path, output, why):
+    from mtld.testing import RecordingRunner
+
+    runner = RecordingRunner().on("vm_stat", stdout=output)
+    check = run_vm_check(selftest_context(tmp_path, runner))
+    assert check.status == "fail" and why in check.why
+    assert len(runner.calls) == 3  # read again twice: pages move between the two reads
+
+
+def test_selftest_page_count_check_is_for_macos(tmp_path):
+    from mtld.testing import RecordingRunner
+
+    check = run_vm_check(selftest_context(tmp_path, RecordingRunner(), platform="linux"))
+    assert check.status == "skipped" and check.why == "macOS only"

@@ -14,7 +14,7 @@ import pytest
 from mtld.memory import ReplayProbe, read_trace
 from mtld.memory.levels import Level
 from mtld.config.settings import MemorySettings
-from tests.scenario import TRACES, GiB, play
+from tests.scenario import TRACES, GiB, MemorystatusLevelFits, play
 
 
 def test_false_warn_mps_training_with_the_kernel_normal_and_available_at_4_to_8_percent(tmp_path):
@@ -78,6 +78,47 @@ def test_linux_psi_rising_halves_then_interrupts_then_resumes_at_2(tmp_path):
     assert played.path == [8, 4, 2, 2]
     assert played.runs == [(8, 2, "interrupted"), (2, 2, "succeeded")]
     assert (played.interrupts, played.restarts, played.state) == (1, 1, "succeeded")
+
+
+EARLIER_NIGHTS = [(4, int(3.7 * GiB)), (8, int(5.6 * GiB))]  # the family ran clean at 4, then at 8
+
+
+def test_fits_counts_free_speculative_and_inactive_pages_not_the_other_apps_active_ones(tmp_path):
+    """A 16 GiB Mac with apps left open (mps_apps_open: 65 % by kern.memorystatus_level, 4.1 GiB free +
+    speculative + inactive): the rule before issue 22 starts at 8, whose last run peaked at 5.6 GiB; the
+    new one steps down to 4 (3.7 GiB), which fits."""
+    rows = read_trace(TRACES / "mps_apps_open.jsonl")
+    assert all(r.kernel_level == 1 and r.memorystatus_level == 65 for r in rows)  # the kernel sees no pressure
+    vm = rows[0].vm
+    fits_now = (vm.free_count + vm.inactive_count) * vm.page_size  # free_count includes the speculative pages
+    assert 4 * GiB < fits_now < int(5.6 * GiB) < 16 * GiB * 65 // 100
+
+    before = play(rows, tmp_path / "before", work_s=300, earlier=EARLIER_NIGHTS, fits_rule=MemorystatusLevelFits)
+    [decided] = before.events["policy.decided"]
+    assert decided["micro_batch"] == 8 and "available" not in decided["reason"]  # 5.6 GiB < 10.4 GiB: admitted
+    assert before.path == [8] and before.state == "succeeded"
+
+    now = play(rows, tmp_path / "now", work_s=300, earlier=EARLIER_NIGHTS)
+    [decided] = now.events["policy.decided"]
+    assert decided["micro_batch"] == 4
+    assert decided["reason"].endswith(f"8 peaked at {int(5.6 * GiB):,} bytes > {fits_now:,} available: 4")
+    assert now.path == [4] and now.runs == [(4, 4, "succeeded")] and now.events["run.deferred"] == []
+
+
+def test_fits_defers_a_larger_model_that_the_old_rule_would_have_started_at_8(tmp_path):
+    """A BERT-large family (peaks 6.2, 7.0 and 8.5 GiB at 2, 4 and 8) on the same Mac: 8.5 GiB is under the
+    10.4 GiB kern.memorystatus_level offers, so the old rule started it at 8; the new one waits."""
+    rows = read_trace(TRACES / "mps_apps_open.jsonl")
+    large = [(2, int(6.2 * GiB)), (4, int(7.0 * GiB)), (8, int(8.5 * GiB))]
+
+    before = play(rows, tmp_path / "before", work_s=300, earlier=large, fits_rule=MemorystatusLevelFits)
+    assert [d["micro_batch"] for d in before.events["policy.decided"]] == [8] and before.path == [8]
+
+    now = play(rows, tmp_path / "now", work_s=300, earlier=large)
+    assert now.path == [] and now.runs == [] and now.state == "queued" and now.events["policy.decided"] == []
+    [deferred] = now.events["run.deferred"]  # logged once, when the reason first appears
+    assert deferred["reason"] == "does_not_fit"
+    assert deferred["message"].startswith(f"micro-batch 2 peaked at {int(6.2 * GiB):,} bytes; only ")
 
 
 @pytest.mark.parametrize(("trace", "t", "level", "source"), [

@@ -12,7 +12,7 @@ from mtld import __version__
 from mtld.executor import ExecutorPlugin
 from mtld.executor.registry import plugin_for
 from mtld.platform.machine import guess_device
-from mtld.memory import budget_bytes, make_probe, process_footprint, record_trace
+from mtld.memory import Reading, budget_bytes, make_probe, process_footprint, record_trace
 from mtld.platform.pidfile import running_pid
 from mtld.platform.agent import SubprocessRunner, agent_status
 from mtld.config.settings import Settings
@@ -86,6 +86,7 @@ def _memory(settings: Settings) -> dict[str, Any]:
         "probe": type(probe).__name__,
         "decides": {"level": getattr(probe, "decides", None), "over_budget": USED_FIGURE.get(device)},
         **reading.to_dict(),
+        "fits": fits(reading),
     }
     if device == "cpu" and reading.total_bytes:
         info["budget_bytes"] = budget_bytes(device_type="cpu", device_total=reading.total_bytes,
@@ -96,6 +97,23 @@ def _memory(settings: Settings) -> dict[str, Any]:
     info["hysteresis"] = {"dwell_s": mem.dwell_s, "quiet_s": mem.quiet_s, "resume_calm_s": mem.resume_calm_s,
                           "interrupt_limit": mem.interrupt_limit, "interrupt_window_s": mem.interrupt_window_s}
     return info
+
+
+def fits(reading: Reading) -> dict[str, Any]:
+    """What the check before a run compares a size's measured peak with, and where that figure comes from.
+    On macOS kern.memorystatus_level's share is shown beside it: it counts other programs' active pages too."""
+    detail = reading.detail
+    fit = detail.get("fit")
+    if fit:  # macOS: mtld.memory.macos.mac_fit over host_statistics64's page counts
+        shown: dict[str, Any] = {"bytes": reading.fit_bytes, "bound": fit["bound"],
+                                 "free_speculative_inactive_bytes": fit["reclaimable_bytes"],
+                                 "before_kernel_warn_bytes": fit["before_warn_bytes"]}
+    else:
+        shown = {"bytes": reading.fit_bytes, "bound": "available_bytes"}
+    share = detail.get("memorystatus_level")
+    if share is not None and reading.total_bytes:
+        shown["memorystatus_level_bytes"] = reading.total_bytes * share // 100
+    return shown
 
 
 def record(settings: Settings, path: Path, *, seconds: float, pid: int | None = None,

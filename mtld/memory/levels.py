@@ -64,8 +64,9 @@ class Reading:
     swap_used_bytes: int | None
     source: str  # "linux", "macos", "simulated", "replay", "scripted"
     detail: dict[str, Any] = field(default_factory=dict)  # raw inputs; "notes": what could not be read
-    # What a new run can use by the platform's own account, where that is not `available_bytes`:
-    # on macOS the kernel's kern.memorystatus_level share of RAM. None: `available_bytes` is that figure.
+    # What a new run can use, where that is not `available_bytes`: on macOS free + speculative + inactive
+    # pages, capped where the kernel would warn (mtld.memory.macos.mac_fit; not kern.memorystatus_level,
+    # which counts other programs' active pages). None: `available_bytes` is that figure.
     usable_bytes: int | None = None
 
     @property

@@ -5,13 +5,19 @@ A trace is JSON lines, one row a second:
 
     {"t": 12.0, "platform": "darwin", "kernel_level": 1, "memorystatus_level": 41,
      "available_share": 0.06, "total_bytes": 17179869184, "swap_used_bytes": 0,
+     "vm": {"page_size": 16384, "free_count": 20480, "active_count": 301056, "inactive_count": 40960,
+            "speculative_count": 6144, "compressor_page_count": 98304, ...},
      "footprint_bytes": 5100000000, "device_bytes": 4300000000, "device": "mps", "level": "normal"}
 
 `t` is seconds from the start. The raw inputs are the platform's own:
 macOS `kernel_level` (kern.memorystatus_vm_pressure_level: 1, 2, 4) and
-`memorystatus_level` (kern.memorystatus_level, %); Linux `psi_some_avg10`
-and `psi_full_avg10` (/proc/pressure/memory). `available_share` and
-`total_bytes` are psutil's (macOS) or /proc/meminfo's (Linux). The process's
+`memorystatus_level` (kern.memorystatus_level, %), and `vm`, the page counts
+of host_statistics64 that "fits" is reckoned from (mtld.memory.macos.VmPages;
+a trace recorded before they were kept has none, and its replay checks fits
+against the available share, the same pages by psutil's count); Linux
+`psi_some_avg10` and `psi_full_avg10` (/proc/pressure/memory).
+`available_share` and `total_bytes` are psutil's (macOS) or /proc/meminfo's
+(Linux). The process's
 `footprint_bytes` (macOS phys_footprint, Linux resident set) and the
 `device_bytes` (MPS driver allocation, CUDA reserve) are null where unknown.
 `level` is what the recording probe decided then; a replay decides again.
@@ -41,7 +47,7 @@ from mtld.memory.figures import MemoryFigures
 from mtld.memory.guard import used_bytes
 from mtld.memory.levels import Probe, Reading
 from mtld.memory.linux import LinuxProbe
-from mtld.memory.macos import AVAILABLE_SYSCTL, PRESSURE_SYSCTL, MacProbe
+from mtld.memory.macos import AVAILABLE_SYSCTL, PRESSURE_SYSCTL, MacProbe, VmPages
 from mtld.config.settings import MemorySettings
 
 
@@ -61,6 +67,7 @@ class TraceRow(BaseModel):
     available_share: float | None = Field(default=None, ge=0, le=1)
     total_bytes: int | None = Field(default=None, gt=0)
     swap_used_bytes: int | None = Field(default=None, ge=0)
+    vm: VmPages | None = None  # macOS page counts (host_statistics64); None in traces from before they were kept
     footprint_bytes: int | None = Field(default=None, ge=0)
     device_bytes: int | None = Field(default=None, ge=0)
     device: Literal["cpu", "cuda", "mps"] | None = None
@@ -157,8 +164,13 @@ class ReplayProbe:
                 raise OSError(f"{name} not in the trace")
             return int(values[name])
 
+        def vm_pages() -> VmPages:
+            if row.vm is None:
+                raise OSError("host_statistics64's page counts are not in the trace")
+            return row.vm
+
         figures = MemoryFigures(row.total_bytes, row.available_bytes, row.swap_used_bytes)
-        return MacProbe(self.settings, sysctl=sysctl, figures=lambda: figures).read()
+        return MacProbe(self.settings, sysctl=sysctl, figures=lambda: figures, vm_pages=vm_pages).read()
 
     def _linux_reading(self, row: TraceRow) -> Reading:
         if self._root is None:  # the real LinuxProbe, over files laid out from the row
@@ -203,8 +215,8 @@ def trace_row(reading: Reading, t: float, *, footprint: int | None = None, devic
         t=round(t, 3), platform=platform, kernel_level=detail.get("sysctl_pressure_level"),
         memorystatus_level=detail.get("memorystatus_level"), psi_some_avg10=detail.get("psi_some_avg10"),
         psi_full_avg10=detail.get("psi_full_avg10"), available_share=None if share is None else round(share, 5),
-        total_bytes=reading.total_bytes, swap_used_bytes=reading.swap_used_bytes, footprint_bytes=footprint,
-        device_bytes=device_bytes, device=device, level=reading.level.value,
+        total_bytes=reading.total_bytes, swap_used_bytes=reading.swap_used_bytes, vm=detail.get("vm"),
+        footprint_bytes=footprint, device_bytes=device_bytes, device=device, level=reading.level.value,
     )
 
 

@@ -23,12 +23,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
+from mtld.memory.macos import VmPages  # noqa: E402
 from mtld.memory.replay import TraceRow, trace_line  # noqa: E402
 
 GiB = 2**30
 MAC_TOTAL = 16 * GiB
 LINUX_TOTAL = 32 * GiB
 NORMAL, WARN, CRITICAL = 1, 2, 4  # kern.memorystatus_vm_pressure_level
+PAGE = 16384  # the kernel's page size on Apple silicon (vm_stat: "page size of 16384 bytes")
+MAC_PAGES = MAC_TOTAL // PAGE  # 1,048,576
 
 
 def wobble(t: int, low: float, high: float) -> float:
@@ -38,9 +41,9 @@ def wobble(t: int, low: float, high: float) -> float:
 
 
 def mac_row(t: int, level: int, *, share: float = 0.30, footprint: float = 5.5 * GiB,
-            device: float = 4.5 * GiB, kernel_share: int = 40) -> TraceRow:
+            device: float = 4.5 * GiB, kernel_share: int = 40, vm: VmPages | None = None) -> TraceRow:
     return TraceRow(t=t, platform="darwin", kernel_level=level, memorystatus_level=kernel_share,
-                    available_share=round(share, 4), total_bytes=MAC_TOTAL, swap_used_bytes=0,
+                    available_share=round(share, 4), total_bytes=MAC_TOTAL, swap_used_bytes=0, vm=vm,
                     footprint_bytes=int(footprint), device_bytes=int(device), device="mps",
                     level={NORMAL: "normal", WARN: "warn", CRITICAL: "critical"}[level])
 
@@ -83,6 +86,30 @@ def mps_slow_leak(t: int) -> TraceRow:
     return mac_row(t, NORMAL, share=wobble(t, 0.15, 0.25), footprint=footprint, device=4.5 * GiB)
 
 
+def mps_apps_open(t: int) -> TraceRow:
+    # Before a run, a 16 GiB Mac with a browser, a chat app and an IDE left open; the kernel says normal
+    # throughout. Synthetic, not recorded: a vm_stat-like state made consistent with how XNU counts pages
+    # (host_statistics64's free_count includes the speculative pages; kern.memorystatus_level is active +
+    # inactive + free + speculative over all pages). In 16 KiB pages: 422,400 active (6.4 GiB, the apps'
+    # working sets), 230,400 inactive (3.5 GiB), 25,600 free (0.4 GiB) and 12,800 speculative (0.2 GiB),
+    # 102,400 held by the compressor (1.6 GiB), the other 254,976 wired (3.9 GiB: the kernel, WindowServer,
+    # the GPU's buffers). So kern.memorystatus_level = 691,200 × 100 / 1,048,576 = 65 % (the rule before
+    # issue 22 offered a run 10.4 GiB); free + speculative + inactive is 4.1 GiB, and the kernel would warn
+    # only after 9.0 GiB left the uncompressed pool (691,200 - 102,400 pages). Free pages move by up to
+    # ±1,000 a second against active ones (the apps allocate and free).
+    moved = int(wobble(t, -1000, 1000))
+    free, speculative, inactive, active, compressor = 25_600 + moved, 12_800, 230_400, 422_400 - moved, 102_400
+    wired = MAC_PAGES - (free + speculative + inactive + active + compressor)
+    external = 281_600  # file-backed; the rest of the pageable pages are anonymous
+    vm = VmPages(page_size=PAGE, free_count=free + speculative, active_count=active, inactive_count=inactive,
+                 speculative_count=speculative, compressor_page_count=compressor, wire_count=wired,
+                 purgeable_count=5_120, external_page_count=external,
+                 internal_page_count=active + inactive + speculative - external)
+    uncompressed = active + inactive + free + speculative
+    return mac_row(t, NORMAL, share=(free + speculative + inactive) / MAC_PAGES,
+                   kernel_share=uncompressed * 100 // MAC_PAGES, vm=vm)
+
+
 def linux_psi_rising(t: int) -> TraceRow:
     # CPU training on Linux while something else grows: PSI "some" climbs past 10 % from t = 60, "full" past
     # 5 % from t = 420, both fall back from t = 600 (avg10 decays over tens of seconds)
@@ -106,6 +133,7 @@ TRACES: dict[str, tuple[Callable[[int], TraceRow], int]] = {
     "mps_critical_spike": (mps_critical_spike, 600),
     "mps_sustained_critical": (mps_sustained_critical, 2700),
     "mps_slow_leak": (mps_slow_leak, 1500),
+    "mps_apps_open": (mps_apps_open, 900),
     "linux_psi_rising": (linux_psi_rising, 1500),
 }
 

@@ -1,13 +1,14 @@
-"""macOS checks on memory: the kernel's pressure level read two ways, a pressure trace while MPS
-memory grows, an MPS out-of-memory that mtld recognises and survives, and the driver figure read
-from a second thread. The OS and torch edges are seams (ctx.runner, ctx.shared) so that tests
-replay recorded outputs and fakes on any machine."""
+"""macOS checks on memory: the kernel's pressure level read two ways, the page counts "fits" is
+reckoned from read two ways, a pressure trace while MPS memory grows, an MPS out-of-memory that mtld
+recognises and survives, and the driver figure read from a second thread. The OS and torch edges are
+seams (ctx.runner, ctx.shared) so that tests replay recorded outputs and fakes on any machine."""
 
 from __future__ import annotations
 
 import ctypes
 import json
 import os
+import re
 import threading
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,11 @@ from mtld.doctor.selftest.base import Context, Failed, Skipped, Spec, require
 
 PRESSURE = "kern.memorystatus_vm_pressure_level"  # 1 normal, 2 warn, 4 critical (XNU bsd/kern/kern_memorystatus*.c)
 FREE_LEVEL = "kern.memorystatus_level"  # percentage of memory the kernel counts as available
+MEMSIZE = "hw.memsize"  # bytes of RAM (bsd/kern/kern_mib.c)
+# vm_stat(1)'s lines: "Mach Virtual Memory Statistics: (page size of 16384 bytes)", "Pages free:   12345."
+# (system_cmds vm_stat/vm_stat.c, snapshot)
+VM_STAT_PAGE_SIZE = re.compile(r"page size of (\d+) bytes")
+VM_STAT_LINE = re.compile(r"^(Pages [a-z ]+):\s+(\d+)\.$", re.M)
 CHUNK = 256 << 20
 
 
@@ -109,6 +115,23 @@ def footprint_bytes(ctx: Context) -> int | None:
         return None
 
 
+def vm_pages(ctx: Context) -> Any:
+    """host_statistics64's page counts through ctypes, as the probe reads them (mtld.memory.macos.read_vm_pages)."""
+    if "vm_pages" in ctx.shared:
+        return ctx.shared["vm_pages"]()
+    from mtld.memory.macos import read_vm_pages
+
+    return read_vm_pages()
+
+
+def parse_vm_stat(text: str) -> dict[str, int]:
+    """vm_stat(1)'s page size and its "Pages ..." counts."""
+    counts = {name: int(value) for name, value in VM_STAT_LINE.findall(text)}
+    if (size := VM_STAT_PAGE_SIZE.search(text)) is not None:
+        counts["page size"] = int(size.group(1))
+    return counts
+
+
 def available_share(ctx: Context) -> float:
     if "available_share" in ctx.shared:
         return ctx.shared["available_share"]()
@@ -135,6 +158,43 @@ def check_pressure_level(ctx: Context) -> dict[str, Any]:
                 f"{name}: ctypes reads {by_ctypes}, `sysctl -n` {by_command}", **figures)
     require(figures[PRESSURE]["ctypes"] in (1, 2, 4), f"{PRESSURE} = {figures[PRESSURE]['ctypes']}: not 1, 2 or 4",
             **figures)
+    return figures
+
+
+def check_vm_statistics(ctx: Context) -> dict[str, Any]:
+    """host_statistics64 through ctypes (the struct mtld lays out, what "fits" is reckoned from) and vm_stat(1)
+    agree, to 1 % of RAM (pages move between the two reads); the fits figure beside kern.memorystatus_level's."""
+    from mtld.memory.macos import mac_fit
+
+    _mac(ctx)
+    total = sysctl_ctypes(ctx, MEMSIZE)
+    for _ in range(3):
+        try:
+            pages = vm_pages(ctx)
+        except OSError as e:
+            raise Failed(f"host_statistics64 through ctypes: {e}") from None
+        result = ctx.runner.run(["vm_stat"])
+        require(result.returncode == 0, f"`vm_stat` answered {result.returncode}: {result.stderr.strip()[:200]}")
+        shown = parse_vm_stat(result.stdout)
+        ours = {"page size": pages.page_size, "Pages free": pages.free_count - pages.speculative_count,
+                "Pages active": pages.active_count, "Pages inactive": pages.inactive_count,
+                "Pages speculative": pages.speculative_count,
+                "Pages occupied by compressor": pages.compressor_page_count}
+        tolerance = total // pages.page_size // 100
+        apart = {name: ours[name] - shown[name] if name in shown else None for name in ours}
+        if apart["page size"] == 0 and all(d is not None and abs(d) <= tolerance for d in apart.values()):
+            break
+    figures: dict[str, Any] = {"ctypes": ours, "vm_stat": {name: shown.get(name) for name in ours},
+                               "tolerance_pages": tolerance}
+    require(apart["page size"] == 0, f"page size: ctypes {pages.page_size}, vm_stat {shown.get('page size')}",
+            **figures)
+    far = [f"{name} ({d:+})" if d is not None else f"{name} (not in vm_stat's output)"
+           for name, d in apart.items() if d is None or abs(d) > tolerance]
+    require(not far, f"ctypes and vm_stat disagree by more than {tolerance} pages: {', '.join(far)}", **figures)
+    fit = mac_fit(pages, total)
+    figures.update(fits_bytes=fit.bytes, bound=fit.bound, free_speculative_inactive_bytes=fit.reclaimable_bytes,
+                   before_kernel_warn_bytes=fit.before_warn_bytes,
+                   memorystatus_level_bytes=total * sysctl_ctypes(ctx, FREE_LEVEL) // 100)
     return figures
 
 
@@ -167,8 +227,12 @@ def check_pressure_trace(ctx: Context) -> dict[str, Any]:
             share = available_share(ctx)
             raw = sysctl_ctypes(ctx, PRESSURE)
             kernel = macos_level(raw)
+            try:
+                pages = vm_pages(ctx)
+            except OSError:
+                pages = None  # the trace still replays; its fits fall back to the available share
             row = TraceRow(t=round(ctx.clock() - start, 2), platform="darwin", kernel_level=raw,
-                           memorystatus_level=sysctl_ctypes(ctx, FREE_LEVEL), available_share=round(share, 4),
+                           memorystatus_level=sysctl_ctypes(ctx, FREE_LEVEL), available_share=round(share, 4), vm=pages,
                            footprint_bytes=footprint_bytes(ctx), device_bytes=mps.driver_allocated(), device="mps",
                            level=kernel.value)  # the replay probe's format (mtld.memory.replay)
             sample = row.model_dump(exclude_none=True)
@@ -248,6 +312,8 @@ def check_driver_memory_thread(ctx: Context) -> dict[str, Any]:
 CHECKS = [
     Spec("macos.pressure_level", "macos", "mtld could misread the kernel's memory pressure and start or keep a "
          "run that pushes the Mac into swap.", check_pressure_level),
+    Spec("macos.vm_statistics", "macos", "mtld could misread the page counts it checks a run's size against "
+         "before starting it, and start a size that pushes the Mac into swap.", check_vm_statistics),
     Spec("macos.pressure_trace", "macos", "the trace is the evidence of which signal reacts when MPS memory grows; "
          "without it a scale-down at night cannot be explained.", check_pressure_trace),
     Spec("macos.mps_oom", "macos", "an MPS out-of-memory would crash the run instead of halving the micro-batch "
