@@ -70,7 +70,8 @@ class StepRunner:
         self.stop_reason: str | None = None  # "signal" or "memory_critical" once stopped
         self.last_oom: str | None = None
         self._params = [p for p in model.parameters() if p.requires_grad]
-        # fp16 needs loss scaling (bf16 has fp32's range and does not); its state goes into checkpoints
+        # fp16 needs loss scaling (bf16 has fp32's range and does not); its state goes into checkpoints.
+        # On MPS only from torch 2.8 (its MPS kernels, pytorch#150255): mtld.decide.precision says fp32 before.
         self.scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
 
     def run(self, step: Step, number: int, index: torch.Tensor | None = None) -> StepResult:
@@ -102,6 +103,7 @@ class StepRunner:
         if self.max_grad_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
         else:
+            # new in torch 2.6 (torch/nn/utils/__init__.py, pytorch#139662): the floor in pyproject.toml
             norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
         if why := nonfinite(result.loss, norm if self.scaler is None else None):
             self.optimizer.zero_grad(set_to_none=True)
@@ -205,3 +207,4 @@ def nonfinite(loss: torch.Tensor | None, norm: torch.Tensor | None) -> str | Non
     if loss is not None and not bool(torch.isfinite(loss)):
         return f"loss is {float(loss)}"
     return f"gradient norm is {float(norm)}"
+
