@@ -4,6 +4,7 @@ key, fp16's scaler, the torch floor."""
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,104 @@ def test_the_resume_fingerprint_of_an_old_job_file_is_what_it_was(jobs):
     assert job_fingerprint(spec.model_copy(update={"train": spec.train.model_copy(update={"mixed_precision": "bf16"})}), []) \
         != job_fingerprint(spec, [])
 
+
+class AutocastOfAnOlderTorch:
+    """torch.autocast as torch 2.5 is for bf16 on MPS (torch/amp/autocast_mode.py, 2.5.0): it takes the dtype,
+    warns and disables itself, so everything under it runs in fp32. Here it stands in for any device."""
+
+    real = None
+
+    def __init__(self, device_type, dtype=None, enabled=True, cache_enabled=None):
+        warnings.warn("In MPS autocast, but the target dtype is not supported. Disabling autocast.\n"
+                      "MPS Autocast only supports dtype of torch.bfloat16 currently.", stacklevel=2)
+        self.inner = self.real(device_type, dtype=dtype, enabled=False)
+
+    def __enter__(self):
+        return self.inner.__enter__()
+
+    def __exit__(self, *exc):
+        return self.inner.__exit__(*exc)
+
+
+@pytest.fixture
+def older_torch(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(AutocastOfAnOlderTorch, "real", torch.autocast)
+    monkeypatch.setattr(torch, "autocast", AutocastOfAnOlderTorch)
+
+
+def _build(jobs, **train):
+    import structlog
+    import torch
+
+    from mtld.train.guard import NoGuard
+    from mtld.train.setup import build
+    from mtld.train.signals import StopFlag
+
+    spec = jobs.spec([jobs.task("classification", 8)], **train)
+    return build(spec, torch.device("cpu"), 2, stop=StopFlag(), guard=NoGuard(), log=structlog.get_logger())
+
+
+def _linear_dtypes_in_one_step(parts) -> set:
+    """The dtypes the model's first linear layer produced in one training step."""
+    import torch
+
+    seen = set()
+    linear = next(m for m in parts.model.modules() if isinstance(m, torch.nn.Linear))
+    handle = linear.register_forward_hook(lambda module, args, out: seen.add(out.dtype))
+    try:
+        assert parts.runner.run(parts.plans[0][0], 1).outcome == "done"
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_the_child_trains_in_what_autocast_really_produces(jobs, older_torch, monkeypatch):
+    """The rule says bf16 (a CPU runs it); autocast quietly gives fp32: the run says fp32 and trains in fp32."""
+    import torch
+
+    parts = _build(jobs, mixed_precision="bf16")
+    assert parts.precision == "off"
+    assert parts.precision_reason == (
+        f"mixed_precision = bf16, but autocast to bf16 on cpu with torch {torch.__version__} failed: a matmul came "
+        "out float32 (torch warned: In MPS autocast, but the target dtype is not supported. Disabling autocast.): fp32")
+    assert parts.amp is None and parts.runner.amp is None
+    assert _linear_dtypes_in_one_step(parts) == {torch.float32}
+
+    monkeypatch.setattr(torch, "autocast", AutocastOfAnOlderTorch.real)  # today's torch: the check passes
+    parts = _build(jobs, mixed_precision="bf16")
+    assert (parts.precision, parts.precision_reason) == ("bf16", "mixed_precision = bf16")
+    assert _linear_dtypes_in_one_step(parts) == {torch.bfloat16}
+
+
+def test_a_torch_that_refuses_autocast_on_the_device_trains_in_fp32(jobs, monkeypatch):
+    """torch 2.4 on MPS: autocast raises for the device (ATen/autocast_mode.h has no kMPS before 2.5)."""
+    import torch
+
+    def refuses(device_type, **kwargs):
+        raise RuntimeError(f"User specified an unsupported autocast device_type '{device_type}'")
+
+    monkeypatch.setattr(torch, "autocast", refuses)
+    parts = _build(jobs, mixed_precision="bf16")
+    assert parts.precision == "off" and parts.runner.amp is None
+    assert "failed: RuntimeError: User specified an unsupported autocast device_type 'cpu': fp32" in parts.precision_reason
+
+
+def test_run_started_and_the_checkpoint_agree_with_what_an_older_torch_trained_in(jobs, read_events, older_torch):
+    """fp16 asked for, autocast gives fp32: run.started says off (never "fp16") and no loss scaler ran."""
+    import torch
+
+    from mtld.config.settings import DiskSettings
+    from mtld.train import run_attempt
+
+    spec = jobs.spec([jobs.task("classification", 24)], epochs=1, mixed_precision="fp16")
+    run_dir = jobs.run_dir(spec, micro_batch=4, disk=DiskSettings(keep_last_checkpoint=True))
+    assert run_attempt(run_dir) == 0
+    started = read_events(run_dir, "run.started")[0]
+    assert started["mixed_precision"] == "off"
+    assert started["mixed_precision_reason"].startswith("mixed_precision = fp16, but autocast to fp16 on cpu with torch")
+    assert "a matmul came out float32" in started["mixed_precision_reason"]
+    assert started["torch"] == torch.__version__
+    state = torch.load(sorted((run_dir / "checkpoints").iterdir())[-1], weights_only=True)
+    assert state["scaler"] is None  # fp32: no loss scaling

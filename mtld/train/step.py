@@ -16,6 +16,7 @@ non-finite loss counts as a skipped step there.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -208,3 +209,23 @@ def nonfinite(loss: torch.Tensor | None, norm: torch.Tensor | None) -> str | Non
         return f"loss is {float(loss)}"
     return f"gradient norm is {float(norm)}"
 
+
+def autocast_mismatch(device: torch.device, dtype: torch.dtype) -> str | None:
+    """None when one tiny op (a 2x2 matmul) under the autocast the steps use comes out in `dtype`; else what
+    came out instead (with the warning torch gave) or what was raised. An older torch can accept the context
+    and quietly run in fp32 (2.5 asked for bf16 on MPS warns "Disabling autocast", torch/amp/autocast_mode.py)
+    or refuse the device outright (2.4 on MPS: "unsupported autocast device_type")."""
+    square = torch.ones(2, 2, device=device)
+    try:
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            with autocast(device, dtype):
+                produced = torch.mm(square, square).dtype
+    except Exception as e:
+        if is_oom(e):
+            raise
+        return f"{type(e).__name__}: {str(e)[:200]}"
+    if produced == dtype:
+        return None
+    warned = next((str(w.message).splitlines()[0] for w in caught if str(w.message)), None)
+    return f"a matmul came out {str(produced).removeprefix('torch.')}" + (f" (torch warned: {warned})" if warned else "")
