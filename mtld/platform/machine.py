@@ -4,13 +4,14 @@ mixed-precision rule (mtld.decide.precision, pure) needs. Read once per process.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import platform
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from mtld.decide.precision import MachineFacts, Precision, resolve_precision
+from mtld.decide.precision import MachineFacts, Precision, TorchVersion, resolve_precision, torch_version
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flag names (Linux arch/x86 cpufeatures)
 
@@ -34,7 +35,18 @@ def precision_for(setting: str, device: str) -> tuple[Precision, str]:
 def machine_facts(device: str) -> MachineFacts:
     """This machine's facts for `device`, read without torch (and once per process)."""
     return MachineFacts(cpu_bf16=device == "cpu" and _cpu_bf16(), macos=_macos_version(),
-                        cuda_capability=_cuda_capability() if device == "cuda" else None)
+                        cuda_capability=_cuda_capability() if device == "cuda" else None, torch=_torch_version())
+
+
+@functools.cache
+def _torch_version() -> TorchVersion | None:
+    """The installed torch's version from its package metadata: the daemon never imports torch, and the child
+    (which has) reads the same distribution. None when torch is not installed or its version is unreadable."""
+    try:
+        text = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return torch_version(text) if isinstance(text, str) else None  # metadata without a Version: None
 
 
 @functools.cache

@@ -25,6 +25,8 @@ OOM_FRAGMENTS = ("out of memory", "defaultcpuallocator: can't allocate memory", 
 
 def is_oom(exc: BaseException) -> bool:
     """True when `exc` says an allocation failed (by type, then by message)."""
+    # torch.OutOfMemoryError: public since torch 2.4 (torch/csrc/Exceptions.cpp, pytorch#121702; in 2.4.0's
+    # torch/_C/__init__.pyi), so older than the floor in pyproject.toml
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     if isinstance(exc, RuntimeError):

@@ -28,7 +28,7 @@ from mtld.train.model import MultiTaskModel, compile_encoder, load_encoder, load
 from mtld.train.optim import make_optimizer, make_scheduler
 from mtld.train.plan import Step, epoch_plan
 from mtld.train.signals import StopFlag
-from mtld.train.step import StepRunner
+from mtld.train.step import StepRunner, autocast_mismatch
 
 
 @dataclass
@@ -80,12 +80,24 @@ def build(spec: JobSpec, device: torch.device, micro_batch: int, *, stop: StopFl
         task.train.to(device)
         if task.eval is not None:
             task.eval.to(device)
-    precision, precision_reason = precision_for(train.mixed_precision, device.type)
+    precision, precision_reason = checked_precision(device, *precision_for(train.mixed_precision, device.type))
     amp = amp_dtype(precision)
     runner = StepRunner(model, tasks, optimizer, scheduler, device=device, micro_batch=micro_batch,
                         max_grad_norm=train.max_grad_norm, amp=amp, stop=stop, guard=guard, log=log)
     return Parts(tokenizer, tasks, model, plans, optimizer, optimizer_kind, scheduler, runner, fingerprint,
                  precision, precision_reason)
+
+
+def checked_precision(device: torch.device, precision: Precision, reason: str) -> tuple[Precision, str]:
+    """What the run really trains in: the rule's answer (mtld.decide.precision) if autocast on this device and
+    this torch produces its dtype, else fp32, with what was found (so no record says bf16 of a fp32 run)."""
+    dtype = amp_dtype(precision)
+    if dtype is None:
+        return precision, reason
+    found = autocast_mismatch(device, dtype)
+    if found is None:
+        return precision, reason
+    return "off", f"{reason}, but autocast to {precision} on {device.type} with torch {torch.__version__} failed: {found}: fp32"
 
 
 def _load(load: Callable[[], Any], what: str, where: str) -> Any:

@@ -16,6 +16,7 @@ non-finite loss counts as a skipped step there.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,7 +71,8 @@ class StepRunner:
         self.stop_reason: str | None = None  # "signal" or "memory_critical" once stopped
         self.last_oom: str | None = None
         self._params = [p for p in model.parameters() if p.requires_grad]
-        # fp16 needs loss scaling (bf16 has fp32's range and does not); its state goes into checkpoints
+        # fp16 needs loss scaling (bf16 has fp32's range and does not); its state goes into checkpoints.
+        # On MPS only from torch 2.8 (its MPS kernels, pytorch#150255): mtld.decide.precision says fp32 before.
         self.scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
 
     def run(self, step: Step, number: int, index: torch.Tensor | None = None) -> StepResult:
@@ -102,6 +104,7 @@ class StepRunner:
         if self.max_grad_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
         else:
+            # new in torch 2.6 (torch/nn/utils/__init__.py, pytorch#139662): the floor in pyproject.toml
             norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
         if why := nonfinite(result.loss, norm if self.scaler is None else None):
             self.optimizer.zero_grad(set_to_none=True)
@@ -205,3 +208,24 @@ def nonfinite(loss: torch.Tensor | None, norm: torch.Tensor | None) -> str | Non
     if loss is not None and not bool(torch.isfinite(loss)):
         return f"loss is {float(loss)}"
     return f"gradient norm is {float(norm)}"
+
+
+def autocast_mismatch(device: torch.device, dtype: torch.dtype) -> str | None:
+    """None when one tiny op (a 2x2 matmul) under the autocast the steps use comes out in `dtype`; else what
+    came out instead (with the warning torch gave) or what was raised. An older torch can accept the context
+    and quietly run in fp32 (2.5 asked for bf16 on MPS warns "Disabling autocast", torch/amp/autocast_mode.py)
+    or refuse the device outright (2.4 on MPS: "unsupported autocast device_type")."""
+    square = torch.ones(2, 2, device=device)
+    try:
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            with autocast(device, dtype):
+                produced = torch.mm(square, square).dtype
+    except Exception as e:
+        if is_oom(e):
+            raise
+        return f"{type(e).__name__}: {str(e)[:200]}"
+    if produced == dtype:
+        return None
+    warned = next((str(w.message).splitlines()[0] for w in caught if str(w.message)), None)
+    return f"a matmul came out {str(produced).removeprefix('torch.')}" + (f" (torch warned: {warned})" if warned else "")
