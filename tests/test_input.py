@@ -100,6 +100,9 @@ REFUSED = [
     ("simulated probe without its file, daemon", {"MTLD_MEMORY__PROBE": "simulated"}, None, ["daemon", "--exit-when-idle"],
      'environment: memory.simulated_file - required when memory.probe = "simulated"'),
     ("an unknown --state", {}, None, ["status", "--state", "done"], "--state: must be one of queued, running"),
+    ("a stop timeout launchd's ExitTimeOut cannot hold", {"MTLD_DAEMON__STOP_TIMEOUT_S": "46"}, None, ["status"],
+     "MTLD_DAEMON__STOP_TIMEOUT_S: at most 45 s: with 5 s to reap the child and 10 s to record the run, launchd's "
+     "ExitTimeOut must stay within 60 s"),
 ]
 
 
