@@ -138,10 +138,10 @@ def plan_install(
     grace = stop_grace_s(settings)
     agent_file = launchd.plist_path(home) if manager == "launchd" else systemd.unit_path(home, env)
     plan = AgentPlan(notes=_carried_notes(env, service_env, token_file))
-    if env.get(TOKEN):
-        plan.files[token_file] = (env[TOKEN].strip() + "\n").encode()
+    if token := env.get(TOKEN, "").strip():
+        plan.files[token_file] = (token + "\n").encode()
         plan.private.add(token_file)
-        plan.secrets.append(env[TOKEN].strip())
+        plan.secrets.append(token)
     passwords = [password for key in USER_VALUES if (password := _password(service_env.get(key, "")))]
     if passwords:  # a proxy URL with a password: the agent's file is the user's alone
         plan.private.add(agent_file)

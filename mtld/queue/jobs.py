@@ -139,7 +139,6 @@ def submit(
         _log_privacy(lines, get_logger(schedule_id=schedule.id))
         return schedule
     job = _queue(settings, store, spec, str(job_file.resolve()), now=now, reason="submitted")
-    _log_privacy(lines, get_logger(job_id=job.id))
     get_logger(job_id=job.id).info(
         "job.submitted",
         name=job.name,
@@ -151,6 +150,7 @@ def submit(
     )
     if model_outside_job_folder(spec.model, job.job_file):  # accepted; `mtld show` says so too
         get_logger(job_id=job.id).warning("job.model_outside", model=spec.model, job_file=job.job_file)
+    _log_privacy(lines, get_logger(job_id=job.id))
     wake_daemon(settings)
     remember_rows(settings, spec)  # after the wake-up: the daemon need not wait for the count
     return job
