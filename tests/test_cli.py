@@ -246,3 +246,103 @@ def test_estimate_probe_prints_the_table_and_json_carries_the_same_figures(home,
         # --json rounds seconds to 0.1, the table rounds the exact figure to whole seconds
         assert any(f"{r['micro_batch']:>4}  {duration_text(r['seconds'] + d):>9}" in text for d in (-0.05, 0.0, 0.05))
         assert f"  probe{mark}\n" in text + "\n"
+
+
+# ---------------------------------------------------------------- issue 22: macOS privacy at submit
+
+FRAMEWORK = "/Library/Frameworks/Python.framework/Versions/3.12"
+
+
+def install_agent(mac_home: Path, python: str, env: dict[str, str] | None = None) -> None:
+    """An installed LaunchAgent as `mtld agent install` writes it (its plist is all submit reads)."""
+    from mtld.platform import launchd
+
+    plist = launchd.plist_path(mac_home)
+    plist.parent.mkdir(parents=True, exist_ok=True)
+    plist.write_bytes(launchd.render_plist([python, "-m", "mtld", "daemon"], {"PATH": "/usr/bin", **(env or {})},
+                                           mac_home / "Library/Logs/mtld", 30))
+
+
+def spec_reading(model: str, *data: str, output: str | None = None):
+    from mtld.config.jobspec import JobSpec
+
+    return JobSpec.model_validate({"name": "j", "model": model, "output": output, "tasks": [
+        {"name": f"t{i}", "type": "classification", "train": path} for i, path in enumerate(data)]})
+
+
+# (case, the agent's python under the home ("@HOME/") or absolute, what it links to, the agent's extra
+#  environment, the job's model, data and output, the warnings' starts, the binary to grant)
+SUBMIT_TCC = [
+    ("venv in ~/Documents, python.org", "@HOME/Documents/p/.venv/bin/python", f"{FRAMEWORK}/bin/python3.12", {},
+     "/models/bert", ["/data/t.jsonl"], None, ["the agent's Python environment (@HOME/Documents/p/.venv) is in ~/Documents"],
+     f"{FRAMEWORK}/Resources/Python.app"),
+    ("data on a USB stick", "/opt/venv/bin/python", "/opt/py/bin/python3.12", {}, "/models/bert",
+     ["/Volumes/USB/t.jsonl", "/data/u.jsonl"], None,
+     ["the job's data (/Volumes/USB/t.jsonl) is in /Volumes/USB (a removable or network volume)"],
+     "/opt/py/bin/python3.12"),
+    ("model in ~/Downloads, output on a NAS", "/opt/venv/bin/python", f"{FRAMEWORK}/bin/python3.12", {},
+     "@HOME/Downloads/bert", ["/data/t.jsonl"], "/Volumes/nas/runs",
+     ["the job's model (@HOME/Downloads/bert) is in ~/Downloads",
+      "the job's output (/Volumes/nas/runs) is in /Volumes/nas (a removable or network volume)"],
+     f"{FRAMEWORK}/Resources/Python.app"),
+    ("the agent's HF_HOME in ~/Desktop", "/opt/venv/bin/python", "/opt/py/bin/python3.12", {"HF_HOME": "@HOME/Desktop/hf"},
+     "/models/bert", ["/data/t.jsonl"], None, ["HF_HOME (@HOME/Desktop/hf) is in ~/Desktop"], "/opt/py/bin/python3.12"),
+    ("nothing protected", "/opt/venv/bin/python", f"{FRAMEWORK}/bin/python3.12", {}, "/models/bert",
+     ["/data/t.jsonl"], None, [], None),
+]
+
+
+@pytest.mark.parametrize(("python", "real", "env", "model", "data", "output", "warned", "grant"),
+                         [c[1:] for c in SUBMIT_TCC], ids=[c[0] for c in SUBMIT_TCC])
+def test_submit_checks_the_job_and_the_installed_agent_for_privacy_protection(tmp_path, python, real, env, model,
+                                                                              data, output, warned, grant):
+    from mtld.queue.jobs import agent_privacy_warnings
+
+    mac = tmp_path / "ann"
+    here = lambda text: text.replace("@HOME", str(mac))  # noqa: E731  (recorded paths under this test's home)
+    install_agent(mac, here(python), {k: here(v) for k, v in env.items()})
+    spec = spec_reading(here(model), *data, output=output)
+
+    lines = agent_privacy_warnings(spec, platform="darwin", home=mac, resolve=lambda p: real if p == here(python) else p)
+
+    assert [line.removeprefix("warning: ").split(", which macOS")[0] for line in lines[:-1]] == [here(w) for w in warned]
+    if grant:
+        assert f"add {grant} (press Cmd-Shift-G" in lines[-1]
+    else:
+        assert lines == []
+    assert agent_privacy_warnings(spec, platform="linux", home=mac) == []  # no TCC there
+
+
+def test_without_an_agent_submit_warns_about_nothing(tmp_path):
+    from mtld.queue.jobs import agent_privacy_warnings
+
+    spec = spec_reading("/models/bert", str(tmp_path / "Documents/t.jsonl"))
+    assert agent_privacy_warnings(spec, platform="darwin", home=tmp_path) == []  # a Terminal's daemon has its grants
+
+
+def test_submit_warns_logs_and_still_queues(home, tmp_path, capsys):
+    from mtld.logs.events import configure
+    from mtld.queue import jobs
+    from mtld.store import Store
+
+    mac = tmp_path / "ann"
+    folder = mac / "Documents/job"
+    folder.mkdir(parents=True)
+    job = write_job(folder)
+    install_agent(mac, "/opt/venv/bin/python")
+    settings = load_settings()
+    configure(settings.daemon_log)
+    said: list[str] = []
+    now = datetime.now(timezone.utc)
+    with Store(settings.db_path) as store:
+        made = jobs.submit(settings, store, job, now=now, platform="darwin", home=mac, warn=said.append)
+        jobs.submit(settings, store, job, now=now, platform="darwin", home=mac)  # default: on stderr
+        assert [j.id for j in store.list_jobs(["queued"])] == [made.id, made.id + 1]
+    assert said[0] == (f"warning: the job's model ({folder / 'model'}) is in ~/Documents, which macOS hides from "
+                       "agents unless allowed")
+    assert len(said) == 5 and "Full Disk Access" in said[-1]  # model, three data files, then the advice
+    assert capsys.readouterr().err == "".join(f"mtld: {line}\n" for line in said)
+    [event, _] = [e for e in map(json.loads, settings.daemon_log.read_text().splitlines())
+                  if e["event"] == "job.privacy_warning"]
+    assert event["job_id"] == made.id and event["level"] == "warning"
+    assert event["warnings"] == said[:-1] and event["advice"] == said[-1]

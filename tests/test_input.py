@@ -100,6 +100,9 @@ REFUSED = [
     ("simulated probe without its file, daemon", {"MTLD_MEMORY__PROBE": "simulated"}, None, ["daemon", "--exit-when-idle"],
      'environment: memory.simulated_file - required when memory.probe = "simulated"'),
     ("an unknown --state", {}, None, ["status", "--state", "done"], "--state: must be one of queued, running"),
+    ("a stop timeout launchd's ExitTimeOut cannot hold", {"MTLD_DAEMON__STOP_TIMEOUT_S": "46"}, None, ["status"],
+     "MTLD_DAEMON__STOP_TIMEOUT_S: at most 45 s: with 5 s to reap the child and 10 s to record the run, launchd's "
+     "ExitTimeOut must stay within 60 s"),
 ]
 
 
@@ -172,6 +175,56 @@ def test_show_reads_a_spec_an_older_mtld_let_through(home, job_folder):
     assert code == 0 and json.loads(stdout)["spec"]["schedule"]["priority"] == 5000
     code, stdout, _ = mtld("show", "1")
     assert code == 0 and "t (classification)" in stdout
+
+
+# ------------------------------------------------------------------ issue 22: a hub id is stored as its snapshot folder
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An HF_HOME of its own with org/bert-ja at two commits: main (aaa111) and the tag v1 (bbb222)."""
+    cache = tmp_path / "hf/hub"
+    repo = cache / "models--org--bert-ja"
+    for commit in ("aaa111", "bbb222"):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs/main").write_text("aaa111")
+    (repo / "refs/v1").write_text("bbb222")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))  # what HF_HOME set at import
+    return repo
+
+
+def test_a_cached_hub_id_is_stored_as_its_snapshot_folder_and_a_revision_picks_the_commit(home, job_folder, hub):
+    edit_job(job_folder, 'model = "model"', 'model = "org/bert-ja"')
+    code, _, stderr = mtld("submit", str(job_folder / "job.toml"))
+    assert code == 0, stderr
+    assert json.loads(queued(home)[0].spec_json)["model"] == str(hub / "snapshots/aaa111")  # runs without HF_HOME
+    events = [json.loads(line)["event"] for line in (home / "logs/mtld.jsonl").read_text().splitlines()]
+    assert "job.model_outside" not in events  # the cache is not "a model folder outside the job's folder"
+
+    edit_job(job_folder, 'model = "org/bert-ja"', 'model = "org/bert-ja"\nrevision = "v1"')
+    assert mtld("submit", str(job_folder / "job.toml"))[0] == 0
+    assert json.loads(queued(home)[1].spec_json)["model"] == str(hub / "snapshots/bbb222")
+
+
+@pytest.mark.parametrize(("model", "revision", "key", "message"), [
+    ("org/not-cached", None, "model", "'org/not-cached' is neither a folder next to the job file nor in the local "
+     "Hugging Face cache (HF_CACHE): mtld never downloads; download it first with `hf download org/not-cached`, or give "
+     "a folder"),
+    ("org/bert-ja", "v9", "model", "'org/bert-ja' is neither a folder next to the job file nor in the local Hugging Face "
+     "cache (HF_CACHE): mtld never downloads; download it first with `hf download org/bert-ja --revision v9`, or give "
+     "a folder"),
+    ("model", "v1", "revision", "a revision goes with a hub id, not a model folder"),
+])  # fmt: skip
+def test_a_hub_id_that_cannot_run_offline_is_one_line_saying_what_to_download(home, job_folder, hub, model, revision,
+                                                                             key, message):
+    edit_job(job_folder, 'model = "model"', f'model = "{model}"' + (f'\nrevision = "{revision}"' if revision else ""))
+    job = str(job_folder / "job.toml")
+    code, stdout, stderr = mtld("submit", job)
+    assert (code, stdout) == (2, "")
+    assert stderr == f"{job}: {key} - {message.replace('HF_CACHE', str(hub.parent))}\n"
+    assert queued(home) == []
 
 
 # ------------------------------------------------------------------ case 5: user text is never markup

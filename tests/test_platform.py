@@ -36,7 +36,7 @@ from mtld.platform.agent import (
 )
 from mtld.daemon.loop import FORCED_STOP_GRACE_S
 from mtld.platform.agent import WaitUntilGone
-from mtld.platform.privacy import protected_folder
+from mtld.platform.privacy import protected_place
 from mtld.config.settings import DaemonSettings, Settings
 from mtld.testing import RecordingRunner
 
@@ -161,6 +161,7 @@ def test_install_boots_out_waits_until_gone_writes_the_plist_and_bootstraps_with
     assert runner.calls == [
         ["launchctl", "bootout", "gui/501/io.mtld.daemon"],  # not loaded yet: ignored
         ["launchctl", "print", "gui/501/io.mtld.daemon"],  # gone at once: no wait
+        ["launchctl", "enable", "gui/501/io.mtld.daemon"],  # a label disabled earlier would never start
         ["launchctl", "bootstrap", "gui/501", str(path)],  # RunAtLoad (implied by KeepAlive) starts it
     ]  # and no `kickstart -k`: it would SIGKILL the daemon bootstrap just started
     assert clock.slept == []
@@ -185,7 +186,7 @@ def test_reinstall_during_a_run_waits_for_the_old_daemon_before_bootstrap(tmp_pa
 
     apply(plan, runner, sleep=sleep, clock=clock)
 
-    assert [c[1] for c in runner.calls] == ["bootout", "print", "print", "print", "bootstrap"]
+    assert [c[1] for c in runner.calls] == ["bootout", "print", "print", "print", "enable", "bootstrap"]
     assert clock.slept == [0.5, 0.5]
     assert written_when == [False, False]  # the plist is written only once the old daemon is gone
 
@@ -214,7 +215,7 @@ def test_bootstrap_is_retried_while_launchd_still_removes_the_old_agent(tmp_path
 
     apply(plan, runner, sleep=slept.append)
 
-    assert [c[1] for c in runner.calls] == ["bootout", "print", "bootstrap", "bootstrap"]
+    assert [c[1] for c in runner.calls] == ["bootout", "print", "enable", "bootstrap", "bootstrap"]
     assert slept == [2.0]
 
 
@@ -229,7 +230,196 @@ def test_a_failing_checked_command_raises_with_the_command_and_its_stderr(tmp_pa
     assert str(e.value) == (
         f"`launchctl bootstrap gui/501 {path}` failed (exit status 5): Bootstrap failed: 5: Input/output error"
     )
-    assert [c[1] for c in runner.calls] == ["bootout", "print"] + ["bootstrap"] * 4
+    assert [c[1] for c in runner.calls] == ["bootout", "print", "enable"] + ["bootstrap"] * 4
+
+
+# ------------------------------------------------------------------ what the agent carries from the shell
+
+SHELL = {  # a user's ~/.zshrc, which launchd never reads
+    "HF_HOME": "~/hf", "HF_HUB_CACHE": "/data/hub", "REQUESTS_CA_BUNDLE": "/etc/corp-ca.pem",
+    "SSL_CERT_FILE": "/etc/corp-ca.pem", "HTTPS_PROXY": "http://proxy.corp:3128", "NO_PROXY": "localhost,.corp",
+    "https_proxy": "http://proxy.corp:3128", "EDITOR": "vim", "HF_DATASETS_CACHE": "/x",
+}
+
+
+def environment_of(plan: AgentPlan, path: Path) -> dict[str, str]:
+    """The environment the agent's file gives the daemon: the plist's EnvironmentVariables, the unit's Environment=."""
+    if path.suffix == ".plist":
+        return plistlib.loads(plan.files[path])["EnvironmentVariables"]
+    return dict(word.split("=", 1) for word in shlex.split(read_unit(plan.files[path])["Service"]["Environment"]))
+
+
+@pytest.mark.parametrize("install", [mac_install, linux_install])
+def test_the_users_hugging_face_proxy_and_ca_settings_are_carried(tmp_path, monkeypatch, install):
+    monkeypatch.setenv("HOME", str(tmp_path))  # for ~ in HF_HOME
+    plan, path = install(tmp_path, env=SHELL)
+    carried = environment_of(plan, path)
+    assert {k: v for k, v in carried.items() if k not in ("PATH", "PYTHONUNBUFFERED")} == {
+        "HF_HOME": str(tmp_path / "hf"),  # made absolute: launchd expands no ~
+        "HF_HUB_CACHE": "/data/hub", "REQUESTS_CA_BUNDLE": "/etc/corp-ca.pem", "SSL_CERT_FILE": "/etc/corp-ca.pem",
+        "HTTPS_PROXY": "http://proxy.corp:3128", "https_proxy": "http://proxy.corp:3128", "NO_PROXY": "localhost,.corp",
+    }  # and nothing else of the shell's
+    [note] = [n for n in plan.notes if n.startswith("Carried from this shell")]
+    assert note == ("Carried from this shell into the agent's environment: HF_HOME, HF_HUB_CACHE, REQUESTS_CA_BUNDLE, "
+                    "SSL_CERT_FILE, HTTPS_PROXY, https_proxy, NO_PROXY.")
+    text = describe(plan)
+    assert "HF_HOME" in text and "http://proxy.corp:3128" in text  # --dry-run shows what is carried
+    assert path not in plan.private  # nothing secret in it: the usual 0644
+
+
+@pytest.mark.parametrize("install", [mac_install, linux_install])
+def test_the_token_goes_to_a_user_only_file_never_into_the_agents_file(tmp_path, monkeypatch, install):
+    token = "hf_SECRETsecretSECRET"
+    plan, path = install(tmp_path, env={"HF_TOKEN": token, "MTLD_HOME": str(tmp_path / "state")})
+    token_file = tmp_path / "state/hf-token"
+    assert token not in plan.files[path].decode()
+    assert environment_of(plan, path)["HF_TOKEN_PATH"] == str(token_file)
+    text = describe(plan)
+    assert token not in text and f"write {token_file} (0600: yours only):\n    <hidden>" in text
+    assert any(f"it goes to {token_file}" in n for n in plan.notes)
+
+    apply(plan, RecordingRunner().on("launchctl", "print", **NOT_FOUND))
+    assert token_file.read_text() == token + "\n"
+    assert token_file.stat().st_mode & 0o777 == 0o600 and token_file.parent.stat().st_mode & 0o777 == 0o700
+    assert path.stat().st_mode & 0o777 == 0o644
+    from huggingface_hub.utils import get_token  # what a run finds with the agent's environment (no HF_TOKEN)
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(token_file))  # read from HF_TOKEN_PATH at import
+    assert get_token() == token
+
+
+def test_a_proxy_password_makes_the_agents_file_private_and_is_hidden_in_the_dry_run(tmp_path):
+    plan, path = mac_install(tmp_path, env={"HTTPS_PROXY": "http://ann:pa&ss@proxy:3128"})
+    assert plistlib.loads(plan.files[path])["EnvironmentVariables"]["HTTPS_PROXY"] == "http://ann:pa&ss@proxy:3128"
+    text = describe(plan)
+    assert "pa&ss" not in text and "pa&amp;ss" not in text and "http://ann:<hidden>@proxy:3128" in text
+    assert f"write {path} (0600: yours only):" in text
+    apply(plan, RecordingRunner().on("launchctl", "print", **NOT_FOUND))
+    assert path.stat().st_mode & 0o777 == 0o600  # launchctl(1): a user's plist must only not be group/world-writable
+
+
+# ------------------------------------------------------------------ launchd details
+
+
+def test_bootstrap_from_an_ssh_session_is_one_clear_line_and_not_retried(tmp_path):
+    plan, _ = mac_install(tmp_path)
+    runner = RecordingRunner().on("launchctl", "print", **NOT_FOUND)
+    runner.on("launchctl", "bootstrap", returncode=125, stderr="Bootstrap failed: 125: Domain does not support "
+              "specified action\n")
+    slept = []
+
+    with pytest.raises(AgentError) as e:
+        apply(plan, runner, sleep=slept.append)
+
+    assert "\n" not in str(e.value) and "no GUI login session" in str(e.value) and "SSH" in str(e.value)
+    assert [c[1] for c in runner.calls] == ["bootout", "print", "enable", "bootstrap"] and slept == []
+
+
+def test_exit_timeout_is_capped_at_a_minute_by_the_settings(tmp_path):
+    from mtld.config.settings import SettingsError, load_settings
+
+    plan, path = mac_install(tmp_path, settings=settings(stop_timeout_s=45))
+    assert plistlib.loads(plan.files[path])["ExitTimeOut"] == 60
+    config = tmp_path / "config.toml"
+    config.write_text("[daemon]\nstop_timeout_s = 45.5\n")
+    with pytest.raises(SettingsError) as e:
+        load_settings(config)
+    assert str(e.value) == (f"{config}: daemon.stop_timeout_s - at most 45 s: with 5 s to reap the child and 10 s to "
+                            "record the run, launchd's ExitTimeOut must stay within 60 s")
+
+
+@pytest.mark.parametrize(("listing", "disabled"), [
+    ('disabled services = {\n\t"com.apple.x" => enabled\n\t"io.mtld.daemon" => disabled\n}\n', True),
+    ('disabled services = {\n\t"io.mtld.daemon" => true\n}\n', True),  # as older launchctl prints it
+    ('disabled services = {\n\t"io.mtld.daemon" => enabled\n}\n', False),
+    ('disabled services = {\n\t"io.mtld.daemon.old" => disabled\n}\n', False),  # another label
+])  # fmt: skip
+def test_status_says_when_launchd_has_the_agent_disabled(tmp_path, listing, disabled):
+    apply(mac_install(tmp_path)[0], RecordingRunner().on("launchctl", "print", **NOT_FOUND))
+    runner = RecordingRunner().on("launchctl", "print", **NOT_FOUND).on("launchctl", "print-disabled", stdout=listing)
+
+    status = agent_status(runner, platform="darwin", uid=UID, home=tmp_path, env={})
+
+    assert status["disabled"] is disabled and status["loaded"] is False
+    if disabled:
+        assert "Allow in the Background" in status["advice"] and "`mtld agent install` enables it" in status["advice"]
+    else:
+        assert status["advice"].startswith("installed but not loaded")
+
+
+def test_status_from_an_ssh_session_explains_itself(tmp_path):
+    runner = RecordingRunner().on("launchctl", returncode=125, stderr="Domain does not support specified action\n")
+    status = agent_status(runner, platform="darwin", uid=UID, home=tmp_path, env={})
+    assert "no GUI login session" in status["error"] and status["disabled"] is None
+
+
+# ------------------------------------------------------------------ macOS privacy (TCC), with recorded paths
+
+FRAMEWORK = "/Library/Frameworks/Python.framework/Versions/3.12"
+HOMEBREW = "/opt/homebrew/Cellar/python@3.12/3.12.7/Frameworks/Python.framework/Versions/3.12"
+ANN = Path("/Users/ann")
+
+
+def recorded(links: dict[str, str]):
+    """realpath() as a Mac answered it: the venv's python links to the interpreter it was made from."""
+    return lambda path: links.get(path, path)
+
+
+# (case, the agent's python, what it links to, its sys.prefix, MTLD_HOME, data, warned about, binary to grant)
+TCC_CASES = [
+    ("venv in ~/Documents, python.org", "/Users/ann/Documents/proj/.venv/bin/python", f"{FRAMEWORK}/bin/python3.12",
+     None, None, [], ["the agent's Python environment (/Users/ann/Documents/proj/.venv) is in ~/Documents"],
+     f"{FRAMEWORK}/Resources/Python.app"),
+    ("venv in ~/Desktop, Homebrew", "/Users/ann/Desktop/x/venv/bin/python", f"{HOMEBREW}/bin/python3.12", None, None,
+     [], ["the agent's Python environment (/Users/ann/Desktop/x/venv) is in ~/Desktop"],
+     f"{HOMEBREW}/Resources/Python.app"),
+    ("data on a USB stick", "/Users/ann/.venvs/mtld/bin/python", "/Users/ann/.pyenv/versions/3.12.4/bin/python3.12",
+     None, None, [("job 4 data", "/Volumes/USB/corpus/train.jsonl")],
+     ["job 4 data (/Volumes/USB/corpus/train.jsonl) is in /Volumes/USB (a removable or network volume)"],
+     "/Users/ann/.pyenv/versions/3.12.4/bin/python3.12"),
+    ("state on a network volume", "/Users/ann/.venvs/mtld/bin/python", "/usr/bin/python3", None, "/Volumes/nas/mtld",
+     [], ["MTLD_HOME (/Volumes/nas/mtld) is in /Volumes/nas (a removable or network volume)"], "/usr/bin/python3"),
+    ("conda in ~/Downloads, prefix elsewhere", "/opt/env/bin/python", "/Users/ann/Downloads/miniconda/bin/python3.12",
+     "/opt/env", None, [], ["the binary behind it (/Users/ann/Downloads/miniconda/bin/python3.12) is in ~/Downloads"],
+     "/Users/ann/Downloads/miniconda/bin/python3.12"),
+    ("model in iCloud Drive", "/Users/ann/.venvs/mtld/bin/python", f"{FRAMEWORK}/bin/python3.12", None, None,
+     [("job 2 model", "/Users/ann/Library/Mobile Documents/com~apple~CloudDocs/bert")],
+     ["job 2 model (/Users/ann/Library/Mobile Documents/com~apple~CloudDocs/bert) is in iCloud Drive "
+      "(~/Library/Mobile Documents)"],
+     f"{FRAMEWORK}/Resources/Python.app"),
+    ("nothing protected", "/Users/ann/.venvs/mtld/bin/python", f"{FRAMEWORK}/bin/python3.12", None, None,
+     [("job 1 data", "/Users/ann/data/t.jsonl")], [], None),
+]
+
+
+@pytest.mark.parametrize(("python", "real", "prefix", "state", "data", "warned", "grant"),
+                         [c[1:] for c in TCC_CASES], ids=[c[0] for c in TCC_CASES])
+def test_install_checks_the_interpreter_state_and_data_for_privacy_protection(python, real, prefix, state, data,
+                                                                              warned, grant):
+    env = {"MTLD_HOME": state} if state else {}
+    plan = plan_install(settings(), platform="darwin", python=python, prefix=prefix, uid=UID, home=ANN, env=env,
+                        data_paths=[(what, Path(path)) for what, path in data], resolve=recorded({python: real}))
+    warnings = [n.removeprefix("warning: ") for n in plan.notes if n.startswith("warning:")]
+    assert [w.split(", which macOS hides")[0] for w in warnings] == warned
+    advice = [n for n in plan.notes if "Full Disk Access" in n]
+    if grant is None:
+        assert advice == []
+    else:
+        [line] = advice
+        assert f"add {grant} (press Cmd-Shift-G" in line and "move it out of ~/Documents" in line
+
+
+def test_the_binary_that_runs_a_framework_python_is_inside_python_app():
+    from mtld.platform.privacy import interpreter
+
+    facts = interpreter("/Users/ann/Documents/p/.venv/bin/python",
+                        resolve=recorded({"/Users/ann/Documents/p/.venv/bin/python": f"{HOMEBREW}/bin/python3.12"}))
+    assert facts.prefix == "/Users/ann/Documents/p/.venv"
+    assert facts.runs == f"{HOMEBREW}/Resources/Python.app/Contents/MacOS/Python"  # what pythonw.c execs
+    assert facts.grant == f"{HOMEBREW}/Resources/Python.app"
+    plain = interpreter("/usr/local/bin/python3.12", resolve=recorded({}))
+    assert (plain.app, plain.grant) == (None, "/usr/local/bin/python3.12")
 
 
 def test_install_warns_about_data_macos_hides_from_agents(tmp_path):
@@ -238,11 +428,11 @@ def test_install_warns_about_data_macos_hides_from_agents(tmp_path):
                           data_paths=[("job 3 data", docs), ("job 4 data", tmp_path / "data/x.jsonl")])
     warnings = [n for n in plan.notes if n.startswith("warning:")]
     assert warnings == [
-        f"warning: MTLD_HOME ({tmp_path}/Desktop/mtld) is under ~/Desktop, which macOS hides from agents unless allowed",
-        f"warning: job 3 data ({docs}) is under ~/Documents, which macOS hides from agents unless allowed",
+        f"warning: MTLD_HOME ({tmp_path}/Desktop/mtld) is in ~/Desktop, which macOS hides from agents unless allowed",
+        f"warning: job 3 data ({docs}) is in ~/Documents, which macOS hides from agents unless allowed",
     ]
     [how] = [n for n in plan.notes if "Full Disk Access" in n]
-    assert PYTHON in how and "move it out" in how
+    assert f"add {PYTHON} " in how and "move it out" in how
     assert not [n for n in mac_install(tmp_path)[0].notes if "Full Disk Access" in n]
     from_env = mac_install(tmp_path, env={"MTLD_HOME": str(tmp_path / "Downloads/m")})[0].notes  # as the agent gets it
     assert any(n.startswith("warning: MTLD_HOME") and "~/Downloads" in n for n in from_env)
@@ -251,10 +441,11 @@ def test_install_warns_about_data_macos_hides_from_agents(tmp_path):
 
 @pytest.mark.parametrize(("path", "folder"), [
     ("Documents", "~/Documents"), ("Downloads/a/b.jsonl", "~/Downloads"), ("Desktop/../data/x", None),
-    ("DocumentsX/x", None), ("Library/x", None),
+    ("DocumentsX/x", None), ("Library/x", None), ("documents/x", "~/Documents"),  # APFS ignores case
+    ("Library/Mobile Documents/com~apple~CloudDocs/d.jsonl", "iCloud Drive (~/Library/Mobile Documents)"),
 ])  # fmt: skip
 def test_protected_folder(tmp_path, path, folder):
-    assert protected_folder(tmp_path / path, tmp_path) == folder
+    assert protected_place(tmp_path / path, tmp_path) == folder
 
 
 def test_uninstall_boots_out_and_removes_the_plist(tmp_path):
@@ -297,10 +488,11 @@ def test_status_reads_launchctl_print(tmp_path):
 
     status = agent_status(runner, platform="darwin", uid=UID, home=tmp_path, env={})
 
-    assert runner.calls == [["launchctl", "print", "gui/501/io.mtld.daemon"]]
+    assert runner.calls == [["launchctl", "print", "gui/501/io.mtld.daemon"], ["launchctl", "print-disabled", "gui/501"]]
     assert status == {
         "manager": "launchd", "name": "io.mtld.daemon", "file": str(launchd.plist_path(tmp_path)),
-        "installed": True, "loaded": True, "running": True, "pid": 4242, "state": "running", "error": None,
+        "installed": True, "loaded": True, "running": True, "pid": 4242, "state": "running", "disabled": False,
+        "error": None, "advice": None,
     }  # fmt: skip
 
 
@@ -453,7 +645,9 @@ def test_dry_run_describes_files_and_commands(tmp_path):
     assert "launchctl bootout gui/501/io.mtld.daemon  # failure ignored" in text
     assert f"launchctl bootstrap gui/501 {path}" in text
     assert "until ! launchctl print gui/501/io.mtld.daemon >/dev/null; do sleep 0.5; done  # at most 40 s" in text
-    assert text.index("bootout") < text.index("until") < text.index("<plist") < text.index("bootstrap")
+    assert "launchctl enable gui/501/io.mtld.daemon\n" in text
+    assert (text.index("bootout") < text.index("until") < text.index("<plist") < text.index("launchctl enable")
+            < text.index("bootstrap"))
     assert "kickstart" not in text
     assert not path.exists()
 

@@ -193,10 +193,10 @@ def test_quick_selftest_passes_here_and_its_json_validates(tmp_path):
     print(f"quick self-test: {wall_s:.1f} s wall, report {report.seconds} s")
 
 
-def test_queued_jobs_data_is_what_install_warns_about_and_what_the_agent_must_read(tmp_path):
+def test_queued_jobs_paths_are_what_install_warns_about_and_what_the_agent_must_read(tmp_path):
     from types import SimpleNamespace
 
-    from mtld.cli.service import _queued_data
+    from mtld.cli.service import _queued_paths
     from mtld.config.jobspec import spec_from_dict, spec_to_json
     from mtld.cli.selftest import user_folders
     from mtld.config.settings import Settings
@@ -211,6 +211,9 @@ def test_queued_jobs_data_is_what_install_warns_about_and_what_the_agent_must_re
         base_dir=tmp_path, shown_as="j.toml", check_data=False)
     with Store(settings.db_path) as store:
         job = store.submit(name="j", spec_json=spec_to_json(spec), job_file="j.toml", run_root=tmp_path / "runs", now=1.0)
-        assert _queued_data(SimpleNamespace(store=store)) == [
-            (f"job {job.id} data", docs / "train.jsonl"), (f"job {job.id} data", docs / "eval.jsonl")]
-    assert user_folders(settings) == [("MTLD_HOME", tmp_path / "state"), (f"job {job.id} data", docs)]
+        paths = [(f"job {job.id} model", tmp_path / "model"), (f"job {job.id} data", docs / "train.jsonl"),
+                 (f"job {job.id} data", docs / "eval.jsonl")]
+        assert _queued_paths(SimpleNamespace(store=store)) == paths
+    hf = {"HF_HOME": str(tmp_path / "Documents/hf"), "HTTPS_PROXY": "http://proxy:3128"}  # the agent's environment
+    assert user_folders(settings, hf) == [("MTLD_HOME", tmp_path / "state"), ("HF_HOME", tmp_path / "Documents/hf"),
+                                          *paths]

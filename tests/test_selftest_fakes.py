@@ -165,7 +165,7 @@ gui/501/io.mtld.selftest.77 = {
 \ttype = LaunchAgent
 \tstate = running
 
-\tprogram = /bin/sh
+\tprogram = /Users/ann/venv/bin/python
 \tdomain = gui/501 [100003]
 \tminimum runtime = 10
 \texit timeout = {timeout}
@@ -209,31 +209,75 @@ def agent_runner(tmp_path, reads, timeout=30):
     return runner
 
 
-def test_throwaway_agent_bootstrap_print_bootout_and_bootstrap_again(tmp_path):
-    runner = agent_runner(tmp_path, ["ok /Users/ann/Library/Application Support/mtld", "denied /Users/ann/Documents/data",
-                                     "missing /Users/ann/new"])
-    ctx = mac(tmp_path, runner, exit_timeout_s=30, user_folders=[("MTLD_HOME", Path("/Users/ann/x"))])
+AGENT_PYTHON = "/Users/ann/venv/bin/python"  # the installed agent's, as the CLI passes it (agent_python)
+READS = ["python\t/Users/ann/venv/bin/python\t/Users/ann/venv", "import\tok",
+         "ok\t/Users/ann/Library/Application Support/mtld", "denied\t/Users/ann/Documents/data",
+         "missing\t/Users/ann/new"]
+
+
+def test_throwaway_agent_enable_bootstrap_print_bootout_and_bootstrap_again(tmp_path):
+    runner = agent_runner(tmp_path, READS)
+    ctx = mac(tmp_path, runner, exit_timeout_s=30, user_folders=[("MTLD_HOME", Path("/Users/ann/x"))],
+              agent_python=AGENT_PYTHON)
 
     check = run_check(by_name(macos_agent, "macos.launchd_agent"), ctx)
 
     assert check.status == "pass", check.why
     target = f"gui/{__import__('os').getuid()}/io.mtld.selftest.77"
-    plist = str(tmp_path / "io.mtld.selftest.77.plist")
+    plist = tmp_path / "io.mtld.selftest.77.plist"
     verbs = [c[1] if c[0] == "launchctl" else c[0] for c in runner.calls]
-    assert verbs == ["plutil", "bootstrap", "print", "print", "bootout", "print", "print", "bootstrap", "bootstrap",
-                     "bootout", "print"]
-    assert runner.calls[1] == ["launchctl", "bootstrap", target.rsplit("/", 1)[0], plist]
+    assert verbs == ["plutil", "enable", "bootstrap", "print", "print", "bootout", "print", "print", "bootstrap",
+                     "bootstrap", "bootout", "print"]
+    assert runner.calls[1] == ["launchctl", "enable", target]
+    assert runner.calls[2] == ["launchctl", "bootstrap", target.rsplit("/", 1)[0], str(plist)]
+    # The agent is run by mtld's own Python (privacy protection judges that binary), from a 0600 plist.
+    keys = __import__("plistlib").loads(plist.read_bytes())
+    assert keys["ProgramArguments"] == [AGENT_PYTHON, str(tmp_path / "agent.py"), "/Users/ann/x"]
+    assert plist.stat().st_mode & 0o777 == 0o600
     f = check.figures
-    assert (f["state"], f["pid"], f["exit_timeout_s"], f["umask"], f["process_type"]) == (
-        "running", 5150, 30, 0o077, "interactive")
+    assert (f["state"], f["pid"], f["exit_timeout_s"], f["umask"], f["process_type"], f["python"]) == (
+        "running", 5150, 30, 0o077, "interactive", AGENT_PYTHON)
     assert f["bootout_to_gone_s"] == 0.25 and f["bootout_to_bootstrap_again_s"] == 0.25 and f["sigterm_trapped"]
     assert "MTLD_HOME" not in f  # the user's state is only read, by the agent
 
     folders = run_check(by_name(macos_agent, "macos.agent_folders"), ctx)
     assert folders.status == "fail" and "/Users/ann/Documents/data" in folders.why and "Full Disk Access" in folders.why
-    assert folders.figures == {"readable": 1, "denied": ["/Users/ann/Documents/data"], "missing": ["/Users/ann/new"]}
-    ctx.shared["agent_reads"] = ["ok /a", "missing /b"]
+    assert folders.figures == {"python": AGENT_PYTHON, "prefix": "/Users/ann/venv", "import_mtld": "ok", "readable": 1,
+                               "denied": ["/Users/ann/Documents/data"], "missing": ["/Users/ann/new"]}
+    ctx.shared["agent_reads"] = ["import\tok", "ok\t/a b", "missing\t/b"]  # paths may hold spaces
     assert run_check(by_name(macos_agent, "macos.agent_folders"), ctx).status == "pass"
+    ctx.shared["agent_reads"] = ["import\tModuleNotFoundError: No module named 'mtld'", "ok\t/a"]
+    failed = run_check(by_name(macos_agent, "macos.agent_folders"), ctx)
+    assert failed.status == "fail" and "cannot import mtld (ModuleNotFoundError" in failed.why
+
+
+def test_an_agent_whose_python_cannot_start_names_the_binary_to_grant(tmp_path):
+    """A venv in ~/Documents: launchd starts the python, which cannot read pyvenv.cfg and exits at once."""
+    runner = RecordingRunner()
+    crashed = PRINT_RUNNING.replace("state = running", "state = spawn scheduled").replace(
+        "(never exited)", "78: EX_CONFIG")
+    runner.on("launchctl", "print", stdout=crashed)
+    (tmp_path / "daemon.stderr.log").write_text("Fatal Python error: ...\nPermissionError: [Errno 1] Operation not "
+                                                "permitted: '/Users/ann/Documents/p/.venv/pyvenv.cfg'\n")
+    ctx = mac(tmp_path, runner, exit_timeout_s=30, agent_python="/Users/ann/Documents/p/.venv/bin/python")
+
+    check = run_check(by_name(macos_agent, "macos.launchd_agent"), ctx)
+
+    assert check.status == "fail"
+    assert "did not start under launchd" in check.why and "last exit code 78: EX_CONFIG" in check.why
+    assert "Operation not permitted: '/Users/ann/Documents/p/.venv/pyvenv.cfg'" in check.why
+    assert "Full Disk Access" in check.why
+    verbs = [c[1] for c in runner.calls if c[0] == "launchctl"]
+    assert verbs.index("bootout") > verbs.index("bootstrap")  # not left loaded, restarting all night
+    folders = run_check(by_name(macos_agent, "macos.agent_folders"), ctx)
+    assert folders.status == "fail" and folders.why == check.why  # not "skipped": the agent itself is the finding
+
+
+def test_bootstrap_from_ssh_is_one_clear_line(tmp_path):
+    runner = RecordingRunner().on("launchctl", "bootstrap", returncode=125,
+                                  stderr="Bootstrap failed: 125: Domain does not support specified action\n")
+    check = run_check(by_name(macos_agent, "macos.launchd_agent"), mac(tmp_path, runner, exit_timeout_s=30))
+    assert check.status == "fail" and "no GUI login session" in check.why and "Screen Sharing" in check.why
 
 
 def test_an_exit_timeout_launchd_clamped_is_a_failure_and_the_agent_is_still_removed(tmp_path):
@@ -309,14 +353,17 @@ def test_on_battery_agrees_with_pmset(tmp_path, pmset, psutil_says, status):
     assert check.status == status, check.why
 
 
-def test_a_notification_returns_0(tmp_path, monkeypatch):
+def test_a_notification_is_reported_sent_never_delivered(tmp_path, monkeypatch):
     monkeypatch.setattr("mtld.platform.power.shutil.which", lambda name: f"/usr/bin/{name}", raising=False)
     runner = RecordingRunner()
     check = run_check(by_name(macos_agent, "macos.notification"), mac(tmp_path, runner))
     assert check.status == "pass" and runner.calls[0][:2] == ["osascript", "-e"]
+    assert check.figures["sent"] is True and check.figures["delivered"].startswith("unknown")
+    assert "not that it was shown" in check.meaning
     runner = RecordingRunner().on("osascript", returncode=1, stderr="execution error: Not authorized (-1743)")
     check = run_check(by_name(macos_agent, "macos.notification"), mac(tmp_path, runner))
-    assert check.status == "fail" and "Not authorized" in check.why
+    assert check.status == "fail" and check.why.startswith("the notification was not sent") and "Not authorized" in check.why
+    assert check.figures["sent"] is False
 
 
 # ---------------------------------------------------------------- CUDA (fake torch.cuda)
@@ -388,24 +435,29 @@ def test_cuda_checks_skip_without_a_gpu_and_losses_are_judged_finite(tmp_path):
 
 
 def test_the_agent_script_reports_folders_and_traps_sigterm(tmp_path):
-    """The throwaway agent's script itself, run as launchd would run it: /bin/sh SCRIPT FOLDERS..."""
+    """The throwaway agent's script itself, run as launchd would run it: PYTHON SCRIPT PATHS..."""
     import os
     import signal
+    import sys
     import time
 
-    script, out = tmp_path / "agent.sh", tmp_path / "agent.out"
+    script, out = tmp_path / "agent.py", tmp_path / "agent.out"
     script.write_text(macos_agent.AGENT_SCRIPT)
-    locked = tmp_path / "locked"
+    locked = tmp_path / "locked dir"
     locked.mkdir(mode=0o000)
-    agent = subprocess.Popen(["/bin/sh", str(script), str(tmp_path), str(tmp_path / "nope"), str(locked)],
+    (tmp_path / "data.jsonl").write_text("{}\n")
+    agent = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(tmp_path / "nope"), str(locked),
+                              str(tmp_path / "data.jsonl")],
                              env={**os.environ, "MTLD_SELFTEST_OUT": str(out)})
     try:
         deadline = time.monotonic() + 10
         while not out.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         lines = out.read_text().splitlines()
-        assert lines[:2] == [f"ok {tmp_path}", f"missing {tmp_path / 'nope'}"]
-        assert lines[2] == (f"ok {locked}" if os.geteuid() == 0 else f"denied {locked}")  # root reads anything
+        assert lines[:4] == [f"python\t{sys.executable}\t{sys.prefix}", "import\tok", f"ok\t{tmp_path}",
+                             f"missing\t{tmp_path / 'nope'}"]
+        assert lines[4] == (f"ok\t{locked}" if os.geteuid() == 0 else f"denied\t{locked}")  # root reads anything
+        assert lines[5] == f"ok\t{tmp_path / 'data.jsonl'}"
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=5) == 0  # at once, not after the sleep: the wait is interruptible
         assert out.read_text().splitlines()[-1] == "SIGTERM"

@@ -71,7 +71,7 @@ def _agent_change(ctx: typer.Context, install: bool, dry_run: bool) -> None:
 
     c: Context = ctx.obj
     config = c.config.resolve() if c.config else None
-    plan = (agent.plan_install(c.settings, config=config, data_paths=_queued_data(c)) if install
+    plan = (agent.plan_install(c.settings, config=config, data_paths=_queued_paths(c)) if install
             else agent.plan_uninstall(c.settings))
     if dry_run:
         out.print(agent.describe(plan), markup=False, highlight=False)
@@ -87,17 +87,18 @@ def _agent_change(ctx: typer.Context, install: bool, dry_run: bool) -> None:
     out.print("installed: the daemon now starts at login and restarts if it fails" if install else "uninstalled")
 
 
-def _queued_data(c: Context) -> list:
-    """(what, path) of every queued job's data files, for the macOS privacy warning; none if unreadable."""
+def _queued_paths(c: Context) -> list:
+    """(what, path) of every queued job's model, data and output, for the macOS privacy warning; none if
+    the store cannot be read."""
     from mtld.config.jobspec import spec_from_json
+    from mtld.platform.privacy import job_paths
 
     try:
         queued = c.store.list_jobs(["queued"])
         specs = [(job.id, spec_from_json(job.spec_json)) for job in queued]
     except Exception:  # a warning must never stop an install
         return []
-    return [(f"job {job_id} data", path) for job_id, spec in specs for task in spec.tasks
-            for path in (task.train, task.eval) if path is not None]
+    return [found for job_id, spec in specs for found in job_paths(f"job {job_id}", spec)]
 
 
 @agent_app.command("install")

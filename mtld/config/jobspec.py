@@ -107,7 +107,8 @@ class ScheduleSpec(_Strict):
 
 class JobSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN, max_length=100)
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1)  # a folder, or a hub id; stored as the folder (a hub id's snapshot)
+    revision: str | None = Field(default=None, min_length=1)  # of a hub id: a branch, tag or commit
     tokenizer: str | None = None
     max_length: int = Field(default=128, ge=8, le=8192)
     trust_remote_code: bool = False
@@ -190,7 +191,9 @@ def spec_from_dict(raw: dict[str, Any], *, base_dir: Path, shown_as: str, check_
 
 
 def resolve_paths(spec: JobSpec, base_dir: Path) -> JobSpec:
-    """Make every path absolute; a model that names an existing folder becomes a path."""
+    """Make every path absolute; a model that names an existing folder becomes a path, and so does a hub
+    id in the local Hugging Face cache: its snapshot folder. The job then runs whatever the environment of
+    the daemon that runs it (a LaunchAgent reads no shell start-up file: HF_HOME may be unset there)."""
 
     def absolute(p: Path) -> Path:
         return (base_dir / p.expanduser()).resolve()
@@ -199,19 +202,48 @@ def resolve_paths(spec: JobSpec, base_dir: Path) -> JobSpec:
         t.model_copy(update={"train": absolute(t.train), "eval": absolute(t.eval) if t.eval else None})
         for t in spec.tasks
     ]
-    update: dict[str, Any] = {"tasks": tasks, "model": _resolve_model(spec.model, base_dir)}
+    update: dict[str, Any] = {"tasks": tasks, "model": _resolve_model(spec.model, base_dir, spec.revision)}
     if spec.tokenizer:
-        update["tokenizer"] = _resolve_model(spec.tokenizer, base_dir)
+        update["tokenizer"] = _resolve_model(spec.tokenizer, base_dir, None)
     if spec.output:
         update["output"] = absolute(spec.output)
     return spec.model_copy(update=update)
 
 
-def _resolve_model(name: str, base_dir: Path) -> str:
+def _resolve_model(name: str, base_dir: Path, revision: str | None) -> str:
     candidate = base_dir / Path(name).expanduser()
     if looks_like_path(name) or candidate.exists():
         return str(candidate.resolve())
-    return name
+    return hub_snapshot(name, revision) or name  # not cached: stays a hub id, and check_semantics says so
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None) -> str | None:
+    """The local snapshot folder of a hub model (HF_HUB_CACHE, else HF_HOME/hub), without the network;
+    None when it is not in the cache (or not a valid repo id)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return str(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except Exception:  # LocalEntryNotFoundError, an incomplete snapshot, an invalid id: not usable offline
+        return None
+
+
+def hub_cache() -> str:
+    """Where hub models are looked for (HF_HUB_CACHE; its default is HF_HOME/hub)."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+SNAPSHOT = re.compile(r"/models--(?P<org>[^/]+?)(?:--(?P<name>[^/]+))?/snapshots/[^/]+/?$")
+
+
+def hub_id_of(model: str) -> str | None:
+    """The hub id a snapshot folder was resolved from (`.../models--org--name/snapshots/REV`), else None."""
+    match = SNAPSHOT.search(model)
+    if match is None:
+        return None
+    return f"{match['org']}/{match['name']}" if match["name"] else match["org"]
 
 
 def looks_like_path(name: str) -> bool:
@@ -220,9 +252,10 @@ def looks_like_path(name: str) -> bool:
 
 
 def model_outside_job_folder(model: str, job_file: str | Path) -> bool:
-    """A model folder that is not inside the job file's folder: accepted, but logged and shown by `mtld show`."""
+    """A model folder that is not inside the job file's folder: accepted, but logged and shown by `mtld show`.
+    A hub id's snapshot folder is not such a folder."""
     path = Path(model)
-    if not path.is_absolute():  # a hub id
+    if not path.is_absolute() or hub_id_of(model):  # a hub id, as given or resolved
         return False
     return not path.resolve().is_relative_to(Path(job_file).resolve().parent)
 
@@ -251,11 +284,15 @@ def check_semantics(spec: JobSpec, shown: str) -> list[Problem]:
             continue
         if looks_like_path(name):
             problems.append(Problem(shown, key, f"model folder not found: {name}"))
-        elif not in_hub_cache(name):
+        elif hub_snapshot(name, spec.revision if key == "model" else None) is None:  # a hub id not in the cache
+            revision = f" --revision {spec.revision}" if spec.revision and key == "model" else ""
             problems.append(
                 Problem(shown, key, f"{name!r} is neither a folder next to the job file nor in the local Hugging Face cache "
-                        "(mtld never downloads at run time: download it first, or give a folder)")
+                        f"({hub_cache()}): mtld never downloads; download it first with `hf download {name}{revision}`, "
+                        "or give a folder")
             )
+    if spec.revision is not None and not hub_id_of(spec.model) and not _is_hub_id(spec.model):
+        problems.append(Problem(shown, "revision", "a revision goes with a hub id, not a model folder"))
     if spec.output is not None and (problem := folder_problem(spec.output)):
         problems.append(Problem(shown, "output", problem))
     return problems
@@ -274,15 +311,8 @@ def folder_problem(folder: Path) -> str | None:
     return None
 
 
-def in_hub_cache(repo_id: str) -> bool:
-    """Whether a hub model is already downloaded (runs load models offline)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(repo_id, "config.json")
-    except ValueError:  # not a valid repo id
-        return False
-    return isinstance(found, str)
+def _is_hub_id(name: str) -> bool:
+    return not Path(name).is_absolute() and not looks_like_path(name)
 
 
 def check_data_files(spec: JobSpec, shown: str, max_rows: int = ROWS_CHECKED_AT_SUBMIT) -> list[Problem]:

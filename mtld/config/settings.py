@@ -9,6 +9,7 @@ joined by `__`), the config file, the defaults below (the repository's
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -95,11 +96,30 @@ class MemorySettings(Section):
 # After SIGKILL, how long the daemon waits for a run child to be reaped (the service manager's stop timeout
 # adds it to daemon.stop_timeout_s: mtld.platform.agent).
 FORCED_STOP_GRACE_S = 5.0
+STOP_MARGIN_S = 10  # for recording the exit in the store and the log after the child is gone
+# launchd.plist(5), ExitTimeOut: launchd waits this long after SIGTERM, at logout and shutdown too ("it can
+# stall system shutdown"); mtld keeps its agent's within a minute.
+EXIT_TIMEOUT_CAP_S = 60
+
+
+def exit_timeout_s(stop_timeout_s: float) -> int:
+    """The service manager's wait between SIGTERM and SIGKILL: longer than the daemon's worst-case stop
+    (wait for the child's checkpoint, SIGKILL it and reap it) plus a margin to record the run."""
+    return math.ceil(stop_timeout_s + FORCED_STOP_GRACE_S) + STOP_MARGIN_S
+
+
+def _stop_timeout(value: float) -> float:
+    if exit_timeout_s(value) > EXIT_TIMEOUT_CAP_S:
+        most = EXIT_TIMEOUT_CAP_S - STOP_MARGIN_S - math.ceil(FORCED_STOP_GRACE_S)
+        raise ValueError(f"at most {most} s: with {FORCED_STOP_GRACE_S:g} s to reap the child and {STOP_MARGIN_S} s "
+                         f"to record the run, launchd's ExitTimeOut must stay within {EXIT_TIMEOUT_CAP_S} s")
+    return value
 
 
 class DaemonSettings(Section):
     poll_interval_s: float = Field(default=2.0, gt=0, le=60)
-    stop_timeout_s: float = Field(default=15.0, gt=0, le=600)
+    # The agent's ExitTimeOut / TimeoutStopSec is exit_timeout_s(this), at most EXIT_TIMEOUT_CAP_S.
+    stop_timeout_s: Annotated[float, AfterValidator(_stop_timeout)] = Field(default=15.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=100)
     retry_backoff_s: float = Field(default=60.0, ge=0, le=86_400)
     prevent_sleep: bool = True

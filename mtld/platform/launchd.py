@@ -57,6 +57,49 @@ def bootstrap_argv(uid: int, plist: Path) -> list[str]:
     return ["launchctl", "bootstrap", f"gui/{uid}", str(plist)]
 
 
+def enable_argv(uid: int) -> list[str]:
+    """launchctl(1), enable: a service disabled earlier (`launchctl disable`, or switched off under Login
+    Items > Allow in the Background) stays disabled across bootouts, and bootstrap does not start it."""
+    return ["launchctl", "enable", service_target(uid)]
+
+
+def print_disabled_argv(uid: int) -> list[str]:
+    return ["launchctl", "print-disabled", f"gui/{uid}"]
+
+
+def parse_disabled(stdout: str, label: str = LABEL) -> bool | None:
+    """Whether `launchctl print-disabled gui/UID` lists `label` as disabled (`"LABEL" => disabled`, or
+    `=> true` as older launchctl prints it); None when it is not listed (never enabled nor disabled)."""
+    match = re.search(rf'^\s*"{re.escape(label)}" => (disabled|enabled|true|false)\s*$', stdout, flags=re.MULTILINE)
+    return None if match is None else match.group(1) in ("disabled", "true")
+
+
+# launchctl's error 125 ("Domain does not support specified action"): gui/UID names the user's GUI login
+# domain, which exists only while the user is logged in at the GUI (launchctl(1), login/<asid> and gui/<uid>);
+# an SSH session (with nobody logged in at the screen, or outside that login) cannot bootstrap into it.
+NO_GUI_DOMAIN = 125
+
+
+def explain_failure(returncode: int, stderr: str) -> str | None:
+    """One clear line for a launchctl failure that retrying cannot cure, or None."""
+    if returncode == NO_GUI_DOMAIN or "Domain does not support specified action" in stderr:
+        return ("launchd has no GUI login session here to run the agent in (launchctl: 125: Domain does not support "
+                "specified action), as in an SSH session: log in on the Mac itself (at its screen, or through "
+                "Screen Sharing) and run `mtld agent install` in a Terminal there")
+    return None
+
+
+def read_installed(home: Path) -> dict | None:
+    """The installed agent's plist (its ProgramArguments and EnvironmentVariables), or None if there is
+    none or it cannot be read."""
+    try:
+        with plist_path(home).open("rb") as f:
+            keys = plistlib.load(f)
+    except (OSError, plistlib.InvalidFileException, ValueError):
+        return None
+    return keys if isinstance(keys, dict) else None
+
+
 def print_argv(uid: int) -> list[str]:
     return ["launchctl", "print", service_target(uid)]
 

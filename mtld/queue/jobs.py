@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time as time_module
 from collections.abc import Callable
 from datetime import datetime, time, timedelta
@@ -25,6 +26,7 @@ from mtld.config.jobspec import JobSpec, load_job, model_outside_job_folder, spe
 from mtld.logs.events import get_logger, iso
 from mtld.executor import ClusterUnreachable
 from mtld.executor.registry import plugin_for
+from mtld.platform import launchd, privacy
 from mtld.platform.pidfile import running_pid
 from mtld.estimate.rowcounts import remember_rows
 from mtld.config.calendar import ScheduleError, check_cron, next_firing
@@ -117,13 +119,25 @@ def submit(
     not_before: datetime | None = None,
     batch_size: str | None = None,
     every: str | None = None,
+    warn: Callable[[str], None] | None = None,
+    platform: str = sys.platform,
+    home: Path | None = None,
 ) -> Job | Schedule:
     """Validate the job file and queue it, or store it as a schedule when it recurs.
-    Raises JobFileError or BadOption; nothing is queued then."""
+    Raises JobFileError or BadOption; nothing is queued then. A hub id is stored as its snapshot folder.
+
+    On macOS with the agent installed, what privacy protection would hide from it (the job's model, data
+    and output; the agent's Python and config) is one `warn` line each (default: stderr) and logged; the
+    job is queued all the same. `platform` and `home` are this machine's unless a test says otherwise."""
     spec = with_overrides(load_job(job_file), priority=priority, not_before=not_before, batch_size=batch_size,
                           every=every)
+    lines = agent_privacy_warnings(spec, platform=platform, home=Path.home() if home is None else home)
+    for line in lines:
+        (warn or _to_stderr)(line)
     if spec.schedule.cron:
-        return add_schedule(settings, store, spec, job_file, now=now)
+        schedule = add_schedule(settings, store, spec, job_file, now=now)
+        _log_privacy(lines, get_logger(schedule_id=schedule.id))
+        return schedule
     job = _queue(settings, store, spec, str(job_file.resolve()), now=now, reason="submitted")
     get_logger(job_id=job.id).info(
         "job.submitted",
@@ -136,9 +150,36 @@ def submit(
     )
     if model_outside_job_folder(spec.model, job.job_file):  # accepted; `mtld show` says so too
         get_logger(job_id=job.id).warning("job.model_outside", model=spec.model, job_file=job.job_file)
+    _log_privacy(lines, get_logger(job_id=job.id))
     wake_daemon(settings)
     remember_rows(settings, spec)  # after the wake-up: the daemon need not wait for the count
     return job
+
+
+def agent_privacy_warnings(spec: JobSpec, *, platform: str, home: Path,
+                           resolve: Callable[[str], str] = os.path.realpath) -> list[str]:
+    """What macOS privacy protection would hide from the installed LaunchAgent: this job's model, data and
+    output, and the agent's own Python, state and config (as its plist names them). None elsewhere, or
+    without an agent (a daemon started in a Terminal has the Terminal's grants)."""
+    if platform != "darwin":
+        return []
+    agent = launchd.read_installed(home)
+    if agent is None:
+        return []
+    program, env = agent.get("ProgramArguments") or [""], agent.get("EnvironmentVariables") or {}
+    python = privacy.interpreter(str(program[0]), resolve=resolve)
+    paths = [*privacy.interpreter_paths(python), *privacy.environment_paths(env), *privacy.job_paths("the job's", spec)]
+    return privacy.warnings(paths, home=home, grant=python.grant, resolve=resolve)
+
+
+def _to_stderr(line: str) -> None:
+    sys.stderr.write(f"mtld: {line}\n")
+
+
+def _log_privacy(lines: list[str], log: Any) -> None:
+    if lines:
+        log.warning("job.privacy_warning", warnings=[line for line in lines if line.startswith("warning:")],
+                    advice=lines[-1])
 
 
 def _start_after(spec: JobSpec) -> float | None:

@@ -1,7 +1,8 @@
-"""macOS checks on running unattended: a throwaway LaunchAgent (never mtld's own) through bootstrap,
-`launchctl print` and bootout, the folders such an agent may read, sleep prevention through
-caffeinate, the battery reading and a notification. Commands go through ctx.runner; processes
-through ctx.shared["spawn"] (subprocess.Popen unless a test fakes it)."""
+"""macOS checks on running unattended: a throwaway LaunchAgent (never mtld's own) through enable,
+bootstrap, `launchctl print` and bootout, what such an agent may read (run by the very Python mtld's
+agent runs: ctx.shared["agent_python"], so privacy protection judges the same binary), sleep
+prevention through caffeinate, the battery reading and a notification. Commands go through
+ctx.runner; processes through ctx.shared["spawn"] (subprocess.Popen unless a test fakes it)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,56 @@ import signal
 import subprocess
 from typing import Any
 
-from mtld.platform import launchd, power
+from mtld.platform import launchd, power, privacy
 from mtld.doctor.selftest.base import Context, Failed, Skipped, Spec, require
 
 AGENT_SCRIPT = """\
-#!/bin/sh
-# mtld's self-test agent: says which folders it can read, then waits; on SIGTERM it notes it and exits 0.
-trap 'kill $! 2>/dev/null; echo "SIGTERM" >> "$MTLD_SELFTEST_OUT"; exit 0' TERM
-for dir in "$@"; do
-    if [ ! -e "$dir" ]; then echo "missing $dir"
-    elif ls "$dir" >/dev/null 2>&1; then echo "ok $dir"; else echo "denied $dir"; fi
-done > "$MTLD_SELFTEST_OUT.tmp" && mv "$MTLD_SELFTEST_OUT.tmp" "$MTLD_SELFTEST_OUT"
-while :; do sleep 60 & wait $!; done
+# mtld's self-test agent, run by launchd with the Python mtld's agent runs: says which Python it is,
+# whether mtld imports, which paths it can read; then waits, and on SIGTERM notes it and exits 0.
+import os
+import signal
+import sys
+
+OUT = os.environ["MTLD_SELFTEST_OUT"]
+
+
+def stop(signum, frame):
+    with open(OUT, "a") as f:
+        f.write("SIGTERM\\n")
+    sys.exit(0)
+
+
+def can_read(path):
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError:  # privacy protection answers EPERM, "Operation not permitted"
+        return "denied"
+    try:
+        if os.path.isdir(path):
+            os.listdir(path)
+        else:
+            with open(path, "rb") as f:
+                f.read(1)
+    except OSError:
+        return "denied"
+    return "ok"
+
+
+signal.signal(signal.SIGTERM, stop)
+lines = ["python\\t" + sys.executable + "\\t" + sys.prefix]
+try:
+    import mtld  # noqa: F401  (an editable install in ~/Documents fails here)
+    lines.append("import\\tok")
+except Exception as e:
+    lines.append("import\\t" + type(e).__name__ + ": " + str(e).replace("\\n", " "))
+lines += [can_read(path) + "\\t" + path for path in sys.argv[1:]]
+with open(OUT + ".tmp", "w") as f:
+    f.write("".join(line + "\\n" for line in lines))
+os.replace(OUT + ".tmp", OUT)
+while True:
+    signal.pause()
 """
 
 
@@ -48,42 +87,53 @@ def _print(ctx: Context, target: str) -> tuple[int, str]:
     return result.returncode, result.stdout
 
 
+def agent_python(ctx: Context) -> str:
+    """The Python mtld's agent runs (the installed plist's, else this one's), as the CLI found it."""
+    return str(ctx.shared.get("agent_python") or ctx.python)
+
+
 def check_launchd_agent(ctx: Context) -> dict[str, Any]:
-    """A throwaway agent: plutil -lint, bootstrap, `launchctl print` read by mtld's parser, bootout,
-    and how long until the same label can be bootstrapped again."""
+    """A throwaway agent run by mtld's Python: plutil -lint, enable, bootstrap of a 0600 plist, `launchctl
+    print` read by mtld's parser, bootout, and how long until the same label can be bootstrapped again."""
     _mac(ctx)
     from mtld.platform.agent import stop_grace_s
     from mtld.config.settings import Settings
 
     uid, label = os.getuid(), f"io.mtld.selftest.{ctx.label_suffix}"
     domain, target = f"gui/{uid}", f"gui/{uid}/{label}"
-    script, out = ctx.home / "agent.sh", ctx.home / "agent.out"
+    script, out = ctx.home / "agent.py", ctx.home / "agent.out"
     script.write_text(AGENT_SCRIPT)
-    script.chmod(0o755)
-    folders = [str(path) for _, path in ctx.shared.get("user_folders", [])]
+    paths = [str(path) for _, path in ctx.shared.get("user_folders", [])]
+    python = agent_python(ctx)
     grace = ctx.shared.get("exit_timeout_s") or stop_grace_s(Settings.model_construct())  # the user's, from the CLI
-    keys = launchd.plist_dict(["/bin/sh", str(script), *folders], {"MTLD_SELFTEST_OUT": str(out)}, ctx.home, grace)
+    keys = launchd.plist_dict([python, str(script), *paths], {"MTLD_SELFTEST_OUT": str(out)}, ctx.home, grace)
     plist = ctx.home / f"{label}.plist"
     plist.write_bytes(plistlib.dumps({**keys, "Label": label}))
+    plist.chmod(0o600)  # as mtld's own when it carries a proxy password: launchctl(1) loads a user's 0600 plist
     lint = ctx.runner.run(["plutil", "-lint", str(plist)])
     require(lint.returncode == 0, f"plutil -lint rejects the plist: {(lint.stdout + lint.stderr).strip()}")
-    figures: dict[str, Any] = {"label": label, "plist_exit_timeout_s": grace}
+    figures: dict[str, Any] = {"label": label, "plist_exit_timeout_s": grace, "plist_mode": "0600", "python": python}
+    enable = ctx.runner.run(["launchctl", "enable", target])
+    require(enable.returncode == 0, launchd.explain_failure(enable.returncode, enable.stderr)
+            or f"enable failed ({enable.returncode}): {enable.stderr.strip()}", **figures)
     loaded = False
     try:
         boot = ctx.runner.run(["launchctl", "bootstrap", domain, str(plist)])
-        require(boot.returncode == 0, f"bootstrap failed ({boot.returncode}): {boot.stderr.strip()}", **figures)
+        require(boot.returncode == 0, launchd.explain_failure(boot.returncode, boot.stderr)
+                or f"bootstrap failed ({boot.returncode}): {boot.stderr.strip()}", **figures)
         loaded = True
-        running = _wait(ctx, lambda: launchd.parse_print(*_print(ctx, target))["running"], 10)
+        running = _wait(ctx, lambda: launchd.parse_print(*_print(ctx, target))["running"] and out.exists(), 10)
         code, text = _print(ctx, target)
         facts, details = launchd.parse_print(code, text), launchd.parse_print_details(text)
         figures.update(start_s=running, state=facts["state"], pid=facts["pid"], **details)
-        require(running is not None, f"the agent is not running 10 s after bootstrap (state {facts['state']})", **figures)
+        if running is None:
+            ctx.shared["agent_start_error"] = _did_not_start(ctx, python, facts["state"], details["last_exit_code"])
+        require(running is not None, ctx.shared.get("agent_start_error", ""), **figures)
         require(details["exit_timeout_s"] == grace, f"launchd uses an exit timeout of {details['exit_timeout_s']} s, "
                 f"not the plist's {grace} s: the daemon may be killed before its run has checkpointed", **figures)
         require(details["umask"] == 0o077, f"umask {details['umask']}, not 077", **figures)
         require(details["process_type"] == "interactive", f"process type {details['process_type']}", **figures)
-        read = _wait(ctx, out.exists, 10)
-        ctx.shared["agent_reads"] = out.read_text().splitlines() if read is not None else None
+        ctx.shared["agent_reads"] = out.read_text().splitlines()
         ctx.runner.run(["launchctl", "bootout", target])
         loaded = False
         figures["bootout_to_gone_s"] = _wait(ctx, lambda: _print(ctx, target)[0] != 0, grace + 10)
@@ -101,19 +151,42 @@ def check_launchd_agent(ctx: Context) -> dict[str, Any]:
     return figures
 
 
+def _did_not_start(ctx: Context, python: str, state: str | None, last_exit: str | None) -> str:
+    """Why the throwaway agent never said what it reads: its Python did not start under launchd."""
+    stderr = ctx.home / "daemon.stderr.log"  # the plist's StandardErrorPath (launchd.plist_dict)
+    tail = stderr.read_text(errors="replace").strip().splitlines()[-1:] if stderr.exists() else []
+    grant = privacy.interpreter(python).grant
+    return (f"the agent's Python ({python}) did not start under launchd within 10 s (state {state}, last exit "
+            f"code {last_exit}{': ' + tail[0] if tail else ''}). If its environment is in ~/Documents, ~/Desktop, "
+            f"~/Downloads, iCloud Drive or on another volume, move it, or give {grant} Full Disk Access "
+            f"({privacy.HOW_TO_GRANT})")
+
+
 def check_agent_folders(ctx: Context) -> dict[str, Any]:
-    """The throwaway agent could read MTLD_HOME and the queued jobs' data folders (privacy protection
-    hides ~/Documents, ~/Desktop and ~/Downloads from agents unless allowed)."""
+    """The throwaway agent, run by mtld's Python, could start, import mtld, and read MTLD_HOME, the config,
+    the Hugging Face cache and the queued jobs' models and data (privacy protection hides ~/Documents,
+    ~/Desktop, ~/Downloads, iCloud Drive and other volumes from agents unless allowed)."""
     _mac(ctx)
+    if ctx.shared.get("agent_start_error"):
+        raise Failed(ctx.shared["agent_start_error"], {"python": agent_python(ctx)})
     reads = ctx.shared.get("agent_reads")
     if reads is None:
         raise Skipped("the throwaway agent did not run (see macos.launchd_agent)")
-    denied = [line.split(" ", 1)[1] for line in reads if line.startswith("denied ")]
-    figures = {"readable": sum(1 for line in reads if line.startswith("ok ")), "denied": denied,
-               "missing": [line.split(" ", 1)[1] for line in reads if line.startswith("missing ")]}  # not made yet
-    require(not denied, f"an agent cannot read {', '.join(denied)}: move the data out of ~/Documents, ~/Desktop and "
-            "~/Downloads, or give the Python running mtld Full Disk Access (System Settings > Privacy & Security)",
-            **figures)
+    fields = [line.split("\t", 2) for line in reads if "\t" in line]
+    status: dict[str, list[str]] = {"ok": [], "denied": [], "missing": []}
+    for word, *rest in fields:
+        if word in status:
+            status[word].append(rest[0])
+    python = next((rest for word, *rest in fields if word == "python"), [None, None])
+    imported = next((rest[0] for word, *rest in fields if word == "import"), None)
+    figures = {"python": python[0], "prefix": python[1], "import_mtld": imported, "readable": len(status["ok"]),
+               "denied": status["denied"], "missing": status["missing"]}  # missing: not made yet
+    grant = privacy.interpreter(agent_python(ctx)).grant
+    require(imported == "ok", f"the agent's Python cannot import mtld ({imported}): if mtld or its environment is in "
+            f"a protected folder, move it, or give {grant} Full Disk Access ({privacy.HOW_TO_GRANT})", **figures)
+    require(not status["denied"], f"an agent cannot read {', '.join(status['denied'])}: move it out of ~/Documents, "
+            f"~/Desktop, ~/Downloads, iCloud Drive and other volumes, or give {grant} Full Disk Access "
+            f"({privacy.HOW_TO_GRANT})", **figures)
     return figures
 
 
@@ -168,24 +241,30 @@ def check_battery(ctx: Context) -> dict[str, Any]:
 
 
 def check_notification(ctx: Context) -> dict[str, Any]:
-    """The notification mtld sends when a job ends (osascript's `display notification`) returns 0."""
+    """The notification mtld sends when a job ends (osascript's `display notification`) was sent: osascript
+    returned 0. Whether it was shown, nothing here can tell (`display notification` returns no result:
+    AppleScript Language Guide; Focus or the notification settings may hide it): look at the screen."""
     _mac(ctx)
-    argv = power.notify_argv("mtld self-test", "notifications reach you", platform="darwin")
+    argv = power.notify_argv("mtld self-test", "sent by mtld doctor --selftest: did you see it?", platform="darwin")
     if argv is None:
         raise Skipped("no notifier found")
     result = ctx.runner.run(argv)
-    figures = {"exit_code": result.returncode, "stderr": result.stderr.strip()[:200] or None}
-    require(result.returncode == 0, f"osascript answered {result.returncode}: {figures['stderr']}", **figures)
+    figures = {"sent": result.returncode == 0, "delivered": "unknown: osascript cannot tell; look for it on screen",
+               "exit_code": result.returncode, "stderr": result.stderr.strip()[:200] or None}
+    require(result.returncode == 0, f"the notification was not sent: osascript answered {result.returncode}: "
+            f"{figures['stderr']}", **figures)
     return figures
 
 
 CHECKS = [
     Spec("macos.launchd_agent", "macos", "launchd could refuse mtld's agent, kill it before a run has "
          "checkpointed, or leave it unloaded after a reinstall.", check_launchd_agent),
-    Spec("macos.agent_folders", "macos", "the daemon, started by launchd, could not read the data or state: every "
-         "job fails at night although it works in the Terminal.", check_agent_folders),
+    Spec("macos.agent_folders", "macos", "the daemon, started by launchd, could not start (its own Python hidden) or "
+         "not read the data, models or state: every job fails at night although it works in the Terminal.",
+         check_agent_folders),
     Spec("macos.caffeinate", "macos", "the Mac may idle-sleep in the middle of a run.", check_caffeinate),
     Spec("macos.battery", "macos", "daemon.hold_on_battery would start runs on battery, or hold them on AC.",
          check_battery),
-    Spec("macos.notification", "macos", "you would not be told when a job ends.", check_notification),
+    Spec("macos.notification", "macos", "you would not be told when a job ends (a pass means it was sent, "
+         "not that it was shown).", check_notification),
 ]
