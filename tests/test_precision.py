@@ -341,3 +341,40 @@ def test_run_started_and_the_checkpoint_agree_with_what_an_older_torch_trained_i
     assert started["torch"] == torch.__version__
     state = torch.load(sorted((run_dir / "checkpoints").iterdir())[-1], weights_only=True)
     assert state["scaler"] is None  # fp32: no loss scaling
+
+
+def test_a_run_that_fell_back_to_fp32_is_stored_in_the_fp32_family(tmp_path, monkeypatch):
+    """Its autocast check found no bf16: its figures (speed, peak) are fp32's, so they go to fp32's history."""
+    import os
+
+    from mtld.config.jobspec import JobSpec, spec_to_json
+    from mtld.config.settings import Settings
+    from mtld.daemon.loop import Daemon
+    from mtld.decide.family import in_precision
+    from mtld.logs.events import configure
+    from mtld.runs.files import RunResult
+    from mtld.runs.rundir import RunDir
+    from mtld.store import Store
+    from mtld.testing import FakeExecutor, ScriptedProbe
+
+    assert in_precision("m|a|b|128|mps|bf16", "off") == "m|a|b|128|mps" and in_precision("m|128|cpu", "bf16") == "m|128|cpu|bf16"
+    for name in [n for n in os.environ if n.startswith("MTLD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr("mtld.estimate.history.precision_for", lambda setting, device: ("bf16", "auto: bf16"))
+    settings = Settings(home=tmp_path / "home", train={"device": "cpu"}, daemon={"notify": False, "prevent_sleep": False})
+    configure(settings.daemon_log)
+    spec = JobSpec.model_validate({"name": "j", "model": "/models/bert", "tasks": [
+        {"name": "t", "type": "classification", "train": "/data/t.jsonl"}]})
+    with Store(settings.db_path) as store:
+        job = store.submit(name="j", spec_json=spec_to_json(spec), job_file="/j.toml",
+                           run_root=str(settings.local_runs_dir), now=0.0)
+        executor = FakeExecutor()
+        daemon = Daemon(settings, store, executor=executor, probe=ScriptedProbe(["normal"]), clock=lambda: 0.0)
+        daemon.tick(0.0)
+        run = store.latest_run(job.id)
+        assert run.family == "/models/bert|128|cpu|bf16"  # what the rule said before the run
+        RunDir(store.get(job.id).run_dir).write_result(RunResult(outcome="succeeded", exit_code=0, run_id=run.id,
+                                                                 precision="off"))
+        executor.runs[0].end(0)
+        daemon.tick(1.0)
+        assert store.latest_run(job.id).family == "/models/bert|128|cpu"

@@ -24,6 +24,7 @@ from mtld.config.jobspec import JobFileError
 from mtld.config.settings import FORCED_STOP_GRACE_S, Settings
 from mtld.daemon.watchdog import Watch
 from mtld.decide import policy
+from mtld.decide.family import in_precision
 from mtld.estimate.history import pressure_interrupt
 from mtld.executor import ClusterUnreachable, Executor, ExitStatus, RunHandle, wait_for_exit
 from mtld.platform.power import SleepInhibitor
@@ -144,8 +145,11 @@ class RunLedger:
             measured = measured.model_copy(update={"max_rss_bytes": status.max_rss_bytes})
         figures = measured.stored() if measured is not None else (
             {"max_rss_bytes": status.max_rss_bytes} if status.max_rss_bytes else {})
+        trained_in = result.precision if result else None  # its autocast check may have fallen back to fp32
+        family = in_precision(run.family, trained_in) if run.family and trained_in else None
         self.store.finish_run(run.id, outcome=decision.outcome, exit_code=status.code, signal=status.signal,
-                              micro_batch_end=result.micro_batch_end if result else None, figures=figures, now=now)
+                              micro_batch_end=result.micro_batch_end if result else None, figures=figures, now=now,
+                              family=family if family != run.family else None)
         job = self.store.transition(
             job_id, decision.job_state, reason=decision.reason, now=now,
             last_error=decision.reason if decision.job_state == "failed" or decision.outcome == "stalled" else None,

@@ -32,6 +32,12 @@ def family(spec: JobSpec, device: str, precision: str) -> str:
     return key if precision == "off" else f"{key}|{precision}"
 
 
+def in_precision(key: str, precision: str) -> str:
+    """The same family in another precision (a run whose autocast check fell back to fp32 belongs there)."""
+    base = next((key.removesuffix(s) for s in ("|bf16", "|fp16") if key.endswith(s)), key)  # a model may hold "|"
+    return base if precision == "off" else f"{base}|{precision}"
+
+
 def pinned_size(batch_size: str | int) -> int | None:
     """A job's batch_size ("auto", or a size as the store or the spec spells it) as a pinned size."""
     return None if batch_size == "auto" else int(batch_size)
@@ -63,7 +69,8 @@ def start_size(settings: Settings, history: Sequence[policy.FamilyRun], *, pinne
                effective_batch: int, earlier: Sequence[policy.EarlierRun] = (), reading: Reading | None,
                calm_for_s: float | None = None) -> Start:
     """The planned size, then the memory check against the pressure and the free memory now
-    (`fit_bytes`: on macOS the kernel's figure, not psutil's). After a pressure interrupt the
+    (`fit_bytes`: on macOS free + speculative + inactive pages, capped at the kernel's warn point:
+    mtld.memory.macos.mac_fit). After a pressure interrupt the
     level must have been normal for `memory.resume_calm_s` (`calm_for_s`: for how long it has);
     an unreadable level never holds the queue. A remote run (`reading` None) is not checked here:
     the run's own guard watches the memory where it trains."""

@@ -112,6 +112,7 @@ class Figures(Record):
     startup_s: float | None = None  # probes measure it; runs derive it (mtld.decide.runtime.run_record)
     samples: int | None = None
     device: str | None = None
+    precision: str | None = None  # what it trained in, as the child's autocast check found it: bf16, fp16, off
     best_score: float | None = None
     timing: dict[int, SizeTiming] = Field(default_factory=dict)
     probe: bool = False  # a probe's figures (mtld.train.probe), not a run's

@@ -36,7 +36,7 @@ from mtld.runs.exitcodes import Outcome
 from mtld.runs.figures import Figures, Record, known_only
 
 VERSION = 1  # the major format this mtld writes, and the only one it reads
-MINOR = 1  # 1.1: the `minor` field itself; result.json and launch.json are otherwise as in 1.0
+MINOR = 2  # 1.1: the `minor` field itself; 1.2: result.json's `precision` (what the run really trained in)
 
 F = TypeVar("F", bound="RunFile")
 

@@ -280,11 +280,12 @@ class Store:
 
     def finish_run(self, run_id: int, *, outcome: str, now: float, exit_code: int | None = None,
                    signal: int | None = None, micro_batch_end: int | None = None,
-                   figures: dict[str, Any] | None = None) -> Run:
+                   figures: dict[str, Any] | None = None, family: str | None = None) -> Run:
         """Close a run, once. The job's state is moved separately, with `transition`.
 
         Figures are stored as strict JSON (NaN becomes null); None keeps `{}`. A value JSON
-        cannot hold raises TypeError before anything is written."""
+        cannot hold raises TypeError before anything is written. `family`: the family its figures
+        belong to, when it is not the one it started under (it trained in another precision)."""
         figures_json = None if figures is None else json.dumps(json_safe(figures), allow_nan=False, sort_keys=True)
         with self.db.write() as db:
             run = self._run(run_id)
@@ -292,8 +293,8 @@ class Store:
                 raise InvalidTransition(f"run {run_id} already finished ({run.outcome})")
             db.execute(
                 "UPDATE runs SET ended_at = ?, outcome = ?, exit_code = ?, signal = ?, micro_batch_end = ?,"
-                " figures = COALESCE(?, figures) WHERE id = ?",
-                (now, outcome, exit_code, signal, micro_batch_end, figures_json, run_id),
+                " figures = COALESCE(?, figures), family = COALESCE(?, family) WHERE id = ?",
+                (now, outcome, exit_code, signal, micro_batch_end, figures_json, family, run_id),
             )
             return self._run(run_id)
 

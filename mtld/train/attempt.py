@@ -177,6 +177,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
     summary.fields.update(device=device.type, micro_batch_start=micro_batch, micro_batch_end=micro_batch)
     parts = build(spec, device, micro_batch, stop=stop, guard=guard, log=log)
     summary.runner = parts.runner
+    summary.fields["precision"] = parts.precision  # the family the run's figures belong to
 
     def export(out_dir: Path) -> None:
         extra = {"job": json.loads(spec_to_json(spec)), "trust_remote_code": spec.trust_remote_code,
