@@ -46,14 +46,14 @@ MPS_OOM = """Error: command buffer exited with error status.
 
 
 @pytest.mark.parametrize(("step_s", "startup_s", "first_s", "eval_s", "expected"), [
-    (None, None, None, None, (600, 1200, 1200)),  # nothing measured: the floor, and the floor again on top
-    (0.5, None, None, None, (600, 1200, 1200)),  # 20 x 0.5 s is under the floor
-    (60.0, None, None, None, (1200, 1800, 1800)),  # a slow family: 20 x its median step
+    (None, None, None, None, (600, 900, 1200)),  # nothing measured: the floors (evaluating: the floor on top)
+    (0.5, None, None, None, (600, 900, 1200)),  # 20 x 0.5 s is under the floor
+    (60.0, None, None, None, (1200, 1200, 1800)),  # a slow family: 20 x its median step
     (60.0, 40.0, 20.0, 100.0, (1200, 1380, 1500)),  # its start and one evaluation, three times over, on top
 ])
 def test_the_allowance_is_the_floor_or_the_familys_pace(step_s, startup_s, first_s, eval_s, expected):
-    a = stall_allowance(floor_s=600, step_factor=20, step_s=step_s, startup_s=startup_s, first_steps_s=first_s,
-                        eval_s=eval_s)
+    a = stall_allowance(floor_s=600, start_floor_s=900, step_factor=20, step_s=step_s, startup_s=startup_s,
+                        first_steps_s=first_s, eval_s=eval_s)
     assert (a.training_s, a.starting_s, a.evaluating_s) == expected
     assert (a.of("training"), a.of("starting"), a.of("evaluating")) == expected
 
@@ -136,7 +136,7 @@ def daemon(tmp_path, monkeypatch):
         monkeypatch.delenv(name)
     settings = Settings(home=tmp_path / "home", train={"device": "cpu", "start_batch_size": 8},
                         daemon={"prevent_sleep": False, "notify": False, "stop_timeout_s": 20},
-                        watchdog={"stall_s": 100, "max_stalls": 2})
+                        watchdog={"stall_s": 100, "start_s": 200, "max_stalls": 2})
     configure(settings.daemon_log)
     store = Store(settings.db_path)
     executor = FakeExecutor()
@@ -268,7 +268,7 @@ def test_the_machine_is_kept_awake_for_a_window_that_opens_within_the_hour_on_ma
 @pytest.mark.slow
 def test_a_real_child_stopped_with_sigstop_is_stopped_retried_one_size_down_then_held(tmp_path, data_dir):
     home = Home(tmp_path / "home")
-    home.env.update({"MTLD_WATCHDOG__STALL_S": "3", "MTLD_WATCHDOG__STEP_FACTOR": "1",
+    home.env.update({"MTLD_WATCHDOG__STALL_S": "3", "MTLD_WATCHDOG__STEP_FACTOR": "1", "MTLD_WATCHDOG__START_S": "120",
                      "MTLD_DAEMON__STOP_TIMEOUT_S": "2", "MTLD_TRAIN__PROGRESS_EVERY_S": "0",
                      "MTLD_TRAIN__START_BATCH_SIZE": "8"})
     job_id = home.submit(job_file(data_dir, epochs=50))

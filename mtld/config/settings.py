@@ -152,6 +152,7 @@ class WatchdogSettings(Section):
     (docs/unattended.md, "A run that stops making progress"; the allowance: mtld.decide.policy.stall_allowance)."""
 
     stall_s: float = Field(default=600.0, ge=1, le=86_400)  # the allowance's floor between two signs of life
+    start_s: float = Field(default=600.0, ge=1, le=86_400)  # and from a run's start to its first step
     step_factor: float = Field(default=20.0, ge=1, le=10_000)  # and at least this many of the family's median step
     max_stalls: int = Field(default=2, ge=1, le=100)  # stalls in a row that put the job on hold
 

@@ -387,7 +387,8 @@ class Daemon:
         """The watchdog's watch over a run, with allowances from its family's measured pace."""
         pace = runtime.pace([r for r in map(runtime.run_record, history) if r is not None], micro_batch)
         w = self.settings.watchdog
-        allowance = policy.stall_allowance(floor_s=w.stall_s, step_factor=w.step_factor, step_s=pace.step_s,
+        allowance = policy.stall_allowance(floor_s=w.stall_s, start_floor_s=w.start_s, step_factor=w.step_factor,
+                                           step_s=pace.step_s,
                                            startup_s=pace.startup_s, first_steps_s=pace.first_steps_s,
                                            eval_s=pace.eval_s)
         return Watch(run_dir.log_file, allowance, now)

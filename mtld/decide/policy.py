@@ -304,14 +304,16 @@ class Allowance:
         return {"starting": self.starting_s, "evaluating": self.evaluating_s}.get(phase, self.training_s)
 
 
-def stall_allowance(*, floor_s: float, step_factor: float, step_s: float | None, startup_s: float | None,
-                    first_steps_s: float | None, eval_s: float | None, margin: float = 3.0) -> Allowance:
+def stall_allowance(*, floor_s: float, start_floor_s: float, step_factor: float, step_s: float | None,
+                    startup_s: float | None, first_steps_s: float | None, eval_s: float | None,
+                    margin: float = 3.0) -> Allowance:
     """The watchdog's allowances: training: the larger of `floor_s` and `step_factor` times the family's
-    median step; starting and evaluating: that, plus `margin` times what the family's runs took for the start
-    (and first steps) or one evaluation (the floor again where nothing was measured)."""
+    median step; evaluating: that, plus `margin` times one evaluation of the family's runs (the floor again
+    where none was measured); starting: the larger of `start_floor_s` and the training allowance plus
+    `margin` times the family's start and first steps."""
     training = max(floor_s, step_factor * step_s) if step_s else floor_s
     start = (startup_s or 0.0) + (first_steps_s or 0.0)
-    return Allowance(training_s=training, starting_s=training + (margin * start if start else floor_s),
+    return Allowance(training_s=training, starting_s=max(start_floor_s, training + margin * start),
                      evaluating_s=training + (margin * eval_s if eval_s else floor_s))
 
 
