@@ -555,16 +555,21 @@ def test_a_failure_after_the_write_takes_the_job_back_out(home, job_folder, a_da
     from datetime import datetime, timezone
 
     from mtld.config.settings import load_settings
+    from mtld.logs.events import configure
     from mtld.queue import jobs
 
     def interrupted(signum, frame):
         raise KeyboardInterrupt
 
+    settings = load_settings()
+    configure(settings.daemon_log)  # as the CLI does
     signal.signal(signal.SIGUSR1, interrupted)  # the fixture puts its own handler back
     with Store(home / "state.db") as store:
         with pytest.raises(KeyboardInterrupt):
-            jobs.submit(load_settings(), store, job_folder / "job.toml", now=datetime.now(timezone.utc))
+            jobs.submit(settings, store, job_folder / "job.toml", now=datetime.now(timezone.utc))
         assert store.list_jobs() == [] and store.transitions_for(1) == []
+    events = [json.loads(line)["event"] for line in (home / "logs/mtld.jsonl").read_text().splitlines()]
+    assert events == ["job.submitted", "job.withdrawn"]
 
 
 def test_withdraw_takes_back_only_a_job_that_never_ran(home):

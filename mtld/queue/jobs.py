@@ -185,9 +185,10 @@ def _or_withdrawn(store: Store, job: Job) -> Iterator[None]:
     daemon already started it (`Store.withdraw` removes only a job that never ran)."""
     try:
         yield
-    except BaseException:
+    except BaseException as e:
         try:
-            store.withdraw(job.id)
+            if store.withdraw(job.id):  # its job.submitted may be in the log already: say it went again
+                get_logger(job_id=job.id).warning("job.withdrawn", error=f"{type(e).__name__}: {e}")
         except Exception:  # the store is out too: the original error is the one to report
             pass
         raise
