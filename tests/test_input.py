@@ -209,6 +209,8 @@ REFUSED = [
      "JOB: schedule.not_before - Input should be a valid datetime"),
     ("batch size as a string in the file", {}, lambda f: edit_job(f, 'batch_size = "auto"', 'batch_size = "8"'),
      ["submit", "JOB"], "JOB: train.batch_size - Input should be 'auto', 2, 4 or 8"),
+    ("a full-width checkpoint_every", {}, in_train('checkpoint_every = "１０m"'), ["submit", "JOB"],
+     "JOB: train.checkpoint_every - not a duration: '１０m' (use ASCII digits"),
     ("a full-width batch size", {}, None, ["submit", "JOB", "--batch-size", "８"],
      "--batch-size: must be auto, 2, 4 or 8, not '８'"),
     ("a full-width priority", {}, None, ["submit", "JOB", "--priority", "５"],

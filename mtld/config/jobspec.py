@@ -80,6 +80,8 @@ def _checkpoint_every(value: int | str) -> int | str:
         if value < 1:
             raise ValueError("Input should be a number of steps (1 or more) or a duration such as \"10m\"")
         return value
+    if not value.isascii():  # "１０m": parse_duration's \d and float() take any script's digits
+        raise ValueError(f"not a duration: {value!r} (use ASCII digits and s, m, h or d: 90s, 10m, 1h, 7d)")
     parse_duration(value)  # raises with the reason
     return value.strip().lower()
 
