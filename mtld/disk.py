@@ -51,6 +51,18 @@ def shortfall_text(needed: int, free: int, path: Path | str) -> str:
     return f"{HOLD_PREFIX}: {size_text(needed)} needed on {path}, {size_text(free)} free"
 
 
+def full_text(path: Path | str) -> str:
+    """`disk full: 0 B free on /folder`, the folder of `path` (the hold's wording), where a write was refused
+    for space and no figure of what was needed is known."""
+    folder = existing_ancestor(path)
+    if not folder.is_dir():
+        folder = folder.parent
+    try:
+        return f"{HOLD_PREFIX}: {size_text(free_bytes(folder))} free on {folder}"
+    except OSError:
+        return f"{HOLD_PREFIX} on {folder}"
+
+
 def size_text(n: int | float | None) -> str:
     """1.2 GB, 350 MB, 12 KB (decimal units, as disk makers and `df -H` count)."""
     if n is None:
@@ -88,6 +100,32 @@ def existing_ancestor(path: Path | str) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+def folder_problem(folder: Path | str) -> str | None:
+    """Why run folders cannot be made under `folder` (None when they can): the nearest part of the path that
+    exists must be a folder on a file system with storage, and a file must really be made there (a probe:
+    root passes every permission check, and /proc or a read-only mount refuse only the write itself). A full
+    disk is not a reason: a job is held until there is room (mtld.daemon.diskguard)."""
+    existing = existing_ancestor(folder)
+    cannot = f"cannot make run folders in {folder}"
+    if not existing.is_dir():
+        return f"{cannot}: {existing} is not a folder"
+    try:
+        blocks = os.statvfs(existing).f_blocks
+    except OSError as e:
+        return f"{cannot}: {existing} cannot be examined ({e.strerror or e})"
+    if blocks == 0:  # statvfs(3) f_blocks, the size of the file system: none for proc(5) and sysfs(5)
+        return f"{cannot}: {existing} is on a file system that stores nothing (such as /proc or /sys)"
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".mtld-probe-")
+    except OSError as e:
+        if e.errno in DISK_FULL_ERRNOS:
+            return None
+        return f"{cannot}: {existing} is not writable ({e.strerror or e})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 def free_bytes(path: Path | str) -> int:

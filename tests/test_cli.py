@@ -346,3 +346,20 @@ def test_submit_warns_logs_and_still_queues(home, tmp_path, capsys):
                   if e["event"] == "job.privacy_warning"]
     assert event["job_id"] == made.id and event["level"] == "warning"
     assert event["warnings"] == said[:-1] and event["advice"] == said[-1]
+
+
+def test_an_unknown_mtld_variable_is_one_warning_line_and_an_event_and_changes_nothing(home, job_file, monkeypatch):
+    """Issue 25, item 6: a typo in a setting was silent."""
+    monkeypatch.setenv("MTLD_LOGLEVEL", "debug")  # MTLD_LOG_LEVEL
+    monkeypatch.setenv("MTLD_DEAMON__NOTIFY", "false")  # MTLD_DAEMON__NOTIFY
+    monkeypatch.setenv("MTLD_TEST_ANYTHING", "1")  # the test suite's own; MTLD_CONFIG is not a setting either
+    code, stdout, stderr = mtld("submit", str(job_file))
+    assert (code, stdout.strip()) == (0, "1")
+    assert stderr == ("mtld: warning: MTLD_DEAMON__NOTIFY (did you mean MTLD_DAEMON__NOTIFY?), MTLD_LOGLEVEL (did you "
+                      "mean MTLD_LOG_LEVEL?): not a setting; ignored\n")
+    events = [json.loads(line) for line in (home / "logs" / "mtld.jsonl").read_text().splitlines()]
+    warned = [(e["variable"], e["suggestion"]) for e in events if e["event"] == "settings.unknown_variable"]
+    assert warned == [("MTLD_DEAMON__NOTIFY", "MTLD_DAEMON__NOTIFY"), ("MTLD_LOGLEVEL", "MTLD_LOG_LEVEL")]
+    monkeypatch.delenv("MTLD_LOGLEVEL")
+    monkeypatch.delenv("MTLD_DEAMON__NOTIFY")
+    assert mtld("status")[2] == ""

@@ -1,11 +1,14 @@
-"""One validation path: every malformed input of issue 13 (cases 1, 5 and 6) is refused when it is given,
-with one line and exit status 2, nothing queued; user text never breaks the tables; and no traceback
-ever reaches a user (the last-resort handler writes a crash report instead)."""
+"""One validation path: every malformed input of issue 13 (cases 1, 5 and 6) and issue 25 (items 4-7, 9, 10) is
+refused when it is given, with one line and exit status 2, nothing queued; user text never breaks the tables; and
+no traceback ever reaches a user (the last-resort handler writes a crash report instead)."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from typer.testing import CliRunner
 
 from mtld.cli import app, main
 from mtld.store import Store
-from tests.conftest import GOOD_JOB, write_job
+from tests.conftest import GOOD_JOB, SENTIMENT, write_job
 
 BIG = str(10**21)  # beyond SQLite's 64-bit INTEGER
 
@@ -55,6 +58,75 @@ def edit_job(folder: Path, old: str, new: str) -> None:
     path = folder / "job.toml"
     assert old in path.read_text()
     path.write_text(path.read_text().replace(old, new, 1))
+
+
+def in_train(line: str):
+    """A change that adds `line` to the job file's [train] table."""
+    return lambda f: edit_job(f, "[train]\n", f"[train]\n{line}\n")
+
+
+def in_schedule(line: str):
+    return lambda f: edit_job(f, "[train]", f"[schedule]\n{line}\n\n[train]")
+
+
+def top_level(line: str):
+    return lambda f: edit_job(f, "max_length = 64", f"max_length = 64\n{line}")
+
+
+def symlink_loop(name: str):
+    """`name` (in the job folder) replaced by a link to itself."""
+    def apply(folder: Path) -> None:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        path.symlink_to(path.name)
+    return apply
+
+
+def write_file(name: str, text: str):
+    def apply(folder: Path) -> None:
+        (folder / name).write_text(text, encoding="utf-8")
+    return apply
+
+
+def with_eval(task: str, rows: list[dict]):
+    """Give the task named `task` an eval file of `rows`."""
+    def apply(folder: Path) -> None:
+        (folder / "data/ev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        edit_job(folder, f'name = "{task}"', f'name = "{task}"\neval = "data/ev.jsonl"')
+    return apply
+
+
+def planted_heads(folder: Path) -> None:
+    """A model folder whose heads.pt is a pickle that would create a file if it were ever unpickled in full."""
+    (folder / "model/tasks.json").write_text('{"tasks": [], "max_length": 64}')
+    (folder / "model/heads.pt").write_bytes(pickle.dumps(Planted(str(folder / "unpickled"))))
+
+
+def damaged_heads(folder: Path) -> None:
+    """A heads.pt cut short (a copy that stopped half-way)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"0.weight": torch.zeros(4, 4)}, buffer)
+    (folder / "model/tasks.json").write_text('{"tasks": [], "max_length": 64}')
+    (folder / "model/heads.pt").write_bytes(buffer.getvalue()[:200])
+
+
+class Planted:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+HUGE_LINE = json.dumps({"text": "x" * 1_100_000, "label": "pos"})
+DEEP_JSON = '{"text": "ok", "label": "pos", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
 
 
 # (case id, environment, what to do to the job folder, command line (JOB: the job file), the one line's start)
@@ -103,24 +175,132 @@ REFUSED = [
     ("a stop timeout launchd's ExitTimeOut cannot hold", {"MTLD_DAEMON__STOP_TIMEOUT_S": "46"}, None, ["status"],
      "MTLD_DAEMON__STOP_TIMEOUT_S: at most 45 s: with 5 s to reap the child and 10 s to record the run, launchd's "
      "ExitTimeOut must stay within 60 s"),
+    # issue 25, item 4: accepted, then held forever
+    ("output on /proc", {}, top_level('output = "/proc/mtld-runs"'), ["submit", "JOB"],
+     "JOB: output - cannot make run folders in /proc/mtld-runs: /proc is on a file system that stores nothing"),
+    ("output on /sys", {}, top_level('output = "/sys/kernel/mtld-runs"'), ["submit", "JOB"],
+     "JOB: output - cannot make run folders in /sys/kernel/mtld-runs: /sys/kernel is on a file system that stores "
+     "nothing"),
+    # item 5: --not-before beyond the calendar
+    ("not-before past the calendar's end", {}, None, ["submit", "JOB", "--not-before", "9999-12-31T23:59-12:00"],
+     "--not-before: out of range: a time from 1970-01-01 to 9999-12-30 (UTC), not '9999-12-31T23:59-12:00'"),
+    ("not-before before the calendar's start", {}, None, ["submit", "JOB", "--not-before", "0001-01-01T00:00+14:00"],
+     "--not-before: out of range: a time from 1970-01-01 to 9999-12-30 (UTC), not '0001-01-01T00:00+14:00'"),
+    ("not-before off the calendar, local time", {}, None, ["submit", "JOB", "--not-before", "9999-12-31T23:59"],
+     "--not-before: out of range"),
+    ("not-before off the calendar in the file", {}, in_schedule("not_before = 9999-12-31T23:59:00-12:00"),
+     ["submit", "JOB"], "JOB: schedule.not_before - out of range: a time from 1970-01-01 to 9999-12-30 (UTC)"),
+    # item 6: lax types
+    ("epochs as a string", {}, lambda f: edit_job(f, "epochs = 2", 'epochs = "3"'), ["submit", "JOB"],
+     "JOB: train.epochs - Input should be a valid integer"),
+    ("epochs as a boolean", {}, lambda f: edit_job(f, "epochs = 2", "epochs = true"), ["submit", "JOB"],
+     "JOB: train.epochs - Input should be a valid integer"),
+    ("trust_remote_code as a string", {}, top_level('trust_remote_code = "yes"'), ["submit", "JOB"],
+     "JOB: trust_remote_code - Input should be a valid boolean"),
+    ("max_grad_norm inf", {}, in_train("max_grad_norm = inf"), ["submit", "JOB"],
+     "JOB: train.max_grad_norm - Input should be a finite number"),
+    ("learning_rate nan", {}, in_train("learning_rate = nan"), ["submit", "JOB"],
+     "JOB: train.learning_rate - Input should be a finite number"),
+    ("a task weight of inf", {}, lambda f: edit_job(f, 'labels = ["pos", "neg"]', 'labels = ["pos", "neg"]\nweight = inf'),
+     ["submit", "JOB"], "JOB: tasks.0.weight - Input should be a finite number"),
+    ("a priority of 1.5 in the file", {}, in_schedule("priority = 1.5"), ["submit", "JOB"],
+     "JOB: schedule.priority - Input should be a valid integer"),
+    ("not_before as a number", {}, in_schedule("not_before = 1700000000"), ["submit", "JOB"],
+     "JOB: schedule.not_before - Input should be a valid datetime"),
+    ("batch size as a string in the file", {}, lambda f: edit_job(f, 'batch_size = "auto"', 'batch_size = "8"'),
+     ["submit", "JOB"], "JOB: train.batch_size - Input should be 'auto', 2, 4 or 8"),
+    ("a full-width checkpoint_every", {}, in_train('checkpoint_every = "１０m"'), ["submit", "JOB"],
+     "JOB: train.checkpoint_every - not a duration: '１０m' (use ASCII digits"),
+    ("a full-width batch size", {}, None, ["submit", "JOB", "--batch-size", "８"],
+     "--batch-size: must be auto, 2, 4 or 8, not '８'"),
+    ("a full-width priority", {}, None, ["submit", "JOB", "--priority", "５"],
+     "--priority: Input should be a valid integer, not '５'"),
+    ("a priority with an underscore", {}, None, ["submit", "JOB", "--priority", "1_0"],
+     "--priority: Input should be a valid integer, not '1_0'"),
+    ("a full-width priority to restart", {}, None, ["restart", "1", "--priority", "５"],
+     "--priority: Input should be a valid integer, not '５'"),
+    ("a full-width batch size to set", {}, None, ["set", "1", "--batch-size", "８"],
+     "--batch-size: must be auto, 2, 4 or 8, not '８'"),
+    ("not-before off the calendar to set", {}, None, ["set", "1", "--not-before", "9999-12-31T23:59-12:00"],
+     "--not-before: out of range"),
+    # item 7: internal errors where bad input is one line
+    ("a data file that is a symlink loop", {}, symlink_loop("data/sentiment.jsonl"), ["submit", "JOB"],
+     "JOB: tasks.0.train - FOLDER/data/sentiment.jsonl cannot be followed: a symlink loop"),
+    ("a model folder that is a symlink loop", {}, symlink_loop("model"), ["submit", "JOB"],
+     "JOB: model - FOLDER/model cannot be followed: a symlink loop"),
+    ("an output folder below a symlink loop", {}, lambda f: (symlink_loop("out")(f), top_level('output = "out/runs"')(f)),
+     ["submit", "JOB"], "JOB: output - FOLDER/out/runs cannot be followed: a symlink loop"),
+    ("a CSV field longer than the line limit", {},
+     lambda f: (top_level("max_line_chars = 1000")(f), write_file("data/score.csv", 'a,b,score\nq,r,1\n"' + "x\n" * 600 + '",y,2\n')(f)),
+     ["submit", "JOB"], "JOB: tasks.1.train - score.csv line 3: a field longer than 1,000 characters"),
+    ("deeply nested JSON", {}, write_file("data/sentiment.jsonl", DEEP_JSON + "\n"), ["submit", "JOB"],
+     "JOB: tasks.0.train - sentiment.jsonl line 1: not valid JSON (nested too deeply)"),
+    ("a deeply nested job file", {}, write_file("job.toml", "name = " + "[" * 100_000 + "]" * 100_000 + "\n"),
+     ["submit", "JOB"], "JOB: (file) - TOML syntax error: nested too deeply"),
+    ("a deeply nested config file", {"MTLD_CONFIG": "FOLDER/config.toml"},
+     write_file("config.toml", "log_level = " + "[" * 100_000 + "]" * 100_000 + "\n"), ["status"],
+     "FOLDER/config.toml: TOML nested too deeply"),
+    ("predict with a heads.pt mtld did not write", {}, planted_heads,
+     ["predict", "FOLDER/model", "FOLDER/data/sentiment.jsonl"],
+     "FOLDER/model/heads.pt: not a file mtld wrote (it holds more than tensors, so it was not loaded: mtld never "
+     "unpickles a file it did not write)"),
+    ("predict with a heads.pt cut short", {}, damaged_heads, ["predict", "FOLDER/model", "FOLDER/data/sentiment.jsonl"],
+     "FOLDER/model/heads.pt: cannot be read, it is damaged (RuntimeError)"),
+    # item 9: eval labels never seen in training
+    ("an eval label the training data never has", {},
+     lambda f: (edit_job(f, 'labels = ["pos", "neg"]\n', ""),
+                with_eval("sentiment", [{"text": "ok", "label": "pos"}, {"text": "so-so", "label": "neutral"}])(f)),
+     ["submit", "JOB"], "JOB: tasks.0.eval - ev.jsonl line 2: label 'neutral' never occurs in the training data "
+     "(sentiment.jsonl): the model would have a class no example teaches"),
+    ("an eval tag the training data never has", {},
+     with_eval("entities", [{"tokens": ["Ann", "at", "ACME"], "tags": ["B-PER", "O", "B-ORG"]}]),
+     ["submit", "JOB"], "JOB: tasks.2.eval - ev.jsonl line 1: label 'B-ORG' never occurs in the training data "
+     "(entities.jsonl)"),
+    ("an eval label outside the label list", {},
+     with_eval("sentiment", [{"text": "ok", "label": "pos"}, {"text": "so-so", "label": "neutral"}]),
+     ["submit", "JOB"], "JOB: tasks.0.labels - label 'neutral' in ev.jsonl line 2 is not in the label list"),
+    # item 10: one huge line
+    ("a line longer than max_line_chars", {},
+     lambda f: write_file("data/sentiment.jsonl", json.dumps(SENTIMENT[0]) + "\n" + HUGE_LINE + "\n")(f),
+     ["submit", "JOB"], "JOB: tasks.0.train - sentiment.jsonl line 2: longer than 1,000,000 characters (the job "
+     "file's max_line_chars)"),
+    ("a line limit below its floor", {}, top_level("max_line_chars = 10"), ["submit", "JOB"],
+     "JOB: max_line_chars - Input should be greater than or equal to 1000"),
 ]
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # a warning would be more lines on a user's stderr
 @pytest.mark.parametrize(("env", "change", "argv", "line"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
 def test_malformed_input_is_refused_with_one_line_and_exit_2(home, job_folder, monkeypatch, env, change, argv, line):
+    job = str(job_folder / "job.toml")
+
+    def placed(text: str) -> str:
+        return text.replace("JOB", job).replace("FOLDER", str(job_folder))
+
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
+        monkeypatch.setenv(name, placed(value))
     if change:
         change(job_folder)
-    job = str(job_folder / "job.toml")
-    argv = [job if a == "JOB" else str(job_folder) if a == "FOLDER" else a for a in argv]
-    code, stdout, stderr = mtld(*argv)
+    before = None
+    if argv[0] in ("set", "restart"):  # a job to change: queued for `set`, finished for `restart`
+        before = submitted(home, job, finished=argv[0] == "restart")
+    code, stdout, stderr = mtld(*map(placed, argv))
     assert (code, stdout) == (2, ""), stderr
     lines = stderr.splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith(line.replace("JOB", job).replace("FOLDER", str(job_folder))), lines[0]
-    assert queued(home) == []
+    assert lines[0].startswith(placed(line)), lines[0]
+    assert queued(home) == ([] if before is None else [before])  # nothing queued, nothing changed
     assert not (Path.cwd() / "state.db").exists() and not (Path.cwd() / "logs").exists()
+    assert not (job_folder / "unpickled").exists()  # no planted pickle ever ran
+
+
+def submitted(home: Path, job_file: str, *, finished: bool):
+    assert mtld("submit", job_file)[0] == 0
+    with Store(home / "state.db") as store:
+        if finished:
+            store.start_run(1, micro_batch=2, now=2.0)
+            store.transition(1, "failed", reason="test", last_error="test", now=3.0)
+        return store.get(1)
 
 
 @pytest.mark.parametrize("text", ["retry_backoff_s = inf", "retry_backoff_s = nan", "poll_interval_s = -inf"])
@@ -301,3 +481,104 @@ def test_a_usage_error_is_one_line_and_exit_2_never_a_box(home, capsys, argv, li
         main(argv)
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.startswith(line) and err.count("\n") == 1 and "╭" not in err
+
+
+# ------------------------------------------------------------------ issue 25: a store that cannot take the job
+
+
+def test_a_state_folder_on_a_full_disk_refuses_submit_set_and_every_in_one_line_with_the_disk_full_wording(
+        tmp_path, monkeypatch, job_folder, small_fs):
+    """Item 4: with MTLD_HOME itself on a full disk, `submit` printed an internal error."""
+    from tests.conftest import fill
+
+    disk = small_fs("4m")
+    home = disk / "home"
+    monkeypatch.setenv("MTLD_HOME", str(home))
+    job = str(job_folder / "job.toml")
+    assert mtld("submit", job)[0] == 0  # the store exists; then the disk fills up
+    fill(disk, leave=0)
+    for argv, what in ((["submit", job], "nothing was queued"),
+                       (["submit", job, "--every", "0 1 * * *"], "no schedule was added"),
+                       (["set", "1", "--priority", "5"], "nothing was changed")):
+        code, stdout, stderr = mtld(*argv)
+        assert (code, stdout) == (2, ""), stderr
+        assert stderr == (f"{home / 'state.db'}: disk full: 0 B free on {home}: {what}; free some space and try "
+                          "again\n")
+    (disk / "filler").unlink()
+    [job_row] = queued(home)
+    assert (job_row.id, job_row.priority) == (1, 0)
+
+
+@pytest.fixture
+def a_daemon_pid_file(home):
+    """The pid file held as a running daemon holds it (the lock, our own pid); the wake-ups a submit sends it
+    (SIGUSR1) are counted, not taken for the default action, which ends the process."""
+    import signal
+
+    from mtld.platform.pidfile import PidFile
+
+    wakeups: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: wakeups.append(signum))
+    pid_file = PidFile(home / "daemon.pid")
+    pid_file.acquire()
+    yield os.getpid()
+    pid_file.release()
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_busy_store_is_one_line_naming_the_daemon_and_nothing_is_queued(home, job_folder, monkeypatch,
+                                                                          a_daemon_pid_file):
+    """Item 7: `database is locked` after the busy timeout was an internal error."""
+    import sqlite3
+
+    job = str(job_folder / "job.toml")
+    assert mtld("submit", job)[0] == 0
+    monkeypatch.setattr("mtld.store.database.BUSY_TIMEOUT_S", 0.3)  # SQLite's wait, shortened: the lock is real
+    holder = sqlite3.connect(home / "state.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        code, stdout, stderr = mtld("submit", job)
+        assert (code, stdout) == (2, "")
+        assert re.fullmatch(rf"{re.escape(str(home / 'state.db'))}: the job store is busy: another process held its "
+                            rf"write lock for \d+ s \(the daemon, pid {a_daemon_pid_file}, has it open\); nothing was "
+                            r"queued; try again\n", stderr), stderr
+        code, _, stderr = mtld("set", "1", "--priority", "9")
+        assert code == 2 and "the job store is busy" in stderr and "nothing was changed" in stderr
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert [(j.id, j.priority) for j in queued(home)] == [(1, 0)]
+
+
+def test_a_failure_after_the_write_takes_the_job_back_out(home, job_folder, a_daemon_pid_file):
+    """Item 5: a job was left queued although submit failed. Here Ctrl-C arrives just as submit wakes the
+    daemon (a real SIGUSR1 to the pid in the daemon's pid file: this process, whose handler raises)."""
+    import signal
+    from datetime import datetime, timezone
+
+    from mtld.config.settings import load_settings
+    from mtld.logs.events import configure
+    from mtld.queue import jobs
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    settings = load_settings()
+    configure(settings.daemon_log)  # as the CLI does
+    signal.signal(signal.SIGUSR1, interrupted)  # the fixture puts its own handler back
+    with Store(home / "state.db") as store:
+        with pytest.raises(KeyboardInterrupt):
+            jobs.submit(settings, store, job_folder / "job.toml", now=datetime.now(timezone.utc))
+        assert store.list_jobs() == [] and store.transitions_for(1) == []
+    events = [json.loads(line)["event"] for line in (home / "logs/mtld.jsonl").read_text().splitlines()]
+    assert events == ["job.submitted", "job.withdrawn"]
+
+
+def test_withdraw_takes_back_only_a_job_that_never_ran(home):
+    with Store(home / "state.db") as store:
+        ran = store.submit(name="ran", spec_json="{}", job_file="/j.toml", run_root="/runs", now=1.0)
+        store.start_run(ran.id, micro_batch=2, now=2.0)
+        store.transition(ran.id, "queued", reason="interrupted", now=3.0)
+        fresh = store.submit(name="fresh", spec_json="{}", job_file="/j.toml", run_root="/runs", now=4.0)
+        assert store.withdraw(ran.id) is False and store.withdraw(fresh.id) is True
+        assert [j.name for j in store.list_jobs()] == ["ran"] and store.withdraw(fresh.id) is False

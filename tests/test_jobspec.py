@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import datetime, timezone
 import shutil
 from pathlib import Path
 
@@ -124,3 +126,134 @@ def test_a_missing_job_file(env):
     result = CliRunner().invoke(app, ["submit", str(env / "nope.toml")])
     assert result.exit_code == 2
     assert re.fullmatch(r".*nope\.toml: \(file\) - not found\n", result.stderr)
+
+
+# ------------------------------------------------------------------ issue 25: strict types, old files still valid
+
+
+@pytest.mark.parametrize(("line", "key", "value"), [
+    ('mixed_precision = true', "mixed_precision", "auto"),  # before the four settings: true is "auto"
+    ('mixed_precision = false', "mixed_precision", "off"),
+    ("learning_rate = 1", "learning_rate", 1.0),  # a whole number is still a number
+    ("max_grad_norm = 0", "max_grad_norm", 0.0),
+])
+def test_job_files_that_were_valid_read_as_before(env, line, key, value):
+    spec = load_job(write_job(env, GOOD_JOB.replace("[train]\n", f"[train]\n{line}\n")))
+    assert getattr(spec.train, key) == value
+
+
+def test_a_not_before_written_as_a_string_still_reads(env):
+    text = GOOD_JOB.replace("[train]", '[schedule]\nnot_before = "2026-11-28T01:30:00+09:00"\n\n[train]')
+    spec = load_job(write_job(env, text))
+    assert spec.schedule.not_before == datetime(2026, 11, 27, 16, 30, tzinfo=timezone.utc)
+
+
+def test_a_stored_spec_from_before_strict_types_and_the_line_limit_is_read_and_restarts(env):
+    """Specs in the store are JSON an older mtld wrote: no max_line_chars, true for mixed precision."""
+    from mtld.config.jobspec import spec_from_dict, stored_spec
+    from mtld.config.taskrows import MAX_LINE_CHARS
+
+    spec = load_job(write_job(env))
+    old = json.loads(spec.model_dump_json(exclude={"max_line_chars"}))
+    old["train"]["mixed_precision"] = True
+    text = json.dumps(old)
+    assert stored_spec(text, shown_as="job 1").train.mixed_precision == "auto"
+    restarted = spec_from_dict(json.loads(text), base_dir=env, shown_as="job 1", stored=True)
+    assert restarted.max_line_chars == MAX_LINE_CHARS and restarted.tasks == spec.tasks
+
+
+# ------------------------------------------------------------------ issue 25: eval labels, the whole files
+
+
+def test_an_eval_label_the_training_data_lacks_is_found_beyond_the_first_rows(env):
+    """Item 9: the label set is the training data's; submit reads both files whole for this check."""
+    rows = [{"text": f"row {i}", "label": "pos" if i % 2 else "neg"} for i in range(300)]
+    (env / "data").mkdir(exist_ok=True)
+    (env / "data/ev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*rows, {"text": "x", "label": "meh"}]))
+    text = GOOD_JOB.replace('labels = ["pos", "neg"]\n', 'eval = "data/ev.jsonl"\n')
+    with pytest.raises(JobFileError) as refused:
+        load_job(write_job(env, text))
+    [problem] = refused.value.problems
+    assert problem.key == "tasks.0.eval"
+    assert problem.message.startswith("ev.jsonl line 301: label 'meh' never occurs in the training data "
+                                      "(sentiment.jsonl)")
+    (env / "data/ev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_job(env / "job.toml").tasks[0].eval == (env / "data/ev.jsonl").resolve()
+
+
+# ------------------------------------------------------------------ issue 25: the output folder
+
+
+def test_an_output_on_a_read_only_file_system_is_refused_by_the_probe_even_for_root(env, small_fs):
+    """Item 4: root passes every permission check (os.access), so only a real write tells."""
+    import subprocess
+
+    disk = small_fs("1m")
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    text = GOOD_JOB.replace("max_length = 64", f'max_length = 64\noutput = "{disk}/runs"')
+    with pytest.raises(JobFileError) as refused:
+        load_job(write_job(env, text))
+    assert str(refused.value) == (f"{env / 'job.toml'}: output - cannot make run folders in {disk}/runs: {disk} is "
+                                  "not writable (Read-only file system)")
+
+
+def test_an_output_on_a_full_disk_is_accepted_and_leaves_no_probe_behind(env, small_fs):
+    """A full disk is not bad input: the job is held until there is room (mtld.daemon.diskguard)."""
+    from tests.conftest import fill
+
+    disk = small_fs("1m")
+    fill(disk, leave=0)
+    text = GOOD_JOB.replace("max_length = 64", f'max_length = 64\noutput = "{disk}/runs"')
+    assert load_job(write_job(env, text)).output == disk / "runs"
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+# ------------------------------------------------------------------ issue 25: the line limit
+
+
+def test_a_huge_line_is_refused_by_number_without_being_read_whole(tmp_path):
+    """Item 10: a 10 MB line took a run's peak memory from 0.54 to 2.0 GB; it is refused while at most the
+    limit is held."""
+    import tracemalloc
+
+    from mtld.config.taskrows import DataError, read_rows
+
+    path = tmp_path / "data.jsonl"
+    with path.open("w") as f:
+        f.write(json.dumps({"text": "ok", "label": "pos"}) + "\n")
+        f.write('{"text": "' + "x" * 10_000_000 + '", "label": "pos"}\n')
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as refused:
+            list(read_rows(path, max_line_chars=100_000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(refused.value) == "data.jsonl line 2: longer than 100,000 characters (the job file's max_line_chars)"
+    assert peak < 2_000_000  # the line alone is 10 MB
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_a_line_of_exactly_the_limit_is_read_and_one_more_character_is_not(tmp_path, ending):
+    from mtld.config.taskrows import DataError, read_rows
+
+    for suffix, row in ((".jsonl", lambda text: json.dumps({"text": text})), (".csv", lambda text: text)):
+        path = tmp_path / f"data{suffix}"
+        header = "text" + ending if suffix == ".csv" else ""
+        fits = row("x" * 10)
+        limit = len(fits)
+        path.write_bytes((header + fits + ending).encode())
+        assert [r["text"] for _, r in read_rows(path, max_line_chars=limit)] == ["x" * 10]
+        path.write_bytes((header + row("x" * 11) + ending).encode())
+        with pytest.raises(DataError, match="longer than"):
+            list(read_rows(path, max_line_chars=limit))
+
+
+def test_a_csv_field_over_pythons_128_kb_is_read_up_to_the_line_limit(tmp_path):
+    """Item 7: csv's own field limit (131,072 characters) was an internal error; now the line limit rules."""
+    from mtld.config.taskrows import read_rows
+
+    path = tmp_path / "score.csv"
+    path.write_text("a,b,score\n" + "x" * 200_000 + ",y,1.5\n")
+    [(line, row)] = list(read_rows(path))
+    assert line == 2 and len(row["a"]) == 200_000

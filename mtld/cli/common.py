@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 
 from mtld import __version__
-from mtld.logs.events import configure
-from mtld.config.settings import Settings, SettingsError, load_settings
+from mtld.logs.events import configure, get_logger
+from mtld.config.settings import Settings, SettingsError, load_settings, warn_unknown_variables
 from mtld.executor import registry
 from mtld.store import Job, Store, StoreDamaged, StoreError
 from mtld.store.schema import MAX_ID
@@ -48,6 +48,7 @@ class Context:
                 configure(self._settings.daemon_log, level=self._settings.log_level)
             except OSError as e:
                 fail(f"{self._settings.daemon_log}: cannot write the log ({e.strerror or e})", code=2)
+            warn_unknown_variables(get_logger())  # a typo in a setting is otherwise silent
         return self._settings
 
     @property

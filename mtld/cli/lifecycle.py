@@ -16,7 +16,7 @@ from mtld.platform.pidfile import running_pid
 from mtld.queue.status import job_view
 from mtld.store import TERMINAL, InvalidTransition, Job, UnknownJob
 
-Priority = Annotated[Optional[int], typer.Option(help="Higher runs first (-1000 to 1000).")]
+Priority = Annotated[Optional[str], typer.Option(metavar="INTEGER", help="Higher runs first (-1000 to 1000).")]
 NotBefore = Annotated[Optional[str], typer.Option(help="Do not start before: 2026-11-28T01:30, 01:30 or now.")]
 BatchSize = Annotated[Optional[str], typer.Option(help="auto, 2, 4 or 8 (pins the micro-batch).")]
 
@@ -70,10 +70,10 @@ def restart(
     c: Context = ctx.obj
     now = datetime.now(timezone.utc)
     try:
-        parsed = jobs.parse_options(now=now, not_before=not_before, batch_size=batch_size)
-        job = jobs.restart(c.settings, c.store, job_id, now=now, priority=priority, not_before=parsed["not_before"],
-                           batch_size=parsed["batch_size"])
-    except (JobFileError, jobs.BadOption) as e:
+        parsed = jobs.parse_options(now=now, priority=priority, not_before=not_before, batch_size=batch_size)
+        job = jobs.restart(c.settings, c.store, job_id, now=now, priority=parsed["priority"],
+                           not_before=parsed["not_before"], batch_size=parsed["batch_size"])
+    except (JobFileError, jobs.BadOption, jobs.StoreUnavailable) as e:
         fail(str(e), code=2)
     except (UnknownJob, InvalidTransition) as e:
         fail(str(e))
@@ -95,10 +95,10 @@ def set_job(
         fail("mtld set: nothing to change (give --priority, --not-before or --batch-size)", code=2)
     now = datetime.now(timezone.utc)
     try:
-        parsed = jobs.parse_options(now=now, not_before=not_before, batch_size=batch_size)
-        job = jobs.change(c.settings, c.store, job_id, now=now, priority=priority, not_before=parsed["not_before"],
-                          batch_size=parsed["batch_size"])
-    except (JobFileError, jobs.BadOption) as e:
+        parsed = jobs.parse_options(now=now, priority=priority, not_before=not_before, batch_size=batch_size)
+        job = jobs.change(c.settings, c.store, job_id, now=now, priority=parsed["priority"],
+                          not_before=parsed["not_before"], batch_size=parsed["batch_size"])
+    except (JobFileError, jobs.BadOption, jobs.StoreUnavailable) as e:
         fail(str(e), code=2)
     except (UnknownJob, InvalidTransition) as e:
         fail(str(e))

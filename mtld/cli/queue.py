@@ -25,7 +25,7 @@ from mtld.store import STATES, TERMINAL, InvalidTransition, Job, StoreError, Unk
 def submit(
     ctx: typer.Context,
     job_file: Annotated[Path, typer.Argument(help="The job file (TOML).")],
-    priority: Annotated[Optional[int], typer.Option(help="Higher runs first (default: the file's, else 0).")] = None,
+    priority: Annotated[Optional[str], typer.Option(metavar="INTEGER", help="Higher runs first (default: the file's, else 0).")] = None,
     not_before: Annotated[Optional[str], typer.Option(help="Do not start before: 2026-11-28T01:30 or 01:30.")] = None,
     batch_size: Annotated[Optional[str], typer.Option(help="auto, 2, 4 or 8 (pins the micro-batch).")] = None,
     every: Annotated[Optional[str], typer.Option(help="Recur: a cron expression, e.g. '0 1 * * *' (01:00 every night).")] = None,
@@ -35,9 +35,10 @@ def submit(
     c: Context = ctx.obj
     now = datetime.now(timezone.utc)
     try:
-        parsed = jobs.parse_options(now=now, not_before=not_before, batch_size=batch_size, every=every)
-        made = jobs.submit(c.settings, c.store, job_file, now=now, priority=priority, **parsed)
-    except (JobFileError, jobs.BadOption) as e:
+        parsed = jobs.parse_options(now=now, priority=priority, not_before=not_before, batch_size=batch_size,
+                                    every=every)
+        made = jobs.submit(c.settings, c.store, job_file, now=now, **parsed)
+    except (JobFileError, jobs.BadOption, jobs.StoreUnavailable) as e:
         fail(str(e), code=2)
     if isinstance(made, Job):
         emit_json(job_view(made)) if as_json else out.print(made.id)

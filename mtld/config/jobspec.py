@@ -7,21 +7,26 @@ listing every problem as `FILE: dotted.key - message`. The same function runs at
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import re
 import stat
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
 from mtld import MICRO_BATCH_SIZES
 from mtld.config.durations import parse_duration
-from mtld.config.taskrows import DataError, Fields, TaskType, check_utf8, label_names, parse_example, read_rows
+from mtld.config.taskrows import (MAX_LINE_CHARS, DataError, Fields, TaskType, check_utf8, label_names, parse_example,
+                                  read_rows, unseen_label)
+from mtld.disk import folder_problem
 
 BatchSize = Literal["auto", *MICRO_BATCH_SIZES]  # type: ignore[valid-type]
 ROWS_CHECKED_AT_SUBMIT = 200
@@ -43,14 +48,21 @@ def legacy_setting(value: object) -> object:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A TOML file has real types: `epochs = "3"` or `trust_remote_code = "yes"` is a mistake to report, not to
+    coerce (pydantic's strict mode; an integer is still a float), and no number is ever inf or nan."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# A path is a TOML string: the one conversion strict mode is told to make.
+FilePath = Annotated[Path, Strict(False)]
 
 
 class TaskSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN, max_length=64)
     type: TaskType
-    train: Path
-    eval: Path | None = None
+    train: FilePath
+    eval: FilePath | None = None
     text_field: str = "text"
     text_pair_field: str | None = None
     label_field: str = "label"
@@ -68,6 +80,8 @@ def _checkpoint_every(value: int | str) -> int | str:
         if value < 1:
             raise ValueError("Input should be a number of steps (1 or more) or a duration such as \"10m\"")
         return value
+    if not value.isascii():  # "１０m": parse_duration's \d and float() take any script's digits
+        raise ValueError(f"not a duration: {value!r} (use ASCII digits and s, m, h or d: 90s, 10m, 1h, 7d)")
     parse_duration(value)  # raises with the reason
     return value.strip().lower()
 
@@ -99,8 +113,36 @@ def _cron(expression: str | None) -> str | None:
     return expression
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9999, 12, 30, tzinfo=timezone.utc)  # a day short of the calendar's end: any local time is a date
+
+
+def _date_time_text(value: object) -> object:
+    """A TOML date-time is a datetime; job files that wrote one as an ISO string stay readable."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"Input should be a date-time such as 2026-11-28T01:30:00, not {value!r}") from None
+    return value
+
+
+def within_calendar(value: datetime | None) -> datetime | None:
+    """A not-before time the store, the logs and `mtld status` can all write: 1970 to 9999-12-30 in UTC
+    (9999-12-31T23:59-12:00 is in the year 10000 there). A local time is this machine's."""
+    if value is None:
+        return None
+    try:
+        utc = (value if value.tzinfo else value.astimezone()).astimezone(timezone.utc)
+    except (OverflowError, ValueError, OSError):  # the local time zone pushes it off the calendar
+        utc = None
+    if utc is None or not EARLIEST <= utc <= LATEST:
+        raise ValueError(f"out of range: a time from {EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d} (UTC)")
+    return value
+
+
 class ScheduleSpec(_Strict):
-    not_before: datetime | None = None
+    not_before: Annotated[datetime | None, BeforeValidator(_date_time_text), AfterValidator(within_calendar)] = None
     priority: int = Field(default=0, ge=-1000, le=1000)
     cron: Annotated[str | None, AfterValidator(_cron)] = None  # a recurring job: a new job at each firing
 
@@ -112,7 +154,9 @@ class JobSpec(_Strict):
     tokenizer: str | None = None
     max_length: int = Field(default=128, ge=8, le=8192)
     trust_remote_code: bool = False
-    output: Path | None = None
+    output: FilePath | None = None
+    # The longest line a data file may have: a line is held whole while it is parsed (mtld.config.taskrows).
+    max_line_chars: int = Field(default=MAX_LINE_CHARS, ge=1000, le=100_000_000)
     tasks: list[TaskSpec] = Field(min_length=1, max_length=64)
     train: TrainSpec = TrainSpec()
     schedule: ScheduleSpec = ScheduleSpec()
@@ -154,6 +198,8 @@ def load_job(path: Path, *, shown_as: str | None = None, check_data: bool = True
         raise JobFileError([Problem(shown, "(file)", str(e))]) from None
     except tomllib.TOMLDecodeError as e:
         raise JobFileError([_syntax_problem(shown, e)]) from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise JobFileError([Problem(shown, "(file)", "TOML syntax error: nested too deeply")]) from None
     return spec_from_dict(raw, base_dir=path.resolve().parent, shown_as=shown, check_data=check_data)
 
 
@@ -176,12 +222,16 @@ def read_job_text(path: Path) -> str:
     return data.decode("utf-8")
 
 
-def spec_from_dict(raw: dict[str, Any], *, base_dir: Path, shown_as: str, check_data: bool = True) -> JobSpec:
+def spec_from_dict(raw: dict[str, Any], *, base_dir: Path, shown_as: str, check_data: bool = True,
+                   stored: bool = False) -> JobSpec:
+    """`raw` as a TOML file gives it (real types), or as the store holds it (`stored`: its JSON text's values)."""
     try:
-        spec = JobSpec.model_validate(raw)
+        spec = JobSpec.model_validate_json(json.dumps(raw)) if stored else JobSpec.model_validate(raw)
     except ValidationError as e:
         raise JobFileError([_validation_problem(shown_as, err) for err in e.errors()]) from None
-    spec = resolve_paths(spec, base_dir)
+    spec, problems = resolve_paths(spec, base_dir, shown_as)
+    if problems:
+        raise JobFileError(problems)
     problems = check_semantics(spec, shown_as)
     if check_data and not problems:
         problems = check_data_files(spec, shown_as)
@@ -190,30 +240,62 @@ def spec_from_dict(raw: dict[str, Any], *, base_dir: Path, shown_as: str, check_
     return spec
 
 
-def resolve_paths(spec: JobSpec, base_dir: Path) -> JobSpec:
+class _Unresolvable(ValueError):
+    """A path that cannot be followed to a place (a symlink loop)."""
+
+
+def resolve_paths(spec: JobSpec, base_dir: Path, shown: str = "job") -> tuple[JobSpec, list[Problem]]:
     """Make every path absolute; a model that names an existing folder becomes a path, and so does a hub
     id in the local Hugging Face cache: its snapshot folder. The job then runs whatever the environment of
-    the daemon that runs it (a LaunchAgent reads no shell start-up file: HF_HOME may be unset there)."""
+    the daemon that runs it (a LaunchAgent reads no shell start-up file: HF_HOME may be unset there).
+    A path that cannot be followed (a symlink loop) is a problem, named by its key."""
+    problems: list[Problem] = []
 
-    def absolute(p: Path) -> Path:
-        return (base_dir / p.expanduser()).resolve()
+    def absolute(p: Path, key: str) -> Path:
+        try:
+            return _resolved(base_dir / p.expanduser())
+        except _Unresolvable as e:
+            problems.append(Problem(shown, key, str(e)))
+            return p
+
+    def model(name: str, key: str, revision: str | None) -> str:
+        try:
+            return _resolve_model(name, base_dir, revision)
+        except _Unresolvable as e:
+            problems.append(Problem(shown, key, str(e)))
+            return name
 
     tasks = [
-        t.model_copy(update={"train": absolute(t.train), "eval": absolute(t.eval) if t.eval else None})
-        for t in spec.tasks
+        t.model_copy(update={"train": absolute(t.train, f"tasks.{i}.train"),
+                             "eval": absolute(t.eval, f"tasks.{i}.eval") if t.eval else None})
+        for i, t in enumerate(spec.tasks)
     ]
-    update: dict[str, Any] = {"tasks": tasks, "model": _resolve_model(spec.model, base_dir, spec.revision)}
+    update: dict[str, Any] = {"tasks": tasks, "model": model(spec.model, "model", spec.revision)}
     if spec.tokenizer:
-        update["tokenizer"] = _resolve_model(spec.tokenizer, base_dir, None)
+        update["tokenizer"] = model(spec.tokenizer, "tokenizer", None)
     if spec.output:
-        update["output"] = absolute(spec.output)
-    return spec.model_copy(update=update)
+        update["output"] = absolute(spec.output, "output")
+    return spec.model_copy(update=update), problems
+
+
+def _resolved(path: Path) -> Path:
+    """path.resolve(), with a symlink loop refused the same way on every Python (3.11 and 3.12 raise
+    RuntimeError, 3.13 returns the path unresolved: the pathlib docs, Path.resolve)."""
+    try:
+        resolved = path.resolve()
+        os.stat(resolved)
+    except RuntimeError:
+        raise _Unresolvable(f"{path} cannot be followed: a symlink loop") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _Unresolvable(f"{path} cannot be followed: a symlink loop") from None
+    return resolved
 
 
 def _resolve_model(name: str, base_dir: Path, revision: str | None) -> str:
     candidate = base_dir / Path(name).expanduser()
-    if looks_like_path(name) or candidate.exists():
-        return str(candidate.resolve())
+    if looks_like_path(name) or candidate.exists() or candidate.is_symlink():
+        return str(_resolved(candidate))
     return hub_snapshot(name, revision) or name  # not cached: stays a hub id, and check_semantics says so
 
 
@@ -298,44 +380,64 @@ def check_semantics(spec: JobSpec, shown: str) -> list[Problem]:
     return problems
 
 
-def folder_problem(folder: Path) -> str | None:
-    """Why run folders cannot be made under `folder` (None when they can): the nearest part of the path
-    that exists must be a folder this user may write in."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"cannot make run folders in {folder}: {existing} is not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"cannot make run folders in {folder}: {existing} is not writable"
-    return None
-
-
 def _is_hub_id(name: str) -> bool:
     return not Path(name).is_absolute() and not looks_like_path(name)
 
 
 def check_data_files(spec: JobSpec, shown: str, max_rows: int = ROWS_CHECKED_AT_SUBMIT) -> list[Problem]:
-    """Cheap checks of every data file: readable UTF-8, not empty, first rows valid."""
+    """Cheap checks of every data file: readable UTF-8, not empty, first rows valid; then every label of an
+    eval file must be one the model learns (in the label list, else in the training data)."""
     problems: list[Problem] = []
     for i, task in enumerate(spec.tasks):
+        found = []
         for split in ("train", "eval"):
             path = getattr(task, split)
             if path is None:
                 continue
-            problem = _check_data_file(task, path, max_rows)
+            problem = _check_data_file(task, path, max_rows, spec.max_line_chars)
             if problem:
                 key, message = problem
-                problems.append(Problem(shown, f"tasks.{i}.{key or split}", message))
+                found.append(Problem(shown, f"tasks.{i}.{key or split}", message))
+        if not found and task.eval is not None and task.type != "regression":
+            message = _unlearned_eval_label(task, spec.max_line_chars)
+            if message:
+                found.append(Problem(shown, f"tasks.{i}.eval", message))
+        problems += found
     return problems
 
 
-def _check_data_file(task: TaskSpec, path: Path, max_rows: int) -> tuple[str | None, str] | None:
+def _unlearned_eval_label(task: TaskSpec, max_line_chars: int) -> str | None:
+    """The first eval label the model would have no class for, said with its file and line (reads both files
+    whole: the first rows are not enough). The child checks the same (mtld.train.data.load_task)."""
+    assert task.eval is not None
+    try:
+        if task.labels is not None:
+            known, seen_in = set(task.labels), None
+        else:
+            known, seen_in = {name for _, example in _examples(task, task.train, max_line_chars)
+                              for name in label_names(example, task.type)}, task.train
+        for line, example in _examples(task, task.eval, max_line_chars):
+            for name in label_names(example, task.type):
+                if name not in known:
+                    return str(DataError(task.eval, unseen_label(name, seen_in), line))
+    except DataError as e:
+        return str(e)
+    except OSError as e:
+        return f"cannot read {e.filename}: {e.strerror}"
+    return None
+
+
+def _examples(task: TaskSpec, path: Path, max_line_chars: int) -> Iterator[tuple[int, Any]]:
+    for line, row in read_rows(path, max_line_chars):
+        yield line, parse_example(task.fields, row, path, line)
+
+
+def _check_data_file(task: TaskSpec, path: Path, max_rows: int, max_line_chars: int) -> tuple[str | None, str] | None:
     if not path.is_file():
         return None, f"file not found: {path}"
     try:
         check_utf8(path)
-        rows = list(islice(read_rows(path), max_rows))
+        rows = list(islice(read_rows(path, max_line_chars), max_rows))
     except DataError as e:
         return None, str(e)
     except OSError as e:

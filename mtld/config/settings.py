@@ -9,10 +9,12 @@ joined by `__`), the config file, the defaults below (the repository's
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -307,8 +309,45 @@ def load_settings(config: Path | None = None) -> Settings:
                             """e.g. MTLD_DAEMON='{"notify": false}'; or set one key: MTLD_DAEMON__NOTIFY=false)""") from None
     except (OSError, ValueError) as e:  # TOML syntax errors are ValueErrors
         raise SettingsError(f"{path}: {e}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise SettingsError(f"{path}: TOML nested too deeply") from None
     settings._config_file = path
     return settings
+
+
+# MTLD_ variables that are not settings: the config file's name, and what mtld sets for its own children
+# (mtld.runs.child's thread allotment, the selftest agent's output folder).
+NOT_SETTINGS = frozenset({"MTLD_CONFIG", "MTLD_THREADS_ALLOTTED", "MTLD_SELFTEST_OUT"})
+NOT_SETTINGS_PREFIX = "MTLD_TEST_"  # the test suite's own (tests/childhooks, the Ray head)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """`MTLD_*` variables that name no setting (a typo: MTLD_LOGLEVEL). pydantic-settings reads only the names
+    it knows and ignores the rest; a wrong key inside a section (MTLD_TRAIN__DEVICEX) is refused already."""
+    env = os.environ if environ is None else environ
+    sections = set(Settings.model_fields)
+    return sorted(name for name in env
+                  if name.upper().startswith("MTLD_") and name.upper() not in NOT_SETTINGS
+                  and not name.upper().startswith(NOT_SETTINGS_PREFIX)
+                  and name[len("MTLD_"):].split("__")[0].lower() not in sections)
+
+
+def warn_unknown_variables(log: Any, write: Callable[[str], Any] | None = None,
+                           environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line on stderr (all of them) and a `settings.unknown_variable` event for each: a typo in a setting is
+    otherwise silent. Called once a command, where its settings are loaded (mtld.cli.common). The names."""
+    names = unknown_variables(environ)
+    if not names:
+        return []
+    described = []
+    for name in names:
+        head, *rest = name[len("MTLD_"):].upper().split("__")
+        close = difflib.get_close_matches(head, [field.upper() for field in Settings.model_fields], n=1)
+        suggestion = "__".join([f"MTLD_{close[0]}", *rest]) if close else None
+        described.append(name + (f" (did you mean {suggestion}?)" if suggestion else ""))
+        log.warning("settings.unknown_variable", variable=name, suggestion=suggestion)
+    (write or sys.stderr.write)(f"mtld: warning: {', '.join(described)}: not a setting; ignored\n")
+    return names
 
 
 def problem_lines(error: ValidationError, path: Path | None, *, within: tuple[str, ...] = ()) -> str:

@@ -14,7 +14,8 @@ import re
 import signal
 import sys
 import time as time_module
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from mtld import MICRO_BATCH_SIZES
-from mtld.config.jobspec import JobSpec, load_job, model_outside_job_folder, spec_from_dict, spec_to_json, stored_spec
+from mtld.config.jobspec import (JobSpec, load_job, model_outside_job_folder, spec_from_dict, spec_to_json, stored_spec,
+                                 within_calendar)
 from mtld.logs.events import get_logger, iso
 from mtld.executor import ClusterUnreachable
 from mtld.executor.registry import plugin_for
@@ -31,7 +33,8 @@ from mtld.platform.pidfile import running_pid
 from mtld.estimate.rowcounts import remember_rows
 from mtld.config.calendar import ScheduleError, check_cron, next_firing
 from mtld.config.settings import Settings
-from mtld.store import TERMINAL, InvalidTransition, Job, Schedule, Store, UnknownJob
+from mtld.disk import full_text
+from mtld.store import TERMINAL, InvalidTransition, Job, Schedule, Store, UnknownJob, unavailable
 
 
 class BadOption(ValueError):
@@ -42,12 +45,25 @@ class BadOption(ValueError):
         super().__init__(f"{option}: {message}")
 
 
+class StoreUnavailable(Exception):
+    """The store could not take the change now (busy past its timeout, or its disk is full): one line, nothing
+    changed."""
+
+
+def parse_priority(text: str) -> int:
+    """An integer as written in ASCII digits: int() would also take "１０", "1_0" and " 10 "."""
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise BadOption("--priority", f"Input should be a valid integer, not {text!r}")
+    return int(text)
+
+
 def parse_not_before(text: str, *, now: datetime) -> datetime:
-    """`2026-11-28T01:30` (local unless it has an offset), `01:30` (its next occurrence) or `now`."""
+    """`2026-11-28T01:30` (local unless it has an offset), `01:30` (its next occurrence) or `now`. The range
+    (mtld.config.jobspec.within_calendar) is the job file's, checked with it."""
     now = now.astimezone()
     if text == "now":
         return now
-    if re.fullmatch(r"\d{1,2}:\d{2}", text):
+    if re.fullmatch(r"[0-9]{1,2}:[0-9]{2}", text):
         try:
             at = time.fromisoformat(text.zfill(5))
         except ValueError:
@@ -58,11 +74,15 @@ def parse_not_before(text: str, *, now: datetime) -> datetime:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise BadOption("--not-before", f"not a time: {text!r} (use 2026-11-28T01:30 or 01:30)") from None
+    try:
+        within_calendar(when)  # before astimezone(), which a time at the calendar's edge overflows
+    except ValueError as e:
+        raise BadOption("--not-before", f"{e}, not {text!r}") from None
     return when.astimezone() if when.tzinfo is None else when
 
 
 def parse_batch_size(text: str) -> str:
-    if text == "auto" or (text.isdigit() and int(text) in MICRO_BATCH_SIZES):
+    if text == "auto" or text in map(str, MICRO_BATCH_SIZES):  # "８" is a digit to str.isdigit()
         return text
     raise BadOption("--batch-size", f"must be auto, 2, 4 or 8, not {text!r}")
 
@@ -74,10 +94,11 @@ def parse_every(text: str) -> str:
         raise BadOption("--every", str(e)) from None
 
 
-def parse_options(*, now: datetime, not_before: str | None = None, batch_size: str | None = None,
-                  every: str | None = None) -> dict[str, Any]:
+def parse_options(*, now: datetime, priority: str | None = None, not_before: str | None = None,
+                  batch_size: str | None = None, every: str | None = None) -> dict[str, Any]:
     """The command line's text options, parsed; None: not given (an empty value is given, and refused)."""
     return {
+        "priority": None if priority is None else parse_priority(priority),
         "not_before": None if not_before is None else parse_not_before(not_before, now=now),
         "batch_size": None if batch_size is None else parse_batch_size(batch_size),
         "every": None if every is None else parse_every(every),
@@ -124,7 +145,8 @@ def submit(
     home: Path | None = None,
 ) -> Job | Schedule:
     """Validate the job file and queue it, or store it as a schedule when it recurs.
-    Raises JobFileError or BadOption; nothing is queued then. A hub id is stored as its snapshot folder.
+    Raises JobFileError, BadOption or StoreUnavailable; nothing is queued then, and a failure after the job
+    was written takes it back out (`Store.withdraw`). A hub id is stored as its snapshot folder.
 
     On macOS with the agent installed, what privacy protection would hide from it (the job's model, data
     and output; the agent's Python and config) is one `warn` line each (default: stderr) and logged; the
@@ -139,21 +161,58 @@ def submit(
         _log_privacy(lines, get_logger(schedule_id=schedule.id))
         return schedule
     job = _queue(settings, store, spec, str(job_file.resolve()), now=now, reason="submitted")
-    get_logger(job_id=job.id).info(
-        "job.submitted",
-        name=job.name,
-        priority=job.priority,
-        not_before=iso(job.not_before) if job.not_before else None,
-        batch_size=job.batch_size,
-        tasks=[t.name for t in spec.tasks],
-        job_file=job.job_file,
-    )
-    if model_outside_job_folder(spec.model, job.job_file):  # accepted; `mtld show` says so too
-        get_logger(job_id=job.id).warning("job.model_outside", model=spec.model, job_file=job.job_file)
-    _log_privacy(lines, get_logger(job_id=job.id))
-    wake_daemon(settings)
-    remember_rows(settings, spec)  # after the wake-up: the daemon need not wait for the count
+    with _or_withdrawn(store, job):
+        get_logger(job_id=job.id).info(
+            "job.submitted",
+            name=job.name,
+            priority=job.priority,
+            not_before=iso(job.not_before) if job.not_before else None,
+            batch_size=job.batch_size,
+            tasks=[t.name for t in spec.tasks],
+            job_file=job.job_file,
+        )
+        if model_outside_job_folder(spec.model, job.job_file):  # accepted; `mtld show` says so too
+            get_logger(job_id=job.id).warning("job.model_outside", model=spec.model, job_file=job.job_file)
+        _log_privacy(lines, get_logger(job_id=job.id))
+        wake_daemon(settings)
+        remember_rows(settings, spec)  # after the wake-up: the daemon need not wait for the count
     return job
+
+
+@contextmanager
+def _or_withdrawn(store: Store, job: Job) -> Iterator[None]:
+    """A failure after the job was written (nobody was told its id) takes it back out of the queue, unless a
+    daemon already started it (`Store.withdraw` removes only a job that never ran)."""
+    try:
+        yield
+    except BaseException as e:
+        try:
+            if store.withdraw(job.id):  # its job.submitted may be in the log already: say it went again
+                get_logger(job_id=job.id).warning("job.withdrawn", error=f"{type(e).__name__}: {e}")
+        except Exception:  # the store is out too: the original error is the one to report
+            pass
+        raise
+
+
+@contextmanager
+def _writing(settings: Settings, store: Store, what: str) -> Iterator[None]:
+    """A store write; a store that cannot take it now (busy past its timeout, or a full disk) is one line
+    saying so (StoreUnavailable), and `what` (e.g. "nothing was queued")."""
+    started = time_module.monotonic()
+    try:
+        yield
+    except Exception as e:
+        why = unavailable(e)
+        if why is None:
+            raise
+        if why == "full":
+            raise StoreUnavailable(f"{store.path}: {full_text(store.path)}: {what}; free some space and try "
+                                   "again") from None
+        pid = running_pid(settings.pid_file)
+        holder = f" (the daemon, pid {pid}, has it open)" if pid else ""
+        waited = time_module.monotonic() - started
+        raise StoreUnavailable(f"{store.path}: the job store is busy: another process held its write lock for "
+                               f"{waited:.0f} s{holder}; {what}; try again") from None
 
 
 def agent_privacy_warnings(spec: JobSpec, *, platform: str, home: Path,
@@ -190,31 +249,40 @@ def _start_after(spec: JobSpec) -> float | None:
 
 
 def _queue(settings: Settings, store: Store, spec: JobSpec, job_file: str, *, now: datetime, reason: str) -> Job:
-    return store.submit(
-        name=spec.name,
-        spec_json=spec_to_json(spec),
-        job_file=job_file,
-        priority=spec.schedule.priority,
-        not_before=_start_after(spec),
-        batch_size=str(spec.train.batch_size),
-        run_root=str(spec.output or plugin_for(settings).runs_dir),
-        now=now.timestamp(),
-        reason=reason,
-    )
+    with _writing(settings, store, "nothing was queued"):
+        return store.submit(
+            name=spec.name,
+            spec_json=spec_to_json(spec),
+            job_file=job_file,
+            priority=spec.schedule.priority,
+            not_before=_start_after(spec),
+            batch_size=str(spec.train.batch_size),
+            run_root=str(spec.output or plugin_for(settings).runs_dir),
+            now=now.timestamp(),
+            reason=reason,
+        )
 
 
 def add_schedule(settings: Settings, store: Store, spec: JobSpec, job_file: Path, *, now: datetime) -> Schedule:
     local_now = now.astimezone()
     first = next_firing(spec.schedule.cron, local_now)
-    schedule = store.add_schedule(
-        name=spec.name, cron=spec.schedule.cron, spec_json=spec_to_json(spec), job_file=str(job_file.resolve()),
-        run_root=str(spec.output or plugin_for(settings).runs_dir), priority=spec.schedule.priority,
-        batch_size=str(spec.train.batch_size), next_fire_at=first.timestamp(), now=now.timestamp(),
-    )
-    get_logger(schedule_id=schedule.id).info("schedule.added", name=schedule.name, cron=schedule.cron,
-                                             next_fire_at=iso(schedule.next_fire_at))
-    wake_daemon(settings)
-    remember_rows(settings, spec)
+    with _writing(settings, store, "no schedule was added"):
+        schedule = store.add_schedule(
+            name=spec.name, cron=spec.schedule.cron, spec_json=spec_to_json(spec), job_file=str(job_file.resolve()),
+            run_root=str(spec.output or plugin_for(settings).runs_dir), priority=spec.schedule.priority,
+            batch_size=str(spec.train.batch_size), next_fire_at=first.timestamp(), now=now.timestamp(),
+        )
+    try:
+        get_logger(schedule_id=schedule.id).info("schedule.added", name=schedule.name, cron=schedule.cron,
+                                                 next_fire_at=iso(schedule.next_fire_at))
+        wake_daemon(settings)
+        remember_rows(settings, spec)
+    except BaseException:  # nobody was told its id: take it back out
+        try:
+            store.remove_schedule(schedule.id)
+        except Exception:
+            pass
+        raise
     return schedule
 
 
@@ -280,12 +348,13 @@ def restart(settings: Settings, store: Store, job_id: int, *, now: datetime, pri
         raise InvalidTransition(f"job {job_id} is {old.state}; only a finished job can be restarted")
     raw = json.loads(old.spec_json)
     raw.get("schedule", {}).pop("cron", None)  # a fired job's spec names its schedule's cron: a restart runs once
-    spec = spec_from_dict(raw, base_dir=Path(old.job_file).parent, shown_as=f"job {job_id}")
+    spec = spec_from_dict(raw, base_dir=Path(old.job_file).parent, shown_as=f"job {job_id}", stored=True)
     spec = with_overrides(spec, priority=priority, not_before=not_before, batch_size=batch_size)
     job = _queue(settings, store, spec, old.job_file, now=now, reason=f"restarted from job {job_id}")
-    get_logger(job_id=job.id).info("job.restarted", name=job.name, from_job=job_id, priority=job.priority,
-                                   batch_size=job.batch_size)
-    wake_daemon(settings)
+    with _or_withdrawn(store, job):
+        get_logger(job_id=job.id).info("job.restarted", name=job.name, from_job=job_id, priority=job.priority,
+                                       batch_size=job.batch_size)
+        wake_daemon(settings)
     return job
 
 
@@ -298,9 +367,10 @@ def change(settings: Settings, store: Store, job_id: int, *, now: datetime, prio
         raise UnknownJob(job_id)
     spec = with_overrides(stored_spec(job.spec_json, shown_as=f"job {job_id}"), priority=priority, not_before=not_before,
                           batch_size=batch_size)
-    changed = store.change_queued(job_id, spec_json=spec_to_json(spec), priority=spec.schedule.priority,
-                                  not_before=_start_after(spec), batch_size=str(spec.train.batch_size),
-                                  now=now.timestamp())
+    with _writing(settings, store, "nothing was changed"):
+        changed = store.change_queued(job_id, spec_json=spec_to_json(spec), priority=spec.schedule.priority,
+                                      not_before=_start_after(spec), batch_size=str(spec.train.batch_size),
+                                      now=now.timestamp())
     get_logger(job_id=job_id).info("job.changed", priority=changed.priority, batch_size=changed.batch_size,
                                    not_before=iso(changed.not_before) if changed.not_before else None)
     wake_daemon(settings)

@@ -47,8 +47,22 @@ from mtld.store.schema import (
 __all__ = [
     "ALLOWED_MOVES", "BATCH_SIZES", "CANCELLED", "FAILED", "QUEUED", "RUNNING", "STATES", "SUCCEEDED", "TERMINAL",
     "InvalidTransition", "Job", "Run", "Schedule", "SchemaTooNew", "Store", "StoreDamaged", "StoreError", "Transition",
-    "UnknownJob", "UnknownRun",
+    "UnknownJob", "UnknownRun", "unavailable",
 ]
+
+
+def unavailable(error: BaseException) -> str | None:
+    """Why a write failed when it is not the file's fault and a later one may succeed: "busy" (another connection
+    held the write lock past the busy timeout, schema.BUSY_TIMEOUT_S: SQLITE_BUSY, "database is locked") or "full"
+    (no room on its disk: SQLITE_FULL); None for any other error. The result codes: sqlite.org/rescode.html."""
+    if not isinstance(error, sqlite3.OperationalError):
+        return None
+    name = getattr(error, "sqlite_errorname", "")
+    if name.startswith("SQLITE_BUSY") or name.startswith("SQLITE_LOCKED"):
+        return "busy"
+    if name == "SQLITE_FULL":
+        return "full"
+    return None
 
 
 class Store:
@@ -130,6 +144,17 @@ class Store:
         db.execute("INSERT INTO transitions (job_id, from_state, to_state, at, reason) VALUES (?, NULL, ?, ?, ?)",
                    (job_id, QUEUED, now, reason))
         return self._job(job_id)
+
+    def withdraw(self, job_id: int) -> bool:
+        """Take a job back out that was just submitted and never started (its submit failed after the write):
+        the job and its one transition go, as if never queued. False when it already ran, or is not there."""
+        with self.db.write() as db:
+            started = db.execute("SELECT 1 FROM runs WHERE job_id = ? LIMIT 1", (job_id,)).fetchone()
+            if started is not None:
+                return False
+            db.execute("DELETE FROM transitions WHERE job_id = ? AND EXISTS (SELECT 1 FROM jobs WHERE id = ? AND "
+                       "state = ?)", (job_id, job_id, QUEUED))
+            return db.execute("DELETE FROM jobs WHERE id = ? AND state = ?", (job_id, QUEUED)).rowcount == 1
 
     def get(self, job_id: int) -> Job | None:
         try:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from mtld.config.jobspec import JobSpec, TaskSpec
-from mtld.config.taskrows import DataError, Example, label_names, parse_example, read_rows
+from mtld.config.taskrows import MAX_LINE_CHARS, DataError, Example, label_names, parse_example, read_rows, unseen_label
 from mtld.train.plan import pad_to_multiple
 
 IGNORE = -100
@@ -114,15 +114,19 @@ class TaskData:
 # ---------------------------------------------------------------- reading
 
 
-def read_examples(task: TaskSpec, path: Path, labels: Sequence[str] | None) -> list[Example]:
-    """Every row of the file, checked; with a label list, every label must be in it."""
+def read_examples(task: TaskSpec, path: Path, labels: Sequence[str] | None, *, max_line_chars: int = MAX_LINE_CHARS,
+                  learned_from: Path | None = None) -> list[Example]:
+    """Every row of the file, checked (a line longer than `max_line_chars` is refused); with `labels`, every
+    label must be in it: the job's label list, or the labels of the training data (`learned_from`)."""
     known = set(labels) if labels is not None else None
     examples = []
-    for line, row in read_rows(path):
+    for line, row in read_rows(path, max_line_chars):
         example = parse_example(task.fields, row, path, line)
         if known is not None:
             unknown = [n for n in label_names(example, task.type) if n not in known]
             if unknown:
+                if learned_from is not None:
+                    raise DataError(path, unseen_label(unknown[0], learned_from), line)
                 raise DataError(path, f"label {unknown[0]!r} is not in the label list of task {task.name!r}", line)
         examples.append(example)
     if not examples:
@@ -139,10 +143,16 @@ def label_list(task: TaskSpec, examples: Sequence[Example]) -> list[str]:
     return sorted({name for ex in examples for name in label_names(ex, task.type)})
 
 
-def load_task(task: TaskSpec, tokenizer: Any, max_length: int) -> TaskData:
-    train = read_examples(task, task.train, task.labels)
-    evaluation = read_examples(task, task.eval, task.labels) if task.eval else None
-    labels = label_list(task, train + (evaluation or []))
+def load_task(task: TaskSpec, tokenizer: Any, max_length: int, max_line_chars: int = MAX_LINE_CHARS) -> TaskData:
+    """A task's files, checked as at submit: without a label list, the classes are the training data's, and
+    an eval label outside them is refused (it would be a class no example teaches)."""
+    train = read_examples(task, task.train, task.labels, max_line_chars=max_line_chars)
+    labels = label_list(task, train)
+    evaluation = None
+    if task.eval:
+        learned = None if task.labels is not None or task.type == "regression" else task.train
+        evaluation = read_examples(task, task.eval, labels if task.type != "regression" else None,
+                                   max_line_chars=max_line_chars, learned_from=learned)
     info = TaskInfo.from_spec(task, labels)
     return TaskData(
         info,
@@ -152,7 +162,7 @@ def load_task(task: TaskSpec, tokenizer: Any, max_length: int) -> TaskData:
 
 
 def load_tasks(spec: JobSpec, tokenizer: Any) -> list[TaskData]:
-    return [load_task(task, tokenizer, spec.max_length) for task in spec.tasks]
+    return [load_task(task, tokenizer, spec.max_length, spec.max_line_chars) for task in spec.tasks]
 
 
 # ---------------------------------------------------------------- tokenizing

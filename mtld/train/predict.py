@@ -11,13 +11,15 @@ on whitespace.
 from __future__ import annotations
 
 import json
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 from mtld.config.taskrows import DataError, read_rows
 from mtld.disk import write_atomic
 from mtld.train.errors import BadInput, missing_package_message
-from mtld.train.layout import TASKS_FILE
+from mtld.train.layout import HEADS_FILE, TASKS_FILE
 
 
 def resolve_model_dir(path: Path) -> Path:
@@ -44,10 +46,14 @@ def predict(model_dir: Path, input_path: Path, output_path: Path, *, device: str
     quiet_transformers()
     folder = resolve_model_dir(model_dir)
     torch_device = pick_device(device)
+    check_heads(folder / HEADS_FILE)
     try:
         model, tokenizer, tasks, max_length = load_model(folder, torch_device)
     except ImportError as e:
         raise BadInput(missing_package_message(e, f"the model in {folder}")) from None
+    except pickle.UnpicklingError:  # a weights file (pytorch_model.bin) that weights_only=True refused
+        raise BadInput(f"{folder}: its weights are not a file mtld wrote (they hold more than tensors, so they were "
+                       "not loaded: mtld never unpickles a file it did not write)") from None
     except (OSError, ValueError, KeyError) as e:
         raise BadInput(f"cannot load the model in {folder}: {type(e).__name__}: {e}") from None
     try:
@@ -71,6 +77,25 @@ def predict(model_dir: Path, input_path: Path, output_path: Path, *, device: str
     lines = [json.dumps({"line": line, "predictions": p}, ensure_ascii=False) for (line, _), p in zip(rows, predictions)]
     write_atomic(Path(output_path), "".join(line + "\n" for line in lines).encode("utf-8"))
     return len(lines)
+
+
+def check_heads(path: Path) -> None:
+    """BadInput unless `path` loads as tensors alone. torch.load(weights_only=True) raises UnpicklingError for
+    anything else, with a message that advises loading it with weights_only=False (torch/serialization.py,
+    _get_wo_message): that advice is never passed on, since it would run whatever the file holds."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # about the pickle protocol of a file it then refuses: not news to a user
+            warnings.simplefilter("ignore")
+            torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise BadInput(f"{path}: not found (the model folder is incomplete)") from None
+    except pickle.UnpicklingError:
+        raise BadInput(f"{path}: not a file mtld wrote (it holds more than tensors, so it was not loaded: mtld "
+                       "never unpickles a file it did not write)") from None
+    except (RuntimeError, EOFError, OSError) as e:  # a zip archive cut short, an empty file
+        raise BadInput(f"{path}: cannot be read, it is damaged ({type(e).__name__})") from None
 
 
 def _has_inputs(row: dict[str, Any], info: Any) -> bool:
