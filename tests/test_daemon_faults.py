@@ -215,8 +215,8 @@ def test_a_run_end_that_cannot_be_recorded_once_is_settled_in_the_same_tick(h):
     h.executor.runs[0].end(1)
     h.daemon.tick(T0 + 1)
     assert h.store.failed == ["finish_run"]
-    assert h.job(job_id).state == "queued"  # settled as a start-up would: it resumes from its checkpoint
-    assert [r.outcome for r in h.real.runs_for(job_id)] == ["lost"]
+    assert h.job(job_id).state == "queued"  # settled in the same tick, by the exit the daemon saw (status 1)
+    assert [r.outcome for r in h.real.runs_for(job_id)] == ["crashed"]
     assert h.events("run.record_failed")[0]["job_id"] == job_id
     assert h.job(second).state == "running"  # and the queue moved on in that same tick
     h.assert_settled()

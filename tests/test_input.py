@@ -470,10 +470,13 @@ def test_the_handler_lets_ordinary_exits_through(home, capsys):
     (["submit", "job.toml", "--priority", "abc"], "--priority: Input should be a valid integer"),
     (["show", "-1"], "-1: no such option for `mtld show` (see mtld show --help)"),
     (["show"], "JOB_ID: missing (see mtld show --help)"),
-    (["show", "abc"], "JOB_ID: Input should be a valid integer"),
+    (["show", "abc"], "JOB_ID: 'abc' is not a job id (a whole number, digits 0-9)"),
     (["logs", "1", "--lines", "-5"], "--lines: Input should be greater than or equal to 1"),
     (["wait", "1", "--interval", "0"], "--interval: Input should be greater than or equal to 0.1"),
     (["nosuch"], "mtld: No such command 'nosuch'."),
+    (["show", "1_0"], "JOB_ID: '1_0' is not a job id (a whole number, digits 0-9)"),  # int() would read 10
+    (["retry", "１０"], "JOB_ID: '１０' is not a job id (a whole number, digits 0-9)"),
+    (["clean", "--older-than", "１０d"], "--older-than: not a duration: '１０d'"),
 ])
 def test_a_usage_error_is_one_line_and_exit_2_never_a_box(home, capsys, argv, line):
     """Issue 25, item 8: click's boxes were 5-6 lines for what is one mistake on the command line."""

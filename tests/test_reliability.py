@@ -219,3 +219,29 @@ def test_exit_when_idle_does_not_wait_for_a_job_on_hold(tmp_path, monkeypatch):
                        exit_when_idle=True)
         again.tick(T0)
         assert not again.finished and store.get(waiting.id).state == "queued"  # a job that will start: wait for it
+
+
+def test_an_exit_the_store_could_not_record_is_settled_by_what_was_seen_not_as_lost(tmp_path, monkeypatch):
+    """Issue 25, item 4: with the store's disk full, a run's disk-full exit could not be written; the next
+    tick found no result.json and called the run lost. The exit the daemon saw decides instead."""
+    from mtld.daemon.loop import Daemon
+    from mtld.logs.events import configure
+    from mtld.testing import FakeExecutor, FaultyStore, ScriptedProbe
+
+    for name in [n for n in os.environ if n.startswith("MTLD_")]:
+        monkeypatch.delenv(name)
+    settings = Settings(home=tmp_path / "home", daemon={"notify": False, "prevent_sleep": False})
+    configure(settings.daemon_log)
+    with Store(settings.db_path) as real:
+        job = real.submit(name="j", spec_json=spec_to_json(SPEC), job_file="/j.toml",
+                          run_root=str(settings.local_runs_dir), now=T0)
+        store = FaultyStore(real)
+        executor = FakeExecutor()
+        daemon = Daemon(settings, store, executor=executor, probe=ScriptedProbe(["normal"]), clock=lambda: T0)
+        daemon.tick(T0)
+        store.fail("finish_run", sqlite3.OperationalError("database or disk is full"), times=1)
+        executor.runs[0].end(74)  # disk full, and it could not even write its result.json
+        daemon.tick(T0 + 1)
+        run = real.runs_for(job.id)[0]
+        assert store.failed == ["finish_run"] and run.outcome == "disk_full" and run.exit_code == 74
+        assert real.get(job.id).hold.startswith("disk full: ")

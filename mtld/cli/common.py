@@ -95,6 +95,13 @@ _contexts: list[Context] = []  # the command's, for the last-resort handler's re
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
+def parse_id(text: str) -> int:
+    """A job id as written: ASCII digits only (int() would take "1_0" and "１０" as 10: a slip, not an id)."""
+    if not (text.isascii() and text.isdigit()):
+        raise typer.BadParameter(f"{text!r} is not a job id (a whole number, digits 0-9)")
+    return int(text)
+
+
 def check_ids(value: int | list[int] | None) -> int | list[int] | None:
     """A job id the store could hold: 1 to 2**63-1 (a larger number is bad input, not an unknown job)."""
     for job_id in value if isinstance(value, list) else [value]:
@@ -103,7 +110,7 @@ def check_ids(value: int | list[int] | None) -> int | list[int] | None:
     return value
 
 
-JobId = Annotated[int, typer.Argument(metavar="ID", callback=check_ids, help="A job id.")]
+JobId = Annotated[int, typer.Argument(metavar="ID", parser=parse_id, callback=check_ids, help="A job id.")]
 
 # ------------------------------------------------------------------ helpers
 

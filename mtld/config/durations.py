@@ -10,7 +10,7 @@ import math
 import re
 
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-PATTERN = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+PATTERN = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd])")  # ASCII digits: \d would take "１０d"
 
 
 def parse_duration(text: str) -> float:

@@ -28,6 +28,8 @@ from mtld.decide.family import in_precision
 from mtld.estimate.history import pressure_interrupt
 from mtld.executor import ClusterUnreachable, Executor, ExitStatus, RunHandle, wait_for_exit
 from mtld.platform.power import SleepInhibitor
+from mtld.disk import full_text
+from mtld.runs import exitcodes
 from mtld.runs.files import RunResult
 from mtld.runs.rundir import RunDir
 from mtld.store import QUEUED, RUNNING, Job, Run, Store
@@ -70,6 +72,8 @@ class RunLedger:
                  notify: Callable[[str, str], Any] | None = None) -> None:
         self.settings, self.store, self.executor, self.log = settings, store, executor, log
         self.make_executor, self.on_hold, self.notify = make_executor, on_hold, notify
+        # exits seen but not recorded (a full or busy store): settled by what was seen, not as "lost"
+        self.unrecorded: dict[int, ExitStatus] = {}
 
     # ------------------------------------------------------------ a run's end
 
@@ -83,6 +87,8 @@ class RunLedger:
         except Exception as e:
             self.log.error("run.record_failed", job_id=active.job_id, run_id=active.run.id, error=describe(e),
                            exc_info=e)
+            full = full_text(active.run_dir.path) if status.code == exitcodes.DISK_FULL else None
+            self.unrecorded[active.run.id] = replace(status, detail=full or status.detail)
             return Recorded(None)
 
     def _record(self, active: ActiveRun, status: ExitStatus, now: float, *, forced_stop: bool) -> Recorded:
@@ -240,11 +246,14 @@ class RunLedger:
             return
         result = run_dir.result_of(run.id, run.started_at)
         when = "at daemon start" if at_start else "with no live run"
-        code = result.exit_code if result else None
-        decision = self._after_exit(job, run, code, None, now,
+        seen = self.unrecorded.get(run.id, ExitStatus())  # its exit, if this daemon saw it but could not record it
+        status = ExitStatus(code=result.exit_code) if result else seen
+        message = result.message if result else (seen.detail or f"recovered {when} (child {action})")
+        decision = self._after_exit(job, run, status.code, status.signal, now,
                                     stop_reason=f"stopped by the daemon {when}" if action == "stopped" else None,
-                                    message=result.message if result else f"recovered {when} (child {action})")
-        self._apply(job.id, run, ExitStatus(code=code), decision, result, now)
+                                    message=message)
+        self._apply(job.id, run, status, decision, result, now)
+        self.unrecorded.pop(run.id, None)
 
     def executor_for(self, run: Run) -> Executor:
         """The executor that started `run`: the daemon's, or the other kind when the configuration changed
