@@ -13,7 +13,8 @@ import typer
 from mtld.cli import render
 from mtld.queue import jobs
 from mtld.cli.common import Context, JobId, JsonFlag, app, emit_json, fail, get_job, out
-from mtld.config.jobspec import JobFileError, model_outside_job_folder, spec_from_json
+from mtld.config.jobspec import JobFileError, spec_from_json
+from mtld.config.models import model_outside_job_folder
 from mtld.logs.events import follow_files, format_event, read_events, snapshot, tail_events
 from mtld.queue.status import job_view, schedule_view
 from mtld.store import STATES, TERMINAL, InvalidTransition, Job, StoreError, UnknownJob

@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from mtld import MICRO_BATCH_SIZES
 from mtld.config.durations import parse_duration
+from mtld.config.models import hub_cache, hub_id_of, hub_snapshot, is_hub_id, looks_like_path
 from mtld.config.taskrows import (MAX_LINE_CHARS, DataError, Fields, TaskType, check_utf8, label_names, parse_example,
                                   read_rows, unseen_label)
 from mtld.disk import folder_problem
@@ -299,49 +300,6 @@ def _resolve_model(name: str, base_dir: Path, revision: str | None) -> str:
     return hub_snapshot(name, revision) or name  # not cached: stays a hub id, and check_semantics says so
 
 
-def hub_snapshot(repo_id: str, revision: str | None = None) -> str | None:
-    """The local snapshot folder of a hub model (HF_HUB_CACHE, else HF_HOME/hub), without the network;
-    None when it is not in the cache (or not a valid repo id)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return str(snapshot_download(repo_id, revision=revision, local_files_only=True))
-    except Exception:  # LocalEntryNotFoundError, an incomplete snapshot, an invalid id: not usable offline
-        return None
-
-
-def hub_cache() -> str:
-    """Where hub models are looked for (HF_HUB_CACHE; its default is HF_HOME/hub)."""
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
-
-
-SNAPSHOT = re.compile(r"/models--(?P<org>[^/]+?)(?:--(?P<name>[^/]+))?/snapshots/[^/]+/?$")
-
-
-def hub_id_of(model: str) -> str | None:
-    """The hub id a snapshot folder was resolved from (`.../models--org--name/snapshots/REV`), else None."""
-    match = SNAPSHOT.search(model)
-    if match is None:
-        return None
-    return f"{match['org']}/{match['name']}" if match["name"] else match["org"]
-
-
-def looks_like_path(name: str) -> bool:
-    """A hub id is `name` or `org/name`; anything else is meant as a folder."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def model_outside_job_folder(model: str, job_file: str | Path) -> bool:
-    """A model folder that is not inside the job file's folder: accepted, but logged and shown by `mtld show`.
-    A hub id's snapshot folder is not such a folder."""
-    path = Path(model)
-    if not path.is_absolute() or hub_id_of(model):  # a hub id, as given or resolved
-        return False
-    return not path.resolve().is_relative_to(Path(job_file).resolve().parent)
-
-
 def check_semantics(spec: JobSpec, shown: str) -> list[Problem]:
     problems: list[Problem] = []
     seen: dict[str, int] = {}
@@ -373,15 +331,11 @@ def check_semantics(spec: JobSpec, shown: str) -> list[Problem]:
                         f"({hub_cache()}): mtld never downloads; download it first with `hf download {name}{revision}`, "
                         "or give a folder")
             )
-    if spec.revision is not None and not hub_id_of(spec.model) and not _is_hub_id(spec.model):
+    if spec.revision is not None and not hub_id_of(spec.model) and not is_hub_id(spec.model):
         problems.append(Problem(shown, "revision", "a revision goes with a hub id, not a model folder"))
     if spec.output is not None and (problem := folder_problem(spec.output)):
         problems.append(Problem(shown, "output", problem))
     return problems
-
-
-def _is_hub_id(name: str) -> bool:
-    return not Path(name).is_absolute() and not looks_like_path(name)
 
 
 def check_data_files(spec: JobSpec, shown: str, max_rows: int = ROWS_CHECKED_AT_SUBMIT) -> list[Problem]:

@@ -22,7 +22,8 @@ from typing import Any
 
 from mtld import disk
 from mtld.estimate.history import job_family
-from mtld.config.jobspec import JobSpec, looks_like_path, spec_from_json
+from mtld.config.jobspec import JobSpec, spec_from_json
+from mtld.config.models import looks_like_path
 from mtld.logs.files import rotate
 from mtld.runs.rundir import RunDir
 from mtld.runs.figures import Figures

@@ -23,7 +23,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from mtld import MICRO_BATCH_SIZES
-from mtld.config.jobspec import (JobSpec, load_job, model_outside_job_folder, spec_from_dict, spec_to_json, stored_spec,
+from mtld.config.models import model_outside_job_folder
+from mtld.config.jobspec import (JobSpec, load_job, spec_from_dict, spec_to_json, stored_spec,
                                  within_calendar)
 from mtld.logs.events import get_logger, iso
 from mtld.executor import ClusterUnreachable
