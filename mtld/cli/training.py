@@ -132,7 +132,7 @@ def report(
     output: Annotated[Optional[Path], typer.Option("--out", "-o", help="The PNG to write (default: RUN_DIR/report.png).")] = None,
 ) -> None:
     """Draw a run: loss, samples/s, micro-batch and memory over time, predicted against actual duration."""
-    from mtld.report.run import draw_report
+    from mtld.report.figure import draw_report
 
     c: Context = ctx.obj
     run_dir = Path(get_job(c, int(run)).run_dir) if run.isdigit() else Path(run)

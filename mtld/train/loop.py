@@ -29,7 +29,7 @@ from mtld.train.checkpoint import checkpoint_due, save_within_space, state_bytes
 from mtld.train.data import TaskData
 from mtld.train.device import MemoryMeter, all_finite, empty_cache, is_oom, rng_states, synchronize
 from mtld.train.inference import Aborted, infer_split
-from mtld.train.metrics import aggregate_score, task_metrics
+from mtld.train.metrics import PRIMARY, aggregate_score, task_metrics
 from mtld.train.eta import LiveEta, PlanTokens
 from mtld.train.plan import Position, Step
 from mtld.train.step import StepRunner
@@ -321,6 +321,7 @@ class Trainer:
     def metrics_document(self) -> dict[str, Any]:
         return {
             "primary": "mean over tasks of macro_f1 (classification), micro_f1 (multilabel), spearman (regression), entity_f1 (tokens)",
+            "primary_metrics": {t.info.name: PRIMARY[t.info.type] for t in self.tasks if t.eval is not None},
             "best_score": self.evals.best_score,
             "best_step": self.evals.best_step,
             "evals": self.evals.history,
