@@ -91,9 +91,9 @@ def _scores(ax: Any, s: RunSeries) -> None:
         return
     for task, series in sc.tasks.items():
         xs, ys = _points(sc.steps, series.values)
-        ax.plot(xs, ys, marker="o", ms=5, lw=1.2, label=f"{task} {series.metric}")
-    xs, ys = _points(sc.steps, sc.aggregate)
-    ax.plot(xs, ys, marker="s", ms=6, lw=2.2, color="black", label="aggregate score")
+        ax.plot(xs, ys, marker="o", ms=5, lw=1.2, label=f"{task} {series.metric}", zorder=3)
+    xs, ys = _points(sc.steps, sc.aggregate)  # beneath the tasks: with one task it is that task's line
+    ax.plot(xs, ys, marker="s", ms=7, lw=2.4, color="black", label="aggregate score", zorder=2)
     if sc.best_step is not None and sc.best_score is not None:
         ax.axvline(sc.best_step, color="tab:green", lw=1, ls="--")
         ax.plot([sc.best_step], [sc.best_score], marker="o", ms=18, mfc="none", mec="tab:green", mew=2.5, ls="none",

@@ -168,7 +168,7 @@ def micro_batches(view: JobNight) -> str:
 
 def estimate(view: JobNight) -> str:
     if view.estimate_s is None:
-        return '<span class="muted">no estimate (no earlier run of its family)</span>'
+        return '<span class="muted" title="no earlier run of its family to estimate from">none (first run)</span>'
     text = duration(view.estimate_s)
     if view.duration_s:
         text += f" ({(view.duration_s / view.estimate_s - 1) * 100:+.0f} %)"

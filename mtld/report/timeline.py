@@ -15,7 +15,7 @@ OUTCOME_COLOURS = {"succeeded": "#3a9a4a", "failed": "#c8372d", "bad_input": "#c
                    "interrupted": "#d9a520", "stalled": "#d9a520", "lost": "#d9a520", "cancelled": "#888888",
                    "disk_full": "#e07b22", None: "#3b6fc4"}  # None: still running
 LEVEL_COLOURS = {"normal": "#9bd39b", "warn": "#f0b54a", "critical": "#d9443a"}
-READING_HOLDS_S = 300.0  # a pressure reading is drawn as lasting until the next one, at most this long
+READING_HOLDS_S = 60.0  # a reading is drawn until the next one, at most this long (runs log one every 30 s)
 TICK_STEPS_MIN = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360)
 
 
@@ -36,12 +36,15 @@ def timeline_svg(night: Night) -> str:
 
     rows = len(night.jobs)
     pressure_y = AXIS_H + rows * ROW_H + 8
-    height = pressure_y + ROW_H + 4
+    height = pressure_y + ROW_H + 16  # the window's start and end beneath
     out = [f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
            f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="timeline of the night">']
     for start, end in night.windows:
         out.append(f'<rect x="{x(start):.1f}" y="{AXIS_H}" width="{max(x(end) - x(start), 1):.1f}" '
                    f'height="{rows * ROW_H}" fill="#eef7ee"><title>run window</title></rect>')
+    for at, anchor in ((night.since, "start"), (night.until, "end")):  # the window's own ends
+        out.append(f'<text x="{x(at):.1f}" y="{pressure_y + ROW_H + 10}" text-anchor="{anchor}" class="tick">'
+                   f'{datetime.fromtimestamp(at).astimezone():%a %H:%M}</text>')
     step = tick_step_s(span)
     tick = (night.since // step + 1) * step
     while tick < night.until:
