@@ -324,3 +324,22 @@ def test_the_daemons_child_writes_the_page(night_home, monkeypatch):
     night.close(timeout_s=120)
     assert night.child is None and night.page is not None and night.page.is_file()
     assert latest_page(night_home) == night.page
+
+
+def test_the_daemons_process_loads_neither_matplotlib_nor_torch_for_the_page(tmp_path):
+    """The daemon holds a NightReport; the drawing happens in its child, so the daemon stays light."""
+    code = f"""
+import json, sys
+from mtld.config.settings import Settings
+from mtld.daemon.loop import Daemon
+from mtld.report.nightly import NightReport
+from mtld.store import Store
+from mtld.testing import ScriptedProbe
+settings = Settings(home={str(tmp_path)!r}, daemon={{"notify": False, "prevent_sleep": False}})
+with Store(settings.db_path) as store:
+    Daemon(settings, store, probe=ScriptedProbe(["normal"]), night=NightReport(settings, None)).tick(0.0)
+print(json.dumps(sorted(m for m in ("matplotlib", "torch", "transformers") if m in sys.modules)))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []
