@@ -19,7 +19,7 @@ from mtld.config.jobspec import JobSpec, spec_to_json
 from mtld.config.settings import Settings
 from mtld.daemon.loop import Daemon
 from mtld.logs.events import configure
-from mtld.report.night import busy_since, collect_night, fix_command
+from mtld.report.night import busy_stretch, collect_night, fix_command
 from mtld.report.nightly import NightReport, latest_page, write_night
 from mtld.report.page import render_page
 from mtld.store import Job, Run, Store, Transition
@@ -40,26 +40,26 @@ def moves(job_id: int, *steps: tuple[str, float]) -> list[Transition]:
 
 @pytest.mark.parametrize(("jobs", "held", "expected"), [
     ([], set(), None),
-    # one job: queued at 10, ran, done at 50; the night began at 10
-    ([moves(1, ("queued", 10), ("running", 20), ("succeeded", 50))], set(), 10),
+    # one job: queued at 10, ran, done at 50
+    ([moves(1, ("queued", 10), ("running", 20), ("succeeded", 50))], set(), (10, 50)),
     # two nights: the queue was empty between 50 and 100
     ([moves(1, ("queued", 10), ("succeeded", 50)), moves(2, ("queued", 100), ("running", 110), ("failed", 120))],
-     set(), 100),
+     set(), (100, 120)),
     # overlapping jobs chain into one stretch, even when a short one sits between in the order
     ([moves(1, ("queued", 0), ("running", 5), ("succeeded", 100)), moves(2, ("queued", 10), ("succeeded", 20)),
-      moves(3, ("queued", 50), ("succeeded", 60))], set(), 0),
+      moves(3, ("queued", 50), ("succeeded", 60))], set(), (0, 100)),
     # touching counts as one stretch
-    ([moves(1, ("queued", 10), ("succeeded", 50)), moves(2, ("queued", 50), ("succeeded", 70))], set(), 10),
-    # retried: failed at 30, queued again at 200: the night began at 200
-    ([moves(1, ("queued", 10), ("failed", 30), ("queued", 200), ("running", 201))], set(), 200),
+    ([moves(1, ("queued", 10), ("succeeded", 50)), moves(2, ("queued", 50), ("succeeded", 70))], set(), (10, 70)),
+    # retried: failed at 30, queued again at 200, still running
+    ([moves(1, ("queued", 10), ("failed", 30), ("queued", 200), ("running", 201))], set(), (200, 1000)),
     # still queued now: the stretch runs to now
-    ([moves(1, ("queued", 10), ("succeeded", 40)), moves(2, ("queued", 30))], set(), 10),
+    ([moves(1, ("queued", 10), ("succeeded", 40)), moves(2, ("queued", 30))], set(), (10, 1000)),
     # on hold since its last move (150): waiting for a person, not work; the night of job 3 began at 300
     ([moves(1, ("queued", 100), ("running", 110), ("queued", 150)), moves(3, ("queued", 300), ("succeeded", 320))],
-     {1}, 300),
+     {1}, (300, 320)),
 ])
-def test_the_night_begins_where_the_queue_last_went_from_empty_to_busy(jobs, held, expected):
-    assert busy_since(jobs, held, now=1000) == expected
+def test_the_night_is_the_last_stretch_in_which_the_queue_was_busy(jobs, held, expected):
+    assert busy_stretch(jobs, held, now=1000) == expected
 
 
 def job(state: str, hold: str | None = None, job_id: int = 7) -> Job:
@@ -343,3 +343,11 @@ print(json.dumps(sorted(m for m in ("matplotlib", "torch", "transformers") if m 
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize(("span_s", "step_s"), [(50, 10), (115, 10), (121, 15), (3600, 300), (8 * 3600, 3600),
+                                                  (10 * 86_400, 21_600)])
+def test_the_timeline_puts_at_most_a_dozen_round_ticks_on_its_axis(span_s, step_s):
+    from mtld.report.timeline import tick_step_s
+
+    assert tick_step_s(span_s) == step_s

@@ -3,7 +3,8 @@
 `collect_night` reads the store (jobs, runs, transitions), each run folder's
 `metrics.json` and log, and the daemon's log (memory pressure at each start);
 mtld.report.page turns the result into the night's page. The default window
-(`busy_since`) starts where the queue last went from empty to busy.
+(`busy_stretch`) is the last stretch in which the queue was busy: from where it
+went from empty to busy to where it was empty again.
 
 Torch-free and matplotlib-free: the daemon's process may import it.
 """
@@ -58,10 +59,10 @@ class Night:
     default_window: bool = False  # since the queue last went from empty to busy
 
 
-def busy_since(transitions: list[list[Transition]], held: set[int], now: float) -> float | None:
-    """When the queue last went from empty to busy: the start of the last stretch of time in which some job
-    was queued or running (from its moves). A job on hold counts as waiting for a person, not as work, from
-    its last move on. None when no job was ever queued."""
+def busy_stretch(transitions: list[list[Transition]], held: set[int], now: float) -> tuple[float, float] | None:
+    """The last stretch of time in which some job was queued or running (from its moves): (when the queue
+    last went from empty to busy, when it was empty again, or `now` while it is busy). A job on hold counts
+    as waiting for a person, not as work, from its last move on. None when no job was ever queued."""
     spans = []
     for moves in transitions:
         opened: float | None = None
@@ -82,13 +83,14 @@ def busy_since(transitions: list[list[Transition]], held: set[int], now: float) 
         if s > end:
             start = s
         end = max(end, e)
-    return start
+    return start, end
 
 
-def default_since(store: Store, now: float) -> float | None:
+def last_stretch(store: Store, now: float) -> tuple[float, float] | None:
+    """The default window of the night's page (busy_stretch over the store's jobs)."""
     jobs = store.list_jobs()
     held = {j.id for j in jobs if j.hold is not None}
-    return busy_since([store.transitions_for(j.id) for j in jobs], held, now)
+    return busy_stretch([store.transitions_for(j.id) for j in jobs], held, now)
 
 
 def collect_night(settings: Settings, store: Store, since: float, until: float) -> Night:

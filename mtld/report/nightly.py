@@ -21,10 +21,11 @@ from typing import Any
 from mtld.config.settings import Settings
 from mtld.disk import write_atomic
 from mtld.logs.events import get_logger, iso
-from mtld.report.night import Night, collect_night, default_since
+from mtld.report.night import Night, collect_night, last_stretch
 from mtld.store import Store
 
 FALLBACK_WINDOW_S = 12 * 3600.0  # when the queue was never busy: the last 12 hours
+MARGIN_S = 60.0  # the default window goes on a little after the queue emptied: 3 % of it, at most this
 FIGURE_DPI = 72  # the per-run figures on the page (a 9-inch-wide figure: 648 pixels)
 Start = Callable[[list[str]], Any]  # starts a command; returns a handle with poll(), wait(timeout), communicate()
 
@@ -48,15 +49,18 @@ def latest_page(settings: Settings) -> Path | None:
 
 def write_night(settings: Settings, store: Store, *, since: float | None, until: float,
                 out: Path | None = None) -> tuple[Path, Night]:
-    """Collect the night from `since` (None: since the queue last went from empty to busy) to `until`, draw
-    each job's run, write the page; logs `report.written`. Returns the page's path and the night."""
+    """Collect the night from `since` to `until`, draw each job's run, write the page; logs `report.written`.
+    Returns the page's path and the night. `since` None: the last stretch in which the queue was busy (from
+    when it went from empty to busy to when it was empty again, if it is by `until`)."""
     from mtld.report.figure import figure_png
     from mtld.report.page import render_page
     from mtld.report.run import run_series
 
-    start = since if since is not None else default_since(store, until)
-    night = collect_night(settings, store, start if start is not None else until - FALLBACK_WINDOW_S, until)
-    night.default_window = since is None and start is not None
+    stretch = last_stretch(store, until) if since is None else None
+    if stretch is not None:
+        since, until = stretch[0], min(until, stretch[1] + min(MARGIN_S, 0.03 * (stretch[1] - stretch[0])))
+    night = collect_night(settings, store, since if since is not None else until - FALLBACK_WINDOW_S, until)
+    night.default_window = stretch is not None
     figures = {}
     for view in night.jobs:
         if view.run_dir is not None and (view.run_dir / "run.jsonl").is_file():

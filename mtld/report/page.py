@@ -25,7 +25,7 @@ h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin: 28px 0
 table { border-collapse: collapse; margin: 6px 0 12px; }
 th, td { border-bottom: 1px solid #e3e3e3; padding: 4px 10px 4px 0; text-align: left; vertical-align: top; }
 th { font-weight: 600; color: #555; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 code, pre { font: 13px/1.4 ui-monospace, Menlo, Consolas, monospace; background: #f4f4f4; border-radius: 3px; }
 code { padding: 1px 4px; } pre { padding: 6px 8px; white-space: pre-wrap; }
 .state-succeeded { color: #2c7a39; } .state-failed { color: #b3261e; } .state-held, .state-cancelled { color: #a35a00; }
@@ -44,7 +44,9 @@ def render_page(night: Night, figures: dict[int, bytes]) -> str:
     """The page; `figures`: each job's run figure as PNG bytes (jobs without one show none)."""
     first, last = (datetime.fromtimestamp(t).astimezone() for t in (night.since, night.until))
     title = f"The night of {first:%a %d %b}: {first:%H:%M} – {last:%H:%M}"
-    if last.date() != first.date():
+    if night.until - night.since < 120:  # a short night (a test's, a demo's): to the second
+        title = f"The night of {first:%a %d %b}: {first:%H:%M:%S} – {last:%H:%M:%S}"
+    elif last.date() != first.date():
         title = f"The night of {first:%a %d %b}: {first:%H:%M} – {last:%a %H:%M}"
     parts = [
         "<!doctype html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',

@@ -16,15 +16,16 @@ OUTCOME_COLOURS = {"succeeded": "#3a9a4a", "failed": "#c8372d", "bad_input": "#c
                    "disk_full": "#e07b22", None: "#3b6fc4"}  # None: still running
 LEVEL_COLOURS = {"normal": "#9bd39b", "warn": "#f0b54a", "critical": "#d9443a"}
 READING_HOLDS_S = 60.0  # a reading is drawn until the next one, at most this long (runs log one every 30 s)
-TICK_STEPS_MIN = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360)
+TICK_STEPS_S = (10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600)
+SHORT_S = 600  # a window shorter than this shows its times to the second
 
 
 def tick_step_s(span_s: float, most: int = 12) -> float:
-    """The smallest round step (minutes to hours) that puts at most `most` ticks on the axis."""
-    for minutes in TICK_STEPS_MIN:
-        if span_s / (minutes * 60) <= most:
-            return minutes * 60.0
-    return TICK_STEPS_MIN[-1] * 60.0
+    """The smallest round step (seconds to hours) that puts at most `most` ticks on the axis."""
+    for step in TICK_STEPS_S:
+        if span_s / step <= most:
+            return float(step)
+    return float(TICK_STEPS_S[-1])
 
 
 def timeline_svg(night: Night) -> str:
@@ -42,16 +43,18 @@ def timeline_svg(night: Night) -> str:
     for start, end in night.windows:
         out.append(f'<rect x="{x(start):.1f}" y="{AXIS_H}" width="{max(x(end) - x(start), 1):.1f}" '
                    f'height="{rows * ROW_H}" fill="#eef7ee"><title>run window</title></rect>')
+    clock = "%H:%M:%S" if span < SHORT_S else "%H:%M"
     for at, anchor in ((night.since, "start"), (night.until, "end")):  # the window's own ends
         out.append(f'<text x="{x(at):.1f}" y="{pressure_y + ROW_H + 10}" text-anchor="{anchor}" class="tick">'
-                   f'{datetime.fromtimestamp(at).astimezone():%a %H:%M}</text>')
+                   f'{datetime.fromtimestamp(at).astimezone().strftime("%a " + clock)}</text>')
     step = tick_step_s(span)
     tick = (night.since // step + 1) * step
     while tick < night.until:
         local = datetime.fromtimestamp(tick).astimezone()
         out.append(f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{AXIS_H - 4}" y2="{pressure_y + ROW_H}" '
                    'stroke="#ddd"/>')
-        out.append(f'<text x="{x(tick):.1f}" y="{AXIS_H - 8}" text-anchor="middle" class="tick">{local:%H:%M}</text>')
+        out.append(f'<text x="{x(tick):.1f}" y="{AXIS_H - 8}" text-anchor="middle" class="tick">'
+                   f'{local.strftime(clock)}</text>')
         tick += step
     for i, view in enumerate(night.jobs):
         y = AXIS_H + i * ROW_H
