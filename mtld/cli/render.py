@@ -93,6 +93,8 @@ def status(out: Console, info: dict[str, Any]) -> None:
         out.print("No jobs." + ("" if info.get("states") else " Queue one with: mtld submit JOB.toml"))
     if info.get("disk"):
         out.print(disk_line(info["disk"]), markup=False)
+    if info.get("night_page"):
+        out.print(f"night   {info['night_page']} (the last night's page: open it in a browser)", markup=False)
 
 
 def _executor_kind(kind: str | None) -> type[ExecutorPlugin]:

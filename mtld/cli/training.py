@@ -128,14 +128,55 @@ def estimate(
 @app.command()
 def report(
     ctx: typer.Context,
-    run: Annotated[str, typer.Argument(help="A job id or a run folder.")],
-    output: Annotated[Optional[Path], typer.Option("--out", "-o", help="The PNG to write (default: RUN_DIR/report.png).")] = None,
+    run: Annotated[Optional[str], typer.Argument(help="A job id or a run folder: that run's figure (PNG). Without it: "
+                                                 "the night's page (HTML).")] = None,
+    since: Annotated[Optional[str], typer.Option("--since", help="The night's page from this long ago (12h, 90m) or "
+                                                 "this local time (2026-12-01T21:00); default: since the queue last "
+                                                 "went from empty to busy.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--out", "-o", help="The file to write (default: RUN_DIR/report.png "
+                                                   "for a run; STATE/reports/night-DATE-TIME.html for the night).")] = None,
 ) -> None:
-    """Draw a run: loss, samples/s, micro-batch and memory over time, predicted against actual duration."""
-    from mtld.report.run import draw_report
-
+    """Draw a run (scores, micro-batch and why it changed, loss, samples/s, memory, predicted against actual
+    duration), or, without RUN, write the night's page: what ran, how it went, what needs you."""
     c: Context = ctx.obj
+    if run is None:
+        night_page(c, since, output)
+        return
+    if since is not None:
+        fail("--since: the night's page covers every job; give it without a RUN", code=2)
+    from mtld.report.figure import draw_report
+
     run_dir = Path(get_job(c, int(run)).run_dir) if run.isdigit() else Path(run)
     if not (run_dir / "run.jsonl").is_file():
         fail(f"{run_dir}: no run log (run.jsonl) there", code=2)
     out.print(str(draw_report(run_dir, output)), markup=False)
+
+
+def night_page(c: Context, since: str | None, output: Path | None) -> None:
+    from mtld.report.nightly import write_night
+
+    now = datetime.now().astimezone()
+    try:
+        start = None if since is None else since_time(since, now)
+    except ValueError as e:
+        fail(f"--since: {e}", code=2)
+    page, _ = write_night(c.settings, c.store, since=start, until=now.timestamp(), out=output)
+    out.print(str(page), markup=False)
+
+
+def since_time(text: str, now: datetime) -> float:
+    """`--since`: a duration back from now (12h, 90m) or a time (ISO 8601; without a zone, local)."""
+    from mtld.config.durations import parse_duration
+
+    try:
+        return now.timestamp() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"not a duration (12h, 90m) nor a time (2026-12-01T21:00): {text!r}") from None
+    at = at if at.tzinfo else at.astimezone()  # a time without a zone is this machine's local time
+    if at > now:
+        raise ValueError(f"{text!r} is in the future")
+    return at.timestamp()

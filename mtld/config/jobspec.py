@@ -148,6 +148,10 @@ class ScheduleSpec(_Strict):
     cron: Annotated[str | None, AfterValidator(_cron)] = None  # a recurring job: a new job at each firing
 
 
+class LoggingSpec(_Strict):
+    tensorboard: bool | None = None  # None: the setting logging.tensorboard decides
+
+
 class JobSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN, max_length=100)
     model: str = Field(min_length=1)  # a folder, or a hub id; stored as the folder (a hub id's snapshot)
@@ -161,6 +165,7 @@ class JobSpec(_Strict):
     tasks: list[TaskSpec] = Field(min_length=1, max_length=64)
     train: TrainSpec = TrainSpec()
     schedule: ScheduleSpec = ScheduleSpec()
+    logging: LoggingSpec = LoggingSpec()
 
 
 @dataclass(frozen=True)

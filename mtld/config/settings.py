@@ -141,6 +141,11 @@ class DiskSettings(Section):
         return int(self.margin_mb * 1_000_000)
 
 
+class LoggingSettings(Section):
+    # TensorBoard event files in each run folder's tb/ (the `tensorboard` extra); a job's [logging] overrides it.
+    tensorboard: bool = False
+
+
 def _windows(windows: list[str]) -> list[str]:
     from mtld.config.calendar import parse_window
 
@@ -220,6 +225,7 @@ class Settings(BaseSettings):
     watchdog: WatchdogSettings = WatchdogSettings()
     power: PowerSettings = PowerSettings()
     disk: DiskSettings = DiskSettings()
+    logging: LoggingSettings = LoggingSettings()
     executor: ExecutorSettings = ExecutorSettings()
     _config_file: Path | None = PrivateAttr(default=None)
 

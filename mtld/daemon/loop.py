@@ -44,6 +44,7 @@ from mtld.logs.events import format_event, get_logger, last_event
 from mtld.memory import Probe, Reading, make_probe
 from mtld.platform.pidfile import PidFile
 from mtld.platform.power import SleepInhibitor, notify, on_battery
+from mtld.report.nightly import NightReport
 from mtld.runs.rundir import RunDir
 from mtld.runs.files import launch_for
 from mtld.config.settings import FORCED_STOP_GRACE_S, Settings
@@ -54,6 +55,7 @@ from mtld.daemon.watchdog import Stall, Watch
 from mtld.runs.figures import Figures
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+NIGHT_PAGE_WAIT_S = 120.0  # --exit-when-idle waits this long for the night's page (a stop signal does not wait)
 MAX_FAILED_TICKS = 10  # in a row: then the daemon exits 1 rather than fail every poll interval forever
 
 
@@ -72,6 +74,7 @@ class Daemon:
         exit_when_idle: bool = False,
         console: TextIO | None = None,
         free_bytes: Callable[[Path], int] = disk.free_bytes,
+        night: NightReport | None = None,
     ):
         self.settings = settings
         self.store = store
@@ -93,6 +96,7 @@ class Daemon:
         self.disk = DiskGuard(settings, store, self.log, device=self.executor.device, free_bytes=free_bytes,
                               notify=notify if settings.daemon.notify else None)
         self.awake = WindowAwake(settings, self.log)
+        self.night = night  # writes the night's page when the queue empties after runs (`serve` makes one)
         self.ledger = RunLedger(settings, store, self.executor, self.log,
                                 make_executor=lambda kind: make_executor(settings, kind), on_hold=self.disk.held,
                                 notify=notify if settings.daemon.notify else None)
@@ -122,6 +126,8 @@ class Daemon:
                 self.log.error("daemon.recover_failed", error=describe(e), exc_info=e)
             self.loop()
         finally:
+            if self.night is not None:
+                self.night.close(0.0 if self.stop_signals else NIGHT_PAGE_WAIT_S)
             self.wakeup.uninstall()
             self.awake.release("the daemon stopped")
             for signum, handler in previous.items():
@@ -172,9 +178,20 @@ class Daemon:
             self.disk.release_holds(now)
             if self.store.get_flag("paused") != "1":
                 window_wait = self.dispatch(now)
-            if not self.active and self.exit_when_idle and self._queue_is_empty():
-                self.finish("idle")
+        self._look_back(now)
+        if not self.active and self.exit_when_idle and self._queue_is_empty():
+            self.finish("idle")
         self.awake.update(window_wait if not self.finished else None, now)
+
+    def _look_back(self, now: float) -> None:
+        """When the queue has just emptied after a night's work, have its page written (mtld.report.nightly);
+        a failure there is logged and never fails the tick."""
+        if self.night is None:
+            return
+        try:
+            self.night.observe(busy=bool(self.active) or not self._queue_is_empty(), running=bool(self.active), now=now)
+        except Exception as e:
+            self.log.warning("report.failed", error=describe(e))
 
     def _queue_is_empty(self) -> bool:
         """Nothing runs and nothing queued could start without a person: a job on hold waits for a condition
@@ -462,4 +479,5 @@ def serve(settings: Settings, *, exit_when_idle: bool = False, console: TextIO |
             get_logger().info("store.backed_up", path=str(store.db.backup()))
         except (OSError, sqlite3.Error) as e:  # a full disk: the queue still runs, without a fresh backup
             get_logger().warning("store.backup_failed", error=describe(e))
-        return Daemon(settings, store, exit_when_idle=exit_when_idle, console=console).run()
+        night = NightReport(settings, get_logger(), notify=notify if settings.daemon.notify else None)
+        return Daemon(settings, store, exit_when_idle=exit_when_idle, console=console, night=night).run()

@@ -24,6 +24,7 @@ from mtld.platform.pidfile import running_pid
 from mtld.estimate.rowcounts import ExampleCounts, cache_file, queued_estimate
 from mtld.decide.schedule import finish_time, first_open, inside, keep_awake, next_opening, open_window
 from mtld.platform.power import on_battery
+from mtld.report.nightly import latest_page
 from mtld.config.settings import Settings
 from mtld.store import Job, Run, Schedule, Store
 
@@ -242,6 +243,7 @@ def collect(settings: Settings, store: Store, now: datetime | None = None, *, st
         "schedule": windows_view(settings, now, waiting=waiting),
         "schedules": [schedule_view(s) for s in store.list_schedules()],
         "disk": disk_view(executor, store),
+        "night_page": str(page) if (page := latest_page(settings)) else None,  # mtld report's last night page
     }
 
 

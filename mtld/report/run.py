@@ -1,27 +1,60 @@
-"""`mtld report RUN [--out FILE.png]`: one picture of a run, drawn with matplotlib.
+"""One run's figures as plain lists: what `mtld report RUN` and the night's page draw (mtld.report.figure).
 
-Four panels against minutes since the run started: loss; samples/s; micro-batch
-(scale-downs show as steps) with memory (available memory from the memory
-guard's samples, the run's peak as a line); and the predicted finish (start +
-elapsed + eta_s at each progress event, and the prediction made before the
-run, from launch.json) against the actual end.
+Two sources, each for its own part, never both for one thing:
 
-`run_series` reads the run folder into plain lists (tested without drawing);
-`draw_report` draws them. matplotlib is imported only by `draw_report`.
+- the scores come from `metrics.json` (the child writes it after every
+  evaluation): each task's metrics, the aggregate score, the best step;
+- everything else from the run's own log (`run.jsonl`): the last attempt's
+  loss, samples/s, memory and predicted finish against minutes since it
+  started; and, across every attempt, the micro-batch against the optimizer
+  step with each change and its reason (the size it started at, a scale-down
+  for pressure, for the memory budget or after an out-of-memory error, an
+  attempt resumed at another size).
+
+Torch-free and matplotlib-free: the daemon's process may import it.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mtld import MICRO_BATCH_SIZES
-from mtld.disk import make_private, private_dir
-from mtld.runs.rundir import RunDir
+from mtld.logs.events import parse_ts
 from mtld.runs.files import RunFileError
+from mtld.runs.rundir import RunDir
+
+# batch.scaled_down's `reason` as a person reads it beside the line
+SCALE_REASONS = {"pressure": "memory pressure", "out_of_memory": "out of memory", "budget": "over the memory budget"}
+
+
+@dataclass
+class BatchChange:
+    """The micro-batch became `size` at optimizer step `step`; `why` is the label drawn beside it."""
+
+    step: int
+    size: int
+    previous: int | None
+    why: str
+
+
+@dataclass
+class TaskScores:
+    metric: str  # the task's primary metric (metrics.json `primary_metrics`), else its first one
+    values: list[float | None] = field(default_factory=list)  # one per evaluation, None where undefined
+
+
+@dataclass
+class Scores:
+    """metrics.json: one entry per evaluation, in order."""
+
+    steps: list[int] = field(default_factory=list)
+    aggregate: list[float | None] = field(default_factory=list)
+    tasks: dict[str, TaskScores] = field(default_factory=dict)
+    best_step: int | None = None
+    best_score: float | None = None
+    best_metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)  # every metric at the best step
 
 
 @dataclass
@@ -40,30 +73,59 @@ class RunSeries:
     # predicted_before_s is shifted to the same origin: the attempt's set-up (duration_s − actual_s) taken off
     peak_bytes: int | None = None
     outcome: str | None = None
+    # every attempt, against the optimizer step
+    total_steps: int | None = None
+    batch_steps: list[int] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    batch_changes: list[BatchChange] = field(default_factory=list)
+    attempts: int = 0
+    scores: Scores = field(default_factory=Scores)
 
 
-def _ts(event: dict[str, Any]) -> float:
-    return datetime.fromisoformat(event["ts"]).timestamp()
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """Every event of a run log, in order, each with its time as `_t` (epoch seconds); a line cut short,
+    damaged or without a readable `ts` is passed over."""
+    events = []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for line in text.splitlines():
+        try:
+            event = json.loads(line)
+            event["_t"] = parse_ts(event["ts"])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue
+        events.append(event)
+    return events
 
 
 def run_series(run_dir: Path) -> RunSeries:
-    """The last attempt in run.jsonl (from its last run.started on)."""
+    """The run folder's figures: the last attempt's timings, every attempt's micro-batch, the scores."""
     rd = RunDir(run_dir)
-    events = []
-    if rd.log_file.exists():
-        for line in rd.log_file.read_text(encoding="utf-8").splitlines():
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
-    starts = [i for i, e in enumerate(events) if e.get("event") == "run.started"]
-    events = events[starts[-1]:] if starts else events
+    events = read_log(rd.log_file)
     s = RunSeries(name=rd.path.name)
+    s.scores = read_scores(rd.metrics_file)
+    _batch_history(s, events)
+    starts = [i for i, e in enumerate(events) if e.get("event") == "run.started"]
+    _last_attempt(s, events[starts[-1]:] if starts else events)
+    try:
+        result = rd.read_result()
+    except RunFileError:  # a result.json this mtld cannot read: draw the log alone
+        result = None
+    s.peak_bytes = s.peak_bytes or (result.peak_memory_bytes if result else None)
+    if s.predicted_before_s is not None and s.actual_s is not None and result and result.duration_s:
+        # the prediction covers the whole attempt, set-up included; the axes start at run.started
+        s.predicted_before_s -= max(result.duration_s - s.actual_s, 0.0)
+    return s
+
+
+def _last_attempt(s: RunSeries, events: list[dict[str, Any]]) -> None:
     if not events:
-        return s
-    t0 = _ts(events[0])
+        return
+    t0 = events[0]["_t"]
     for e in events:
-        minutes = (_ts(e) - t0) / 60
+        minutes = (e["_t"] - t0) / 60
         kind = e.get("event")
         if kind == "step.progress":
             s.t.append(minutes)
@@ -80,73 +142,63 @@ def run_series(run_dir: Path) -> RunSeries:
         elif kind == "run.estimate" and e.get("predicted_s") is not None:
             s.predicted_before_s = e["predicted_s"]
         elif kind == "run.finished":
-            s.actual_s = _ts(e) - t0
+            s.actual_s = e["_t"] - t0
             s.outcome = e.get("outcome")
             s.peak_bytes = e.get("peak_memory_bytes")
+
+
+def _batch_history(s: RunSeries, events: list[dict[str, Any]]) -> None:
+    """The micro-batch against the step over every attempt: a point per progress event, and a labelled
+    change where an attempt started (or resumed at another size) and where the run scaled down."""
+    size: int | None = None
+
+    def change(step: int, to: int, why: str) -> None:
+        nonlocal size
+        s.batch_changes.append(BatchChange(step, to, size, why))
+        s.batch_steps.append(step)
+        s.batch_sizes.append(to)
+        size = to
+
+    for e in events:
+        kind = e.get("event")
+        if kind == "run.started" and isinstance(e.get("micro_batch"), int):
+            s.attempts += 1
+            s.total_steps = e.get("total_steps") or s.total_steps
+            step, to = e.get("resumed_from_step") or 0, e["micro_batch"]
+            if size is None:
+                change(step, to, f"started at {to}")
+            elif to != size:
+                change(step, to, f"resumed at {to} (attempt {s.attempts})")
+        elif kind == "batch.scaled_down" and isinstance(e.get("to"), int):
+            reason = SCALE_REASONS.get(e.get("reason", ""), e.get("reason") or "scaled down")
+            change(e.get("step") or 0, e["to"], f"{reason}: {e.get('from')} → {e['to']}")
+        elif kind == "step.progress" and isinstance(e.get("micro_batch"), int) and isinstance(e.get("step"), int):
+            s.batch_steps.append(e["step"])
+            s.batch_sizes.append(e["micro_batch"])
+            size = e["micro_batch"]
+
+
+def read_scores(path: Path) -> Scores:
+    """metrics.json as series; empty when there is none (no evaluation yet, or no eval data)."""
     try:
-        result = rd.read_result()
-    except RunFileError:  # a result.json this mtld cannot read: draw the log alone
-        result = None
-    s.peak_bytes = s.peak_bytes or (result.peak_memory_bytes if result else None)
-    if s.predicted_before_s is not None and s.actual_s is not None and result and result.duration_s:
-        # the prediction covers the whole attempt, set-up included; the axes start at run.started
-        s.predicted_before_s -= max(result.duration_s - s.actual_s, 0.0)
-    return s
-
-
-def draw_report(run_dir: Path, out: Path | None = None) -> Path:
-    """Draw the run to `out` (default RUN_DIR/report.png); returns the file written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = run_series(run_dir)
-    out = Path(out) if out else Path(run_dir) / "report.png"
-    fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
-    loss_ax, rate_ax, batch_ax, eta_ax = axes
-    pairs = lambda ys: [(x, y) for x, y in zip(s.t, ys) if y is not None]  # noqa: E731
-
-    def plot(ax: Any, ys: list, **kw: Any) -> None:
-        points = pairs(ys)
-        if points:
-            ax.plot(*zip(*points), **kw)
-
-    plot(loss_ax, s.loss, color="tab:blue")
-    loss_ax.set_ylabel("loss")
-    for t in s.eval_t:
-        loss_ax.axvline(t, color="grey", lw=0.5, ls=":")
-    plot(rate_ax, s.samples_per_s, color="tab:green")
-    rate_ax.set_ylabel("samples/s")
-    plot(batch_ax, s.micro_batch, color="tab:purple", drawstyle="steps-post")
-    batch_ax.set_ylabel("micro-batch")
-    batch_ax.set_yticks(MICRO_BATCH_SIZES)
-    mem_ax = batch_ax.twinx()
-    if s.memory_t:
-        gib = [(x, y / 2**30) for x, y in zip(s.memory_t, s.available_bytes) if y is not None]
-        if gib:
-            mem_ax.plot(*zip(*gib), color="tab:orange", label="available memory")
-    if s.peak_bytes:
-        mem_ax.axhline(s.peak_bytes / 2**30, color="tab:red", ls="--", label="run's peak")
-    mem_ax.set_ylabel("GiB")
-    if s.peak_bytes or s.memory_t:
-        mem_ax.legend(loc="upper right", fontsize="small")
-    plot(eta_ax, s.finish_predicted, color="tab:blue", label="predicted finish (elapsed + eta_s)")
-    if s.predicted_before_s is not None:
-        eta_ax.axhline(s.predicted_before_s / 60, color="tab:grey", ls="--", label="predicted before the run")
-    if s.actual_s is not None:
-        eta_ax.axhline(s.actual_s / 60, color="black", label="actual")
-    eta_ax.set_ylabel("finish (min)")
-    eta_ax.set_xlabel("minutes since start")
-    if eta_ax.get_legend_handles_labels()[0]:
-        eta_ax.legend(loc="lower right", fontsize="small")
-    title = f"{s.name}: {s.outcome or 'running'}"
-    if s.actual_s is not None and s.predicted_before_s:
-        title += f", took {s.actual_s / 60:.1f} min, predicted {s.predicted_before_s / 60:.1f} min"
-    fig.suptitle(title)
-    fig.tight_layout()
-    private_dir(out.parent)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    make_private(out)
-    return out
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return Scores()
+    if not isinstance(doc, dict):
+        return Scores()
+    primary = doc.get("primary_metrics") if isinstance(doc.get("primary_metrics"), dict) else {}
+    scores = Scores(best_step=doc.get("best_step"), best_score=doc.get("best_score"))
+    evals = [e for e in doc.get("evals") or [] if isinstance(e, dict) and isinstance(e.get("tasks"), dict)]
+    for i, record in enumerate(evals):
+        scores.steps.append(record.get("step", i))
+        scores.aggregate.append(record.get("score"))
+        for task, metrics in record["tasks"].items():
+            if not isinstance(metrics, dict) or not metrics:
+                continue
+            series = scores.tasks.setdefault(task, TaskScores(primary.get(task) or next(iter(metrics)), [None] * i))
+            series.values.append(metrics.get(series.metric))
+        for series in scores.tasks.values():  # a task missing from this evaluation
+            series.values += [None] * (i + 1 - len(series.values))
+        if record.get("step") == scores.best_step:
+            scores.best_metrics = record["tasks"]
+    return scores

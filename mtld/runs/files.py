@@ -36,7 +36,8 @@ from mtld.runs.exitcodes import Outcome
 from mtld.runs.figures import Figures, Record, known_only
 
 VERSION = 1  # the major format this mtld writes, and the only one it reads
-MINOR = 2  # 1.1: the `minor` field itself; 1.2: result.json's `precision` (what the run really trained in)
+MINOR = 3  # 1.1: the `minor` field itself; 1.2: result.json's `precision` (what the run really trained in);
+# 1.3: launch.json's `tensorboard` (logging.tensorboard)
 
 F = TypeVar("F", bound="RunFile")
 
@@ -83,6 +84,7 @@ class Launch(RunFile):
     threads: int | str = "auto"  # train.threads: a pinned count, or "auto" (mtld.train.threads)
     threads_every_s: float = 2.0  # seconds between the thread governor's checks
     max_nonfinite_steps: int = 10  # train.max_nonfinite_steps: skipped steps in a row that end the run
+    tensorboard: bool = False  # logging.tensorboard: event files in tb/ (a job's own [logging] wins)
 
 
 def to_json(record: RunFile) -> bytes:
@@ -129,5 +131,5 @@ def launch_for(settings: Settings, *, micro_batch: int, device: str | None = Non
         micro_batch=micro_batch, device=device or settings.train.device, job_id=job_id, run_id=run_id,
         memory_fraction=settings.memory.budget_fraction, progress_every_s=settings.train.progress_every_s,
         memory=settings.memory, history=history or [], threads=settings.train.threads, disk=settings.disk,
-        max_nonfinite_steps=settings.train.max_nonfinite_steps,
+        max_nonfinite_steps=settings.train.max_nonfinite_steps, tensorboard=settings.logging.tensorboard,
     )

@@ -160,6 +160,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
     import torch
 
     from mtld.train import device as dev
+    from mtld.train.board import open_board
     from mtld.train.loop import Trainer
     from mtld.train.model import quiet_transformers, save_model
     from mtld.train.setup import build
@@ -186,13 +187,15 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
 
     summary.fields["total_steps"] = sum(len(p) for p in parts.plans)
     state = _resume(rd, parts.runner, parts.fingerprint, log)
+    board = open_board(rd.path / "tb", spec, setting=launch.tensorboard, micro_batch=micro_batch,
+                       resumed_from=int(state["step"]) if state is not None else None, log=log)
     trainer = Trainer(
         runner=parts.runner, tasks=parts.tasks, plans=parts.plans, spec=spec.train, run_dir=rd, device=device, log=log,
         export=export, checkpoint_extra=lambda: {"fingerprint": parts.fingerprint, "micro_batch_start": micro_batch},
         progress_every_s=launch.progress_every_s, meter=summary.meter,
         threads=thread_policy(launch.threads, device.type, log=log, every_s=launch.threads_every_s),
         history=launch.history, max_nonfinite_steps=launch.max_nonfinite_steps, disk_margin_bytes=launch.disk.margin_bytes,
-        resume=state,
+        resume=state, board=board,
     )
     resumed = int(state["step"]) if state is not None else None
     summary.trainer = trainer
@@ -209,7 +212,10 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         tasks=[{"name": t.info.name, "type": t.info.type, "train": len(t.train), "eval": len(t.eval) if t.eval else 0}
                for t in parts.tasks],
     )
-    outcome = trainer.run()
+    try:
+        outcome = trainer.run()
+    finally:
+        board.close()  # what the writer's thread still holds
     if outcome == "succeeded":
         _prune_after_success(rd, launch.disk.keep_last_checkpoint, log)
     return outcome

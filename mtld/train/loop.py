@@ -25,11 +25,12 @@ from mtld.runs.rundir import RunDir, write_json_atomic
 from mtld.runs.figures import Figures
 from mtld.disk import DiskFull
 from mtld.config.durations import checkpoint_interval
+from mtld.train.board import NoBoard
 from mtld.train.checkpoint import checkpoint_due, save_within_space, state_bytes
 from mtld.train.data import TaskData
 from mtld.train.device import MemoryMeter, all_finite, empty_cache, is_oom, rng_states, synchronize
 from mtld.train.inference import Aborted, infer_split
-from mtld.train.metrics import aggregate_score, task_metrics
+from mtld.train.metrics import PRIMARY, aggregate_score, task_metrics
 from mtld.train.eta import LiveEta, PlanTokens
 from mtld.train.plan import Position, Step
 from mtld.train.step import StepRunner
@@ -94,6 +95,7 @@ class Trainer:
         max_nonfinite_steps: int = 10,
         disk_margin_bytes: int = 0,
         resume: dict[str, Any] | None = None,
+        board: NoBoard | None = None,
     ):
         self.runner, self.tasks, self.plans, self.spec = runner, tasks, plans, spec
         self.run_dir, self.device, self.log, self.export = run_dir, device, log, export
@@ -103,6 +105,7 @@ class Trainer:
         self.progress = Progress()
         self.timings = timings or StepTimings()  # the seam for per-step (padded tokens, seconds) records
         self.threads = threads or FixedThreads()
+        self.board = board or NoBoard()  # TensorBoard (mtld.train.board): fed at progress and evaluation only
         self.max_nonfinite_steps = max_nonfinite_steps
         self.total_steps = sum(len(p) for p in plans)
         self.last_checkpoint_step = -1
@@ -241,8 +244,7 @@ class Trainer:
         loss = (p.window_loss / p.window_steps).item() if p.window_loss is not None else None  # the only sync
         elapsed = max(self.clock() - p.window_start - p.window_excluded, 1e-9)
         self.meter.sample()
-        self.log.info(
-            "step.progress",
+        fields = dict(
             step=self.position.step,
             total=self.total_steps,
             epoch=self.position.epoch,
@@ -253,6 +255,8 @@ class Trainer:
             lr=self.runner.optimizer.param_groups[0]["lr"],
             eta_s=self.eta.eta_s(self.position, self.runner.micro_batch, self.timings),
         )
+        self.log.info("step.progress", **fields)
+        self.board.progress(self.position.step, fields, self.meter.peak_bytes() if self.board.on else None)
         p.window_start, p.window_excluded, p.window_samples, p.window_tokens, p.window_steps = self.clock(), 0.0, 0, 0, 0
         p.window_loss = None
 
@@ -316,11 +320,13 @@ class Trainer:
         self.exclude(duration)
         self.timings.record_eval(self.runner.micro_batch, self.eta.tokens.eval_tokens, duration)
         self.log.info("eval", **record, duration_s=round(duration, 3))
+        self.board.eval(self.position.step, record)
         return True
 
     def metrics_document(self) -> dict[str, Any]:
         return {
             "primary": "mean over tasks of macro_f1 (classification), micro_f1 (multilabel), spearman (regression), entity_f1 (tokens)",
+            "primary_metrics": {t.info.name: PRIMARY[t.info.type] for t in self.tasks if t.eval is not None},
             "best_score": self.evals.best_score,
             "best_step": self.evals.best_step,
             "evals": self.evals.history,
