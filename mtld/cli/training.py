@@ -69,7 +69,8 @@ def train(
     sys.stderr.write(f"micro-batch {start.micro_batch}: {start.reason}\n")
     history = family_figures(c.store, fam, probe_dir(c.settings))
     run_dir.write_job(spec)
-    run_dir.write_launch(launch_for(c.settings, micro_batch=start.micro_batch, device=device, history=history))
+    run_dir.write_launch(launch_for(c.settings, micro_batch=start.micro_batch, device=device, history=history,
+                                    generation=run_dir.next_generation()))  # an earlier `mtld train` there stops
     code = run_attempt(run_dir.path, console=sys.stderr)
     result = run_dir.read_result()
     sys.stderr.write(f"{result.outcome if result else 'failed'}: {run_dir.path}\n")

@@ -12,7 +12,7 @@ import psutil
 
 from mtld.disk import open_private
 from mtld.executor import ExecutorPlugin, ExitStatus
-from mtld.runs.child import CHILD_MODULE
+from mtld.runs.child import CHILD_MODULE, module_argv
 
 if TYPE_CHECKING:
     from mtld.store import Run
@@ -26,6 +26,7 @@ class ChildProcess:
         self.pid = popen.pid
         self.ref = str(popen.pid)
         self.node: str | None = None
+        self.waiting: str | None = None  # a local child starts at once
         self.status: ExitStatus | None = None
 
     def signal(self, signum: int) -> None:
@@ -54,6 +55,7 @@ class AdoptedProcess:
         self.pid = process.pid
         self.ref = str(process.pid)
         self.node: str | None = None
+        self.waiting: str | None = None  # a local child starts at once
 
     def signal(self, signum: int) -> None:
         if self.process.is_running():
@@ -76,7 +78,7 @@ def _signal_group(pid: int, signum: int) -> None:
 
 
 class LocalExecutor:
-    """Runs each attempt as `python -m mtld.train RUN_DIR` in its own session."""
+    """Runs each attempt as `python -P -m mtld.train RUN_DIR` in its own session."""
 
     kind = "local"
     remote = False
@@ -94,7 +96,7 @@ class LocalExecutor:
         output = os.fdopen(open_private(run_dir / "child.log", os.O_WRONLY | os.O_APPEND), "ab")
         try:
             popen = subprocess.Popen(
-                [self.python, "-m", CHILD_MODULE, str(run_dir)],
+                module_argv(self.python, CHILD_MODULE, str(run_dir)),
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,

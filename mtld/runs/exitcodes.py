@@ -9,7 +9,8 @@ BAD_INPUT = 2  # the job cannot run as written: retrying will not help
 INTERRUPTED = 75  # EX_TEMPFAIL: stopped on request with a checkpoint; resume later
 OUT_OF_MEMORY = 76  # out of memory even at the smallest micro-batch; checkpoint kept
 DISK_FULL = 74  # EX_IOERR: not enough free space for the rest of the run; checkpointed if one fit
-NOT_VISIBLE = 66  # EX_NOINPUT: the run folder does not exist where the run started (a worker that cannot see it)
+NOT_VISIBLE = 66  # EX_NOINPUT: the run folder does not exist, or cannot be written, where the run started
+SUPERSEDED = 73  # EX_CANTCREAT: a newer attempt owns the run folder (its generation); this one wrote nothing more
 
 # What an attempt's result.json says it did, and the status it exits with.
 Outcome = Literal["succeeded", "bad_input", "interrupted", "out_of_memory", "disk_full", "failed"]

@@ -36,8 +36,9 @@ from mtld.runs.exitcodes import Outcome
 from mtld.runs.figures import Figures, Record, known_only
 
 VERSION = 1  # the major format this mtld writes, and the only one it reads
-MINOR = 3  # 1.1: the `minor` field itself; 1.2: result.json's `precision` (what the run really trained in);
+MINOR = 4  # 1.1: the `minor` field itself; 1.2: result.json's `precision` (what the run really trained in);
 # 1.3: launch.json's `tensorboard` (logging.tensorboard)
+# 1.4: launch.json's `generation` (the attempt's, for one writer per run folder: mtld.runs.rundir.Fence)
 
 F = TypeVar("F", bound="RunFile")
 
@@ -85,6 +86,7 @@ class Launch(RunFile):
     threads_every_s: float = 2.0  # seconds between the thread governor's checks
     max_nonfinite_steps: int = 10  # train.max_nonfinite_steps: skipped steps in a row that end the run
     tensorboard: bool = False  # logging.tensorboard: event files in tb/ (a job's own [logging] wins)
+    generation: int | None = None  # this attempt's (RunDir.next_generation); None: not fenced (an older launcher)
 
 
 def to_json(record: RunFile) -> bytes:
@@ -125,11 +127,13 @@ def parse(model: type[F], data: Any, *, shown_as: str) -> F:
 
 
 def launch_for(settings: Settings, *, micro_batch: int, device: str | None = None, job_id: int | None = None,
-               run_id: int | None = None, history: list[Figures] | None = None) -> Launch:
+               run_id: int | None = None, history: list[Figures] | None = None,
+               generation: int | None = None) -> Launch:
     """The one way to make a Launch from the settings: the daemon and `mtld train` both call it."""
     return Launch(
         micro_batch=micro_batch, device=device or settings.train.device, job_id=job_id, run_id=run_id,
         memory_fraction=settings.memory.budget_fraction, progress_every_s=settings.train.progress_every_s,
         memory=settings.memory, history=history or [], threads=settings.train.threads, disk=settings.disk,
         max_nonfinite_steps=settings.train.max_nonfinite_steps, tensorboard=settings.logging.tensorboard,
+        generation=generation,
     )

@@ -10,16 +10,30 @@ One folder per job holds everything about it across attempts:
     model/  best/   the final and the best model (encoder, heads, tokenizer, labels)
     metrics.json    per-task metrics of every evaluation
     .mtld-run       who made the folder (the daemon's job, or `mtld train`): see `claim`
+    .mtld-generation  the generation of the attempt that owns the folder now: see `Fence`
 
 A launcher claims the folder before anything is written to it: mtld uses
 only folders it made for that run, so it never loads a checkpoint or a model
 someone else placed there. Folders are user-only (0700), files 0600.
+
+One writer per run folder (fencing): every attempt gets a generation, one
+more than the folder's last (`next_generation`, written by the launcher
+before the attempt starts, in launch.json too). The attempt checks the
+folder's generation before each checkpoint, export, metrics and result write
+(`Fence.check`) and stops without writing when a newer attempt owns the folder:
+an attempt the launcher took for lost (a cluster that forgot its job, a node
+that came back) never writes over the one that replaced it. Nothing here
+relies on locks (flock is not reliable on NFS or SMB): the generation file is
+replaced by a rename, so a reader sees the old number or the new one, and NFS's
+close-to-open consistency makes each fresh open see the server's latest
+(nfs(5), "Data and metadata coherence").
 
 Torch-free: the daemon and the CLI use it without importing torch.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -30,10 +44,33 @@ from mtld.config.jobspec import JobSpec, spec_from_json, spec_to_json
 from mtld.runs.files import Launch, RunResult, load, to_json
 
 MARKER = ".mtld-run"
+GENERATION = ".mtld-generation"
 
 
 class RunDirRefused(Exception):
     """A run folder mtld did not make for this run; the message is one line."""
+
+
+class Superseded(Exception):
+    """A newer attempt owns the run folder: this one must write nothing more (the message says what it
+    did not write, and the two generations)."""
+
+
+class Fence:
+    """An attempt's side of one writer per run folder: `check(what)` before each write raises Superseded
+    once the folder's generation is newer than the attempt's own. An attempt without a generation (launched
+    by an older mtld) is never fenced."""
+
+    def __init__(self, run_dir: RunDir, generation: int | None):
+        self.run_dir, self.generation = run_dir, generation
+
+    def check(self, what: str) -> None:
+        if self.generation is None:
+            return
+        current = self.run_dir.generation()
+        if current is not None and current > self.generation:
+            raise Superseded(f"a newer attempt (generation {current}) owns {self.run_dir.path}; this one "
+                             f"(generation {self.generation}) did not write {what} and stops")
 
 
 class RunDir:
@@ -49,6 +86,7 @@ class RunDir:
     model_dir = property(lambda self: self.path / "model")
     best_dir = property(lambda self: self.path / "best")
     marker_file = property(lambda self: self.path / MARKER)
+    generation_file = property(lambda self: self.path / GENERATION)
 
     def claim(self, owner: dict[str, Any], *, adopt_unmarked: bool = False, adopt_empty: bool = False) -> None:
         """Make the folder for `owner` (who runs in it: {"job_id": 5, "store": ...}) and mark it, or
@@ -95,6 +133,31 @@ class RunDir:
         if theirs != owner:
             raise RunDirRefused(f"{self.path} was made for another run ({_owner_text(found)}), not for "
                                 f"{_owner_text(owner)}: refusing to use it")
+
+    def generation(self) -> int | None:
+        """The generation of the attempt that owns the folder now; None when none was written (or it cannot
+        be read as one: then nobody is fenced out by it)."""
+        for _ in range(3):  # ESTALE: another machine replaced the file under this one's cached handle
+            try:
+                text = self.generation_file.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                if e.errno == errno.ESTALE:
+                    continue
+                raise
+            try:
+                return int(text.strip())
+            except ValueError:
+                return None
+        return None
+
+    def next_generation(self) -> int:
+        """Make a new attempt the folder's owner: one more than its generation now (written atomically, before
+        the attempt starts). The launcher calls it; an older attempt still running stops at its next write."""
+        generation = (self.generation() or 0) + 1
+        write_atomic(self.generation_file, f"{generation}\n".encode())
+        return generation
 
     def write_job(self, spec: JobSpec) -> None:
         private_dir(self.path)

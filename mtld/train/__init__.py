@@ -1,4 +1,4 @@
-"""The training child: `python -m mtld.train RUN_DIR` runs one attempt of a run.
+"""The training child: `python -P -m mtld.train RUN_DIR` runs one attempt of a run.
 
 Importing this package is cheap and torch-free (the daemon may import it);
 torch, transformers and the rest load only inside `run_attempt`.
@@ -22,7 +22,7 @@ def run_attempt(run_dir: Path, *, console: TextIO | None = None, guard: Guard | 
     """Run the attempt described by RunDir(run_dir) in this process; returns its exit status.
 
     Resumes from the newest checkpoint if there is one. Writes run.jsonl,
-    result.json (always), checkpoints, metrics.json, and model/ and best/.
+    result.json (always, unless a newer attempt owns the folder), checkpoints, metrics.json, and model/ and best/.
     `console` (e.g. sys.stderr) also gets a readable line per event.
     """
     from mtld.train.attempt import run_attempt as run

@@ -6,7 +6,10 @@
 Exit statuses (mtld.runs.exitcodes): 0 succeeded, 2 bad input, 75 interrupted
 (checkpoint kept), 76 out of memory even at micro-batch 2 (checkpoint kept),
 74 disk full (checkpointed if one still fitted; `disk.full` says how much is
-needed where), 1 anything unexpected (`run.failed` carries the traceback).
+needed where), 1 anything unexpected (`run.failed` carries the traceback),
+73 superseded: a newer attempt owns the run folder (its generation,
+mtld.runs.rundir.Fence), and this one stopped before its next write, writing
+nothing more, not even result.json (it says so on stderr only).
 After a success the checkpoints go (model/ and best/ stay; the last one too
 with `disk.keep_last_checkpoint`).
 """
@@ -26,7 +29,7 @@ from mtld.decide.policy import fit_effective_batch
 from mtld.disk import DiskFull, free_bytes, is_disk_full, shortfall_text, space_needed, tree_bytes
 from mtld.config.jobspec import JobFileError, JobSpec, check_semantics, spec_to_json
 from mtld.logs.events import configure, get_logger
-from mtld.runs.rundir import RunDir
+from mtld.runs.rundir import Fence, RunDir, Superseded
 from mtld.runs.files import Launch, RunFileError, RunResult
 from mtld.train.errors import BadInput
 from mtld.train.guard import Guard, NoGuard
@@ -55,6 +58,11 @@ def run_attempt(run_dir: Path, *, console: TextIO | None = None, guard: Guard | 
     rd = RunDir(run_dir)
     started = time.monotonic()
     launch, launch_error = _read_launch(rd)
+    fence = Fence(rd, launch.generation if launch else None)
+    try:
+        fence.check("anything")  # started late (a cluster's queue): the folder is another attempt's already
+    except Superseded as e:
+        return _superseded(e)
     ids = (("job_id", launch.job_id), ("run_id", launch.run_id)) if launch else ()
     bind = {k: v for k, v in ids if v is not None}  # a foreground run has none
     configure(rd.log_file, console=console, bind=bind)
@@ -67,8 +75,10 @@ def run_attempt(run_dir: Path, *, console: TextIO | None = None, guard: Guard | 
     try:
         if launch is None:
             raise BadInput(launch_error)
-        outcome = _train(rd, launch, log, stop, guard or NoGuard(), summary)
+        outcome = _train(rd, launch, log, stop, guard or NoGuard(), summary, fence)
         message = summary.trainer.message if summary.trainer else None
+    except Superseded as e:  # the `finally` below still stops what this attempt started
+        return _superseded(e)
     except BadInput as e:
         outcome, message = "bad_input", str(e)
         log.error("run.failed", outcome=outcome, error=message)
@@ -86,11 +96,22 @@ def run_attempt(run_dir: Path, *, console: TextIO | None = None, guard: Guard | 
     summary.fields["disk_bytes"] = tree_bytes(rd.path)  # for `mtld status`: cached with the run's figures
     result = _result(outcome, message, summary, time.monotonic() - started)
     try:
+        fence.check("result.json")
+    except Superseded as e:
+        return _superseded(e)
+    try:
         rd.write_result(result)
     except OSError as e:  # a full disk: the exit status still tells the daemon what happened
         log.error("run.result_unwritten", path=str(rd.result_file), error=f"{type(e).__name__}: {e}")
     log.info("run.finished", **result.model_dump(mode="json", include=set(FINISHED_FIELDS)))
     return result.exit_code
+
+
+def _superseded(error: Superseded) -> int:
+    """A newer attempt owns the run folder: say so where the launcher's output goes (not in the folder) and
+    exit without writing anything more."""
+    sys.stderr.write(f"mtld: {error}\n")
+    return exitcodes.SUPERSEDED
 
 
 def _disk_full(exc: Exception, rd: RunDir, launch: Launch | None, summary: Summary, log: Any) -> tuple[str, str]:
@@ -156,7 +177,7 @@ def _result(outcome: str, message: str | None, summary: Summary, duration: float
 # ---------------------------------------------------------------- set-up
 
 
-def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, summary: Summary) -> str:
+def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, summary: Summary, fence: Fence) -> str:
     import torch
 
     from mtld.train import device as dev
@@ -181,6 +202,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
     summary.fields["precision"] = parts.precision  # the family the run's figures belong to
 
     def export(out_dir: Path) -> None:
+        fence.check(f"{out_dir.name}/")
         extra = {"job": json.loads(spec_to_json(spec)), "trust_remote_code": spec.trust_remote_code,
                  "step": trainer.position.step}
         save_model(parts.model, parts.tokenizer, [t.info for t in parts.tasks], out_dir, max_length=spec.max_length, extra=extra)
@@ -195,7 +217,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         progress_every_s=launch.progress_every_s, meter=summary.meter,
         threads=thread_policy(launch.threads, device.type, log=log, every_s=launch.threads_every_s),
         history=launch.history, max_nonfinite_steps=launch.max_nonfinite_steps, disk_margin_bytes=launch.disk.margin_bytes,
-        resume=state, board=board,
+        resume=state, board=board, fence=fence.check,
     )
     resumed = int(state["step"]) if state is not None else None
     summary.trainer = trainer
@@ -217,6 +239,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
     finally:
         board.close()  # what the writer's thread still holds
     if outcome == "succeeded":
+        fence.check("the pruning of its checkpoints")
         _prune_after_success(rd, launch.disk.keep_last_checkpoint, log)
     return outcome
 

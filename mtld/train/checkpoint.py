@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,11 @@ def state_bytes(value: Any) -> int:
     return 0
 
 
-def save_checkpoint(directory: Path, step: int, state: dict[str, Any], *, keep: int, log: Any = None) -> Path:
+def save_checkpoint(directory: Path, step: int, state: dict[str, Any], *, keep: int, log: Any = None,
+                    commit: Callable[[], None] | None = None) -> Path:
     """Write atomically, then keep the newest `keep` (`prune`). Raises DiskFull (nothing half-written left)
-    on ENOSPC."""
+    on ENOSPC. `commit` is called just before the file is renamed into place; what it raises (the run's fence:
+    a newer attempt owns the folder) leaves nothing behind."""
     private_dir(directory)
     final = directory / checkpoint_name(step)
     tmp = directory / f".step-{step}.pt.tmp"
@@ -58,6 +61,8 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], *, keep: 
             torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
             f.flush()
             os.fsync(f.fileno())
+        if commit is not None:
+            commit()
         os.replace(tmp, final)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -71,7 +76,8 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], *, keep: 
 
 
 def save_within_space(directory: Path, step: int, state: dict[str, Any], *, keep: int, export_bytes: int,
-                      exports_on_disk: int, margin_bytes: int, log: Any = None) -> Path:
+                      exports_on_disk: int, margin_bytes: int, log: Any = None,
+                      commit: Callable[[], None] | None = None) -> Path:
     """Save when the free space covers the rest of the run (mtld.disk.space_needed). When it does not,
     save this one checkpoint anyway if it fits, then raise DiskFull naming it (the run stops there);
     when not even that fits, raise DiskFull at once: the earlier checkpoints stay as they are."""
@@ -81,11 +87,11 @@ def save_within_space(directory: Path, step: int, state: dict[str, Any], *, keep
                         exports_on_disk=exports_on_disk, margin_bytes=margin_bytes)
     free = free_bytes(directory)
     if free >= need:
-        return save_checkpoint(directory, step, state, keep=keep, log=log)
+        return save_checkpoint(directory, step, state, keep=keep, log=log, commit=commit)
     saved = None
     if free >= size + max(size // 50, 1 << 16):  # this one fits, with room for the file's own overhead
         try:
-            saved = save_checkpoint(directory, step, state, keep=keep, log=log)
+            saved = save_checkpoint(directory, step, state, keep=keep, log=log, commit=commit)
         except DiskFull as e:
             raise DiskFull(need, free_bytes(directory), directory.parent, detail=e.detail) from e
     raise DiskFull(need, free, directory.parent, saved=saved,

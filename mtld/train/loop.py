@@ -96,6 +96,7 @@ class Trainer:
         disk_margin_bytes: int = 0,
         resume: dict[str, Any] | None = None,
         board: NoBoard | None = None,
+        fence: Callable[[str], None] = lambda what: None,
     ):
         self.runner, self.tasks, self.plans, self.spec = runner, tasks, plans, spec
         self.run_dir, self.device, self.log, self.export = run_dir, device, log, export
@@ -112,6 +113,7 @@ class Trainer:
         self.last_checkpoint_at = 0.0  # clock() of this attempt's start or its last checkpoint
         self.every_steps, self.every_s = checkpoint_interval(spec.checkpoint_every)
         self.disk_margin_bytes = disk_margin_bytes
+        self.fence = fence  # before each write to the run folder: raises Superseded when a newer attempt owns it
         self.saved_bytes: dict[str, int] = {}  # checkpoint_bytes, export_bytes: what mtld.disk's need is made of
         self.message: str | None = None
         self._epoch_ids: tuple[int, torch.Tensor, np.ndarray] | None = None
@@ -314,6 +316,7 @@ class Trainer:
         epochs_done = self.position.step / len(self.plans[0])
         record = {"step": self.position.step, "epoch": round(epochs_done, 3), "score": score, "best": improved, "tasks": metrics}
         self.evals.history.append(record)
+        self.fence("metrics.json")
         write_json_atomic(self.run_dir.metrics_file, self.metrics_document())
         self.meter.sample()
         duration = self.clock() - started
@@ -342,6 +345,7 @@ class Trainer:
             return self.run_dir.latest_checkpoint()
         started = self.clock()
         self.check_weights("a checkpoint")
+        self.fence(f"the checkpoint of step {self.position.step}")
         state = {
             "step": self.position.step,
             "epoch": self.position.epoch,
@@ -364,7 +368,8 @@ class Trainer:
         try:
             path = save_within_space(self.run_dir.checkpoints, self.position.step, state, keep=self.spec.keep_checkpoints,
                                      export_bytes=self.saved_bytes["export_bytes"], exports_on_disk=exports,
-                                     margin_bytes=self.disk_margin_bytes, log=self.log)
+                                     margin_bytes=self.disk_margin_bytes, log=self.log,
+                                     commit=lambda: self.fence(f"the checkpoint of step {self.position.step}"))
         except DiskFull as e:  # the run stops; with this checkpoint when it still fitted
             if e.saved is not None:
                 self.saved(e.saved, started)
