@@ -25,7 +25,7 @@ from typing import Any
 
 from mtld.memory.guard import Advice
 from mtld.memory.levels import Level, Reading
-from mtld.executor import ClusterUnreachable, ExitStatus
+from mtld.executor import CannotRun, ClusterRefused, ClusterUnreachable, ExitStatus
 from mtld.platform.runner import Result
 
 __all__ = ["FakeExecutor", "FakeRun", "FaultyStore", "RecordingRunner", "ScriptedGuard", "ScriptedProbe"]
@@ -109,6 +109,7 @@ class FakeRun:
         self.pid, self.run_dir, self.ends_on_term = pid, run_dir, ends_on_term
         self.ref = ref or str(pid)
         self.node = node
+        self.waiting: str | None = None  # what it waits for on a cluster (a test sets it, as a PENDING job)
         self.signals: list[int] = []
         self.status: ExitStatus | None = None
         self.hung = False
@@ -141,11 +142,16 @@ class FakeRun:
     def end(self, code: int = 0) -> None:
         self.status = ExitStatus(code=code)
 
+    def lose(self, detail: str | None = None, *, cannot_run: str | None = None) -> None:
+        """It ends with no status and no result, as a run whose node died (`detail`: the cluster's words), or
+        as one the cluster found can never start (`cannot_run`)."""
+        self.status = ExitStatus(detail=detail, cannot_run=cannot_run)
+
 
 class FakeExecutor:
     """Starts FakeRuns (no process); `runs` lists them in the order started. `remote=True` plays a cluster:
     runs have no pid here, a restarted daemon adopts the ones not ended (by ref), and `reachable` False makes
-    `check`, `start` and `adopt` raise ClusterUnreachable; `lose_reply` True: the next start submits the run but
+    `check`, `start` and `adopt` raise ClusterUnreachable (`refused`: ClusterRefused; `never`: start raises CannotRun); `lose_reply` True: the next start submits the run but
     raises ClusterUnreachable, as when the cluster's answer is lost. `ends_on_term` False: runs ignore stop requests (still
     checkpointing on a slow cluster). `slots`: runs at once (one locally); `device`: where runs train."""
 
@@ -159,13 +165,19 @@ class FakeExecutor:
         self.device = device
         self.reachable = True
         self.lose_reply = False
+        self.refused: str | None = None  # set: the cluster refuses the credentials (ClusterRefused, this line)
+        self.never: str | None = None  # set: no node could ever start a run (start raises CannotRun, this line)
 
     def check(self) -> None:
+        if self.refused is not None:
+            raise ClusterRefused(self.refused)
         if not self.reachable:
             raise ClusterUnreachable("cannot reach the cluster (fake)")
 
     def start(self, run: Any, run_dir: Path) -> FakeRun:
         self.check()
+        if self.never is not None:
+            raise CannotRun(self.never)
         n = len(self.runs)
         handle = (FakeRun(None, Path(run_dir), ref=f"fake-run-{run.id}", ends_on_term=self.ends_on_term) if self.remote
                   else FakeRun(100000 + n, Path(run_dir), ends_on_term=self.ends_on_term))

@@ -264,7 +264,8 @@ def test_a_ray_run_asks_for_the_configured_resources_and_a_grace_above_its_check
         "num_cpus": 2, "num_gpus": 1, "memory_mb": 4000, "resources": {"big": 1}, "stop_grace_s": 90,
         "python": "/opt/py env/bin/python", "runtime_env": {"env_vars": {"HF_HOME": "/shared/hf"}, "pip": ["x"]}}})
     executor = RayExecutor(plugin_for(settings, "ray").ray, owner=str(tmp_path))
-    executor._client = client = Client()
+    executor.api._client = client = Client()
+    executor.api.node_totals = lambda: [{"CPU": 8.0, "GPU": 1.0, "memory": 8e9, "big": 1.0}]
     from types import SimpleNamespace
 
     run = SimpleNamespace(id=1, started_at=T0, executor="ray", pid=None, ref=None, node=None)
@@ -274,7 +275,7 @@ def test_a_ray_run_asks_for_the_configured_resources_and_a_grace_above_its_check
     assert first.ref == again.ref == job["submission_id"]
     # a daemon that crashed before recording the submission finds the job by the run's record alone
     assert executor.adopt(run, tmp_path / "runs" / "1-a b").ref == job["submission_id"]
-    assert job["entrypoint"] == f"exec '/opt/py env/bin/python' -m mtld.train '{tmp_path}/runs/1-a b'"
+    assert job["entrypoint"] == f"exec '/opt/py env/bin/python' -P -m mtld.train '{tmp_path}/runs/1-a b'"
     assert (job["entrypoint_num_cpus"], job["entrypoint_num_gpus"], job["entrypoint_memory"],
             job["entrypoint_resources"]) == (2, 1, 4_000_000_000, {"big": 1})
     assert job["runtime_env"] == {"pip": ["x"], "env_vars": {
@@ -320,8 +321,11 @@ def test_a_submission_that_never_arrived_is_requeued_once_the_cluster_answers(cl
     daemon.tick(T0)
     executor.runs.clear()  # it never reached the cluster
     daemon.tick(T0 + 2)
+    [first] = store.runs_for(job)
+    assert first.outcome == "lost" and "not known there" in first.reason and executor.runs == []
+    daemon.tick(T0 + 2 + settings.daemon.lost_backoff_s)  # a lost run resumes after its backoff
     first, second = store.runs_for(job)
-    assert first.outcome == "lost" and second.ended_at is None and len(executor.runs) == 1
+    assert second.ended_at is None and len(executor.runs) == 1
 
 
 class FakeJobsClient:
@@ -357,11 +361,11 @@ def ray_run(run_id: int):
 def test_a_stop_the_cluster_did_not_take_is_sent_again_until_it_does(tmp_path):
     import requests
 
-    from mtld.executor.ray.jobs import RayRun
+    from mtld.executor.ray.jobs import JobsApi, RayRun
 
     down = requests.ConnectionError("connection refused")
     client = FakeJobsClient(down)
-    run = RayRun(client, "http://head:8265", "mtld-x-run-1-0", tmp_path, ray_run(1))
+    run = RayRun(JobsApi("http://head:8265", client=client), "mtld-x-run-1-0", tmp_path, ray_run(1))
     run.signal(signal.SIGTERM)
     assert run.poll() is None and client.stops == 2 and run.stop_pending  # asked at the signal and the poll
     client.answers = [_info("RUNNING")]
@@ -371,10 +375,10 @@ def test_a_stop_the_cluster_did_not_take_is_sent_again_until_it_does(tmp_path):
 
 
 def test_a_job_the_cluster_no_longer_knows_ends_the_run_as_lost(tmp_path):
-    from mtld.executor.ray.jobs import RayRun
+    from mtld.executor.ray.jobs import JobsApi, RayRun
 
     client = FakeJobsClient(RuntimeError("Request failed with status code 404: Job mtld-x does not exist."))
-    status = RayRun(client, "http://head:8265", "mtld-x", tmp_path, ray_run(1)).poll()
+    status = RayRun(JobsApi("http://head:8265", client=client), "mtld-x", tmp_path, ray_run(1)).poll()
     assert (status.code, status.signal) == (None, None) and "no longer knows" in status.detail
 
 
@@ -397,3 +401,341 @@ def _info(status: str):
 
     return SimpleNamespace(status=JobStatus(status), driver_node_id="n1", driver_exit_code=None, message=None,
                            error_type=None)
+
+
+# ------------------------------------------------------------------ runs that can never start, losses, waiting
+
+
+def _status_text(settings, store) -> str:
+    import io
+
+    from rich.console import Console
+
+    from mtld.cli import render
+
+    text = io.StringIO()
+    render.status(Console(file=text, width=400), collect(settings, store))
+    return text.getvalue()
+
+
+def test_a_run_no_node_could_ever_start_fails_its_job_at_once_naming_the_resource(cluster):
+    daemon, store, executor, settings = cluster(slots=1)
+    executor.never = "no node of the Ray cluster has 1 GPU (executor.ray.num_gpus; the most a node has: none)"
+    job = submit(store, settings)
+    daemon.tick(T0)
+    [run] = store.runs_for(job)
+    assert store.get(job).state == "failed" and store.get(job).last_error == executor.never
+    assert (run.outcome, run.reason) == ("cannot_run", executor.never) and executor.runs == []
+    assert events(settings, "run.cannot_start")[0]["reason"] == executor.never
+    daemon.tick(T0 + 600)
+    assert len(store.runs_for(job)) == 1  # never tried again
+
+
+def test_a_cluster_that_finds_a_waiting_run_can_never_start_fails_it_without_retries(cluster):
+    daemon, store, executor, settings = cluster(slots=1)
+    job = submit(store, settings)
+    daemon.tick(T0)
+    executor.runs[0].lose(cannot_run="no node of the Ray cluster has side 1 (executor.ray.resources.side; ...)")
+    daemon.tick(T0 + 2)
+    assert store.get(job).state == "failed" and "side 1" in store.get(job).last_error
+    assert store.latest_run(job).outcome == "cannot_run" and len(executor.runs) == 1
+
+
+def test_lost_runs_count_with_their_own_limit_and_backoff_and_keep_the_clusters_words(cluster):
+    daemon, store, executor, settings = cluster(slots=1)
+    settings.daemon.max_lost, settings.daemon.lost_backoff_s, settings.daemon.max_attempts = 3, 10, 1
+    job = submit(store, settings)
+    said = "the Ray cluster did not run it: Job supervisor actor died: The actor died because its node has died."
+    now, started = T0, []
+    for loss in range(1, 4):
+        while len(executor.runs) < loss:  # the next attempt starts only after the backoff
+            daemon.tick(now)
+            now += 1
+        started.append(now - 1)
+        executor.runs[-1].lose(said)
+        daemon.tick(now)
+    runs = store.runs_for(job)
+    assert [r.outcome for r in runs] == ["lost"] * 3 and all(said in r.reason for r in runs)
+    assert started[1] - started[0] >= 10 and started[2] - started[1] >= 20  # 10 s, then doubled
+    job_now = store.get(job)
+    assert job_now.state == "failed" and "lost 3 times in a row: gave up" in job_now.last_error  # max_attempts=1 not used
+    exited = events(settings, "run.exited")
+    assert [e["outcome"] for e in exited] == ["lost"] * 3 and exited[0]["detail"] == said
+
+
+def test_a_lost_run_says_why_in_show_and_in_status(cluster):
+    daemon, store, executor, settings = cluster(slots=1)
+    job = submit(store, settings)
+    daemon.tick(T0)
+    executor.runs[0].lose("the Ray cluster did not run it: The actor died because its node has died.")
+    daemon.tick(T0 + 1)
+    assert "its node has died" in _status_text(settings, store)  # the queued job's last_error
+    import io
+
+    from rich.console import Console
+
+    from mtld.cli import render
+
+    text = io.StringIO()
+    render.show(Console(file=text, width=400), {"id": job, "name": "j"}, {}, [r.to_dict() for r in store.runs_for(job)],
+                [t.to_dict() for t in store.transitions_for(job)])
+    assert "ended: the Ray cluster did not run it: The actor died because its node has died.; it resumes" in text.getvalue()
+
+
+def test_a_refused_token_holds_the_queue_with_the_setting_named_in_status_until_it_is_fixed(cluster):
+    daemon, store, executor, settings = cluster(slots=1)
+    job = submit(store, settings)
+    executor.refused = ("executor.ray.token_file - the Ray cluster at http://head:8265 refused the token in "
+                        "/home/me/.ray-token: it must hold the token the cluster was started with")
+    daemon.tick(T0)
+    daemon.tick(T0 + 2)
+    assert store.get(job).state == "queued" and store.runs_for(job) == []
+    [deferred] = events(settings, "run.deferred")
+    assert deferred["reason"] == "executor_refused" and deferred["message"] == executor.refused
+    assert collect(settings, store)["executor"]["problem"] == executor.refused
+    assert f"queued jobs wait: {executor.refused}" in _status_text(settings, store)
+    executor.refused = None  # the token file fixed
+    daemon.tick(T0 + 4)
+    assert store.get(job).state == "running" and collect(settings, store)["executor"]["problem"] is None
+
+
+def test_a_run_the_cluster_holds_pending_shows_as_waiting_with_what_it_waits_for(cluster):
+    daemon, store, executor, settings = cluster(slots=1)
+    job = submit(store, settings)
+    daemon.tick(T0)
+    executor.runs[0].waiting = "waiting for the Ray cluster to start it: a node with 1 GPU free"
+    daemon.tick(T0 + 1)
+    [running] = collect(settings, store)["running"]
+    assert running["run"]["waiting"] == executor.runs[0].waiting
+    shown = _status_text(settings, store)
+    assert f"running {job} job  waiting for the cluster" in shown  # not "starting", not a progress bar
+    assert f"ray job {executor.runs[0].ref}: waiting for the Ray cluster to start it: a node with 1 GPU free" in shown
+    assert events(settings, "run.waiting")[0]["waiting"] == executor.runs[0].waiting
+    executor.runs[0].waiting, executor.runs[0].node = None, "node-1"  # placed: it trains
+    daemon.tick(T0 + 2)
+    [running] = collect(settings, store)["running"]
+    assert running["run"]["waiting"] is None and running["run"]["node"] == "node-1"
+
+
+# ------------------------------------------------------------------ the Ray executor's side of it, against a scripted Jobs API
+
+
+def _job(status: str, *, error_type=None, message=None, node=None, exit_code=None, cpus=1.0, gpus=None,
+         memory=None, resources=None):
+    from types import SimpleNamespace
+
+    from ray.job_submission import JobStatus
+
+    return SimpleNamespace(status=JobStatus(status), driver_node_id=node, driver_exit_code=exit_code, message=message,
+                           error_type=error_type, entrypoint_num_cpus=cpus, entrypoint_num_gpus=gpus,
+                           entrypoint_memory=memory, entrypoint_resources=resources)
+
+
+class ScriptedApi:
+    """mtld.executor.ray.jobs.JobsApi with scripted answers: the job's info, the live nodes' totals."""
+
+    def __init__(self, info, nodes):
+        from mtld.executor.ray.jobs import JobsApi
+
+        self.info, self.nodes, self.stops, self.totals_asked = info, nodes, 0, 0
+        self.address = "http://head:8265"
+        self.cannot_run = lambda wanted: JobsApi.cannot_run(self, wanted)
+
+    def node_totals(self):
+        self.totals_asked += 1
+        return self.nodes
+
+    def call(self, request):
+        return request(self)
+
+    def get_job_info(self, ref):
+        return self.info
+
+    def stop_job(self, ref):
+        self.stops += 1
+
+    def get_job_logs(self, ref):
+        return ""
+
+
+def test_a_pending_ray_job_says_what_it_waits_for_and_fails_once_no_node_could_ever_give_it(tmp_path):
+    from mtld.executor.ray.jobs import RECHECK_PENDING_S, RayRun
+
+    clock = [0.0]
+    api = ScriptedApi(_job("PENDING", gpus=1.0, resources={"side": 1.0}), [{"CPU": 4, "GPU": 1, "side": 1}])
+    run = RayRun(api, "mtld-x", tmp_path, ray_run(1), clock=lambda: clock[0])
+    assert run.poll() is None and run.node is None
+    assert run.waiting == "waiting for the Ray cluster to start it: a node with 1 CPU, 1 GPU, side 1 free"
+    api.nodes = [{"CPU": 4, "GPU": 1}]  # the node with `side` left the cluster
+    clock[0] = RECHECK_PENDING_S - 1
+    assert run.poll() is None and api.totals_asked == 1  # looked at again only now and then
+    clock[0] = RECHECK_PENDING_S + 1
+    status = run.poll()
+    assert status.cannot_run.startswith("no node of the Ray cluster has side 1 (executor.ray.resources.side")
+    assert api.stops == 1  # its job is stopped: it would wait for ever
+
+
+def test_when_ray_gives_up_placing_a_job_mtld_fails_it_if_no_node_has_the_resource_else_it_is_lost(tmp_path):
+    from mtld.executor.ray.jobs import RayRun
+
+    said = ("Job supervisor actor failed to start within 900.0 seconds. This may be because the job entrypoint's "
+            "specified resources (entrypoint_num_cpus, ...)aren't available on the cluster.")
+    never = ScriptedApi(_job("FAILED", error_type="JOB_SUPERVISOR_ACTOR_START_TIMEOUT", message=said, gpus=2.0),
+                        [{"CPU": 8, "GPU": 1}])
+    status = RayRun(never, "mtld-x", tmp_path, ray_run(1)).poll()
+    assert status.cannot_run.startswith("no node of the Ray cluster has 2 GPU (executor.ray.num_gpus; the most a "
+                                        "node has: 1 GPU) (1 node alive); Ray: Job supervisor actor failed to start")
+    busy = ScriptedApi(_job("FAILED", error_type="JOB_SUPERVISOR_ACTOR_START_TIMEOUT", message=said, gpus=1.0),
+                       [{"CPU": 8, "GPU": 1}])
+    status = RayRun(busy, "mtld-x", tmp_path, ray_run(1)).poll()  # it could run, the cluster was busy: lost
+    assert (status.code, status.cannot_run) == (None, None) and "failed to start within 900.0 seconds" in status.detail
+
+
+def test_a_dead_node_is_the_reason_kept_for_a_lost_run():
+    message = ("Job supervisor actor died: The actor died unexpectedly before finishing this task.\n"
+               "\tclass_name: JobSupervisor\n\tactor_id: 0601bf\n\tpid: 10876\n\tip: 127.0.0.1\n"
+               "The actor died because its node has died. Node Id: 73076037c8fd\n"
+               "\tthe actor's node was terminated unexpectedly: health check failed due to missing too many heartbeats")
+    status = exit_status("FAILED", None, message, None, error_type="JOB_SUPERVISOR_ACTOR_DIED")
+    assert status.detail == ("the Ray cluster did not run it: Job supervisor actor died: The actor died unexpectedly "
+                             "before finishing this task. The actor died because its node has died. Node Id: 73076037c8fd")
+
+
+@pytest.mark.parametrize(("error", "token_file", "kind", "says"), [
+    ("Authentication required: Unauthorized: Missing authentication token\n\nToken authentication is enabled but "
+     "no authentication token was found", None, "ClusterRefused",
+     "executor.ray.token_file - the Ray cluster at http://head:8265 requires a token (it runs with "
+     "RAY_AUTH_MODE=token) and none was sent: set executor.ray.token_file to a file, readable by you only, that "
+     "holds the cluster's token (Authentication required: Unauthorized: Missing authentication token)"),
+    ("Authentication failed: Forbidden: Invalid authentication token\n\nToken authentication is enabled but the "
+     "authentication token is invalid or incorrect.", "/home/me/.ray-token", "ClusterRefused",
+     "executor.ray.token_file - the Ray cluster at http://head:8265 refused the token in /home/me/.ray-token: it "
+     "must hold the token the cluster was started with (Authentication failed: Forbidden: Invalid authentication token)"),
+    ("Request failed with status code 500: Traceback (most recent call last):\n  File \"job_head.py\", line 591\n"
+     "aiohttp.client_exceptions.ClientConnectorError: Cannot connect to host 127.0.0.1:43745\n.", None,
+     "ClusterUnreachable", "the Ray cluster at http://head:8265 answered with an error (500): "
+     "aiohttp.client_exceptions.ClientConnectorError: Cannot connect to host 127.0.0.1:43745"),
+    ("Request failed with status code 404: Job mtld-x does not exist.", None, "JobMissing",
+     "Request failed with status code 404: Job mtld-x does not exist."),
+])
+def test_the_jobs_apis_answers_are_told_apart_and_a_refused_token_names_its_setting(error, token_file, kind, says):
+    from pathlib import Path
+
+    from mtld.executor.ray.jobs import classified
+
+    class AuthenticationError(RuntimeError):  # ray.exceptions' is a RayError: what matters is its name and text
+        pass
+
+    raised = AuthenticationError(error) if error.startswith("Authentication") else RuntimeError(error)
+    got = classified("http://head:8265", raised, Path(token_file) if token_file else None)
+    assert type(got).__name__ == kind and str(got) == says
+
+
+def test_a_connection_refused_is_an_outage_not_a_configuration_error():
+    import requests
+
+    from mtld.executor import ClusterRefused, ClusterUnreachable
+    from mtld.executor.ray.jobs import classified
+
+    got = classified("http://head:8265", requests.ConnectionError("Connection refused"), None)
+    assert isinstance(got, ClusterUnreachable) and not isinstance(got, ClusterRefused)
+    assert str(got) == "cannot reach the Ray cluster at http://head:8265: Connection refused"
+
+
+def test_the_ray_sdks_own_authentication_error_is_a_refusal():
+    from ray.exceptions import AuthenticationError
+
+    from mtld.executor import ClusterRefused
+    from mtld.executor.ray.jobs import classified
+
+    got = classified("http://head:8265", AuthenticationError("Authentication required: Unauthorized"), None)
+    assert isinstance(got, ClusterRefused) and str(got).startswith("executor.ray.token_file - ")
+
+
+@pytest.mark.parametrize(("wanted", "nodes", "says"), [
+    ({"CPU": 1}, [{"CPU": 4}], None),
+    ({"CPU": 2, "GPU": 1}, [{"CPU": 8}, {"CPU": 2, "GPU": 1}], None),
+    ({"GPU": 1}, [{"CPU": 8}, {"CPU": 4}],
+     "no node of the Ray cluster has 1 GPU (executor.ray.num_gpus; the most a node has: none) (2 nodes alive)"),
+    ({"CPU": 16}, [{"CPU": 8}],
+     "no node of the Ray cluster has 16 CPU (executor.ray.num_cpus; the most a node has: 8 CPU) (1 node alive)"),
+    ({"memory": 64e9}, [{"CPU": 8, "memory": 16e9}],
+     "no node of the Ray cluster has 64,000 MB of memory (executor.ray.memory_mb; the most a node has: 16,000 MB of "
+     "memory) (1 node alive)"),
+    ({"CPU": 4, "GPU": 1}, [{"CPU": 8}, {"CPU": 2, "GPU": 1}],  # each exists, never on one node
+     "no single node of the Ray cluster has all of 4 CPU (executor.ray.num_cpus), 1 GPU (executor.ray.num_gpus) at "
+     "once (2 nodes alive): a run takes them on one node"),
+    ({"a100": 1}, [{"CPU": 8, "t4": 1}],
+     "no node of the Ray cluster has a100 1 (executor.ray.resources.a100; the most a node has: none) (1 node alive)"),
+    ({}, [{"CPU": 1}], None),
+])
+def test_whether_any_node_could_ever_start_a_run(wanted, nodes, says):
+    from mtld.executor.ray.resources import unsatisfiable
+
+    assert unsatisfiable(wanted, nodes) == says
+
+
+def test_what_a_run_asks_for_leaves_out_what_it_asks_none_of():
+    from mtld.executor.ray.resources import asked
+
+    assert asked(1, 0, 0, {}) == {"CPU": 1.0}
+    assert asked(0.5, 1, 4000, {"big": 1}) == {"CPU": 0.5, "GPU": 1.0, "memory": 4e9, "big": 1.0}
+
+
+def test_a_token_file_others_can_read_is_refused_when_the_settings_load(tmp_path, monkeypatch):
+    import os
+
+    from mtld.config.settings import SettingsError
+    from mtld.executor.registry import check_settings
+
+    for name in [n for n in os.environ if n.startswith("MTLD_")]:
+        monkeypatch.delenv(name)
+    token = tmp_path / "ray-token"
+    token.write_text("secret\n")
+    token.chmod(0o644)
+    with pytest.raises(SettingsError) as refused:
+        check_settings(Settings(executor={"ray": {"token_file": str(token)}}))
+    assert str(refused.value) == (f"environment: executor.ray.token_file - {token} can be read or "
+                                  f"written by others (mode 0644): the token runs any code on the cluster; chmod 600 {token}")
+    token.chmod(0o600)
+    check_settings(Settings(executor={"ray": {"token_file": str(token)}}))
+    with pytest.raises(SettingsError, match="executor.ray.token_file - .*absolute path"):
+        check_settings(Settings(executor={"ray": {"token_file": "ray-token"}}))
+
+
+def test_the_token_goes_with_every_request_and_is_read_private_only(tmp_path):
+    from mtld.executor import ClusterRefused
+    from mtld.executor.ray.jobs import read_token
+
+    token = tmp_path / "ray-token"
+    token.write_text("0123abcd\n")
+    token.chmod(0o600)
+    assert read_token(token) == "0123abcd"
+    token.chmod(0o640)  # made readable after the settings loaded: refused where it is read too
+    with pytest.raises(ClusterRefused, match=r"^executor\.ray\.token_file - .* chmod 600"):
+        read_token(token)
+    token.chmod(0o600)
+    token.write_text("")
+    with pytest.raises(ClusterRefused, match="does not hold one token"):
+        read_token(token)
+
+
+@pytest.mark.parametrize(("address", "mode", "warned"), [
+    ("http://10.0.0.5:8265", "disabled", True),
+    ("http://head.lab:8265", "disabled", True),
+    ("http://[2001:db8::1]:8265", "disabled", True),
+    ("http://10.0.0.5:8265", "token", False),
+    ("http://10.0.0.5:8265", None, False),  # it could not say (an older Ray): nothing to warn about for sure
+    ("http://127.0.0.1:8265", "disabled", False),
+    ("http://127.0.0.2:8265", "disabled", False),
+    ("http://localhost:8265", "disabled", False),
+    ("http://[::1]:8265", "disabled", False),
+])
+def test_doctor_warns_about_an_open_jobs_api_only_off_loopback(address, mode, warned):
+    from mtld.executor.ray.workercheck import open_api_warning
+
+    warning = open_api_warning(address, mode)
+    assert (warning is not None) == warned
+    if warned:
+        assert warning.startswith(f"the Ray Jobs API at {address} answers without authentication")
+        assert "anyone who can reach it can run any code on the cluster" in warning

@@ -176,7 +176,7 @@ def test_the_daemon_runs_the_queue_through_it_with_its_slots_device_and_folders(
     assert [store.latest_run(i).executor for i in ids[:2]] == ["slurm", "slurm"]
 
     info = collect(settings, store)
-    assert info["executor"] == {"kind": "slurm", "slots": 2, "partition": "a100"}
+    assert info["executor"] == {"kind": "slurm", "slots": 2, "partition": "a100", "problem": None}
     assert [j["run"]["slurm_job"] for j in info["running"]] == [f"slurm-{store.latest_run(i).id}" for i in ids[:2]]
     code, text, _ = run_cli("status")
     assert code == 0 and "executor slurm on partition a100 (2 at once)" in text

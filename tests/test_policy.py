@@ -20,10 +20,12 @@ from mtld.decide.policy import (
 NOW = 1_000_000.0
 
 
-def decide(code=None, sig=None, failures=0, cancel=False, stop=None, message=None, max_attempts=3):
+def decide(code=None, sig=None, failures=0, cancel=False, stop=None, message=None, max_attempts=3, detail=None,
+           cannot_run=None, lost=0):
     return after_exit(
         exit_code=code, signal=sig, earlier_failures=failures, max_attempts=max_attempts, backoff_s=60,
-        cancel_requested=cancel, stop_reason=stop, message=message, now=NOW,
+        cancel_requested=cancel, stop_reason=stop, message=message, now=NOW, detail=detail, cannot_run=cannot_run,
+        lost_in_a_row=lost, max_lost=3, lost_backoff_s=30,
     )
 
 
@@ -48,7 +50,19 @@ def decide(code=None, sig=None, failures=0, cancel=False, stop=None, message=Non
         ({"code": 1}, "crashed", "queued", 60, "status 1"),
         ({"code": 1, "failures": 2}, "crashed", "failed", None, "status 1"),
         ({"code": 1, "max_attempts": 1}, "crashed", "failed", None, "gave up after 1 attempts"),
-        ({}, "lost", "queued", None, "no daemon was watching"),
+        ({}, "lost", "queued", 30, "no daemon was watching"),
+        # lost runs count, with their own limit (3 here) and backoff (30 s, doubled), and keep the executor's words
+        ({"detail": "The actor died because its node has died"}, "lost", "queued", 30, "its node has died; it resumes"),
+        ({"detail": "node died", "message": "mine"}, "lost", "queued", 30, "node died"),
+        ({"lost": 1}, "lost", "queued", 60, "lost 2 of at most 3 times in a row"),
+        ({"lost": 2, "detail": "failed to start within 20 s"}, "lost", "failed", None, "within 20 s; lost 3 times in a row: gave up"),
+        ({"lost": 2, "cancel": True}, "cancelled", "cancelled", None, "cancelled"),
+        # a run that can never start fails its job at once, whatever its attempts
+        ({"cannot_run": "no node has GPU: 1"}, "cannot_run", "failed", None, "no node has GPU: 1"),
+        ({"cannot_run": "no node has GPU: 1", "cancel": True}, "cancelled", "cancelled", None, "cancelled"),
+        ({"code": 73}, "superseded", "queued", None, "a newer attempt owns the run folder"),
+        ({"code": 66, "message": "Read-only file system"}, "bad_input", "failed", None, "not writable where the run started (Read-only"),
+        ({"code": 1, "detail": "the Ray job failed: no such interpreter"}, "crashed", "queued", 60, "status 1 (the Ray job failed"),
     ],
 )
 def test_after_exit(kwargs, outcome, job_state, retry_in, reason_part):

@@ -67,6 +67,8 @@ def status(out: Console, info: dict[str, Any]) -> None:
     e = info.get("executor") or {}
     for line in _executor_kind(e.get("kind")).lines(e):  # each executor says what it adds (none for local)
         out.print(line, markup=False)
+    if e.get("problem"):  # a configuration error the daemon found: queued jobs wait for it to be fixed
+        out.print(f"[bold]waiting[/] queued jobs wait: {escape(e['problem'])}")
     for job in info["running"]:
         out.print(running_line(job))
         run = job.get("run") or {}
@@ -115,6 +117,8 @@ def running_line(job: dict[str, Any]) -> str:
     """The running job: its progress bar, steps, micro-batch, speed, ETA and memory level (rich markup)."""
     p = job.get("progress") or {}
     head = f"[bold]running[/] {job['id']} {escape(job['name'])}"
+    if (job.get("run") or {}).get("waiting") and not p.get("total"):  # on a cluster, not started yet
+        return f"{head}  waiting for the cluster (micro-batch {job['run'].get('micro_batch', '?')})"
     if not p.get("total"):
         return f"{head}  starting (micro-batch {(job.get('run') or {}).get('micro_batch', '?')})"
     done = p["step"] / p["total"]
@@ -178,6 +182,10 @@ def show(out: Console, view: dict[str, Any], spec: dict[str, Any], runs: list[di
         out.print(f"[bold]{'run ' + str(r['attempt']):>12}[/]  {escape(r['outcome'] or 'running')}  micro-batch {sizes}", markup=True)
         if r.get("start_reason"):
             out.print(f"{'':>12}  why {r['micro_batch']}: {r['start_reason']}", markup=False)
+        if r.get("reason"):  # why it ended, the executor's own words kept (a cluster's message)
+            out.print(f"{'':>12}  ended: {r['reason']}", markup=False)
+        elif r.get("waiting"):
+            out.print(f"{'':>12}  {r['waiting']}", markup=False)
     for t in transitions:
         out.print(f"{'':>12}  {local(t['at'])}  {t['from_state'] or '-'} -> {t['to_state']}  ({t['reason']})", markup=False)
 

@@ -124,6 +124,10 @@ class DaemonSettings(Section):
     stop_timeout_s: Annotated[float, AfterValidator(_stop_timeout)] = Field(default=15.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=100)
     retry_backoff_s: float = Field(default=60.0, ge=0, le=86_400)
+    # Lost runs (no exit status, no result: a node died, a cluster forgot the run) in a row before the job
+    # fails, and the wait before resuming one (doubled each time): mtld.decide.policy.lost.
+    max_lost: int = Field(default=5, ge=1, le=100)
+    lost_backoff_s: float = Field(default=30.0, ge=0, le=86_400)
     prevent_sleep: bool = True
     hold_on_battery: bool = False
     notify: bool = True

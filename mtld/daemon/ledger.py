@@ -51,6 +51,7 @@ class ActiveRun:
     watch: Watch | None = field(default=None, repr=False)  # the progress watchdog's (mtld.daemon.watchdog)
     last_progress: dict[str, Any] | None = field(default=None, repr=False)
     node: str | None = None  # the cluster node it runs on, once known (stored with the run)
+    waiting: str | None = None  # what it waits for on the cluster before it starts (stored with the run)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ class RunLedger:
             decision = self._after_exit(job, active.run, status.code, status.signal, now,
                                         stop_reason=active.stop_reason,
                                         message=active.stop_detail if stalled else (
-                                            result.message if result else status.detail),
+                                            result.message if result else child_said(active.run_dir)),
+                                        detail=status.detail, cannot_run=status.cannot_run,
                                         gpu_failure=None if status.code == 0 else gpu_failure_in(active.run_dir))
         pressure = decision.outcome == "interrupted" and result is not None and result.stop_reason == "memory_critical"
         if pressure:
@@ -113,15 +115,28 @@ class RunLedger:
         return Recorded(decision, pressure_interrupt=pressure)
 
     def _after_exit(self, job: Job, run: Run, exit_code: int | None, signum: int | None, now: float, *,
-                    stop_reason: str | None, message: str | None,
-                    gpu_failure: str | None = None) -> policy.ExitDecision:
-        earlier_failures = sum(1 for r in self.store.runs_for(job.id)
-                               if r.id != run.id and r.outcome in policy.FAILED_OUTCOMES)
+                    stop_reason: str | None, message: str | None, detail: str | None = None,
+                    cannot_run: str | None = None, gpu_failure: str | None = None) -> policy.ExitDecision:
+        earlier = [r for r in self.store.runs_for(job.id) if r.id != run.id]
+        earlier_failures = sum(1 for r in earlier if r.outcome in policy.FAILED_OUTCOMES)
         daemon = self.settings.daemon
         return policy.after_exit(exit_code=exit_code, signal=signum, earlier_failures=earlier_failures,
                                  max_attempts=daemon.max_attempts, backoff_s=daemon.retry_backoff_s,
                                  cancel_requested=job.cancel_requested, stop_reason=stop_reason, message=message,
-                                 now=now, gpu_failure=gpu_failure)
+                                 now=now, gpu_failure=gpu_failure, detail=detail, cannot_run=cannot_run,
+                                 lost_in_a_row=self._lost_in_a_row(job.id, earlier),
+                                 max_lost=daemon.max_lost, lost_backoff_s=daemon.lost_backoff_s)
+
+    def _lost_in_a_row(self, job_id: int, earlier: Sequence[Run]) -> int:
+        """The job's runs lost one after the other just before this one, since it was last released (`mtld
+        retry` starts the count again)."""
+        released = max((t.at for t in self.store.transitions_for(job_id) if t.reason == "released"), default=0.0)
+        count = 0
+        for run in reversed([r for r in earlier if r.started_at >= released]):
+            if run.outcome != "lost":
+                break
+            count += 1
+        return count
 
     def _pressure_hold(self, job_id: int, run: Run, decision: policy.ExitDecision, now: float) -> policy.ExitDecision:
         """The job's pressure interrupts since it was last released may put it on hold (policy.pressure_hold)."""
@@ -155,17 +170,17 @@ class RunLedger:
         family = in_precision(run.family, trained_in) if run.family and trained_in else None
         self.store.finish_run(run.id, outcome=decision.outcome, exit_code=status.code, signal=status.signal,
                               micro_batch_end=result.micro_batch_end if result else None, figures=figures, now=now,
-                              family=family if family != run.family else None)
+                              family=family if family != run.family else None, reason=decision.reason)
+        shown = decision.job_state == "failed" or decision.outcome in ("stalled", "lost")  # `status` shows why
         job = self.store.transition(
-            job_id, decision.job_state, reason=decision.reason, now=now,
-            last_error=decision.reason if decision.job_state == "failed" or decision.outcome == "stalled" else None,
+            job_id, decision.job_state, reason=decision.reason, now=now, last_error=decision.reason if shown else None,
             next_attempt_at=decision.retry_at, hold=decision.hold,
         )
         log = self.log.bind(job_id=job_id, run_id=run.id)
         if decision.outcome == "interrupted" and stop_reason:
             log.info("run.interrupted", reason=stop_reason, step=figures.get("step"))
         log.info("run.exited", outcome=decision.outcome, exit_code=status.code, signal=status.signal,
-                 wall_s=round(now - run.started_at, 3), **figures)
+                 wall_s=round(now - run.started_at, 3), reason=decision.reason, detail=status.detail, **figures)
         event = {"succeeded": "job.succeeded", "failed": "job.failed", "cancelled": "job.cancelled"}.get(
             job.state, "job.requeued")
         (log.warning if job.state == "failed" else log.info)(event, reason=decision.reason, retry_at=decision.retry_at)
@@ -180,7 +195,7 @@ class RunLedger:
         try:
             for run in self.store.runs_for(job_id):
                 if run.ended_at is None:
-                    self.store.finish_run(run.id, outcome=outcome, now=now)
+                    self.store.finish_run(run.id, outcome=outcome, now=now, reason=reason)
             job = self.store.get(job_id)
             if job is None or job.state not in (QUEUED, RUNNING):
                 return
@@ -230,7 +245,7 @@ class RunLedger:
         handle = executor.adopt(run, run_dir.path)
         if handle is not None and executor.remote and job.state == RUNNING:
             # a run on a cluster goes on without us: watch it again (its end is recorded as it comes)
-            adopted.append(ActiveRun(job.id, run, handle, run_dir, node=run.node))
+            adopted.append(ActiveRun(job.id, run, handle, run_dir, node=run.node, waiting=run.waiting))
             self.log.info("daemon.adopted", job_id=job.id, run_id=run.id, ref=run.ref, node=run.node)
             return
         action = "gone"
@@ -242,16 +257,19 @@ class RunLedger:
                 wait_for_exit(handle, FORCED_STOP_GRACE_S)
         self.log.info("daemon.recovered", job_id=job.id, run_id=run.id, pid=run.pid, child=action)
         if job.state != RUNNING:  # only the run was left open: close it
-            self.store.finish_run(run.id, outcome="lost", now=now)
+            self.store.finish_run(run.id, outcome="lost", now=now, reason=f"its job was {job.state} meanwhile")
             return
         result = run_dir.result_of(run.id, run.started_at)
         when = "at daemon start" if at_start else "with no live run"
         seen = self.unrecorded.get(run.id, ExitStatus())  # its exit, if this daemon saw it but could not record it
         status = ExitStatus(code=result.exit_code) if result else seen
-        message = result.message if result else (seen.detail or f"recovered {when} (child {action})")
+        gone = (f"its {run.executor} job is not known there (its submission never arrived, or the cluster forgot "
+                f"it); found {when}" if executor.remote else f"the run ended while no daemon was watching (found "
+                f"{when})" if action == "gone" else f"recovered {when} (child {action})")
         decision = self._after_exit(job, run, status.code, status.signal, now,
                                     stop_reason=f"stopped by the daemon {when}" if action == "stopped" else None,
-                                    message=message)
+                                    message=result.message if result else seen.detail, detail=seen.detail or gone,
+                                    cannot_run=seen.cannot_run)
         self._apply(job.id, run, status, decision, result, now)
         self.unrecorded.pop(run.id, None)
 
@@ -277,14 +295,27 @@ class RunLedger:
 def gpu_failure_in(run_dir: RunDir, tail_bytes: int = 64 * 1024) -> str | None:
     """A failed GPU command buffer reported at the end of the child's own output (child.log: what the framework
     printed outside the run log), as policy.gpu_failure reads it; None when there is none or no file."""
+    text = _output_tail(run_dir, tail_bytes)
+    return None if text is None else policy.gpu_failure(text)
+
+
+def child_said(run_dir: RunDir, tail_bytes: int = 16 * 1024) -> str | None:
+    """The child's own last word on stderr (a line starting "mtld: ", as it writes when it stops before it can
+    write result.json: a run folder it cannot see or write, a newer attempt owning it), else None."""
+    text = _output_tail(run_dir, tail_bytes) or ""
+    said = [line for line in text.splitlines() if line.startswith("mtld: ")]
+    return said[-1].removeprefix("mtld: ").strip()[:500] if said else None
+
+
+def _output_tail(run_dir: RunDir, tail_bytes: int) -> str | None:
+    """The end of child.log: the child's output (locally), or its Ray job's (appended when it ended)."""
     try:
         with open(run_dir.path / "child.log", "rb") as f:
             f.seek(0, 2)
             f.seek(max(0, f.tell() - tail_bytes))
-            text = f.read().decode("utf-8", errors="replace")
+            return f.read().decode("utf-8", errors="replace")
     except OSError:
         return None
-    return policy.gpu_failure(text)
 
 
 def describe(error: BaseException) -> str:

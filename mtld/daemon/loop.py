@@ -35,7 +35,8 @@ from mtld.decide import policy, runtime, schedule
 from mtld.daemon.ledger import ActiveRun, RunLedger, describe
 from mtld.daemon.awake import WindowAwake
 from mtld.daemon.diskguard import DiskGuard
-from mtld.executor import ClusterUnreachable, Executor, ExitStatus, wait_for_exit
+from mtld.executor import (PROBLEM_FLAG, CannotRun, ClusterRefused, ClusterUnreachable, Executor, ExitStatus,
+                           wait_for_exit)
 from mtld.executor.registry import make_executor
 from mtld.decide.family import pinned_size, start_size
 from mtld.estimate.history import earlier_runs, family_figures, family_history, job_family, probe_dir
@@ -90,6 +91,7 @@ class Daemon:
         self.finished = False
         self.exit_code = 0
         self.deferred_because: str | None = None
+        self.executor_problem: str | None = None  # what the store's PROBLEM_FLAG flag says (None: unset)
         self.windows = settings.schedule.parsed()
         self.schedules = Recurring(store, self.log)
         self.calm_since: float | None = None  # since when the pressure level has read normal (policy.calm_since)
@@ -121,6 +123,7 @@ class Daemon:
             self.log.info("daemon.started", version=__version__, state_dir=str(self.settings.state_dir),
                           poll_interval_s=self.settings.daemon.poll_interval_s, exit_when_idle=self.exit_when_idle)
             try:
+                self.store.set_flag(PROBLEM_FLAG, None)  # an earlier daemon's: this one looks again
                 self.reconcile(self.clock())
             except Exception as e:  # the store may be out for now: each idle tick settles what is left
                 self.log.error("daemon.recover_failed", error=describe(e), exc_info=e)
@@ -289,14 +292,20 @@ class Daemon:
             step = "reading the family's figures"
             history = family_figures(self.store, fam, probe_dir(self.settings))
             step = "writing the run folder"
+            generation = run_dir.next_generation()  # this attempt owns the folder now: an older one stops writing
             run_dir.write_job(spec)
             run_dir.write_launch(launch_for(self.settings, micro_batch=micro_batch, job_id=job.id, run_id=run.id,
                                             history=history,  # on a cluster: the device its family names
-                                            device=self.executor.device if self.executor.remote else None))
+                                            device=self.executor.device if self.executor.remote else None,
+                                            generation=generation))
             step = "starting the child"
             handle = self.executor.start(run, run_dir.path)
         except ClusterUnreachable as e:  # the cluster, not the job: the run stays open until it can ask
             self._cluster_lost(job, run, e, now)
+            return
+        except CannotRun as e:  # no node could ever start it as asked: retrying cannot help
+            log.warning("run.cannot_start", reason=str(e))
+            self.ledger.fail_job(job.id, str(e), now, outcome="cannot_run")
             return
         except Exception as e:
             self._start_failed(job.id, step, e, now)
@@ -320,13 +329,28 @@ class Daemon:
         self.ledger.fail_job(job_id, f"could not start: {step}: {describe(error)}", now, outcome="start_failed")
 
     def _cluster_ready(self, job: Job) -> bool:
-        """The cluster answers (checked before each start, so that an outage defers the queue, not fails it)."""
+        """The cluster answers (checked before each start, so that an outage defers the queue, not fails it).
+        One that refuses mtld's credentials is a configuration error: the queue waits with the reason, which
+        `mtld status` shows until the cluster takes runs again."""
         try:
             self.executor.check()
+        except ClusterRefused as e:
+            self._defer("executor_refused", str(e), job_id=job.id)
+            self._executor_problem(str(e))
+            return False
         except ClusterUnreachable as e:
             self._defer("cluster_unreachable", str(e), job_id=job.id)
             return False
+        self._executor_problem(None)
         return True
+
+    def _executor_problem(self, problem: str | None) -> None:
+        if problem != self.executor_problem:
+            try:
+                self.store.set_flag(PROBLEM_FLAG, problem)
+            except sqlite3.OperationalError:  # status misses it until the next tick; the queue waits anyway
+                return
+            self.executor_problem = problem
 
     def _cluster_lost(self, job: Job, run: Run, error: Exception, now: float) -> None:
         """The cluster stopped answering while the run was being submitted: it may or may not have arrived.
@@ -355,6 +379,9 @@ class Daemon:
             status = ExitStatus()
         if active.handle.node and active.handle.node != active.node:
             self._record_node(active, active.handle.node)
+        waiting = getattr(active.handle, "waiting", None)  # a plugin's handle from before `waiting` has none
+        if waiting != active.waiting:
+            self._record_waiting(active, waiting)
         if status is not None:
             self.record_exit(active, status, now)
             return
@@ -383,6 +410,17 @@ class Daemon:
             self.log.warning("run.node_unrecorded", job_id=active.job_id, run_id=active.run.id, error=describe(e))
             return
         self.log.info("run.placed", job_id=active.job_id, run_id=active.run.id, node=active.node)
+
+    def _record_waiting(self, active: ActiveRun, waiting: str | None) -> None:
+        """A run on a cluster waits for a node (or runs now): `mtld status` shows what it waits for."""
+        active.waiting = waiting
+        try:
+            self.store.set_run_waiting(active.run.id, waiting)
+        except Exception as e:  # status says less; the run goes on
+            self.log.warning("run.node_unrecorded", job_id=active.job_id, run_id=active.run.id, error=describe(e))
+            return
+        if waiting is not None:
+            self.log.info("run.waiting", job_id=active.job_id, run_id=active.run.id, waiting=waiting)
 
     def ask_to_stop(self, active: ActiveRun, reason: str, now: float, *, detail: str | None = None) -> None:
         """SIGTERM: the child finishes its micro-step, checkpoints and exits 75 (`_kill_if_overdue` if not)."""

@@ -17,7 +17,7 @@ from mtld import MICRO_BATCH_SIZES
 from mtld.runs import exitcodes
 
 # Outcomes that count against a job's attempts. Interruptions (checkpointed on
-# request) and runs lost with a dead daemon are not the job's fault.
+# request) and lost runs are not the job's fault (lost runs have a limit of their own: `lost`).
 FAILED_OUTCOMES = frozenset({"out_of_memory", "killed", "crashed"})
 SIGKILL = 9
 
@@ -25,7 +25,7 @@ SIGKILL = 9
 @dataclass(frozen=True)
 class ExitDecision:
     outcome: str  # recorded on the run: succeeded, interrupted, out_of_memory, disk_full, bad_input, killed, crashed,
-    #               lost, cancelled
+    #               lost, cancelled, cannot_run, superseded, stalled
     job_state: str  # where the job goes: succeeded, queued, failed, cancelled
     reason: str  # said in the log, the store and `mtld show`
     retry_at: float | None = None  # a backed-off retry starts no earlier than this
@@ -44,17 +44,34 @@ def after_exit(
     message: str | None,
     now: float,
     gpu_failure: str | None = None,
+    detail: str | None = None,
+    cannot_run: str | None = None,
+    lost_in_a_row: int = 0,
+    max_lost: int = 5,
+    lost_backoff_s: float = 30.0,
 ) -> ExitDecision:
     """Classify a finished run.
 
     `earlier_failures` counts this job's earlier runs whose outcome is in
     FAILED_OUTCOMES; `stop_reason` is why the daemon asked the child to stop
     (cancel, pause, shutdown, stalled), if it did; `gpu_failure`: a line of the
-    child's output that says the GPU failed a command buffer (`gpu_failure`).
+    child's output that says the GPU failed a command buffer (`gpu_failure`);
+    `message`: the run's own words (its result.json); `detail`: the executor's
+    (the cluster's message), which says why a run that left no result ended;
+    `cannot_run`: the executor found the run can never start as asked (a
+    resource no node has). `lost_in_a_row`: the job's runs lost one after the
+    other just before this one; a lost run waits `lost_backoff_s`, doubled each
+    time, and the `max_lost`-th in a row fails the job: a run that can never
+    start is not resubmitted forever.
     """
     settled = _finished_or_cancelled(exit_code == exitcodes.OK, cancel_requested)
     if settled is not None:
         return settled
+    if cannot_run is not None:  # no retry can help until the cluster or the settings change
+        return ExitDecision("cannot_run", "failed", cannot_run)
+    if exit_code == exitcodes.SUPERSEDED:  # a newer attempt owns the folder: it is the job's run now
+        return ExitDecision("superseded", "queued", "a newer attempt owns the run folder: this one stopped "
+                            "without writing anything")
     if gpu_failure is not None:  # raised nothing, or hung: a smaller micro-batch asks less of the device
         failures = earlier_failures + 1
         what = f"the GPU failed a command buffer ({gpu_failure})"
@@ -74,12 +91,13 @@ def after_exit(
         return ExitDecision("disk_full", "queued", f"stopped for lack of disk space ({hold}); on hold until "
                             "there is room (mtld retry, or the daemon once it sees enough free space)", hold=hold)
     if exit_code == exitcodes.NOT_VISIBLE:  # the executor's set-up, not the job: retrying cannot help
-        return ExitDecision("bad_input", "failed", "the run folder is not visible where the run started: the "
-                            "executor's run folder must be one every machine that runs it sees at the same path "
+        return ExitDecision("bad_input", "failed", "the run folder is not visible or not writable where the run "
+                            f"started{f' ({message or detail})' if message or detail else ''}: the executor's run "
+                            "folder must be one every machine that runs it sees and can write at the same path "
                             "(mtld doctor checks it)")
-    if exit_code is None and signal is None:  # it left no result.json and no status: it resumes
-        why = message or "the run ended while no daemon was watching"
-        return ExitDecision("lost", "queued", f"{why}; it resumes from its last checkpoint")
+    if exit_code is None and signal is None:  # it left no result.json and no status: it resumes, up to a limit
+        return lost(detail or message or "the run ended while no daemon was watching", lost_in_a_row + 1,
+                    max_lost=max_lost, backoff_s=lost_backoff_s, now=now)
 
     if exit_code == exitcodes.OUT_OF_MEMORY:
         outcome, what = "out_of_memory", "out of memory even at micro-batch 2"
@@ -88,7 +106,8 @@ def after_exit(
     elif signal is not None:
         outcome, what = "crashed", f"killed by signal {signal}"
     else:
-        outcome, what = "crashed", f"exited with status {exit_code}" + (f" ({message})" if message else "")
+        words = message or detail
+        outcome, what = "crashed", f"exited with status {exit_code}" + (f" ({words})" if words else "")
     failures = earlier_failures + 1
     if failures >= max_attempts:
         return ExitDecision(outcome, "failed", f"{what}; gave up after {failures} attempts")
@@ -96,6 +115,18 @@ def after_exit(
         return ExitDecision(outcome, "queued", f"{what}; retrying one micro-batch size down", retry_at=now)
     delay = backoff_s * 2 ** (failures - 1)
     return ExitDecision(outcome, "queued", f"{what}; retrying in {delay:.0f} s", retry_at=now + delay)
+
+
+def lost(why: str, in_a_row: int, *, max_lost: int, backoff_s: float, now: float) -> ExitDecision:
+    """A run that ended with no status and no result (its node died, the cluster forgot it, no daemon was
+    watching): `why` as the executor or the daemon saw it. It resumes from its checkpoint after
+    `backoff_s` × 2^(n-1) for the n-th loss in a row; the `max_lost`-th fails the job."""
+    if in_a_row >= max_lost:
+        return ExitDecision("lost", "failed", f"{why}; lost {in_a_row} times in a row: gave up "
+                            "(daemon.max_lost; `mtld retry` to try again)")
+    delay = backoff_s * 2 ** (in_a_row - 1)
+    return ExitDecision("lost", "queued", f"{why}; it resumes from its last checkpoint in {delay:.0f} s "
+                        f"(lost {in_a_row} of at most {max_lost} times in a row)", retry_at=now + delay)
 
 
 def settle(*, last_outcome: str | None, cancel_requested: bool) -> ExitDecision:

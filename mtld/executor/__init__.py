@@ -10,7 +10,7 @@ Two sides, both small:
 - `Executor` (made by `plugin.executor()`): what the daemon talks to. It starts a run and finds the
   still-running ones of an earlier daemon; each run is a `RunHandle` (signal, poll).
 
-Every executor hands the same `python -m mtld.train RUN_DIR` entry point (mtld.runs.child) to whatever runs
+Every executor hands the same `python -P -m mtld.train RUN_DIR` entry point (mtld.runs.child) to whatever runs
 it; a run is judged by how it exits (mtld.runs.exitcodes), and its run folder holds everything else.
 """
 
@@ -33,16 +33,36 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ExitStatus:
     """How a run ended: an exit code, or the signal that killed it, or unknown (lost).
-    `detail`: what the executor knows when the run left no result.json (e.g. the cluster's message)."""
+    `detail`: what the executor knows of how it ended (e.g. the cluster's own message), kept with the run.
+    `cannot_run`: the executor found that the run can never start as asked (a resource no node has): the
+    job fails with this line instead of being retried."""
 
     code: int | None = None
     signal: int | None = None
     max_rss_bytes: int | None = None
     detail: str | None = None
+    cannot_run: str | None = None
 
 
 class ClusterUnreachable(ConnectionError):
-    """A remote executor's cluster does not answer: runs wait (deferred), they do not fail."""
+    """A remote executor's cluster does not answer (or answers only with server errors): runs wait
+    (deferred), they do not fail."""
+
+
+# The store flag that holds why the executor refuses runs now (a ClusterRefused line), while it does: the
+# daemon sets and clears it, `mtld status` shows it.
+PROBLEM_FLAG = "executor_problem"
+
+
+class ClusterRefused(ClusterUnreachable):
+    """The cluster answers and refuses mtld's credentials (a missing or wrong token): a configuration error.
+    Runs wait as for an outage (nothing is failed for it), the reason is shown by `mtld status`, and `mtld
+    doctor` exits 1. The message is one line that names the setting to fix."""
+
+
+class CannotRun(Exception):
+    """The run can never start as asked (no node of the cluster has a resource it asks for): its job fails
+    at once. The message is one line that names the resource and the setting."""
 
 
 class RunHandle(Protocol):
@@ -57,6 +77,11 @@ class RunHandle(Protocol):
     @property
     def node(self) -> str | None:
         """Where it runs, when not here (once known)."""
+
+    @property
+    def waiting(self) -> str | None:
+        """What the run waits for before it starts (a cluster's queue: the resources it asks for), as one
+        line; None once it runs, and for an executor that starts runs at once."""
 
     def signal(self, signum: int) -> None: ...
 
@@ -124,6 +149,11 @@ class ExecutorPlugin:
 
     def executor(self) -> Executor:
         raise NotImplementedError
+
+    def setting_files(self) -> dict[str, Path]:
+        """Files its settings name that the daemon reads (a cluster's token file), by dotted setting:
+        `mtld agent install` carries one set in the shell's environment into the agent's, and checks it."""
+        return {}
 
     def describe(self) -> dict[str, Any]:
         """`mtld status --json`'s `executor`: the kind and its slots, plus what the kind adds."""

@@ -15,7 +15,7 @@ from typing import Any
 from mtld.disk import free_bytes
 from mtld.decide.family import pinned_size, planned_size
 from mtld.estimate.history import earlier_runs, family_history, family_records, job_family, probe_dir
-from mtld.executor import ExecutorPlugin
+from mtld.executor import PROBLEM_FLAG, ExecutorPlugin
 from mtld.executor.registry import kind as executor_kind
 from mtld.executor.registry import plugin_for
 from mtld.config.jobspec import spec_from_json
@@ -233,7 +233,8 @@ def collect(settings: Settings, store: Store, now: datetime | None = None, *, st
     shown = finished if states or every_finished else finished[:RECENT_FINISHED]
     return {
         "daemon": {"running": pid is not None, "pid": pid, "paused": store.get_flag("paused") == "1"},
-        "executor": executor.describe(),
+        # problem: why the executor takes no runs now (a cluster that refuses the token), as the daemon found it
+        "executor": {**executor.describe(), "problem": store.get_flag(PROBLEM_FLAG)},
         "counts": store.counts(),
         "states": states or None,
         "running": active,
@@ -250,7 +251,7 @@ def collect(settings: Settings, store: Store, now: datetime | None = None, *, st
 def run_view(run: Run) -> dict[str, Any]:
     """A running attempt: where it runs (the pid here), and what its executor adds (a cluster's job id, node)."""
     view: dict[str, Any] = {"id": run.id, "attempt": run.attempt, "pid": run.pid, "micro_batch": run.micro_batch,
-                            "executor": run.executor}
+                            "executor": run.executor, "waiting": run.waiting}  # waiting: not started on a cluster yet
     plugin = executor_kind(run.executor)
     return {**view, **plugin.describe_run(run)} if plugin is not None else view
 

@@ -303,10 +303,16 @@ class Store:
         with self.db.write() as db:
             db.execute("UPDATE runs SET node = ? WHERE id = ?", (node, run_id))
 
+    def set_run_waiting(self, run_id: int, waiting: str | None) -> None:
+        """What a run on a cluster waits for before it starts (None: it runs)."""
+        with self.db.write() as db:
+            db.execute("UPDATE runs SET waiting = ? WHERE id = ?", (waiting, run_id))
+
     def finish_run(self, run_id: int, *, outcome: str, now: float, exit_code: int | None = None,
                    signal: int | None = None, micro_batch_end: int | None = None,
-                   figures: dict[str, Any] | None = None, family: str | None = None) -> Run:
-        """Close a run, once. The job's state is moved separately, with `transition`.
+                   figures: dict[str, Any] | None = None, family: str | None = None,
+                   reason: str | None = None) -> Run:
+        """Close a run, once, with why it ended (`reason`). The job's state is moved separately, with `transition`.
 
         Figures are stored as strict JSON (NaN becomes null); None keeps `{}`. A value JSON
         cannot hold raises TypeError before anything is written. `family`: the family its figures
@@ -318,8 +324,9 @@ class Store:
                 raise InvalidTransition(f"run {run_id} already finished ({run.outcome})")
             db.execute(
                 "UPDATE runs SET ended_at = ?, outcome = ?, exit_code = ?, signal = ?, micro_batch_end = ?,"
-                " figures = COALESCE(?, figures), family = COALESCE(?, family) WHERE id = ?",
-                (now, outcome, exit_code, signal, micro_batch_end, figures_json, family, run_id),
+                " figures = COALESCE(?, figures), family = COALESCE(?, family), reason = ?, waiting = NULL"
+                " WHERE id = ?",
+                (now, outcome, exit_code, signal, micro_batch_end, figures_json, family, reason, run_id),
             )
             return self._run(run_id)
 

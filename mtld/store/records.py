@@ -82,6 +82,8 @@ class Run:
     executor: str = "local"  # the kind that runs it (mtld.executor.registry); rows from before it was stored: local
     ref: str | None = None  # the executor's handle: the pid, or the Ray submission id
     node: str | None = None  # the node it runs on, for a run on a cluster
+    reason: str | None = None  # why it ended (the executor's words kept: a cluster's message)
+    waiting: str | None = None  # what a run on a cluster waits for before it starts; None once it runs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -122,6 +122,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN cleaning_at REAL;
     """,
+    # 8: why a run ended, as the daemon decided it (with the executor's own words: a cluster's message), and
+    # what a run on a cluster waits for before it starts (its resources; null once it runs).
+    """
+    ALTER TABLE runs ADD COLUMN reason TEXT;
+    ALTER TABLE runs ADD COLUMN waiting TEXT;
+    """,
 ]
 
 

@@ -1,6 +1,6 @@
 """The Ray executor: each run is a Ray job, submitted through Ray's Jobs API.
 
-The job's entrypoint is the same `python -m mtld.train RUN_DIR` a local child
+The job's entrypoint is the same `python -P -m mtld.train RUN_DIR` a local child
 runs, so the run folder (on storage the daemon and every worker see at the
 same path) holds the run's launch, log, checkpoints and result, as locally.
 What Ray adds, and where this module relies on it (Ray 2.60,
@@ -28,6 +28,24 @@ ray/dashboard/modules/job/):
   folder's child.log when the run ends (the run's own log, run.jsonl, is
   written there directly by the child).
 
+- Token authentication (RAY_AUTH_MODE=token on the head): every request but
+  a few public ones (/api/authentication_mode among them) must carry
+  `Authorization: Bearer TOKEN`, else the dashboard answers 401 (no token) or
+  403 (a wrong one) (ray/_private/authentication/http_token_authentication.py,
+  ray/dashboard/http_server_head.py). The SDK sends headers given to the client
+  with every request, and raises ray.exceptions.AuthenticationError for a 401
+  or 403 (ray/dashboard/modules/dashboard_sdk.py, SubmissionClient). mtld
+  sends the token of `executor.ray.token_file`; a refusal is ClusterRefused: a
+  configuration error, one line naming that setting.
+- A PENDING job waits for a node with its entrypoint resources free
+  (`driver_node_id` is None until it runs: common.py, JobInfo). One that no
+  node has in total can never start, and Ray says so only after
+  RAY_JOB_START_TIMEOUT_SECONDS (JOB_SUPERVISOR_ACTOR_START_TIMEOUT): mtld
+  checks the live nodes' totals (the state API's /api/v0/nodes,
+  ray/dashboard/modules/state/state_head.py) before submitting, while a run
+  waits, and when Ray gives up, and fails the job at once with the resource
+  named (mtld.executor.ray.resources).
+
 A cluster that cannot be reached never fails a run: `poll` says "still
 running" and logs the outage once; `start` raises ClusterUnreachable, which
 the daemon treats as "wait and try again".
@@ -40,36 +58,60 @@ import os
 import re
 import shlex
 import signal as signals
-from pathlib import Path
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mtld.disk import open_private
-from mtld.executor import ClusterUnreachable, ExitStatus
-from mtld.executor.ray.settings import EXTRA_HINT
+from mtld.executor import CannotRun, ClusterRefused, ClusterUnreachable, ExitStatus
+from mtld.executor.ray.resources import asked, request_text, unsatisfiable
+from mtld.executor.ray.settings import EXTRA_HINT, token_file_problem
 from mtld.logs.events import get_logger
+from mtld.runs.child import ALLOTTED_ENV, CHILD_MODULE, SAFE_PATH
 from mtld.runs.rundir import RunDir
-from mtld.runs.child import ALLOTTED_ENV, CHILD_MODULE
 
 if TYPE_CHECKING:
     from mtld.executor.ray.settings import RaySettings
     from mtld.store import Run
+
+T = TypeVar("T")
 STOP_SIGNALS = (signals.SIGTERM, signals.SIGINT, signals.SIGKILL)
 REQUEST_TIMEOUT_S = 10.0  # every call to the Jobs API: a dashboard that hangs must not hang the daemon
+RECHECK_PENDING_S = 60.0  # how often a waiting run's request is checked again against the live nodes
 # Finished jobs whose entrypoint never ran to an exit status because of the cluster, not the run: the run is
 # lost (it resumes from its checkpoint) rather than failed (JobErrorType, ray/dashboard/modules/job/common.py).
 CLUSTER_FAILURES = {"JOB_SUPERVISOR_ACTOR_DIED", "JOB_SUPERVISOR_ACTOR_START_TIMEOUT",
                     "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE", "JOB_SUPERVISOR_ACTOR_UNKNOWN_FAILURE",
                     "JOB_SUPERVISOR_ACTOR_START_FAILURE"}
+# Of those, the ones that say the job never got a node: its request is checked against the nodes again.
+NEVER_PLACED = {"JOB_SUPERVISOR_ACTOR_START_TIMEOUT", "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE"}
+TOKEN_SETTING = "executor.ray.token_file"
 
 
 class JobMissing(LookupError):
     """The cluster answers, and does not know the job (404)."""
 
 
-def client_for(address: str) -> Any:
-    """A JobSubmissionClient for `address` whose every request times out; ClusterUnreachable when nothing
-    answers there."""
+def read_token(path: Path) -> str:
+    """The token in `path`; ClusterRefused (naming the setting) when the file is missing, empty or not private."""
+    problem = token_file_problem(path)
+    if problem is None:
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, ValueError) as e:
+            problem = f"{path}: cannot be read ({e})"
+        else:
+            if token and "\n" not in token:
+                return token
+            problem = f"{path} does not hold one token (it is empty, or has several lines)"
+    raise ClusterRefused(f"{TOKEN_SETTING} - {problem}")
+
+
+def client_for(address: str, token_file: Path | None = None) -> Any:
+    """A JobSubmissionClient for `address` whose every request times out and carries the token of
+    `token_file` (if set). ClusterUnreachable when nothing answers there; ClusterRefused when the cluster
+    refuses the token (or wants one)."""
     try:
         from ray.job_submission import JobSubmissionClient
     except ImportError as e:  # settings refuse kind = "ray" without it; this is for doctor and the bench
@@ -81,27 +123,110 @@ def client_for(address: str) -> Any:
             kwargs.setdefault("timeout", REQUEST_TIMEOUT_S)
             return super()._do_request(method, endpoint, **kwargs)
 
+    # An Authorization header given to the client is sent with every request and wins over Ray's own
+    # RAY_AUTH_* variables (dashboard_sdk.py, get_auth_headers_if_auth_enabled: "don't override").
+    headers = {"Authorization": f"Bearer {read_token(token_file)}"} if token_file else None
     try:
-        return Client(address)
-    except Exception as e:  # ConnectionError, or a RuntimeError from a dashboard that is still starting
-        raise ClusterUnreachable(f"cannot reach the Ray cluster at {address}: {first_line(e)}") from e
+        return Client(address, headers=headers)  # it asks the cluster's version at once
+    except Exception as e:  # ConnectionError, a refused token, a RuntimeError from a dashboard still starting
+        raise classified(address, e, token_file) from e
 
 
-def call(address: str, request: Callable[[], Any]) -> Any:
-    """One Jobs API call. Raises JobMissing when the cluster does not know the job, ClusterUnreachable for
-    everything that may pass (no answer, a timeout, a server error), and the SDK's error otherwise (a request
-    the cluster refuses, e.g. a bad runtime_env)."""
-    try:
-        return request()
-    except ClusterUnreachable:
-        raise
-    except Exception as e:
-        text = str(e)
-        if "status code 404" in text or "does not exist" in text:
-            raise JobMissing(first_line(e)) from e
-        if _is_connection_error(e) or re.search(r"status code 5\d\d", text):
-            raise ClusterUnreachable(f"cannot reach the Ray cluster at {address}: {first_line(e)}") from e
-        raise
+def classified(address: str, error: Exception, token_file: Path | None) -> Exception:
+    """An error of the Jobs API as mtld tells them apart: JobMissing (404), ClusterRefused (401, 403: the
+    token), ClusterUnreachable (no answer, a timeout, a server error: all may pass), else the error itself (a
+    request the cluster refuses, e.g. a bad runtime_env)."""
+    if isinstance(error, (ClusterUnreachable, JobMissing)):
+        return error
+    text = str(error)
+    refused = refusal(address, error, token_file)
+    if refused is not None:
+        return ClusterRefused(refused)
+    if "status code 404" in text or "does not exist" in text:
+        return JobMissing(first_line(error))
+    if _is_connection_error(error):
+        return ClusterUnreachable(f"cannot reach the Ray cluster at {address}: {first_line(error)}")
+    if code := re.search(r"status code (5\d\d)", text):  # its last line says what failed (a traceback's end)
+        said = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip() not in ("", ".")), "")
+        return ClusterUnreachable(f"the Ray cluster at {address} answered with an error ({code.group(1)}): "
+                                  f"{said.removesuffix('.')}")
+    return error
+
+
+def refusal(address: str, error: Exception, token_file: Path | None) -> str | None:
+    """The one line for a 401 or 403 from the cluster (naming the setting), or None for any other error."""
+    text = str(error)
+    name = type(error).__name__
+    if name == "AuthenticationError" or re.search(r"status code 40[13]\b", text):
+        wrong = "Authentication failed" in text or re.search(r"status code 403\b", text) is not None
+        said = next((ln.strip() for ln in text.splitlines() if ln.startswith("Authentication")), first_line(error))
+        if not wrong:
+            return (f"{TOKEN_SETTING} - the Ray cluster at {address} requires a token (it runs with "
+                    f"RAY_AUTH_MODE=token) and {'none was sent' if token_file is None else 'it was not taken'}: "
+                    f"set {TOKEN_SETTING} to a file, readable by you only, that holds the cluster's token ({said})")
+        whose = f"in {token_file}" if token_file else "from Ray's RAY_AUTH_* variables"
+        return (f"{TOKEN_SETTING} - the Ray cluster at {address} refused the token {whose}: it must hold the "
+                f"token the cluster was started with ({said})")
+    return None
+
+
+class JobsApi:
+    """Ray's Jobs API at one address, with the token if one is set: connects when first asked, and again
+    after an outage; every call's error classified (`classified`)."""
+
+    def __init__(self, address: str, token_file: Path | None = None, client: Any = None):
+        self.address, self.token_file = address, token_file
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = client_for(self.address, self.token_file)
+        return self._client
+
+    def call(self, request: Callable[[Any], T]) -> T:
+        """`request(client)`. Raises JobMissing, ClusterRefused, ClusterUnreachable, or the SDK's own error.
+        (The client holds no connection, only the address and headers: it outlives an outage.)"""
+        try:
+            return request(self.client)
+        except Exception as e:
+            error = classified(self.address, e, self.token_file)
+            if error is e:
+                raise
+            raise error from e
+
+    def get(self, endpoint: str) -> Any:
+        """The JSON of a GET on the dashboard (the SDK's own request helper, with its headers); None when
+        the endpoint is not there (an older Ray)."""
+        def request(client: Any) -> Any:
+            answer = client._do_request("GET", endpoint)
+            if answer.status_code == 404:
+                return None
+            if answer.status_code >= 400:
+                raise RuntimeError(f"Request failed with status code {answer.status_code}: {answer.text}")
+            return answer.json()
+
+        return self.call(request)
+
+    def node_totals(self) -> list[dict[str, float]] | None:
+        """Each live node's total resources (the state API), or None when this cluster cannot say."""
+        answer = self.get("/api/v0/nodes?detail=1&limit=10000")
+        try:
+            nodes = answer["data"]["result"]["result"]
+            return [dict(n.get("resources_total") or {}) for n in nodes if n.get("state") == "ALIVE"]
+        except (TypeError, KeyError):
+            return None
+
+    def cannot_run(self, wanted: dict[str, float]) -> str | None:
+        """Why no live node can ever start a run that asks for `wanted`, or None (it can, or nobody can tell).
+        ClusterUnreachable (ClusterRefused) when the cluster does not answer (refuses the token)."""
+        try:
+            totals = self.node_totals()
+        except ClusterUnreachable:
+            raise
+        except Exception:  # an answer of another shape (another Ray version): the check is a courtesy
+            return None
+        return None if totals is None else unsatisfiable(wanted, totals)
 
 
 def submission_id(owner: str, run: Run) -> str:
@@ -117,12 +242,16 @@ class RayRun:
 
     pid = None  # not a process here
 
-    def __init__(self, client: Any, address: str, ref: str, run_dir: Path, run: Run, node: str | None = None):
-        self.client, self.address, self.ref, self.run_dir, self.run = client, address, ref, Path(run_dir), run
+    def __init__(self, api: JobsApi, ref: str, run_dir: Path, run: Run, node: str | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.api, self.ref, self.run_dir, self.run = api, ref, Path(run_dir), run
         self.node = node
+        self.waiting: str | None = None  # what its PENDING job waits for, as one line
         self.status: ExitStatus | None = None
         self.stop_pending = False  # a stop asked for that the cluster has not taken yet: sent again each poll
         self.unreachable = False
+        self.clock = clock
+        self.checked_at: float | None = None  # when its request was last checked against the live nodes
         self.log = get_logger(run_id=run.id, submission_id=ref)
 
     def signal(self, signum: int) -> None:
@@ -134,7 +263,7 @@ class RayRun:
 
     def _send_stop(self) -> None:
         try:
-            call(self.address, lambda: self.client.stop_job(self.ref))
+            self.api.call(lambda c: c.stop_job(self.ref))
             self.stop_pending = False
         except JobMissing:
             self.stop_pending = False
@@ -147,9 +276,10 @@ class RayRun:
         if self.stop_pending:
             self._send_stop()
         try:
-            info = call(self.address, lambda: self.client.get_job_info(self.ref))
+            info = self.api.call(lambda c: c.get_job_info(self.ref))
         except JobMissing:  # the cluster lost it (a head restarted without its state): the run is lost
-            self.status = ExitStatus(code=self._result_code(), detail="the Ray cluster no longer knows this job")
+            self.status = ExitStatus(code=self._result_code(), detail=f"the Ray cluster at {self.api.address} no "
+                                     "longer knows this job (its head restarted without its state?)")
             return self.status
         except Exception as e:  # the cluster is out: as far as we know, the run goes on
             self._unreachable("poll", e)
@@ -158,17 +288,52 @@ class RayRun:
             self.log.info("executor.reachable")
             self.unreachable = False
         self.node = info.driver_node_id or self.node
+        state = getattr(info.status, "value", info.status)
+        if state == "PENDING":
+            return self._pending(info)
+        self.waiting = None
         if not info.status.is_terminal():
             return None
         self._append_output()
         error_type = getattr(info.error_type, "value", info.error_type)
-        self.status = exit_status(info.status.value, info.driver_exit_code, info.message, self._result_code(),
-                                  error_type=error_type)
+        status = exit_status(state, info.driver_exit_code, info.message, self._result_code(), error_type=error_type)
+        if error_type in NEVER_PLACED and status.code is None:  # Ray gave up placing it: can any node ever?
+            never = self._cannot_run(info)
+            if never is not None:
+                status = ExitStatus(detail=status.detail, cannot_run=f"{never}; Ray: {cluster_reason(info.message)}")
+        self.status = status
         return self.status
+
+    def _pending(self, info: Any) -> ExitStatus | None:
+        """A job Ray holds PENDING: what it waits for; and, now and then, whether any node could ever start it
+        (a node left since): if none can, the job is stopped and the run cannot run."""
+        wanted = _asked_by(info)
+        self.waiting = f"waiting for the Ray cluster to start it: a node with {request_text(wanted)} free"
+        now = self.clock()
+        if self.checked_at is not None and now - self.checked_at < RECHECK_PENDING_S:
+            return None
+        self.checked_at = now
+        never = self._cannot_run(info)
+        if never is None:
+            return None
+        try:
+            self.api.call(lambda c: c.stop_job(self.ref))
+        except Exception as e:  # it waits on a node that will never come: stopping it is a courtesy
+            self.log.warning("executor.unreachable", action="stop", error=first_line(e))
+        self.status = ExitStatus(cannot_run=never)
+        return self.status
+
+    def _cannot_run(self, info: Any) -> str | None:
+        try:
+            return self.api.cannot_run(_asked_by(info))
+        except Exception as e:  # nobody can tell now: the job goes on waiting (or is lost, as Ray said)
+            self._unreachable("check_resources", e)
+            return None
 
     def _unreachable(self, action: str, error: Exception) -> None:
         if not self.unreachable:  # once per outage
-            self.log.warning("executor.unreachable", action=action, error=first_line(error))
+            self.log.warning("executor.unreachable", action=action, error=first_line(error),
+                             refused=isinstance(error, ClusterRefused))
         self.unreachable = True
 
     def _result_code(self) -> int | None:
@@ -179,7 +344,7 @@ class RayRun:
     def _append_output(self) -> None:
         """Ray keeps the entrypoint's output: add it to the run folder's child.log, as a local child's."""
         try:
-            text = call(self.address, lambda: self.client.get_job_logs(self.ref))
+            text = self.api.call(lambda c: c.get_job_logs(self.ref))
             if text:
                 with os.fdopen(open_private(self.run_dir / "child.log", os.O_WRONLY | os.O_APPEND), "ab") as out:
                     out.write(text.encode())
@@ -187,16 +352,23 @@ class RayRun:
             self.log.warning("executor.output_lost", error=first_line(e))
 
 
+def _asked_by(info: Any) -> dict[str, float]:
+    """What a Ray job asks for, as Ray holds it (JobInfo's entrypoint_* fields: what was submitted)."""
+    memory = info.entrypoint_memory or 0
+    return asked(info.entrypoint_num_cpus or 0, info.entrypoint_num_gpus or 0, memory / 1_000_000,
+                 info.entrypoint_resources or {})
+
+
 def exit_status(status: str, exit_code: int | None, message: str | None, result_code: int | None, *,
                 error_type: str | None = None) -> ExitStatus:
-    """A finished Ray job as the daemon judges a run: its exit status, else its result.json's, else lost.
-    The entrypoint runs under `sh -c "exec ..."`, so a run killed by a signal reports minus the signal (or,
-    through a shell that did not exec, 128 + the signal)."""
+    """A finished Ray job as the daemon judges a run: its exit status, else its result.json's, else lost or
+    failed with Ray's own message as the detail. The entrypoint runs under `sh -c "exec ..."`, so a run
+    killed by a signal reports minus the signal (or, through a shell that did not exec, 128 + the signal)."""
     if exit_code is not None and exit_code < 0:
         return ExitStatus(signal=-exit_code)
     if exit_code is not None and 128 < exit_code < 160 and result_code is None:
         return ExitStatus(signal=exit_code - 128)
-    if exit_code is not None:
+    if exit_code is not None:  # the run's own words are in its result.json, or its output's last line
         return ExitStatus(code=exit_code)
     if result_code is not None:
         return ExitStatus(code=result_code)
@@ -205,7 +377,7 @@ def exit_status(status: str, exit_code: int | None, message: str | None, result_
     if status == "SUCCEEDED":
         return ExitStatus(code=0)
     if error_type in CLUSTER_FAILURES:  # the cluster's failure, not the run's: lost, it resumes
-        return ExitStatus(detail=f"the Ray cluster did not run it: {first_line(message) or error_type}")
+        return ExitStatus(detail=f"the Ray cluster did not run it: {cluster_reason(message) or error_type}")
     # FAILED without an exit status: it never ran (runtime_env setup, no such interpreter)
     return ExitStatus(code=1, detail=f"the Ray job failed: {first_line(message) or 'no reason given'}")
 
@@ -221,26 +393,17 @@ class RayExecutor:
         self.owner = owner
         self.device = device
         self.slots = settings.slots
-        self._client: Any = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = client_for(self.settings.address)
-        return self._client
+        self.api = JobsApi(settings.address, settings.token_file)
 
     def check(self) -> None:
-        """One cheap request (the Jobs API's version): ClusterUnreachable while the cluster does not answer."""
-        try:
-            call(self.settings.address, lambda: self.client.get_version())
-        except ClusterUnreachable:
-            self._client = None  # connect afresh once it answers again
-            raise
+        """One cheap request (the Jobs API's version): ClusterUnreachable while the cluster does not answer,
+        ClusterRefused while it refuses the token."""
+        self.api.call(lambda c: c.get_version())
 
     def entrypoint(self, run_dir: Path) -> str:
         # exec: the run replaces Ray's `sh -c`, so Ray's stop signals it directly and a signal death is
         # reported as such (minus the signal), not as the shell's 128 + N
-        return f"exec {shlex.quote(self.settings.python)} -m {CHILD_MODULE} {shlex.quote(str(run_dir))}"
+        return f"exec {shlex.quote(self.settings.python)} {SAFE_PATH} -m {CHILD_MODULE} {shlex.quote(str(run_dir))}"
 
     def runtime_env(self) -> dict[str, Any]:
         env = dict(self.settings.runtime_env)
@@ -254,6 +417,10 @@ class RayExecutor:
         }
         return env
 
+    def asked(self) -> dict[str, float]:
+        s = self.settings
+        return asked(s.num_cpus, s.num_gpus, s.memory_mb, s.resources)
+
     def job_options(self) -> dict[str, Any]:
         """What every Ray job of mtld's asks for (a run, and doctor's check job, which must land where a run
         would): its runtime_env and the entrypoint resources."""
@@ -263,22 +430,24 @@ class RayExecutor:
                 "entrypoint_resources": s.resources or None}
 
     def start(self, run: Run, run_dir: Path) -> RayRun:
-        """Submit the run. ClusterUnreachable when the cluster did not answer: the submission may or may not
-        have arrived, so the run stays open and `adopt` settles it (by its derived id) once the cluster answers."""
+        """Submit the run. CannotRun when no live node has, in total, what it asks for; ClusterUnreachable when
+        the cluster did not answer: the submission may or may not have arrived, so the run stays open and
+        `adopt` settles it (by its derived id) once the cluster answers."""
         ref = submission_id(self.owner, run)
-        s = self.settings
+        never = self.api.cannot_run(self.asked())
+        if never is not None:
+            raise CannotRun(never)
         try:
-            call(s.address, lambda: self.client.submit_job(
+            self.api.call(lambda c: c.submit_job(
                 entrypoint=self.entrypoint(run_dir), submission_id=ref,
                 metadata={"mtld_run_id": str(run.id), "mtld_run_dir": str(run_dir)}, **self.job_options(),
             ))
         except ClusterUnreachable:
-            self._client = None
             raise
         except Exception:
             if not self._exists(ref):  # else: submitted before (a crash between submitting and recording it)
                 raise
-        return RayRun(self.client, s.address, ref, run_dir, run)
+        return RayRun(self.api, ref, run_dir, run)
 
     def adopt(self, run: Run, run_dir: Path) -> RayRun | None:
         """The Ray job of `run`, finished or not (its status tells): by its stored submission id, or, for a run
@@ -289,17 +458,23 @@ class RayExecutor:
         ref = run.ref or submission_id(self.owner, run)
         if not self._exists(ref):
             return None
-        return RayRun(self.client, self.settings.address, ref, run_dir, run, node=run.node)
+        return RayRun(self.api, ref, run_dir, run, node=run.node)
 
     def _exists(self, ref: str) -> bool:
         try:
-            call(self.settings.address, lambda: self.client.get_job_info(ref))
+            self.api.call(lambda c: c.get_job_info(ref))
             return True
         except JobMissing:
             return False
-        except ClusterUnreachable:
-            self._client = None
-            raise
+
+
+def cluster_reason(message: str | None, limit: int = 400) -> str:
+    """Ray's message about a job its cluster failed, as one line: its unindented lines (Ray puts the actor's
+    fields on indented ones, and why it died on a line of its own: "The actor died because its node has
+    died."), cut at `limit` characters."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip() and not line[0].isspace()]
+    text = " ".join(lines)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _is_connection_error(error: BaseException) -> bool:

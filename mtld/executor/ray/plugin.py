@@ -54,6 +54,9 @@ class RayPlugin(ExecutorPlugin):
 
         return RayExecutor(self.ray, owner=str(self.settings.state_dir), device=self.device)
 
+    def setting_files(self) -> dict[str, Path]:
+        return {"executor.ray.token_file": self.ray.token_file} if self.ray.token_file else {}
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "address": self.ray.address, "runs_dir": str(self.runs_dir)}
 
@@ -68,12 +71,15 @@ class RayPlugin(ExecutorPlugin):
 
     @classmethod
     def run_lines(cls, run: dict[str, Any]) -> list[str]:
+        if run.get("waiting"):  # PENDING: Ray has not given it a node yet
+            return [f"ray job {run['submission_id']}: {run['waiting']}"]
         node = run["node"][:12] if run.get("node") else "not yet placed"  # Ray's node ids: 56 hex digits
         return [f"ray job {run['submission_id']} on node {node}"]
 
     def doctor(self) -> dict[str, Any]:
-        """Reachable, the same Ray and mtld on both ends, the shared folder seen by a worker, the resources a
-        run asks for (mtld.executor.ray.workercheck: a small Ray job, up to 2 minutes)."""
+        """Reachable (with the token, if one is set), its authentication mode (a warning for an open Jobs API
+        off loopback), the same Ray and mtld on both ends, a node with what a run asks for, the shared folder
+        seen and written by a worker (mtld.executor.ray.workercheck: a small Ray job, up to 2 minutes)."""
         from mtld.executor.ray.workercheck import check_cluster
 
         return check_cluster(self.ray, runs_dir=self.runs_dir, owner=str(self.settings.state_dir))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -25,6 +27,35 @@ def _ray_address(value: str) -> str:
     return value.rstrip("/")
 
 
+def private_token_file(value: object) -> Path | None:
+    """`token_file`: an absolute path (`~` allowed) to a file that exists and that nobody else may read or
+    write (the cluster's token runs any code on it). Checked when the settings load, and again each time
+    the token is read (mtld.executor.ray.jobs.read_token)."""
+    if value is None:
+        return None
+    path = Path(str(value)).expanduser()
+    if not str(value).strip() or not path.is_absolute():
+        raise ValueError(f"must be the absolute path of a file holding the cluster's token, not {str(value)!r}")
+    problem = token_file_problem(path)
+    if problem:
+        raise ValueError(problem)
+    return path
+
+
+def token_file_problem(path: Path) -> str | None:
+    """Why `path` cannot hold the token (missing, not a file, readable or writable by others), or None."""
+    try:
+        info = os.stat(path)
+    except OSError as e:
+        return f"{path}: {e.strerror or e}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a file"
+    if info.st_mode & 0o077:
+        return (f"{path} can be read or written by others (mode {stat.S_IMODE(info.st_mode):04o}): the token runs "
+                f"any code on the cluster; chmod 600 {path}")
+    return None
+
+
 class RaySettings(Section):
     """`[executor.ray]`: where and how runs go to a Ray cluster (docs/ray.md)."""
 
@@ -43,6 +74,9 @@ class RaySettings(Section):
     # The device runs train on there: "auto" is "cuda" when num_gpus > 0, else "cpu" (the family key and
     # start size use it; this machine's memory does not gate a cluster run).
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # A file holding the token of a cluster that runs with token authentication (RAY_AUTH_MODE=token): sent
+    # with every Jobs API request (mtld's runs and `mtld doctor`'s check). It must be yours alone (chmod 600).
+    token_file: Annotated[Path | None, BeforeValidator(private_token_file)] = None
     # Passed to Ray as the job's runtime_env (e.g. env_vars, py_executable, working_dir); mtld adds its env_vars.
     runtime_env: dict[str, Any] = {}
 

@@ -1,8 +1,9 @@
 """`mtld doctor`'s check job on a Ray worker (mtld.executor.ray.workercheck submits it): can runs go here, and do
-they find their run folders? It reads back the token the daemon's side wrote in the shared runs folder and
-prints one report line: its host, its mtld, Ray and torch versions, the cluster's resources.
+they find and write their run folders? It reads back the token the daemon's side wrote in the shared runs
+folder, writes it back next to it (TOKEN_FILE.worker: runs write their folders), and prints one report
+line: its host, its mtld, Ray and torch versions, the cluster's resources.
 
-    python -m mtld.executor.ray.worker RUNS_DIR TOKEN_FILE   # on a worker, as a Ray job
+    python -P -m mtld.executor.ray.worker RUNS_DIR TOKEN_FILE   # on a worker, as a Ray job
 
 It runs on the cluster, never in the daemon: the only module of mtld.executor that imports torch (allowed by
 name in the import-linter contract).
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mtld.executor.ray.workercheck import MARK
+from mtld.executor.ray.workercheck import MARK, WRITTEN
 
 
 def main(argv: list[str]) -> int:
@@ -28,6 +29,11 @@ def main(argv: list[str]) -> int:
     except OSError as e:
         report["token"] = None
         report["folder_error"] = f"{runs_dir}: {e.strerror or e}"
+    else:
+        try:
+            Path(f"{token_file}{WRITTEN}").write_text(report["token"])
+        except OSError as e:
+            report["write_error"] = f"{runs_dir}: {e.strerror or e}"
     from mtld import __version__
 
     report["mtld"] = __version__
