@@ -71,7 +71,7 @@ def test_the_plist_parses_and_holds_the_keys(tmp_path):
     plist = plistlib.loads(plan.files[path])
 
     assert plist["Label"] == "io.mtld.daemon"
-    assert plist["ProgramArguments"] == [PYTHON, "-m", "mtld", "daemon"]
+    assert plist["ProgramArguments"] == [PYTHON, "-P", "-m", "mtld", "daemon"]  # -P: never the working folder's code
     assert Path(plist["ProgramArguments"][0]).is_absolute()
     assert plist["RunAtLoad"] is True
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
@@ -287,6 +287,28 @@ def test_the_token_goes_to_a_user_only_file_never_into_the_agents_file(tmp_path,
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(token_file))  # read from HF_TOKEN_PATH at import
     assert get_token() == token
+
+
+@pytest.mark.parametrize("install", [mac_install, linux_install])
+def test_a_clusters_token_file_set_in_the_shell_is_carried_as_its_path_never_its_token(tmp_path, monkeypatch, install):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    token_file = tmp_path / ".config/mtld/ray-token"
+    shell = {"MTLD_EXECUTOR__RAY__TOKEN_FILE": "~/.config/mtld/ray-token", "EDITOR": "vim"}
+    files = {"executor.ray.token_file": token_file}  # what the executor's settings name (ExecutorPlugin.setting_files)
+    plan, path = install(tmp_path, env=shell, setting_files=files)
+    assert environment_of(plan, path)["MTLD_EXECUTOR__RAY__TOKEN_FILE"] == str(token_file)  # absolute: no ~ there
+    assert path not in plan.private  # a path, not a secret
+    [note] = [n for n in plan.notes if n.startswith("Carried from this shell")]
+    assert note.endswith("MTLD_EXECUTOR__RAY__TOKEN_FILE.")
+    # set in the config file instead: the agent reads that file, so nothing is carried (and the config wins later)
+    plan, path = install(tmp_path, env={"EDITOR": "vim"}, setting_files=files)
+    assert "MTLD_EXECUTOR__RAY__TOKEN_FILE" not in environment_of(plan, path)
+
+
+def test_a_token_file_in_a_folder_macos_hides_from_agents_is_warned_about(tmp_path):
+    token_file = tmp_path / "Documents/ray-token"
+    plan, _ = mac_install(tmp_path, setting_files={"executor.ray.token_file": token_file})
+    assert any("executor.ray.token_file" in n and str(token_file) in n for n in plan.notes)
 
 
 def test_a_proxy_password_makes_the_agents_file_private_and_is_hidden_in_the_dry_run(tmp_path):
@@ -541,7 +563,7 @@ def test_the_systemd_unit(tmp_path):
     unit = read_unit(plan.files[path])
 
     service = unit["Service"]
-    assert service["ExecStart"] == "/opt/env/bin/python -m mtld daemon"
+    assert service["ExecStart"] == "/opt/env/bin/python -P -m mtld daemon"
     assert Path(shlex.split(service["ExecStart"])[0]).is_absolute()
     assert service["Restart"] == "on-failure"
     assert service["KillMode"] == "mixed"

@@ -67,11 +67,13 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Print what would be wri
 
 
 def _agent_change(ctx: typer.Context, install: bool, dry_run: bool) -> None:
+    from mtld.executor.registry import plugin_for
     from mtld.platform import agent
 
     c: Context = ctx.obj
     config = c.config.resolve() if c.config else None
-    plan = (agent.plan_install(c.settings, config=config, data_paths=_queued_paths(c)) if install
+    plan = (agent.plan_install(c.settings, config=config, data_paths=_queued_paths(c),
+                               setting_files=plugin_for(c.settings).setting_files()) if install
             else agent.plan_uninstall(c.settings))
     if dry_run:
         out.print(agent.describe(plan), markup=False, highlight=False)

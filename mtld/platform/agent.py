@@ -32,6 +32,7 @@ from mtld.config.settings import STOP_MARGIN_S, Settings, exit_timeout_s, platfo
 from mtld.disk import private_dir, write_atomic
 from mtld.platform import launchd, privacy, systemd
 from mtld.platform.runner import Result, Runner, SubprocessRunner
+from mtld.runs.child import module_argv
 
 __all__ = [
     "AgentError", "AgentPlan", "Command", "WaitUntilGone", "Runner", "SubprocessRunner", "Result",
@@ -116,6 +117,7 @@ def plan_install(
     env: Mapping[str, str] | None = None,
     config: Path | None = None,
     data_paths: Iterable[tuple[str, Path]] = (),
+    setting_files: Mapping[str, Path] | None = None,
     resolve: Callable[[str], str] = os.path.realpath,
 ) -> AgentPlan:
     """What installing (or reinstalling) the agent writes and runs; None means this process's value.
@@ -124,17 +126,24 @@ def plan_install(
     bin/). `config` is a config file named with --config; it is carried as MTLD_CONFIG. `data_paths` are
     (what, path) the daemon's runs will read or write (queued jobs' models, data and outputs): on macOS,
     those privacy protection hides from agents get a warning, as do the interpreter, the state and the
-    config. `resolve` follows symlinks (tests give recorded ones).
+    config. `setting_files`: files the settings name that the daemon reads (the executor's: a cluster's
+    token file), by dotted setting; one set in this shell's environment (MTLD_EXECUTOR__KIND__NAME) is
+    carried into the agent's as an absolute path, as one set in the config file already is. `resolve`
+    follows symlinks (tests give recorded ones).
     """
     manager = _manager(platform)
     prefix = sys.prefix if python is None and prefix is None else prefix
     python = _interpreter(python)
     uid, home, env = _where(uid, home, env)
-    program = [python, "-m", "mtld", "daemon"]
+    program = module_argv(python, "mtld", "daemon")  # -P: never the code of the folder it starts in
     state_dir, log_dir = _places(settings, platform, home, env)
     state = Path(os.path.abspath(os.path.expanduser(env["MTLD_HOME"]))) if env.get("MTLD_HOME") else state_dir
     token_file = state / TOKEN_FILE  # where the agent will look: its own state folder
     service_env = _service_env(python, platform, env, config, token_file)
+    files = {key: str(path) for key, path in (setting_files or {}).items()}
+    for key, path in files.items():
+        if env.get(variable := setting_variable(key)):  # else it comes from the config file, which the agent reads
+            service_env[variable] = os.path.abspath(os.path.expanduser(path))
     grace = stop_grace_s(settings)
     agent_file = launchd.plist_path(home) if manager == "launchd" else systemd.unit_path(home, env)
     plan = AgentPlan(notes=_carried_notes(env, service_env, token_file))
@@ -150,6 +159,7 @@ def plan_install(
         python_facts = privacy.interpreter(python, prefix, resolve=resolve)
         read = [*privacy.interpreter_paths(python_facts), ("MTLD_HOME", str(state)),
                 *privacy.environment_paths({k: v for k, v in service_env.items() if k != "MTLD_HOME"}),
+                *files.items(),
                 *([("the config file", str(settings.config_file))] if settings.config_file else []), *data_paths]
         plan.files[agent_file] = launchd.render_plist(program, service_env, log_dir, grace)
         plan.dirs = [log_dir]
@@ -322,8 +332,14 @@ def _service_env(python: str, platform: str, env: Mapping[str, str], config: Pat
     return out
 
 
+def setting_variable(dotted: str) -> str:
+    """The environment variable of a dotted setting (daemon.max_lost → MTLD_DAEMON__MAX_LOST)."""
+    return "MTLD_" + dotted.upper().replace(".", "__")
+
+
 def _carried_notes(env: Mapping[str, str], service_env: Mapping[str, str], token_file: Path) -> list[str]:
     carried = [key for key in (*USER_PATHS, *USER_VALUES) if key in service_env]
+    carried += sorted(key for key in service_env if key.startswith("MTLD_") and key not in CARRIED_ENV)
     notes = [f"Carried from this shell into the agent's environment: {', '.join(carried)}."] if carried else []
     if env.get(TOKEN, "").strip():
         notes.append(f"HF_TOKEN is not written into the agent's file: it goes to {token_file} (readable by you "
