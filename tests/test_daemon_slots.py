@@ -4,6 +4,7 @@ executor playing the cluster; the same paths against a real Ray cluster are in t
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -278,6 +279,8 @@ def test_a_ray_run_asks_for_the_configured_resources_and_a_grace_above_its_check
     assert job["entrypoint"] == f"exec '/opt/py env/bin/python' -P -m mtld.train '{tmp_path}/runs/1-a b'"
     assert (job["entrypoint_num_cpus"], job["entrypoint_num_gpus"], job["entrypoint_memory"],
             job["entrypoint_resources"]) == (2, 1, 4_000_000_000, {"big": 1})
+    # what it asks for, kept with the job (Ray's job details do not say): `mtld status` shows it while it waits
+    assert json.loads(job["metadata"]["mtld_asks"]) == {"CPU": 2.0, "GPU": 1.0, "memory": 4e9, "big": 1.0}
     assert job["runtime_env"] == {"pip": ["x"], "env_vars": {
         "PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": "90", "MTLD_THREADS_ALLOTTED": "1", "HF_HOME": "/shared/hf"}}
 
@@ -520,15 +523,17 @@ def test_a_run_the_cluster_holds_pending_shows_as_waiting_with_what_it_waits_for
 # ------------------------------------------------------------------ the Ray executor's side of it, against a scripted Jobs API
 
 
-def _job(status: str, *, error_type=None, message=None, node=None, exit_code=None, cpus=1.0, gpus=None,
-         memory=None, resources=None):
-    from types import SimpleNamespace
-
+def _job(status: str, *, error_type=None, message=None, node=None, exit_code=None, asks=None):
+    """What Ray's get_job_info returns (its own JobDetails model), for a job mtld submitted asking `asks`."""
+    from ray.dashboard.modules.job.pydantic_models import JobDetails
     from ray.job_submission import JobStatus
 
-    return SimpleNamespace(status=JobStatus(status), driver_node_id=node, driver_exit_code=exit_code, message=message,
-                           error_type=error_type, entrypoint_num_cpus=cpus, entrypoint_num_gpus=gpus,
-                           entrypoint_memory=memory, entrypoint_resources=resources)
+    from mtld.executor.ray.jobs import ASKED_KEY
+
+    metadata = {"mtld_run_id": "1", **({ASKED_KEY: json.dumps(asks)} if asks is not None else {})}
+    return JobDetails(type="SUBMISSION", submission_id="mtld-x", entrypoint="exec python -P -m mtld.train /r",
+                      status=JobStatus(status), message=message, error_type=error_type, driver_node_id=node,
+                      driver_exit_code=exit_code, metadata=metadata)
 
 
 class ScriptedApi:
@@ -562,8 +567,8 @@ def test_a_pending_ray_job_says_what_it_waits_for_and_fails_once_no_node_could_e
     from mtld.executor.ray.jobs import RECHECK_PENDING_S, RayRun
 
     clock = [0.0]
-    api = ScriptedApi(_job("PENDING", gpus=1.0, resources={"side": 1.0}), [{"CPU": 4, "GPU": 1, "side": 1}])
-    run = RayRun(api, "mtld-x", tmp_path, ray_run(1), clock=lambda: clock[0])
+    api = ScriptedApi(_job("PENDING", asks={"CPU": 1, "GPU": 1, "side": 1}), [{"CPU": 4, "GPU": 1, "side": 1}])
+    run = RayRun(api, "mtld-x", tmp_path, ray_run(1), clock=lambda: clock[0], wanted={"CPU": 1})
     assert run.poll() is None and run.node is None
     assert run.waiting == "waiting for the Ray cluster to start it: a node with 1 CPU, 1 GPU, side 1 free"
     api.nodes = [{"CPU": 4, "GPU": 1}]  # the node with `side` left the cluster
@@ -580,14 +585,14 @@ def test_when_ray_gives_up_placing_a_job_mtld_fails_it_if_no_node_has_the_resour
 
     said = ("Job supervisor actor failed to start within 900.0 seconds. This may be because the job entrypoint's "
             "specified resources (entrypoint_num_cpus, ...)aren't available on the cluster.")
-    never = ScriptedApi(_job("FAILED", error_type="JOB_SUPERVISOR_ACTOR_START_TIMEOUT", message=said, gpus=2.0),
-                        [{"CPU": 8, "GPU": 1}])
+    never = ScriptedApi(_job("FAILED", error_type="JOB_SUPERVISOR_ACTOR_START_TIMEOUT", message=said,
+                             asks={"CPU": 1, "GPU": 2}), [{"CPU": 8, "GPU": 1}])
     status = RayRun(never, "mtld-x", tmp_path, ray_run(1)).poll()
     assert status.cannot_run.startswith("no node of the Ray cluster has 2 GPU (executor.ray.num_gpus; the most a "
                                         "node has: 1 GPU) (1 node alive); Ray: Job supervisor actor failed to start")
-    busy = ScriptedApi(_job("FAILED", error_type="JOB_SUPERVISOR_ACTOR_START_TIMEOUT", message=said, gpus=1.0),
-                       [{"CPU": 8, "GPU": 1}])
-    status = RayRun(busy, "mtld-x", tmp_path, ray_run(1)).poll()  # it could run, the cluster was busy: lost
+    busy = ScriptedApi(_job("FAILED", error_type="JOB_SUPERVISOR_ACTOR_START_TIMEOUT", message=said),
+                       [{"CPU": 8, "GPU": 1}])  # no metadata (an older mtld submitted it): what this one asks
+    status = RayRun(busy, "mtld-x", tmp_path, ray_run(1), wanted={"CPU": 1, "GPU": 1}).poll()  # busy: lost
     assert (status.code, status.cannot_run) == (None, None) and "failed to start within 900.0 seconds" in status.detail
 
 

@@ -250,6 +250,33 @@ def test_a_runs_folder_the_worker_can_read_but_not_write_fails_doctor_and_the_ru
     assert "Read-only file system" in job.last_error and "Traceback" not in job.last_error
 
 
+def test_a_run_ray_holds_pending_shows_as_waiting_for_the_cluster_with_what_it_waits_for(tmp_path, ray_address,
+                                                                                        data_dir):
+    home = ray_home(tmp_path / "home", ray_address, slots=2)
+    home.env["MTLD_EXECUTOR__RAY__NUM_CPUS"] = "3"  # the head has 4: one run at a time fits
+    first = home.submit(job_file(data_dir, name="first", epochs=40, checkpoint_every=1000))
+    second = home.submit(job_file(data_dir, name="second", epochs=40, checkpoint_every=1000))
+    daemon = home.daemon()
+    def one_placed_one_waiting():
+        runs = [j for j in status_of(home)["running"] if j["run"]]
+        placed, waiting = [j for j in runs if j["run"]["node"]], [j for j in runs if j["run"]["waiting"]]
+        return waiting if len(placed) == len(waiting) == 1 else None
+
+    waiting = home.wait_for(one_placed_one_waiting)
+    shown = home.mtld("status").stdout
+    for job_id in (first, second):
+        home.mtld("cancel", str(job_id))
+    home.wait_for(lambda: not status_of(home)["running"], timeout=120)
+    daemon.send_signal(signal.SIGTERM)
+    assert finish(daemon, timeout=60)[0] == 0
+    [job] = waiting
+    assert job["run"]["waiting"] == "waiting for the Ray cluster to start it: a node with 3 CPU free"
+    assert job["run"]["node"] is None
+    assert f"running {job['id']} {job['name']}  waiting for the cluster" in shown
+    assert f"ray job {job['run']['submission_id']}: waiting for the Ray cluster to start it" in shown
+    assert home.daemon_events("run.waiting")
+
+
 # ------------------------------------------------------------------ token authentication
 
 

@@ -38,7 +38,9 @@ ray/dashboard/modules/job/):
   sends the token of `executor.ray.token_file`; a refusal is ClusterRefused: a
   configuration error, one line naming that setting.
 - A PENDING job waits for a node with its entrypoint resources free
-  (`driver_node_id` is None until it runs: common.py, JobInfo). One that no
+  (`driver_node_id` is None until it runs: common.py, JobInfo; what the job
+  asks for is not in the JobDetails that get_job_info returns, pydantic_models.py,
+  so mtld keeps it in the job's metadata). One that no
   node has in total can never start, and Ray says so only after
   RAY_JOB_START_TIMEOUT_SECONDS (JOB_SUPERVISOR_ACTOR_START_TIMEOUT): mtld
   checks the live nodes' totals (the state API's /api/v0/nodes,
@@ -54,6 +56,7 @@ the daemon treats as "wait and try again".
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -243,9 +246,10 @@ class RayRun:
     pid = None  # not a process here
 
     def __init__(self, api: JobsApi, ref: str, run_dir: Path, run: Run, node: str | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 wanted: dict[str, float] | None = None, clock: Callable[[], float] = time.monotonic):
         self.api, self.ref, self.run_dir, self.run = api, ref, Path(run_dir), run
         self.node = node
+        self.wanted = wanted or {}  # what it asks for, as submitted (the job's metadata says, once read)
         self.waiting: str | None = None  # what its PENDING job waits for, as one line
         self.status: ExitStatus | None = None
         self.stop_pending = False  # a stop asked for that the cluster has not taken yet: sent again each poll
@@ -307,8 +311,8 @@ class RayRun:
     def _pending(self, info: Any) -> ExitStatus | None:
         """A job Ray holds PENDING: what it waits for; and, now and then, whether any node could ever start it
         (a node left since): if none can, the job is stopped and the run cannot run."""
-        wanted = _asked_by(info)
-        self.waiting = f"waiting for the Ray cluster to start it: a node with {request_text(wanted)} free"
+        self.wanted = _asked_by(info, self.wanted)
+        self.waiting = f"waiting for the Ray cluster to start it: a node with {request_text(self.wanted)} free"
         now = self.clock()
         if self.checked_at is not None and now - self.checked_at < RECHECK_PENDING_S:
             return None
@@ -325,7 +329,7 @@ class RayRun:
 
     def _cannot_run(self, info: Any) -> str | None:
         try:
-            return self.api.cannot_run(_asked_by(info))
+            return self.api.cannot_run(_asked_by(info, self.wanted))
         except Exception as e:  # nobody can tell now: the job goes on waiting (or is lost, as Ray said)
             self._unreachable("check_resources", e)
             return None
@@ -352,11 +356,17 @@ class RayRun:
             self.log.warning("executor.output_lost", error=first_line(e))
 
 
-def _asked_by(info: Any) -> dict[str, float]:
-    """What a Ray job asks for, as Ray holds it (JobInfo's entrypoint_* fields: what was submitted)."""
-    memory = info.entrypoint_memory or 0
-    return asked(info.entrypoint_num_cpus or 0, info.entrypoint_num_gpus or 0, memory / 1_000_000,
-                 info.entrypoint_resources or {})
+ASKED_KEY = "mtld_asks"  # the job's metadata: what the run asked for, as JSON (Ray's JobDetails has no entrypoint_*)
+
+
+def _asked_by(info: Any, known: dict[str, float]) -> dict[str, float]:
+    """What a Ray job asks for: as its metadata says (what was submitted, even by an earlier daemon whose
+    settings differed), else `known`."""
+    try:
+        wanted = json.loads((getattr(info, "metadata", None) or {})[ASKED_KEY])
+        return {str(name): float(amount) for name, amount in wanted.items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return known
 
 
 def exit_status(status: str, exit_code: int | None, message: str | None, result_code: int | None, *,
@@ -434,20 +444,22 @@ class RayExecutor:
         the cluster did not answer: the submission may or may not have arrived, so the run stays open and
         `adopt` settles it (by its derived id) once the cluster answers."""
         ref = submission_id(self.owner, run)
-        never = self.api.cannot_run(self.asked())
+        wanted = self.asked()
+        never = self.api.cannot_run(wanted)
         if never is not None:
             raise CannotRun(never)
         try:
             self.api.call(lambda c: c.submit_job(
                 entrypoint=self.entrypoint(run_dir), submission_id=ref,
-                metadata={"mtld_run_id": str(run.id), "mtld_run_dir": str(run_dir)}, **self.job_options(),
+                metadata={"mtld_run_id": str(run.id), "mtld_run_dir": str(run_dir), ASKED_KEY: json.dumps(wanted)},
+                **self.job_options(),
             ))
         except ClusterUnreachable:
             raise
         except Exception:
             if not self._exists(ref):  # else: submitted before (a crash between submitting and recording it)
                 raise
-        return RayRun(self.api, ref, run_dir, run)
+        return RayRun(self.api, ref, run_dir, run, wanted=wanted)
 
     def adopt(self, run: Run, run_dir: Path) -> RayRun | None:
         """The Ray job of `run`, finished or not (its status tells): by its stored submission id, or, for a run
@@ -458,7 +470,7 @@ class RayExecutor:
         ref = run.ref or submission_id(self.owner, run)
         if not self._exists(ref):
             return None
-        return RayRun(self.api, ref, run_dir, run, node=run.node)
+        return RayRun(self.api, ref, run_dir, run, node=run.node, wanted=self.asked())
 
     def _exists(self, ref: str) -> bool:
         try:
