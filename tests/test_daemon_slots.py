@@ -466,6 +466,23 @@ def test_lost_runs_count_with_their_own_limit_and_backoff_and_keep_the_clusters_
     assert [e["outcome"] for e in exited] == ["lost"] * 3 and exited[0]["detail"] == said
 
 
+def test_mtld_retry_starts_the_count_of_lost_runs_again(cluster):
+    daemon, store, executor, settings = cluster(slots=1)
+    settings.daemon.max_lost, settings.daemon.lost_backoff_s = 2, 0
+    job = submit(store, settings)
+    for n in range(2):
+        daemon.tick(T0 + 2 * n)
+        executor.runs[-1].lose("node died")
+        daemon.tick(T0 + 2 * n + 1)
+    assert store.get(job).state == "failed" and "lost 2 times in a row" in store.get(job).last_error
+    store.retry(job, now=T0 + 10)
+    daemon.tick(T0 + 10)
+    executor.runs[-1].lose("node died")
+    daemon.tick(T0 + 11)
+    last_lost = [r for r in store.runs_for(job) if r.outcome == "lost"][-1]
+    assert store.get(job).state != "failed" and "lost 1 of at most 2 times in a row" in last_lost.reason
+
+
 def test_a_lost_run_says_why_in_show_and_in_status(cluster):
     daemon, store, executor, settings = cluster(slots=1)
     job = submit(store, settings)

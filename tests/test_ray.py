@@ -337,6 +337,7 @@ def test_with_the_token_file_runs_are_submitted_watched_and_cancelled_and_doctor
     doctor = json.loads(home.mtld("doctor", "--json").stdout)["executor"]
     assert doctor["problems"] == [] and doctor["warnings"] == [] and doctor["auth_mode"] == "token"
     assert doctor["worker"]["wrote"] is True  # the check job ran, with the token, and wrote in the runs folder
+    assert "ray_error" not in doctor["worker"] and doctor["worker"]["nodes"] == 1  # its driver joined the cluster
 
     job_id = home.submit(job_file(data_dir, epochs=40, checkpoint_every=1000))
     daemon = home.daemon("--exit-when-idle")

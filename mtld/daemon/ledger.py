@@ -128,9 +128,10 @@ class RunLedger:
                                  max_lost=daemon.max_lost, lost_backoff_s=daemon.lost_backoff_s)
 
     def _lost_in_a_row(self, job_id: int, earlier: Sequence[Run]) -> int:
-        """The job's runs lost one after the other just before this one, since it was last released (`mtld
-        retry` starts the count again)."""
-        released = max((t.at for t in self.store.transitions_for(job_id) if t.reason == "released"), default=0.0)
+        """The job's runs lost one after the other just before this one, since `mtld retry` last queued it
+        again or released it from a hold (either starts the count again)."""
+        released = max((t.at for t in self.store.transitions_for(job_id) if t.reason in ("released", "retry")),
+                       default=0.0)
         count = 0
         for run in reversed([r for r in earlier if r.started_at >= released]):
             if run.outcome != "lost":
