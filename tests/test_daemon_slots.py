@@ -364,7 +364,8 @@ def ray_run(run_id: int):
 def test_a_stop_the_cluster_did_not_take_is_sent_again_until_it_does(tmp_path):
     import requests
 
-    from mtld.executor.ray.jobs import JobsApi, RayRun
+    from mtld.executor.ray.jobs import RayRun
+    from mtld.executor.ray.api import JobsApi
 
     down = requests.ConnectionError("connection refused")
     client = FakeJobsClient(down)
@@ -378,7 +379,8 @@ def test_a_stop_the_cluster_did_not_take_is_sent_again_until_it_does(tmp_path):
 
 
 def test_a_job_the_cluster_no_longer_knows_ends_the_run_as_lost(tmp_path):
-    from mtld.executor.ray.jobs import JobsApi, RayRun
+    from mtld.executor.ray.jobs import RayRun
+    from mtld.executor.ray.api import JobsApi
 
     client = FakeJobsClient(RuntimeError("Request failed with status code 404: Job mtld-x does not exist."))
     status = RayRun(JobsApi("http://head:8265", client=client), "mtld-x", tmp_path, ray_run(1)).poll()
@@ -554,10 +556,10 @@ def _job(status: str, *, error_type=None, message=None, node=None, exit_code=Non
 
 
 class ScriptedApi:
-    """mtld.executor.ray.jobs.JobsApi with scripted answers: the job's info, the live nodes' totals."""
+    """mtld.executor.ray.api.JobsApi with scripted answers: the job's info, the live nodes' totals."""
 
     def __init__(self, info, nodes):
-        from mtld.executor.ray.jobs import JobsApi
+        from mtld.executor.ray.api import JobsApi
 
         self.info, self.nodes, self.stops, self.totals_asked = info, nodes, 0, 0
         self.address = "http://head:8265"
@@ -643,7 +645,7 @@ def test_a_dead_node_is_the_reason_kept_for_a_lost_run():
 def test_the_jobs_apis_answers_are_told_apart_and_a_refused_token_names_its_setting(error, token_file, kind, says):
     from pathlib import Path
 
-    from mtld.executor.ray.jobs import classified
+    from mtld.executor.ray.api import classified
 
     class AuthenticationError(RuntimeError):  # ray.exceptions' is a RayError: what matters is its name and text
         pass
@@ -657,7 +659,7 @@ def test_a_connection_refused_is_an_outage_not_a_configuration_error():
     import requests
 
     from mtld.executor import ClusterRefused, ClusterUnreachable
-    from mtld.executor.ray.jobs import classified
+    from mtld.executor.ray.api import classified
 
     got = classified("http://head:8265", requests.ConnectionError("Connection refused"), None)
     assert isinstance(got, ClusterUnreachable) and not isinstance(got, ClusterRefused)
@@ -668,7 +670,7 @@ def test_the_ray_sdks_own_authentication_error_is_a_refusal():
     from ray.exceptions import AuthenticationError
 
     from mtld.executor import ClusterRefused
-    from mtld.executor.ray.jobs import classified
+    from mtld.executor.ray.api import classified
 
     got = classified("http://head:8265", AuthenticationError("Authentication required: Unauthorized"), None)
     assert isinstance(got, ClusterRefused) and str(got).startswith("executor.ray.token_file - ")
@@ -727,7 +729,7 @@ def test_a_token_file_others_can_read_is_refused_when_the_settings_load(tmp_path
 
 def test_the_token_goes_with_every_request_and_is_read_private_only(tmp_path):
     from mtld.executor import ClusterRefused
-    from mtld.executor.ray.jobs import read_token
+    from mtld.executor.ray.api import read_token
 
     token = tmp_path / "ray-token"
     token.write_text("0123abcd\n")

@@ -245,3 +245,42 @@ def test_an_exit_the_store_could_not_record_is_settled_by_what_was_seen_not_as_l
         run = real.runs_for(job.id)[0]
         assert store.failed == ["finish_run"] and run.outcome == "disk_full" and run.exit_code == 74
         assert real.get(job.id).hold.startswith("disk full: ")
+
+
+def test_a_retried_job_has_its_attempts_again_and_a_poll_that_fails_is_that_runs_problem(tmp_path, monkeypatch):
+    """`mtld retry` says the attempts start again: failures from before it no longer count against
+    daemon.max_attempts. And an executor whose poll raises costs that run a log line, not the tick."""
+    from mtld.daemon.loop import Daemon
+    from mtld.logs.events import configure
+    from mtld.testing import FakeExecutor, ScriptedProbe
+    from tests.conftest import log_events
+
+    for name in [n for n in os.environ if n.startswith("MTLD_")]:
+        monkeypatch.delenv(name)
+    settings = Settings(home=tmp_path / "home", daemon={"notify": False, "prevent_sleep": False, "max_attempts": 2,
+                                                        "retry_backoff_s": 0})
+    configure(settings.daemon_log)
+    with Store(settings.db_path) as store:
+        job = store.submit(name="j", spec_json=spec_to_json(SPEC), job_file="/j.toml",
+                           run_root=str(settings.local_runs_dir), now=T0)
+        executor = FakeExecutor()
+        daemon = Daemon(settings, store, executor=executor, probe=ScriptedProbe(["normal"]), clock=lambda: T0)
+        for n in range(2):  # two crashes: gave up
+            daemon.tick(T0 + 10 * n)
+            executor.runs[-1].end(1)
+            daemon.tick(T0 + 10 * n + 1)
+        assert store.get(job.id).state == "failed"
+        store.retry(job.id, now=T0 + 30)
+        daemon.tick(T0 + 31)
+        executor.runs[-1].end(1)
+        daemon.tick(T0 + 32)
+        assert store.get(job.id).state == "running" and len(executor.runs) == 4  # one failure since: again
+
+        daemon.tick(T0 + 40)
+        broken = executor.runs[-1]
+        broken.poll = lambda: 1 / 0  # type: ignore[method-assign]
+        daemon.tick(T0 + 41)
+        daemon.tick(T0 + 42)
+        assert [e["error"] for e in log_events(settings.daemon_log, "run.poll_failed")] == [
+            "ZeroDivisionError: division by zero"]  # once, and the ticks went on
+        assert not log_events(settings.daemon_log, "daemon.tick_failed")

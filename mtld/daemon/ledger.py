@@ -48,6 +48,7 @@ class ActiveRun:
     stop_detail: str | None = None  # what the daemon saw (a stall: how long it was quiet)
     stop_asked_at: float | None = None
     killed: bool = False  # it did not stop in time and was sent SIGKILL
+    poll_failed: bool = False  # asking about it failed (logged once; it is asked again each tick)
     watch: Watch | None = field(default=None, repr=False)  # the progress watchdog's (mtld.daemon.watchdog)
     last_progress: dict[str, Any] | None = field(default=None, repr=False)
     node: str | None = None  # the cluster node it runs on, once known (stored with the run)
@@ -118,7 +119,9 @@ class RunLedger:
                     stop_reason: str | None, message: str | None, detail: str | None = None,
                     cannot_run: str | None = None, gpu_failure: str | None = None) -> policy.ExitDecision:
         earlier = [r for r in self.store.runs_for(job.id) if r.id != run.id]
-        earlier_failures = sum(1 for r in earlier if r.outcome in policy.FAILED_OUTCOMES)
+        retried = max((t.at for t in self.store.transitions_for(job.id) if t.reason == "retry"), default=0.0)
+        # `mtld retry` gives a job its attempts again: only failures since count
+        earlier_failures = sum(1 for r in earlier if r.outcome in policy.FAILED_OUTCOMES and r.started_at >= retried)
         daemon = self.settings.daemon
         return policy.after_exit(exit_code=exit_code, signal=signum, earlier_failures=earlier_failures,
                                  max_attempts=daemon.max_attempts, backoff_s=daemon.retry_backoff_s,

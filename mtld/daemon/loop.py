@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mtld import __version__, disk
-from mtld.decide import policy, runtime, schedule
+from mtld.decide import policy, schedule
 from mtld.daemon.ledger import ActiveRun, RunLedger, describe
 from mtld.daemon.awake import WindowAwake
 from mtld.daemon.diskguard import DiskGuard
@@ -52,8 +52,7 @@ from mtld.config.settings import FORCED_STOP_GRACE_S, Settings
 from mtld.store import InvalidTransition, Job, Run, Store
 from mtld.daemon.recurring import Recurring
 from mtld.daemon.wakeup import Wakeup
-from mtld.daemon.watchdog import Stall, Watch
-from mtld.runs.figures import Figures
+from mtld.daemon.watchdog import Watchdog
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 NIGHT_PAGE_WAIT_S = 120.0  # --exit-when-idle waits this long for the night's page (a stop signal does not wait)
@@ -98,6 +97,7 @@ class Daemon:
         self.disk = DiskGuard(settings, store, self.log, device=self.executor.device, free_bytes=free_bytes,
                               notify=notify if settings.daemon.notify else None)
         self.awake = WindowAwake(settings, self.log)
+        self.watchdog = Watchdog(settings, self.log, remote=self.executor.remote)
         self.night = night  # writes the night's page when the queue empties after runs (`serve` makes one)
         self.ledger = RunLedger(settings, store, self.executor, self.log,
                                 make_executor=lambda kind: make_executor(settings, kind), on_hold=self.disk.held,
@@ -314,7 +314,7 @@ class Daemon:
             self.store.set_run_handle(run.id, executor=self.executor.kind, ref=handle.ref, pid=handle.pid)
         except Exception as e:  # only a restarted daemon needs it, to find the run: the run goes on
             log.warning("run.pid_unrecorded", error=describe(e))
-        active = ActiveRun(job.id, run, handle, run_dir, watch=self._watch(run_dir, micro_batch, history, now))
+        active = ActiveRun(job.id, run, handle, run_dir, watch=self.watchdog.watch(run_dir, micro_batch, history, now))
         self.active.append(active)
         if self.settings.daemon.prevent_sleep and handle.pid is not None:
             inhibitor = SleepInhibitor()
@@ -377,6 +377,12 @@ class Daemon:
             status = active.handle.poll()
         except ChildProcessError:  # reaped elsewhere: gone, how it ended unknown (its result.json may say)
             status = ExitStatus()
+        except Exception as e:  # an executor's bug or an answer of another shape: this run, not the tick
+            if not active.poll_failed:
+                self.log.error("run.poll_failed", job_id=active.job_id, run_id=active.run.id, error=describe(e),
+                               exc_info=e)
+            active.poll_failed = True
+            return
         if active.handle.node and active.handle.node != active.node:
             self._record_node(active, active.handle.node)
         waiting = getattr(active.handle, "waiting", None)  # a plugin's handle from before `waiting` has none
@@ -386,8 +392,8 @@ class Daemon:
             self.record_exit(active, status, now)
             return
         if active.stop_reason is not None:
-            self._kill_if_overdue(active, now)
-        elif (stall := self._stalled(active, now)) is not None:
+            self.watchdog.kill_if_overdue(active, now)
+        elif (stall := self.watchdog.stalled(active, now)) is not None:
             self.log.warning("run.stalled", job_id=active.job_id, run_id=active.run.id, phase=stall.phase,
                              quiet_s=round(stall.quiet_s, 1), allowance_s=round(stall.allowance_s, 1))
             self.ask_to_stop(active, "stalled", now, detail=stall.text())
@@ -423,38 +429,10 @@ class Daemon:
             self.log.info("run.waiting", job_id=active.job_id, run_id=active.run.id, waiting=waiting)
 
     def ask_to_stop(self, active: ActiveRun, reason: str, now: float, *, detail: str | None = None) -> None:
-        """SIGTERM: the child finishes its micro-step, checkpoints and exits 75 (`_kill_if_overdue` if not)."""
+        """SIGTERM: the child finishes its micro-step, checkpoints and exits 75 (the watchdog kills it if not)."""
         active.stop_reason, active.stop_detail, active.stop_asked_at = reason, detail, now
         active.handle.signal(signal.SIGTERM)
         self.log.info("run.stop_requested", job_id=active.job_id, run_id=active.run.id, reason=reason)
-
-    def _kill_if_overdue(self, active: ActiveRun, now: float) -> None:
-        """A run asked to stop that has not within `daemon.stop_timeout_s` (a hung GPU call never returns to
-        the step loop that would see the request) is killed: its last checkpoint will have to do."""
-        asked = active.stop_asked_at
-        if asked is not None and not active.killed and now - asked > self.settings.daemon.stop_timeout_s:
-            active.killed = True
-            active.handle.signal(signal.SIGKILL)
-            self.log.warning("run.killed", job_id=active.job_id, run_id=active.run.id, reason=active.stop_reason,
-                             waited_s=round(now - asked, 1))
-
-    def _watch(self, run_dir: RunDir, micro_batch: int, history: list[Figures], now: float) -> Watch:
-        """The watchdog's watch over a run, with allowances from its family's measured pace."""
-        pace = runtime.pace([r for r in map(runtime.run_record, history) if r is not None], micro_batch)
-        w = self.settings.watchdog
-        allowance = policy.stall_allowance(floor_s=w.stall_s, start_floor_s=w.start_s, step_factor=w.step_factor,
-                                           step_s=pace.step_s,
-                                           startup_s=pace.startup_s, first_steps_s=pace.first_steps_s,
-                                           eval_s=pace.eval_s)
-        return Watch(run_dir.log_file, allowance, now)
-
-    def _stalled(self, active: ActiveRun, now: float) -> Stall | None:
-        if active.watch is None:  # adopted after a restart: the floor's allowances, counted from now
-            active.watch = self._watch(active.run_dir, active.run.micro_batch, [], now)
-        if self.executor.remote and active.handle.node is None:
-            active.watch.alive(now)  # still waiting for a node: the cluster's queue, not a stall
-            return None
-        return active.watch.look(now)
 
     def stop(self, now: float) -> None:
         """Forward the stop to every run, wait (bounded) for their checkpoints, requeue, exit. A run on a

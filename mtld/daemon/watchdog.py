@@ -11,11 +11,21 @@ starting, training, evaluating), and comes from the family's measured pace (mtld
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from mtld.config.settings import Settings
+from mtld.decide import policy, runtime
 from mtld.decide.policy import Allowance
 from mtld.logs.events import last_event
+from mtld.runs.figures import Figures
+
+if TYPE_CHECKING:
+    from mtld.daemon.ledger import ActiveRun
+    from mtld.runs.rundir import RunDir
 
 # Events the training loop writes as it moves on (never the sampler thread's `memory.sample`).
 LIFE = frozenset({"run.started", "step.progress", "eval.started", "eval", "checkpoint.saved", "batch.scaled_down"})
@@ -77,3 +87,37 @@ def phase_after(event: str) -> str:
     if event == "run.started":
         return "starting"  # its first steps: the warm-up (allocation, compilation) has its own allowance
     return "training"
+
+
+class Watchdog:
+    """The daemon's watchdog: a watch over each run it starts, a stall when one has been quiet too long, and
+    SIGKILL for a run asked to stop that did not within `daemon.stop_timeout_s` (a hung GPU call never
+    returns to the step loop that would see the request: its last checkpoint will have to do)."""
+
+    def __init__(self, settings: Settings, log: Any, *, remote: bool) -> None:
+        self.settings, self.log, self.remote = settings, log, remote
+
+    def watch(self, run_dir: RunDir, micro_batch: int, history: Sequence[Figures], now: float) -> Watch:
+        """A watch over a run, with allowances from its family's measured pace."""
+        pace = runtime.pace([r for r in map(runtime.run_record, history) if r is not None], micro_batch)
+        w = self.settings.watchdog
+        allowance = policy.stall_allowance(floor_s=w.stall_s, start_floor_s=w.start_s, step_factor=w.step_factor,
+                                           step_s=pace.step_s, startup_s=pace.startup_s,
+                                           first_steps_s=pace.first_steps_s, eval_s=pace.eval_s)
+        return Watch(run_dir.log_file, allowance, now)
+
+    def stalled(self, active: ActiveRun, now: float) -> Stall | None:
+        if active.watch is None:  # adopted after a restart: the floor's allowances, counted from now
+            active.watch = self.watch(active.run_dir, active.run.micro_batch, [], now)
+        if self.remote and (active.handle.node is None or getattr(active.handle, "waiting", None)):
+            active.watch.alive(now)  # still waiting for a node: the cluster's queue, not a stall
+            return None
+        return active.watch.look(now)
+
+    def kill_if_overdue(self, active: ActiveRun, now: float) -> None:
+        asked = active.stop_asked_at
+        if asked is not None and not active.killed and now - asked > self.settings.daemon.stop_timeout_s:
+            active.killed = True
+            active.handle.signal(signal.SIGKILL)
+            self.log.warning("run.killed", job_id=active.job_id, run_id=active.run.id, reason=active.stop_reason,
+                             waited_s=round(now - asked, 1))

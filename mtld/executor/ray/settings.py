@@ -30,7 +30,7 @@ def _ray_address(value: str) -> str:
 def private_token_file(value: object) -> Path | None:
     """`token_file`: an absolute path (`~` allowed) to a file that exists and that nobody else may read or
     write (the cluster's token runs any code on it). Checked when the settings load, and again each time
-    the token is read (mtld.executor.ray.jobs.read_token)."""
+    the token is read (mtld.executor.ray.api.read_token)."""
     if value is None:
         return None
     path = Path(str(value)).expanduser()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from mtld.executor.ray.jobs import JobsApi
+    from mtld.executor.ray.api import JobsApi
     from mtld.executor.ray.settings import RaySettings
 
 MARK = "mtld-workercheck "  # the worker's report line starts with it
@@ -36,7 +36,8 @@ def check_cluster(ray: RaySettings, *, runs_dir: Path, owner: str, timeout_s: fl
     """The `cluster` section of `mtld doctor` (executor.kind = "ray"). `problems` lists what would stop runs
     (doctor exits 1), `warnings` what is unsafe but works."""
     from mtld.executor import ClusterUnreachable
-    from mtld.executor.ray.jobs import JobsApi, RayExecutor
+    from mtld.executor.ray.jobs import RayExecutor
+    from mtld.executor.ray.api import JobsApi
 
     info: dict[str, Any] = {"address": ray.address, "runs_dir": str(runs_dir), "slots": ray.slots,
                             "token_file": str(ray.token_file) if ray.token_file else None,
@@ -82,7 +83,7 @@ def check_cluster(ray: RaySettings, *, runs_dir: Path, owner: str, timeout_s: fl
         worker = _run_check_job(api, executor, runs_dir, token_file, timeout_s)
         worker["wrote"] = _read_back(written) == token
     except Exception as e:  # a refused submission, an answer cut short: one line, never a traceback
-        from mtld.executor.ray.jobs import first_line
+        from mtld.executor.ray.api import first_line
 
         worker = {"failed": f"the check job could not run: {type(e).__name__}: {first_line(e)}"}
     finally:
@@ -118,7 +119,8 @@ def _worker_problems(worker: dict[str, Any], token: str, ray: RaySettings, runs_
 
 
 def _run_check_job(api: JobsApi, executor: Any, runs_dir: Path, token_file: Path, timeout_s: float) -> dict[str, Any]:
-    from mtld.executor.ray.jobs import CLUSTER_FAILURES, first_line
+    from mtld.executor.ray.jobs import CLUSTER_FAILURES
+    from mtld.executor.ray.api import first_line
     from mtld.executor.ray.resources import request_text
     from mtld.runs.child import SAFE_PATH
 
@@ -183,7 +185,7 @@ def _auth_mode(address: str) -> str | None:
     without a token (ray/dashboard/http_server_head.py: public_exact_paths); None when it cannot say."""
     import requests  # Ray's client is built on it
 
-    from mtld.executor.ray.jobs import REQUEST_TIMEOUT_S
+    from mtld.executor.ray.api import REQUEST_TIMEOUT_S
 
     try:
         answer = requests.get(f"{address}/api/authentication_mode", timeout=REQUEST_TIMEOUT_S)
@@ -195,7 +197,7 @@ def _auth_mode(address: str) -> str | None:
 
 def _cluster_version(api: JobsApi) -> str | None:
     """The cluster's Ray version, from the Jobs API's /api/version (it needs the token where one is wanted)."""
-    from mtld.executor.ray.jobs import JobMissing
+    from mtld.executor.ray.api import JobMissing
 
     try:
         answer = api.get("/api/version")
