@@ -214,6 +214,29 @@ class RunLedger:
         if self.notify is not None:
             self.notify(f"mtld: {job.name} {job.state}", reason)
 
+    # ------------------------------------------------------------ where a cluster run is
+
+    def record_node(self, active: ActiveRun, node: str) -> None:
+        """A run on a cluster started on `node` (stored with the run: `mtld status` shows it)."""
+        active.node = node
+        try:
+            self.store.set_run_node(active.run.id, node)
+        except Exception as e:  # status shows it; the run goes on without it
+            self.log.warning("run.node_unrecorded", job_id=active.job_id, run_id=active.run.id, error=describe(e))
+            return
+        self.log.info("run.placed", job_id=active.job_id, run_id=active.run.id, node=active.node)
+
+    def record_waiting(self, active: ActiveRun, waiting: str | None) -> None:
+        """A run on a cluster waits for a node (or runs now): `mtld status` shows what it waits for."""
+        active.waiting = waiting
+        try:
+            self.store.set_run_waiting(active.run.id, waiting)
+        except Exception as e:  # status says less; the run goes on
+            self.log.warning("run.node_unrecorded", job_id=active.job_id, run_id=active.run.id, error=describe(e))
+            return
+        if waiting is not None:
+            self.log.info("run.waiting", job_id=active.job_id, run_id=active.run.id, waiting=waiting)
+
     # ------------------------------------------------------------ runs with no live child
 
     def reconcile(self, now: float, watched: Sequence[ActiveRun], *, at_start: bool = True) -> list[ActiveRun]:

@@ -384,10 +384,10 @@ class Daemon:
             active.poll_failed = True
             return
         if active.handle.node and active.handle.node != active.node:
-            self._record_node(active, active.handle.node)
+            self.ledger.record_node(active, active.handle.node)
         waiting = getattr(active.handle, "waiting", None)  # a plugin's handle from before `waiting` has none
         if waiting != active.waiting:
-            self._record_waiting(active, waiting)
+            self.ledger.record_waiting(active, waiting)
         if status is not None:
             self.record_exit(active, status, now)
             return
@@ -407,26 +407,6 @@ class Daemon:
                   and not schedule.inside(self.windows, datetime.fromtimestamp(now).astimezone())):
                 self.ask_to_stop(active, "window_end", now)
         self._echo_progress(active)
-
-    def _record_node(self, active: ActiveRun, node: str) -> None:
-        active.node = node
-        try:
-            self.store.set_run_node(active.run.id, node)
-        except Exception as e:  # status shows it; the run goes on without it
-            self.log.warning("run.node_unrecorded", job_id=active.job_id, run_id=active.run.id, error=describe(e))
-            return
-        self.log.info("run.placed", job_id=active.job_id, run_id=active.run.id, node=active.node)
-
-    def _record_waiting(self, active: ActiveRun, waiting: str | None) -> None:
-        """A run on a cluster waits for a node (or runs now): `mtld status` shows what it waits for."""
-        active.waiting = waiting
-        try:
-            self.store.set_run_waiting(active.run.id, waiting)
-        except Exception as e:  # status says less; the run goes on
-            self.log.warning("run.node_unrecorded", job_id=active.job_id, run_id=active.run.id, error=describe(e))
-            return
-        if waiting is not None:
-            self.log.info("run.waiting", job_id=active.job_id, run_id=active.run.id, waiting=waiting)
 
     def ask_to_stop(self, active: ActiveRun, reason: str, now: float, *, detail: str | None = None) -> None:
         """SIGTERM: the child finishes its micro-step, checkpoints and exits 75 (the watchdog kills it if not)."""
