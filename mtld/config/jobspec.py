@@ -20,7 +20,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, Strict,
+                      ValidationError)
 
 from mtld import MICRO_BATCH_SIZES
 from mtld.config.durations import parse_duration
@@ -87,6 +88,15 @@ def _checkpoint_every(value: int | str) -> int | str:
     return value.strip().lower()
 
 
+def _attention_dropout(value: object) -> str | float:
+    """"auto", "model" or a probability: one message for anything else (a union would give one per member)."""
+    if isinstance(value, str) and value in ("auto", "model"):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1:
+        return float(value)
+    raise ValueError('Input should be "auto", "model" or a probability from 0 up to (not including) 1')
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(default=3, ge=1, le=1000)
     learning_rate: float = Field(default=5e-5, gt=0, le=1)
@@ -104,6 +114,8 @@ class TrainSpec(_Strict):
     # auto: bf16 where the device has it (mtld.decide.precision); old job files' true/false read as auto/off
     mixed_precision: Annotated[PrecisionSetting, BeforeValidator(legacy_setting)] = "auto"
     compile: bool = False  # torch.compile the encoder: pays on long runs only (docs/benchmarks.md, "torch.compile")
+    # auto: none on CPU, where it costs the fused attention kernel; "model": the checkpoint's (mtld.decide.dropout)
+    attention_dropout: Annotated[Literal["auto", "model"] | float, PlainValidator(_attention_dropout)] = "auto"
 
 
 def _cron(expression: str | None) -> str | None:

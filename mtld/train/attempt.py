@@ -229,6 +229,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         total_steps=trainer.total_steps, steps_per_epoch=len(parts.plans[0]), epochs=train.epochs, resumed_from_step=resumed,
         optimizer=parts.optimizer_kind, mixed_precision=parts.precision,  # as the child's autocast check found it
         mixed_precision_reason=parts.precision_reason, torch=torch.__version__, compile=spec.train.compile,
+        attention_dropout=parts.attention_dropout, attention_dropout_reason=parts.attention_dropout_reason,
         threads=torch.get_num_threads(), planned_padded_tokens=trainer.eta.planned_padded_tokens(micro_batch),
         peak_vm_bytes=peak_vm_bytes(),  # address space after set-up (Linux): what RLIMIT_AS sees
         tasks=[{"name": t.info.name, "type": t.info.type, "train": len(t.train), "eval": len(t.eval) if t.eval else 0}

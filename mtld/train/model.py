@@ -41,13 +41,38 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_warning()
 
 
-def load_encoder(path: str | Path, *, trust_remote_code: bool) -> nn.Module:
-    from transformers import AutoModel
+def load_encoder(path: str | Path, *, trust_remote_code: bool, attention_dropout: float | None = None) -> nn.Module:
+    """The encoder in float32 master weights whatever the checkpoint's dtype (mixed precision is autocast's
+    job). `attention_dropout` (mtld.decide.dropout): the probability its attention layers are built with;
+    None keeps the checkpoint's. The config keeps the checkpoint's value, so an export says what the
+    checkpoint said (transformers reads it only when it builds the layers)."""
+    from transformers import AutoConfig, AutoModel
 
-    # float32 master weights whatever the checkpoint's dtype; mixed precision is autocast's job.
-    return AutoModel.from_pretrained(
-        str(path), local_files_only=True, trust_remote_code=trust_remote_code, dtype=torch.float32
-    )
+    options: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+    config = AutoConfig.from_pretrained(str(path), **options)
+    name = attention_dropout_name(config)
+    original = getattr(config, name) if name else None
+    if name and attention_dropout is not None:
+        setattr(config, name, attention_dropout)
+    encoder = AutoModel.from_pretrained(str(path), config=config, dtype=torch.float32, **options)
+    if name:
+        setattr(encoder.config, name, original)
+    return encoder
+
+
+def attention_dropout_name(config: Any) -> str | None:
+    """What the checkpoint's config calls its attention dropout, or None when it has none of the known names."""
+    from mtld.decide.dropout import CONFIG_NAMES
+
+    return next((n for n in CONFIG_NAMES if isinstance(getattr(config, n, None), (int, float))), None)
+
+
+def attention_dropout_in(encoder: nn.Module) -> float | None:
+    """The attention dropout the encoder's layers really apply in training: the p of the dropout modules of
+    its attention layers (None when they have none, or disagree). What run.started records."""
+    found = {m.dropout.p for m in encoder.modules()
+             if type(m).__name__.endswith(("SelfAttention", "Attention")) and isinstance(getattr(m, "dropout", None), nn.Dropout)}
+    return found.pop() if len(found) == 1 else None
 
 
 def compile_encoder(model: MultiTaskModel) -> None:

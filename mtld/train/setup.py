@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from mtld.config.jobspec import JobSpec
+from mtld.decide.dropout import resolve_attention_dropout
 from mtld.decide.precision import Precision
 from mtld.platform.machine import precision_for
 from mtld.config.taskrows import DataError
@@ -24,7 +25,7 @@ from mtld.train.data import TaskData, load_tasks
 from mtld.train.device import amp_dtype, is_oom, seed_everything
 from mtld.train.errors import BadInput, missing_package_message
 from mtld.train.guard import Guard
-from mtld.train.model import MultiTaskModel, compile_encoder, load_encoder, load_tokenizer
+from mtld.train.model import MultiTaskModel, attention_dropout_in, compile_encoder, load_encoder, load_tokenizer
 from mtld.train.optim import make_optimizer, make_scheduler
 from mtld.train.plan import Step, epoch_plan
 from mtld.train.signals import StopFlag
@@ -44,6 +45,8 @@ class Parts:
     fingerprint: str
     precision: Precision = "off"
     precision_reason: str = ""
+    attention_dropout: float | None = None  # what the attention layers apply in training (None: none found)
+    attention_dropout_reason: str = ""
 
     @property
     def amp(self) -> torch.dtype | None:
@@ -61,7 +64,9 @@ def build(spec: JobSpec, device: torch.device, micro_batch: int, *, stop: StopFl
         raise BadInput(str(e)) from None
     except OSError as e:  # a data file gone or unreadable since the job was submitted
         raise BadInput(f"cannot read {e.filename}: {e.strerror}") from None
-    encoder = _load(lambda: load_encoder(spec.model, trust_remote_code=spec.trust_remote_code), "the model", spec.model)
+    dropout, dropout_reason = resolve_attention_dropout(spec.train.attention_dropout, device.type)
+    encoder = _load(lambda: load_encoder(spec.model, trust_remote_code=spec.trust_remote_code, attention_dropout=dropout),
+                    "the model", spec.model)
     model = MultiTaskModel(encoder, [t.info for t in tasks]).to(device).train()
     if spec.train.compile:
         compile_encoder(model)
@@ -85,7 +90,7 @@ def build(spec: JobSpec, device: torch.device, micro_batch: int, *, stop: StopFl
     runner = StepRunner(model, tasks, optimizer, scheduler, device=device, micro_batch=micro_batch,
                         max_grad_norm=train.max_grad_norm, amp=amp, stop=stop, guard=guard, log=log)
     return Parts(tokenizer, tasks, model, plans, optimizer, optimizer_kind, scheduler, runner, fingerprint,
-                 precision, precision_reason)
+                 precision, precision_reason, attention_dropout_in(encoder), dropout_reason)
 
 
 def checked_precision(device: torch.device, precision: Precision, reason: str) -> tuple[Precision, str]:
@@ -119,6 +124,8 @@ def job_fingerprint(spec: JobSpec, tasks: list[TaskData]) -> str:
     train["mixed_precision"] = {"off": False, "auto": True}.get(train["mixed_precision"], train["mixed_precision"])
     if not train["compile"]:
         del train["compile"]
+    if train["attention_dropout"] == "auto":  # as before the setting: the default changes no fingerprint
+        del train["attention_dropout"]
     about = {"model": spec.model, "max_length": spec.max_length, "train": train,
              "tasks": [{"name": t.info.name, "type": t.info.type, "labels": t.info.labels, "weight": t.info.weight} for t in tasks]}
     digest = hashlib.sha256(json.dumps(about, sort_keys=True).encode())
