@@ -5,6 +5,7 @@ the installed torch (its CPU attention takes the fused kernel only without dropo
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -65,6 +66,7 @@ def test_run_started_says_what_the_run_trains_with_and_why(jobs, read_events):
     started = read_events(run_dir, "run.started")[0]
     assert started["attention_dropout"] == 0.0
     assert started["attention_dropout_reason"].startswith("off: on cpu attention dropout keeps")
+    assert started["malloc_tuned"] is (True if sys.platform.startswith("linux") else None)  # glibc's mallopt
     exported = json.loads((run_dir / "model" / "config.json").read_text())
     assert exported["attention_probs_dropout_prob"] == 0.1
 

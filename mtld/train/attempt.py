@@ -189,6 +189,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
 
     spec = _read_job(rd)
     micro_batch = _micro_batch(rd, launch.micro_batch, spec.train.effective_batch_size)
+    malloc_tuned = dev.tune_malloc()  # before the model and data are loaded: every allocation after it
     quiet_transformers()
     device = dev.pick_device(launch.device)
     dev.prepare(device, launch.memory_fraction)
@@ -230,6 +231,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         optimizer=parts.optimizer_kind, mixed_precision=parts.precision,  # as the child's autocast check found it
         mixed_precision_reason=parts.precision_reason, torch=torch.__version__, compile=spec.train.compile,
         attention_dropout=parts.attention_dropout, attention_dropout_reason=parts.attention_dropout_reason,
+        malloc_tuned=malloc_tuned,
         threads=torch.get_num_threads(), planned_padded_tokens=trainer.eta.planned_padded_tokens(micro_batch),
         peak_vm_bytes=peak_vm_bytes(),  # address space after set-up (Linux): what RLIMIT_AS sees
         tasks=[{"name": t.info.name, "type": t.info.type, "train": len(t.train), "eval": len(t.eval) if t.eval else 0}
