@@ -206,23 +206,7 @@ def test_fp16_trains_with_a_loss_scaler_whose_state_is_checkpointed(jobs, read_e
     assert state["step"] == 3
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # importing torch._dynamo
-def test_compile_true_compiles_the_encoder_in_place(jobs):
-    import structlog
-    import torch
-
-    from mtld.train.guard import NoGuard
-    from mtld.train.setup import build
-    from mtld.train.signals import StopFlag
-
-    def parts(**train):
-        spec = jobs.spec([jobs.task("classification", 8)], **train)
-        return build(spec, torch.device("cpu"), 2, stop=StopFlag(), guard=NoGuard(), log=structlog.get_logger())
-
-    eager, compiled = parts(), parts(compile=True)
-    assert getattr(eager.model.encoder, "_compiled_call_impl", None) is None
-    assert compiled.model.encoder._compiled_call_impl is not None
-    assert compiled.model.state_dict().keys() == eager.model.state_dict().keys()  # checkpoints and exports unchanged
+# torch.compile in the child: tests/test_compile.py
 
 
 def test_the_resume_fingerprint_of_an_old_job_file_is_what_it_was(jobs):
@@ -239,6 +223,15 @@ def test_the_resume_fingerprint_of_an_old_job_file_is_what_it_was(jobs):
     assert job_fingerprint(spec, []) == hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()
     assert job_fingerprint(spec.model_copy(update={"train": spec.train.model_copy(update={"mixed_precision": "bf16"})}), []) \
         != job_fingerprint(spec, [])
+
+    def compiling(setting):
+        return spec.model_copy(update={"train": spec.train.model_copy(update={"compile": setting})})
+
+    assert spec.train.compile == "auto"  # the default: decided per attempt, so no part of the fingerprint
+    assert job_fingerprint(compiling(False), []) == job_fingerprint(spec, [])  # as before "auto"
+    old_compiled = {**old_train, "compile": True}  # `compile = true` hashed as it always has
+    assert job_fingerprint(compiling(True), []) == hashlib.sha256(json.dumps(
+        {**about, "train": old_compiled}, sort_keys=True).encode()).hexdigest()
 
 
 class AutocastOfAnOlderTorch:

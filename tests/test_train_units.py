@@ -284,17 +284,22 @@ def test_with_a_prior_the_eta_is_the_models_time_left_scaled_by_the_runs_pace_pl
 def test_the_attempts_prior_covers_the_plan_it_has_left():
     from mtld.config.jobspec import TrainSpec
     from mtld.runs.files import Figures
-    from mtld.train.eta import LiveEta, attempt_prior
+    from mtld.train.eta import LiveEta, attempt_plan, attempt_prior
     from mtld.train.plan import Position
 
     earlier = timings_on_a_line(4, 0.5, 0.01, [32, 64, 128, 256])
     history = [Figures(timing=earlier.as_dict())]
     train = TrainSpec(effective_batch_size=4, checkpoint_every=1000)
-    whole = attempt_prior(hand_plan(), train, start=Position(), micro_batch=4, history=history)
-    rest = attempt_prior(hand_plan(), train, start=Position(1, 0, 2), micro_batch=4, history=history)
+
+    def prior(start, history):
+        return attempt_prior(attempt_plan(hand_plan(), train, start=start), micro_batch=4, history=history)
+
+    whole = prior(Position(), history)
+    rest = prior(Position(1, 0, 2), history)
     assert whole["predicted_s"] == pytest.approx(0.5 * 4 + 0.01 * 352)
     assert rest["predicted_s"] == pytest.approx(0.5 * 2 + 0.01 * (64 + 96))
-    assert attempt_prior(hand_plan(), train, start=Position(), micro_batch=4, history=[]) is None
-    assert attempt_prior(hand_plan(), train, start=Position(), micro_batch=4, history=[Figures()]) == {}
+    assert prior(Position(), []) is None
+    assert prior(Position(), [Figures()]) == {}
     eta = LiveEta.for_attempt(hand_plan(), train, start=Position(1, 0, 2), micro_batch=4, history=history)
     assert (eta.start_step, eta.prior, eta.eval_every, eta.checkpoint_steps) == (2, rest, 0, 1000)
+    assert eta.plan_left == attempt_plan(hand_plan(), train, start=Position(1, 0, 2)) and eta.plan_left.steps == 2

@@ -193,8 +193,8 @@ def show(out: Console, view: dict[str, Any], spec: dict[str, Any], runs: list[di
 # ---------------------------------------------------------------- mtld estimate
 
 
-def estimate_table(plan: PlanSummary, rows: Sequence[Prediction]) -> str:
-    """`mtld estimate`: one line per size (plain text, no markup)."""
+def estimate_table(plan: PlanSummary, rows: Sequence[Prediction], compiled: tuple[bool, str] | None = None) -> str:
+    """`mtld estimate`: one line per size (plain text, no markup), then whether the run compiles, and why."""
     lines = [f"{plan.steps} optimizer steps, {plan.evaluations} evaluations, {plan.saves} saves",
              f"{'size':>4}  {'duration':>9}  {'peak memory':>12}  {'fits now':>8}  basis"]
     for r in rows:
@@ -205,14 +205,20 @@ def estimate_table(plan: PlanSummary, rows: Sequence[Prediction]) -> str:
     if any(r.extrapolated or r.peak_extrapolated for r in rows):
         lines.append("extrapolated rows (basis 'extrapolated from', peaks marked *) are less certain; "
                      "`mtld estimate --probe` measures every size")
+    if compiled is not None:
+        lines.append(f"torch.compile: {'yes' if compiled[0] else 'no'} ({compiled[1]})")
     return "\n".join(lines)
 
 
-def estimate_json(plan: PlanSummary, rows: Sequence[Prediction]) -> dict[str, Any]:
-    """`mtld estimate --json`: the plan's figures and the same rows as the table."""
-    return {"plan": {"steps": plan.steps, "evaluations": plan.evaluations, "saves": plan.saves,
-                     "padded_tokens": {str(k): v for k, v in plan.padded_tokens.items()}},
-            "rows": [r.as_dict() for r in rows]}
+def estimate_json(plan: PlanSummary, rows: Sequence[Prediction],
+                  compiled: tuple[bool, str] | None = None) -> dict[str, Any]:
+    """`mtld estimate --json`: the plan's figures, the same rows as the table and the compile decision."""
+    out: dict[str, Any] = {"plan": {"steps": plan.steps, "evaluations": plan.evaluations, "saves": plan.saves,
+                                    "padded_tokens": {str(k): v for k, v in plan.padded_tokens.items()}},
+                           "rows": [r.as_dict() for r in rows]}
+    if compiled is not None:
+        out["compile"] = {"compile": compiled[0], "reason": compiled[1]}
+    return out
 
 
 # ---------------------------------------------------------------- mtld doctor, agent status

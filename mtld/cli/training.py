@@ -117,13 +117,13 @@ def estimate(
         sys.stderr.write(f"probing {spec.name}: a few timed steps at micro-batch 2, 4 and 8 in a child process "
                          "(on the demo model about 20 s)...\n")
     try:
-        plan, rows = estimate_job(spec, settings, store, device=plugin_for(settings).device, probe=probe)
+        plan, rows, compiled = estimate_job(spec, settings, store, device=plugin_for(settings).device, probe=probe)
     except RuntimeError as e:  # the probe child failed
         fail(f"mtld estimate: {e}")
     if as_json:
-        emit_json(render.estimate_json(plan, rows))
+        emit_json(render.estimate_json(plan, rows, compiled))
     else:
-        out.print(render.estimate_table(plan, rows), markup=False)
+        out.print(render.estimate_table(plan, rows, compiled), markup=False)
 
 
 @app.command()

@@ -97,6 +97,15 @@ def _attention_dropout(value: object) -> str | float:
     raise ValueError('Input should be "auto", "model" or a probability from 0 up to (not including) 1')
 
 
+def _compile(value: object) -> str | bool:
+    """"auto", true or false: one message for anything else (a union would give one per member)."""
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return "auto"
+    raise ValueError('Input should be "auto", true or false')
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(default=3, ge=1, le=1000)
     learning_rate: float = Field(default=5e-5, gt=0, le=1)
@@ -113,7 +122,8 @@ class TrainSpec(_Strict):
     temperature: float = Field(default=2.0, ge=1, le=100)
     # auto: bf16 where the device has it (mtld.decide.precision); old job files' true/false read as auto/off
     mixed_precision: Annotated[PrecisionSetting, BeforeValidator(legacy_setting)] = "auto"
-    compile: bool = False  # torch.compile the encoder: pays on long runs only (docs/benchmarks.md, "torch.compile")
+    # auto: compile when the estimated training time is well past the break-even (mtld.decide.compile)
+    compile: Annotated[Literal["auto"] | bool, PlainValidator(_compile)] = "auto"
     # auto: none on CPU, where it costs the fused attention kernel; "model": the checkpoint's (mtld.decide.dropout)
     attention_dropout: Annotated[Literal["auto", "model"] | float, PlainValidator(_attention_dropout)] = "auto"
 

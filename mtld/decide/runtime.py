@@ -127,6 +127,7 @@ class RunRecord:
     peaks: Mapping[int, int] = field(default_factory=dict)  # a probe measures every size
     samples: int | None = None  # examples trained in the attempt (for the rough, plan-free estimate)
     train_s: float | None = None
+    compiled: bool = False  # its encoder was compiled (torch.compile): mtld.decide.compile reads it
 
 
 def run_record(figures: Figures, *, micro_batch: int | None = None) -> RunRecord | None:
@@ -144,7 +145,7 @@ def run_record(figures: Figures, *, micro_batch: int | None = None) -> RunRecord
         startup = max(duration - train - other, 0.0)
     end = figures.micro_batch_end or micro_batch
     return RunRecord(sizes, figures.peak_memory_bytes, end, startup, figures.probe, dict(figures.peaks_by_size),
-                     figures.samples, figures.train_seconds)
+                     figures.samples, figures.train_seconds, figures.compiled)
 
 
 # ---------------------------------------------------------------- the step model

@@ -113,6 +113,7 @@ class Figures(Record):
     samples: int | None = None
     device: str | None = None
     precision: str | None = None  # what it trained in, as the child's autocast check found it: bf16, fp16, off
+    compiled: bool = False  # its encoder was compiled (torch.compile): mtld.decide.compile weighs such runs
     best_score: float | None = None
     timing: dict[int, SizeTiming] = Field(default_factory=dict)
     probe: bool = False  # a probe's figures (mtld.train.probe), not a run's

@@ -36,9 +36,10 @@ from mtld.runs.exitcodes import Outcome
 from mtld.runs.figures import Figures, Record, known_only
 
 VERSION = 1  # the major format this mtld writes, and the only one it reads
-MINOR = 4  # 1.1: the `minor` field itself; 1.2: result.json's `precision` (what the run really trained in);
+MINOR = 5  # 1.1: the `minor` field itself; 1.2: result.json's `precision` (what the run really trained in);
 # 1.3: launch.json's `tensorboard` (logging.tensorboard)
 # 1.4: launch.json's `generation` (the attempt's, for one writer per run folder: mtld.runs.rundir.Fence)
+# 1.5: result.json's `compiled` (the run compiled its encoder: mtld.decide.compile)
 
 F = TypeVar("F", bound="RunFile")
 

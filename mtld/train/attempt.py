@@ -221,6 +221,8 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         resume=state, board=board, fence=fence.check,
     )
     resumed = int(state["step"]) if state is not None else None
+    compiled, compile_reason = _compile_if_decided(spec, device.type, parts.model, trainer, launch)
+    summary.fields["compiled"] = compiled
     summary.trainer = trainer
     summary.fields["resumed_from_step"] = resumed
     train = spec.train
@@ -229,7 +231,8 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         accumulation=-(-train.effective_batch_size // micro_batch), effective_batch=train.effective_batch_size,
         total_steps=trainer.total_steps, steps_per_epoch=len(parts.plans[0]), epochs=train.epochs, resumed_from_step=resumed,
         optimizer=parts.optimizer_kind, mixed_precision=parts.precision,  # as the child's autocast check found it
-        mixed_precision_reason=parts.precision_reason, torch=torch.__version__, compile=spec.train.compile,
+        mixed_precision_reason=parts.precision_reason, torch=torch.__version__, compile=compiled,
+        compile_reason=compile_reason,
         attention_dropout=parts.attention_dropout, attention_dropout_reason=parts.attention_dropout_reason,
         malloc_tuned=malloc_tuned,
         threads=torch.get_num_threads(), planned_padded_tokens=trainer.eta.planned_padded_tokens(micro_batch),
@@ -245,6 +248,21 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         fence.check("the pruning of its checkpoints")
         _prune_after_success(rd, launch.disk.keep_last_checkpoint, log)
     return outcome
+
+
+def _compile_if_decided(spec: JobSpec, device_type: str, model: Any, trainer: Any, launch: Launch) -> tuple[bool, str]:
+    """train.compile, decided on the plan left to this attempt and the family's history (mtld.decide.compile);
+    the encoder compiled in place when it says so (lazily: the work happens at the first step)."""
+    from mtld.decide.compile import compile_for_plan
+    from mtld.decide.runtime import run_record
+    from mtld.train.model import compile_encoder
+
+    records = [r for r in map(run_record, launch.history) if r is not None]
+    compiled, reason = compile_for_plan(spec.train.compile, device_type=device_type, plan=trainer.eta.plan_left,
+                                        records=records, micro_batch=trainer.runner.micro_batch)
+    if compiled:
+        compile_encoder(model)
+    return compiled, reason
 
 
 def _prune_after_success(rd: RunDir, keep_last: bool, log: Any) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from mtld.config.durations import checkpoint_interval
 from mtld.config.jobspec import TrainSpec
-from mtld.decide.runtime import launch_prior, live_eta, run_record, summarize
+from mtld.decide.runtime import PlanSummary, launch_prior, live_eta, run_record, summarize
 from mtld.runs.figures import Figures
 from mtld.train.plan import Position, Step, padded_tokens
 from mtld.train.timing import StepTimings, eta_seconds
@@ -75,15 +75,18 @@ class PlanTokens:
         return [self.plans[at.epoch][at.index:], *self.plans[at.epoch + 1:]]
 
 
-def attempt_prior(tokens: PlanTokens, train: TrainSpec, *, start: Position, micro_batch: int,
-                  history: Sequence[Figures]) -> dict[str, Any] | None:
+def attempt_plan(tokens: PlanTokens, train: TrainSpec, *, start: Position) -> PlanSummary:
+    """The plan left to this attempt from `start`, as the runtime model reads it."""
+    return summarize(tokens.plan_from(start), tokens.train_lengths, tokens.eval_lengths, train, padded_tokens)
+
+
+def attempt_prior(plan: PlanSummary, *, micro_batch: int, history: Sequence[Figures]) -> dict[str, Any] | None:
     """The family's history (Launch.history) and the plan left to this attempt → the runtime model
     (mtld.decide.runtime.launch_prior; its `predicted_s` is this attempt's expected duration, from
-    `start` on); {} when no earlier run has timings, None without history."""
+    its start); {} when no earlier run has timings, None without history."""
     if not history:
         return None
     records = [r for r in map(run_record, history) if r is not None]
-    plan = summarize(tokens.plan_from(start), tokens.train_lengths, tokens.eval_lengths, train, padded_tokens)
     return launch_prior(plan, records, micro_batch) or {}
 
 
@@ -96,8 +99,9 @@ class LiveEta:
     """
 
     def __init__(self, tokens: PlanTokens, *, eval_every: int, checkpoint_steps: int | None, start_step: int = 0,
-                 prior: Mapping[str, Any] | None = None) -> None:
+                 prior: Mapping[str, Any] | None = None, plan_left: PlanSummary | None = None) -> None:
         self.tokens = tokens
+        self.plan_left = plan_left  # the plan from start_step on (mtld.decide.compile weighs its time)
         self.eval_every = eval_every  # 0: once per epoch
         self.checkpoint_steps = checkpoint_steps  # None: by time (counted at epoch ends only)
         self.start_step = start_step  # a resumed attempt starts at its checkpoint's step
@@ -107,8 +111,10 @@ class LiveEta:
     def for_attempt(cls, tokens: PlanTokens, train: TrainSpec, *, start: Position, micro_batch: int,
                     history: Sequence[Figures]) -> LiveEta:
         every_steps, _ = checkpoint_interval(train.checkpoint_every)
-        prior = attempt_prior(tokens, train, start=start, micro_batch=micro_batch, history=history)
-        return cls(tokens, eval_every=train.eval_every, checkpoint_steps=every_steps, start_step=start.step, prior=prior)
+        plan = attempt_plan(tokens, train, start=start)
+        prior = attempt_prior(plan, micro_batch=micro_batch, history=history)
+        return cls(tokens, eval_every=train.eval_every, checkpoint_steps=every_steps, start_step=start.step, prior=prior,
+                   plan_left=plan)
 
     def planned_padded_tokens(self, micro_batch: int) -> int:
         """Padded tokens of the whole plan at this micro-batch (run.started says it)."""

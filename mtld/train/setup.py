@@ -25,7 +25,7 @@ from mtld.train.data import TaskData, load_tasks
 from mtld.train.device import amp_dtype, is_oom, seed_everything
 from mtld.train.errors import BadInput, missing_package_message
 from mtld.train.guard import Guard
-from mtld.train.model import MultiTaskModel, attention_dropout_in, compile_encoder, load_encoder, load_tokenizer
+from mtld.train.model import MultiTaskModel, attention_dropout_in, load_encoder, load_tokenizer
 from mtld.train.optim import make_optimizer, make_scheduler
 from mtld.train.plan import Step, epoch_plan
 from mtld.train.signals import StopFlag
@@ -68,8 +68,7 @@ def build(spec: JobSpec, device: torch.device, micro_batch: int, *, stop: StopFl
     encoder = _load(lambda: load_encoder(spec.model, trust_remote_code=spec.trust_remote_code, attention_dropout=dropout),
                     "the model", spec.model)
     model = MultiTaskModel(encoder, [t.info for t in tasks]).to(device).train()
-    if spec.train.compile:
-        compile_encoder(model)
+    # torch.compile is decided once the plan left to the attempt is known (mtld.train.attempt: compile_decision)
 
     train = spec.train
     lengths = [t.train.lengths for t in tasks]
@@ -122,7 +121,7 @@ def job_fingerprint(spec: JobSpec, tasks: list[TaskData]) -> str:
     train = spec.train.model_dump(mode="json", exclude={"batch_size", "eval_every", "checkpoint_every", "keep_checkpoints"})
     # As job files said it before "auto"/"bf16"/"fp16"/"off" and `compile`: checkpoints written then still resume.
     train["mixed_precision"] = {"off": False, "auto": True}.get(train["mixed_precision"], train["mixed_precision"])
-    if not train["compile"]:
+    if train["compile"] is not True:  # false, and "auto" (a decision per attempt, not a setting of the run)
         del train["compile"]
     if train["attention_dropout"] == "auto":  # as before the setting: the default changes no fingerprint
         del train["attention_dropout"]
