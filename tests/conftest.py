@@ -149,6 +149,20 @@ def tiny_model_no_dropout(tiny_model: Path, tmp_path_factory: pytest.TempPathFac
     return without_dropout(tiny_model, tmp_path_factory.mktemp("models") / "tiny-bert-no-dropout")
 
 
+@pytest.fixture
+def train_job(tmp_path: Path, tiny_model: Path):
+    """A one-task job file on the tiny model whose [train] table holds `line` (e.g. 'compile = true')."""
+    (tmp_path / "t.jsonl").write_text('{"text": "a", "label": "x"}\n')
+
+    def write(line: str) -> Path:
+        path = tmp_path / "job.toml"
+        path.write_text(f'name = "j"\nmodel = "{tiny_model}"\n[[tasks]]\nname = "t"\ntype = "classification"\n'
+                        f'train = "t.jsonl"\n[train]\n{line}\n')
+        return path
+
+    return write
+
+
 TASK_FIELDS = {
     "classification": {"type": "classification", "text_field": "text", "label_field": "label"},
     "pair": {"type": "classification", "text_field": "a", "text_pair_field": "b", "label_field": "label"},

@@ -80,28 +80,20 @@ def test_the_default_changes_no_resume_fingerprint_and_a_value_does(jobs):
 
 
 @pytest.mark.parametrize(("value", "loaded"), [("", "auto"), ('"model"', "model"), ("0", 0.0), ("0.05", 0.05)])
-def test_the_job_file_takes_auto_model_or_a_probability(tmp_path, tiny_model, value, loaded):
+def test_the_job_file_takes_auto_model_or_a_probability(train_job, value, loaded):
     from mtld.config.jobspec import load_job
 
-    assert load_job(_job(tmp_path, tiny_model, f"attention_dropout = {value}" if value else "")).train.attention_dropout == loaded
+    assert load_job(train_job(f"attention_dropout = {value}" if value else "")).train.attention_dropout == loaded
 
 
 @pytest.mark.parametrize("value", ["1", "1.5", "-0.1", '"off"', '"0.1"', "true"])
-def test_a_bad_attention_dropout_gets_one_line(tmp_path, tiny_model, value):
+def test_a_bad_attention_dropout_gets_one_line(train_job, value):
     from mtld.config.jobspec import JobFileError, load_job
 
     with pytest.raises(JobFileError) as e:
-        load_job(_job(tmp_path, tiny_model, f"attention_dropout = {value}"), shown_as="job.toml")
+        load_job(train_job(f"attention_dropout = {value}"), shown_as="job.toml")
     assert len(str(e.value).splitlines()) == 1
     assert str(e.value).startswith("job.toml: train.attention_dropout - ")
-
-
-def _job(tmp_path, model, line: str):
-    (tmp_path / "t.jsonl").write_text('{"text": "a", "label": "x"}\n')
-    path = tmp_path / "job.toml"
-    path.write_text(f'name = "j"\nmodel = "{model}"\n[[tasks]]\nname = "t"\ntype = "classification"\n'
-                    f'train = "t.jsonl"\n[train]\n{line}\n')
-    return path
 
 
 @pytest.mark.parametrize(("dropout", "fused"), [(0.0, True), (0.1, False)])

@@ -103,16 +103,10 @@ def test_the_eager_estimate_uses_eager_runs_and_scales_compiled_ones():
     assert compile_for_plan("auto", device_type="cpu", plan=middle, records=both, micro_batch=8)[0]
 
 
-def test_the_job_file_takes_auto_true_or_false_and_nothing_else(tmp_path, tiny_model):
+def test_the_job_file_takes_auto_true_or_false_and_nothing_else(train_job):
     from mtld.config.jobspec import JobFileError, load_job
 
-    (tmp_path / "t.jsonl").write_text('{"text": "a", "label": "x"}\n')
-
-    def job(value: str):
-        path = tmp_path / "job.toml"
-        path.write_text(f'name = "j"\nmodel = "{tiny_model}"\n[[tasks]]\nname = "t"\ntype = "classification"\n'
-                        f'train = "t.jsonl"\n[train]\n{value}\n')
-        return path
+    job = train_job
 
     assert load_job(job("")).train.compile == "auto"
     assert load_job(job('compile = "auto"')).train.compile == "auto"

@@ -155,17 +155,10 @@ def test_the_torch_floor_is_what_the_code_needs_and_the_pinned_build_meets_it():
     assert pinned and torch_version(pinned[1]) >= floor
 
 
-def test_old_job_files_still_load_and_bad_values_get_one_line(tmp_path, tiny_model):
+def test_old_job_files_still_load_and_bad_values_get_one_line(train_job):
     from mtld.config.jobspec import JobFileError, load_job
 
-    data = tmp_path / "t.jsonl"
-    data.write_text('{"text": "a", "label": "x"}\n')
-
-    def job(value: str) -> str:
-        path = tmp_path / "job.toml"
-        path.write_text(f'name = "j"\nmodel = "{tiny_model}"\n[[tasks]]\nname = "t"\ntype = "classification"\n'
-                        f'train = "t.jsonl"\n[train]\n{value}\n')
-        return path
+    job = train_job
 
     assert load_job(job("mixed_precision = true")).train.mixed_precision == "auto"
     assert load_job(job("mixed_precision = false")).train.mixed_precision == "off"
