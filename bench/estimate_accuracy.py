@@ -129,7 +129,7 @@ def one_model(name: str, model: Path, work: Path, sizes: list[int], data: dict[s
             for m in sizes:
                 result, live = run(spec, m, work / f"{name}-{label}-{m}", prior)
                 if label == "large" and m == 4 and round_ == 0 and PICTURE_DIR is not None:  # for docs/estimates.md
-                    from mtld.report.run import draw_report
+                    from mtld.report.figure import draw_report
 
                     draw_report(work / f"{name}-{label}-{m}", PICTURE_DIR / f"estimate_report_{name.split()[0]}.png")
                 actual = result.duration_s
