@@ -141,6 +141,9 @@ train = "long.jsonl"
 epochs = 1
 effective_batch_size = 8
 learning_rate = 1e-3
+# the checkpoint's attention dropout keeps CPU attention on its math path, whose attention maps are the
+# memory this test needs: without dropout the fused kernel makes none (mtld.decide.dropout)
+attention_dropout = "model"
 """)
     vm = {}
     for size in (4, 8):  # address space at each size, with no limit

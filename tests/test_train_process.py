@@ -104,7 +104,8 @@ def test_sigterm_checkpoints_exits_75_and_the_resumed_run_ends_bit_identical(job
 @pytest.fixture(scope="module")
 def memory_hungry_model(tmp_path_factory, model_builder):
     """64 attention heads over 256 tokens: attention maps make activations, and so
-    memory, grow steeply with the micro-batch while the compute stays small."""
+    memory, grow steeply with the micro-batch while the compute stays small. Its jobs keep the checkpoint's
+    attention dropout: without it CPU attention takes its fused kernel, which makes no attention maps."""
     return model_builder(tmp_path_factory.mktemp("models") / "wide-attention", hidden=64, heads=64, intermediate=256, max_position=256)
 
 
@@ -113,7 +114,7 @@ def oom_probes(tmp_path_factory, make_jobs, memory_hungry_model):
     """Address space used by the 'long' job at micro-batch 2 and 8, with no limit."""
     jobs = make_jobs(tmp_path_factory.mktemp("oom"), memory_hungry_model)
     long = jobs.task("classification", 16, long=260, name="long")
-    spec = jobs.spec([long], epochs=1, max_length=256)
+    spec = jobs.spec([long], epochs=1, max_length=256, attention_dropout="model")
     dirs = {b: jobs.run_dir(spec, micro_batch=b, name=f"probe{b}") for b in (2, 8)}
     processes = {b: start(d) for b, d in dirs.items()}
     for b, process in processes.items():
@@ -129,13 +130,14 @@ def oom_probes(tmp_path_factory, make_jobs, memory_hungry_model):
 def test_out_of_memory_halves_the_micro_batch_and_the_run_completes(oom_probes, read_events):
     """Under a limit between the two probes, and with the terminal case run alongside."""
     jobs, long, vm = oom_probes
-    scale_spec = jobs.spec([long], epochs=1, max_length=256)
+    scale_spec = jobs.spec([long], epochs=1, max_length=256, attention_dropout="model")
     scale_dir = jobs.run_dir(scale_spec, micro_batch=8, name="limited8")
     scale_child = start(scale_dir, limit_bytes=(vm[2] + vm[8]) // 2)
 
     short = jobs.task("classification", 48, name="short")
     seed = first_seed_where_a_short_step_comes_first(jobs, short, long)
-    end_spec = jobs.spec([short, long], epochs=1, max_length=256, seed=seed, checkpoint_every=1000)
+    end_spec = jobs.spec([short, long], epochs=1, max_length=256, seed=seed, checkpoint_every=1000,
+                         attention_dropout="model")
     end_dir = jobs.run_dir(end_spec, micro_batch=2, name="limited2")
     end_child = start(end_dir, limit_bytes=(vm["setup"] + vm[2]) // 2)
 
