@@ -282,7 +282,7 @@ def test_with_a_prior_the_eta_is_the_models_time_left_scaled_by_the_runs_pace_pl
 
 
 def test_the_attempts_prior_covers_the_plan_it_has_left():
-    from mtld.config.jobspec import TrainSpec
+    from mtld.config.sections import TrainSpec
     from mtld.runs.files import Figures
     from mtld.train.eta import LiveEta, attempt_plan, attempt_prior
     from mtld.train.plan import Position

@@ -24,8 +24,8 @@ from pydantic import ValidationError
 
 from mtld import MICRO_BATCH_SIZES
 from mtld.config.models import model_outside_job_folder
-from mtld.config.jobspec import (JobSpec, load_job, spec_from_dict, spec_to_json, stored_spec,
-                                 within_calendar)
+from mtld.config.jobspec import JobSpec, load_job, spec_from_dict, spec_to_json, stored_spec
+from mtld.config.sections import within_calendar
 from mtld.logs.events import get_logger, iso
 from mtld.executor import ClusterUnreachable
 from mtld.executor.registry import plugin_for
@@ -60,7 +60,7 @@ def parse_priority(text: str) -> int:
 
 def parse_not_before(text: str, *, now: datetime) -> datetime:
     """`2026-11-28T01:30` (local unless it has an offset), `01:30` (its next occurrence) or `now`. The range
-    (mtld.config.jobspec.within_calendar) is the job file's, checked with it."""
+    (mtld.config.sections.within_calendar) is the job file's, checked with it."""
     now = now.astimezone()
     if text == "now":
         return now

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from mtld.config.durations import checkpoint_interval
-from mtld.config.jobspec import TrainSpec
+from mtld.config.sections import TrainSpec
 from mtld.decide.runtime import PlanSummary, launch_prior, live_eta, run_record, summarize
 from mtld.runs.figures import Figures
 from mtld.train.plan import Position, Step, padded_tokens

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from mtld.config.jobspec import TrainSpec
+from mtld.config.sections import TrainSpec
 from mtld.runs.rundir import RunDir, write_json_atomic
 from mtld.runs.figures import Figures
 from mtld.disk import DiskFull

@@ -71,7 +71,7 @@ def attention_dropout_in(encoder: nn.Module) -> float | None:
     """The attention dropout the encoder's layers really apply in training: the p of the dropout modules of
     its attention layers (None when they have none, or disagree). What run.started records."""
     found = {m.dropout.p for m in encoder.modules()
-             if type(m).__name__.endswith(("SelfAttention", "Attention")) and isinstance(getattr(m, "dropout", None), nn.Dropout)}
+             if type(m).__name__.endswith("Attention") and isinstance(getattr(m, "dropout", None), nn.Dropout)}
     return found.pop() if len(found) == 1 else None
 
 

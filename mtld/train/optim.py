@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from mtld.config.jobspec import TrainSpec
+from mtld.config.sections import TrainSpec
 from mtld.train.model import parameter_groups
 
 
