@@ -97,6 +97,7 @@ def test_a_checkpoint_write_that_fills_the_disk_leaves_the_earlier_one_intact(sm
     with pytest.raises(DiskFull) as caught:  # 1 MB of state into 300 KB: ENOSPC mid-write
         save_checkpoint(folder, 2, {"step": 2, "model": {"w": torch.ones(250_000)}}, keep=2)
     assert "no space left; the earlier checkpoints are intact" in str(caught.value)
+    assert caught.value.needed > caught.value.free  # the free space at the refusal, not after the cleanup
     assert sorted(p.name for p in folder.iterdir()) == ["step-00000001.pt"]  # no temporary file left
     assert first.read_bytes() == before and load_checkpoint(first)["step"] == 1
 
@@ -111,6 +112,36 @@ def test_a_checkpoint_write_that_fills_the_disk_leaves_the_earlier_one_intact(sm
                           exports_on_disk=0, margin_bytes=0)
     assert saved_then_stopped.value.saved == folder / "step-00000004.pt"
     assert load_checkpoint(saved_then_stopped.value.saved)["step"] == 4
+
+
+def test_space_taken_between_the_check_and_the_write_is_reported_as_the_whole_run_s_need(small_fs, monkeypatch):
+    """Another writer fills the disk after the free-space check passed: the write is refused, and the figures
+    the hold and `disk.full` show are what the rest of the run needs against what was free at the refusal."""
+    import torch
+
+    from mtld.disk import DiskFull
+    from mtld.train import checkpoint
+
+    folder = small_fs("2m") / "run" / "checkpoints"
+    checkpoint.save_checkpoint(folder, 1, {"step": 1, "model": {"w": torch.ones(1000)}}, keep=2)
+    real_free = checkpoint.free_bytes
+    checked: list[int] = []
+
+    def free_then_taken(path: Path) -> int:  # the check sees room; by the write, another writer has it
+        if not checked:
+            checked.append(real_free(path))
+            fill(folder.parent, leave=100_000)
+            return checked[0]
+        return real_free(path)
+
+    monkeypatch.setattr(checkpoint, "free_bytes", free_then_taken)
+    with pytest.raises(DiskFull) as caught:
+        checkpoint.save_within_space(folder, 2, {"step": 2, "model": {"w": torch.ones(100_000)}}, keep=2,
+                                     export_bytes=400_000, exports_on_disk=0, margin_bytes=100_000)
+    assert checked[0] >= 1_700_000  # the check passed: two checkpoints (keep 2, one on disk, and the next),
+    need = 400_000 * 2 + 400_000 * 2 + 100_000  # model/ and best/, the margin
+    assert caught.value.needed == need > caught.value.free and caught.value.saved is None
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000001.pt"]
 
 
 def test_mtld_train_refuses_an_output_folder_it_did_not_make(tmp_path, monkeypatch):

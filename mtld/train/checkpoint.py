@@ -65,9 +65,10 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], *, keep: 
             commit()
         os.replace(tmp, final)
     except BaseException as e:
+        free = free_bytes(directory) if is_disk_full(e) else 0  # at the refusal, before the partial file goes
         tmp.unlink(missing_ok=True)
         if is_disk_full(e):
-            raise DiskFull(state_bytes(state), free_bytes(directory), directory.parent,
+            raise DiskFull(state_bytes(state), free, directory.parent,
                            detail=f"writing {final.name} failed: no space left; the earlier checkpoints are intact") from e
         raise
     _fsync_dir(directory)
@@ -87,13 +88,16 @@ def save_within_space(directory: Path, step: int, state: dict[str, Any], *, keep
                         exports_on_disk=exports_on_disk, margin_bytes=margin_bytes)
     free = free_bytes(directory)
     if free >= need:
-        return save_checkpoint(directory, step, state, keep=keep, log=log, commit=commit)
+        try:
+            return save_checkpoint(directory, step, state, keep=keep, log=log, commit=commit)
+        except DiskFull as e:  # something else took the space meanwhile: the run still needs all of `need`
+            raise DiskFull(need, e.free, directory.parent, detail=e.detail) from e
     saved = None
     if free >= size + max(size // 50, 1 << 16):  # this one fits, with room for the file's own overhead
         try:
             saved = save_checkpoint(directory, step, state, keep=keep, log=log, commit=commit)
         except DiskFull as e:
-            raise DiskFull(need, free_bytes(directory), directory.parent, detail=e.detail) from e
+            raise DiskFull(need, e.free, directory.parent, detail=e.detail) from e
     raise DiskFull(need, free, directory.parent, saved=saved,
                    detail=f"checkpoint at step {step} kept" if saved else "the earlier checkpoints are kept")
 
