@@ -61,6 +61,15 @@ def test_checkpoints_hold_only_plain_data_and_go_by_time_at_the_default(jobs, re
     assert pruned["removed"] == 1 and pruned["kept"] == [str(kept)]
 
 
+def test_the_last_step_goes_straight_to_the_export_without_a_checkpoint_that_success_would_delete(jobs, read_events):
+    spec = jobs.spec([jobs.task("classification", 40)], epochs=3, checkpoint_every="10m")
+    run_dir = jobs.run_dir(spec, micro_batch=2)
+    assert run_attempt(run_dir) == 0
+    assert [e["step"] for e in read_events(run_dir, "checkpoint.saved")] == [5, 10]  # not 15, the last
+    assert read_events(run_dir, "checkpoint.pruned")[-1]["kept"] == []
+    assert (run_dir / "model" / "heads.pt").is_file() and not list((run_dir / "checkpoints").glob("step-*.pt"))
+
+
 def test_every_file_and_folder_of_a_run_is_user_only_whatever_the_umask(jobs):
     spec = jobs.spec([jobs.task("classification", 24, n_eval=8)], epochs=1)
     run_dir = jobs.run_dir(spec, micro_batch=2)
@@ -197,5 +206,5 @@ def test_two_planted_files_never_cost_a_run_its_checkpoints(jobs, read_events):
     assert sorted(e["reason"] for e in read_events(run_dir, "checkpoint.quarantined")) == ["refused", "unreadable"]
     assert sorted(p.name for p in (run_dir / "checkpoints" / "bad").iterdir()) == ["step-99999998.pt", "step-99999999.pt"]
     saved = [e["step"] for e in read_events(run_dir, "checkpoint.saved")]
-    assert saved == [2, 4, 5, 6, 8, 10] and not (run_dir / "ran").exists()  # every 2 steps, and each epoch's end
+    assert saved == [2, 4, 5, 6, 8] and not (run_dir / "ran").exists()  # every 2 steps, each epoch's end, not the last
     assert not read_events(run_dir, "run.failed")

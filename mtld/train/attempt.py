@@ -218,7 +218,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
         progress_every_s=launch.progress_every_s, meter=summary.meter,
         threads=thread_policy(launch.threads, device.type, log=log, every_s=launch.threads_every_s),
         history=launch.history, max_nonfinite_steps=launch.max_nonfinite_steps, disk_margin_bytes=launch.disk.margin_bytes,
-        resume=state, board=board, fence=fence.check,
+        keep_last_checkpoint=launch.disk.keep_last_checkpoint, resume=state, board=board, fence=fence.check,
     )
     resumed = int(state["step"]) if state is not None else None
     compiled, compile_reason = _compile_if_decided(spec, device.type, parts.model, trainer, launch)

@@ -94,6 +94,7 @@ class Trainer:
         history: Sequence[Figures] = (),
         max_nonfinite_steps: int = 10,
         disk_margin_bytes: int = 0,
+        keep_last_checkpoint: bool = False,
         resume: dict[str, Any] | None = None,
         board: NoBoard | None = None,
         fence: Callable[[str], None] = lambda what: None,
@@ -113,6 +114,7 @@ class Trainer:
         self.last_checkpoint_at = 0.0  # clock() of this attempt's start or its last checkpoint
         self.every_steps, self.every_s = checkpoint_interval(spec.checkpoint_every)
         self.disk_margin_bytes = disk_margin_bytes
+        self.keep_last_checkpoint = keep_last_checkpoint  # else the last step's goes straight to model/ (see run())
         self.fence = fence  # before each write to the run folder: raises Superseded when a newer attempt owns it
         self.saved_bytes: dict[str, int] = {}  # checkpoint_bytes, export_bytes: what mtld.disk's need is made of
         self.message: str | None = None
@@ -172,7 +174,12 @@ class Trainer:
                     return ended
             due = epoch_end or checkpoint_due(self.every_steps, self.every_s, step=number,
                                               seconds_since=finished - self.last_checkpoint_at)
-            if due and not self.runner.nonfinite_in_a_row:
+            # The last step goes straight to the export: a successful run removes its checkpoints, so one saved
+            # here would be deleted a second later (2.6 s of 44 for the real encoder's one-epoch run). A crash
+            # during the export loses no more than anywhere else: the last checkpoint is at most one
+            # `checkpoint_every` (or one epoch) old.
+            final = number == self.total_steps and not self.keep_last_checkpoint
+            if due and not final and not self.runner.nonfinite_in_a_row:
                 self.checkpoint()
         if last_eval_step != self.position.step and (ended := self.evaluate_or_end()):
             return ended

@@ -1,0 +1,190 @@
+"""Time to a model, end to end: `mtld submit` until `model/` is written, against a Trainer script doing the same.
+
+    python -m bench.e2e [--repeats 3] [--epochs 12] [--out bench]
+
+The job (all-MiniLM-L6-v2 from the `bench` extra; the demo's sentiment, topic
+and similarity tasks with their evaluation sets; effective batch 16, rate 5e-5,
+10 % warm-up, an evaluation at each epoch's end) runs both ways, each in fresh
+processes, as a user runs it:
+
+- mtld: a fresh state folder, `mtld submit job.toml`, then `mtld daemon
+  --exit-when-idle` (everything at its defaults: precision, attention dropout,
+  compile, micro-batch, threads);
+- the Trainer: `python -m bench.trainer_script` (its best settings: bf16 where
+  mtld picks it, `group_by_length`, fused AdamW, micro-batch 8 and gradient
+  accumulation 2).
+
+The clock starts just before the first process starts and stops at the newest
+file in `model/` (the exported encoder); `wall_s` is until the last process
+has exited. Rounds alternate the order; the ratio is the median of the ratios
+within a round. The last evaluation's scores are shown beside the times: the
+same work should score alike. Writes OUT/e2e.json and OUT/e2e.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.real import real_model  # noqa: E402
+from bench.run import load, machine, ratio  # noqa: E402
+
+DATA = ROOT / "examples" / "data"
+CONTENDERS = ("mtld", "trainer")
+NAMED = (("sentiment", "accuracy"), ("topic", "micro_f1"), ("similarity", "pearson"))  # as the Trainer script names them
+METRICS = tuple(f"{task}_{metric}" for task, metric in NAMED)
+
+
+def write_job(work: Path, model: Path, epochs: int) -> Path:
+    job = work / "e2e.toml"
+    job.write_text(f"""name = "e2e"
+model = "{model}"
+max_length = 128
+
+[[tasks]]
+name = "sentiment"
+type = "classification"
+train = "{DATA / 'sentiment.train.jsonl'}"
+eval = "{DATA / 'sentiment.eval.jsonl'}"
+labels = ["pos", "neg", "neutral"]
+
+[[tasks]]
+name = "topic"
+type = "multilabel"
+train = "{DATA / 'topic.train.jsonl'}"
+eval = "{DATA / 'topic.eval.jsonl'}"
+label_field = "topics"
+labels = ["sports", "tech", "food", "travel", "finance"]
+
+[[tasks]]
+name = "similarity"
+type = "regression"
+train = "{DATA / 'similarity.train.jsonl'}"
+eval = "{DATA / 'similarity.eval.jsonl'}"
+text_field = "text_a"
+text_pair_field = "text_b"
+label_field = "score"
+
+[train]
+epochs = {epochs}
+learning_rate = 5e-5
+warmup_ratio = 0.1
+weight_decay = 0.01
+max_grad_norm = 1.0
+effective_batch_size = 16
+seed = 42
+""")
+    return job
+
+
+def newest(folder: Path) -> float:
+    return max(p.stat().st_mtime for p in folder.rglob("*") if p.is_file())
+
+
+def run_mtld(work: Path, job: Path) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="home-", dir=work))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MTLD_")} | {"MTLD_HOME": str(home)}
+    started = time.time()
+    for args in (["submit", str(job)], ["daemon", "--exit-when-idle", "--quiet"]):
+        done = subprocess.run([sys.executable, "-m", "mtld", *args], env=env, cwd=work, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"mtld {args[0]} exited {done.returncode}: {done.stderr[-2000:]}")
+    wall = time.time() - started
+    shown = json.loads(subprocess.run([sys.executable, "-m", "mtld", "show", "1", "--json"], env=env, cwd=work,
+                                      capture_output=True, text=True, check=True).stdout)
+    run_dir = Path(shown["run_dir"])
+    if shown["state"] != "succeeded":
+        raise RuntimeError(f"the mtld job ended {shown['state']}")
+    last = json.loads((run_dir / "metrics.json").read_text())["evals"][-1]["tasks"]
+    scores = {f"{task}_{metric}": last[task][metric] for task, metric in NAMED}
+    result = json.loads((run_dir / "result.json").read_text())
+    return {"model_s": round(newest(run_dir / "model") - started, 1), "wall_s": round(wall, 1),
+            "train_s": round(result["duration_s"], 1), "scores": scores}
+
+
+def run_trainer(work: Path, model: Path, epochs: int, bf16: bool) -> dict[str, Any]:
+    out = Path(tempfile.mkdtemp(prefix="trainer-", dir=work))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MTLD_")}
+    started = time.time()
+    done = subprocess.run([sys.executable, "-m", "bench.trainer_script", str(model), str(DATA), str(out),
+                           "--epochs", str(epochs), *(["--bf16"] if bf16 else [])],
+                          env=env, cwd=ROOT, capture_output=True, text=True)
+    wall = time.time() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"the Trainer script exited {done.returncode}: {done.stderr[-2000:]}")
+    final = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"model_s": round(newest(out / "model") - started, 1), "wall_s": round(wall, 1),
+            "scores": {m: final[m] for m in METRICS}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench")
+    args = parser.parse_args()
+    model = real_model()
+    if model is None:
+        print("e2e: skipped (the bench extra is not installed: pip install -e '.[bench]')")
+        return
+    from mtld.platform.machine import precision_for
+
+    precision, why = precision_for("auto", "cpu")
+    results: dict[str, Any] = {"machine": machine(0), "epochs": args.epochs, "repeats": args.repeats,
+                               "precision": precision, "precision_reason": why}
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in CONTENDERS}
+    with tempfile.TemporaryDirectory(prefix="mtld-e2e-") as tmp:
+        work = Path(tmp)
+        job = write_job(work, model, args.epochs)
+        for r in range(args.repeats):
+            for kind in CONTENDERS if r % 2 == 0 else tuple(reversed(CONTENDERS)):
+                run = run_mtld(work, job) if kind == "mtld" else run_trainer(work, model, args.epochs, precision == "bf16")
+                runs[kind].append(run)
+                print(f"  round {r + 1} {kind:8} model/ after {run['model_s']:6.1f} s  {run['scores']}", flush=True)
+    results["runs"] = runs
+    for kind, rs in runs.items():
+        results[kind] = {"model_s": statistics.median(x["model_s"] for x in rs),
+                         "wall_s": statistics.median(x["wall_s"] for x in rs),
+                         "scores": {m: statistics.median(x["scores"][m] for x in rs) for m in METRICS}}
+    # time ratio, Trainer over mtld: above 1 means mtld has the model sooner
+    results["speedup"] = ratio([x["model_s"] for x in runs["trainer"]], [x["model_s"] for x in runs["mtld"]])
+    results["load_after"] = load()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "e2e.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "e2e.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), torch {m['torch']}, transformers "
+             f"{m['transformers']}; all-MiniLM-L6-v2, three tasks (sentiment, topic, similarity: 1,200 training and "
+             f"300 evaluation examples), {results['epochs']} epochs with an evaluation after each, effective batch 16, "
+             f"{results['precision']} ({results['precision_reason']}); each contender in fresh processes, "
+             f"{results['repeats']} rounds alternating, medians; load average {m['load_before']} before, "
+             f"{results['load_after']} after.", "",
+             "| | submit to model/ written | all processes ended | sentiment accuracy | topic micro-F1 | "
+             "similarity Pearson |", "|---|---:|---:|---:|---:|---:|"]
+    for kind, label in (("mtld", "mtld submit + daemon"), ("trainer", "Trainer script (bf16 when mtld uses it, "
+                                                                      "group_by_length)")):
+        row = results[kind]
+        scores = " | ".join(f"{row['scores'][k]:.3f}" for k in METRICS)
+        lines.append(f"| {label} | {row['model_s']:.0f} s | {row['wall_s']:.0f} s | {scores} |")
+    lines += ["", f"The Trainer script takes {results['speedup']:.2f}x mtld's time to a model (median of the rounds' "
+              "ratios). Scores: the last evaluation's, medians."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
