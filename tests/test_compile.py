@@ -103,6 +103,25 @@ def test_the_eager_estimate_uses_eager_runs_and_scales_compiled_ones():
     assert compile_for_plan("auto", device_type="cpu", plan=middle, records=both, micro_batch=8)[0]
 
 
+def test_a_run_is_estimated_from_the_runs_that_compiled_as_it_will():
+    """A compiled step is faster and its first steps far slower: the two kinds never share a step model,
+    in the child's live ETA nor in `mtld estimate`; a family with none of the kind yet uses what it has."""
+    from mtld.train.eta import attempt_prior
+
+    plan = runtime.PlanSummary(steps=1000, effective_batch=8, padded_tokens={m: 1000 * 500 for m in (2, 4, 8)},
+                               evaluations=0, eval_tokens=0, saves=1)
+    eager, compiled = record(1.0, 0.5), record(0.5, 30.5, compiled=True)
+    assert runtime.same_kind([eager, compiled], compiled=True) == [compiled]
+    assert runtime.same_kind([eager, compiled], compiled=False) == [eager]
+    assert runtime.same_kind([eager], compiled=True) == [eager]
+    history = [Figures(timing=timing(1.0, 0.5)), Figures(timing=timing(0.5, 30.5), compiled=True)]
+    as_eager = attempt_prior(plan, micro_batch=8, history=history, compiled=False)
+    as_compiled = attempt_prior(plan, micro_batch=8, history=history, compiled=True)
+    assert as_eager["predicted_s"] == pytest.approx(attempt_prior(plan, micro_batch=8, history=history[:1])["predicted_s"])
+    assert as_compiled["predicted_s"] == pytest.approx(attempt_prior(plan, micro_batch=8, history=history[1:])["predicted_s"])
+    assert as_compiled["predicted_s"] < 0.6 * as_eager["predicted_s"]
+
+
 def test_the_job_file_takes_auto_true_or_false_and_nothing_else(train_job):
     from mtld.config.jobspec import JobFileError, load_job
 

@@ -28,7 +28,7 @@ def test_summarize_counts_steps_tokens_evaluations_and_saves():
     s = runtime.summarize(plans, lengths, [np.array([3, 4])], train, padded_tokens)
     # widths pad to 8: 16 for (5, 9), 32 for (17, 30); a micro-batch of 4 pads all four to 32
     assert s.padded_tokens == {2: 96 + 96, 4: 128 + 96, 8: 128 + 96}
-    assert (s.steps, s.evaluations, s.eval_tokens, s.saves) == (3, 2, 7, 3 + 1)  # checkpoints at 1, 2, 3; one export
+    assert (s.steps, s.evaluations, s.eval_tokens, s.saves) == (3, 2, 7, 2 + 1)  # checkpoints at 1, 2 (not the last); the export
     train_every = SimpleNamespace(effective_batch_size=4, eval_every=2, checkpoint_every=100)
     assert runtime.summarize(plans, lengths, [None], train_every, padded_tokens).evaluations == 0
     assert runtime.summarize(plans, lengths, [np.array([1])], train_every, padded_tokens).evaluations == 2

@@ -148,6 +148,15 @@ def run_record(figures: Figures, *, micro_batch: int | None = None) -> RunRecord
                      figures.samples, figures.train_seconds, figures.compiled)
 
 
+def same_kind(records: Sequence[RunRecord], *, compiled: bool) -> list[RunRecord]:
+    """The runs whose steps were timed as a run that compiles (or not) will be: a compiled step is 1.5x
+    faster once warm and its first steps far slower (mtld.decide.compile), so the two never share a step
+    model. All of them while the family has none of that kind yet (its first compiled run is then estimated
+    from eager ones: long by the speedup, short by the compile time)."""
+    same = [r for r in records if r.compiled == compiled]
+    return same or list(records)
+
+
 # ---------------------------------------------------------------- the step model
 
 
@@ -412,7 +421,8 @@ def summarize(plans: Sequence[Sequence[Any]], lengths: Sequence[Any], eval_lengt
               padded_tokens: Callable[..., int]) -> PlanSummary:
     """Steps, padded tokens per size, evaluations and saves of a batch plan (epochs of steps with
     `.task` and `.ids`). `padded_tokens` is mtld.train.plan's, passed in to keep this module torch-free.
-    Saves: every `checkpoint_every` steps (for a duration: none besides), each epoch's end, the final export."""
+    Saves: every `checkpoint_every` steps (for a duration: none besides) and each epoch's end, but not at the
+    last step (the export follows it at once: mtld.train.loop), and the export."""
     steps = sum(len(p) for p in plans)
     tokens = {m: int(sum(padded_tokens(s.ids, lengths[s.task], min(m, train.effective_batch_size))
                          for p in plans for s in p)) for m in SIZES}
@@ -424,7 +434,7 @@ def summarize(plans: Sequence[Sequence[Any]], lengths: Sequence[Any], eval_lengt
     every_steps, _ = checkpoint_interval(train.checkpoint_every)
     # Checkpoints by time (a duration) are counted at epoch ends only: a few more in a long epoch are
     # a small share of the run, and the run's duration is what is being estimated.
-    checkpoints = boundaries | set(range(every_steps, steps + 1, every_steps) if every_steps else ())
+    checkpoints = (boundaries | set(range(every_steps, steps + 1, every_steps) if every_steps else ())) - {steps}
     return PlanSummary(
         steps=steps, effective_batch=train.effective_batch_size, padded_tokens=tokens,
         evaluations=evaluations, eval_tokens=int(sum(int(x.sum()) for x in eval_lengths if x is not None)),

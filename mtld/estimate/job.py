@@ -58,4 +58,5 @@ def estimate_job(spec: JobSpec, settings: Settings, store: Any, *, device: str, 
         store_probe(probe_dir(settings), fam, run_probe(spec, device))
     records = family_records(store, fam, probe_dir(settings))
     compiled = compile_for_plan(spec.train.compile, device_type=device, plan=plan, records=records, micro_batch=planned)
-    return plan, runtime.predict(plan, records, available_bytes=reading.fit_bytes, chosen=chosen), compiled
+    like = runtime.same_kind(records, compiled=compiled[0])
+    return plan, runtime.predict(plan, like, available_bytes=reading.fit_bytes, chosen=chosen), compiled

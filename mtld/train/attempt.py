@@ -252,9 +252,11 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
 
 def _compile_if_decided(spec: JobSpec, device_type: str, model: Any, trainer: Any, launch: Launch) -> tuple[bool, str]:
     """train.compile, decided on the plan left to this attempt and the family's history (mtld.decide.compile);
-    the encoder compiled in place when it says so (lazily: the work happens at the first step)."""
+    the encoder compiled in place when it says so (lazily: the work happens at the first step). The live
+    ETA's prior is then taken from the runs that compiled as this one does."""
     from mtld.decide.compile import compile_for_plan
     from mtld.decide.runtime import run_record
+    from mtld.train.eta import attempt_prior
     from mtld.train.model import compile_encoder
 
     records = [r for r in map(run_record, launch.history) if r is not None]
@@ -262,6 +264,9 @@ def _compile_if_decided(spec: JobSpec, device_type: str, model: Any, trainer: An
                                         records=records, micro_batch=trainer.runner.micro_batch)
     if compiled:
         compile_encoder(model)
+    if trainer.eta.plan_left is not None:
+        trainer.eta.prior = attempt_prior(trainer.eta.plan_left, micro_batch=trainer.runner.micro_batch,
+                                          history=launch.history, compiled=compiled)
     return compiled, reason
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from mtld.config.durations import checkpoint_interval
 from mtld.config.sections import TrainSpec
-from mtld.decide.runtime import PlanSummary, launch_prior, live_eta, run_record, summarize
+from mtld.decide.runtime import PlanSummary, launch_prior, live_eta, run_record, same_kind, summarize
 from mtld.runs.figures import Figures
 from mtld.train.plan import Position, Step, padded_tokens
 from mtld.train.timing import StepTimings, eta_seconds
@@ -80,13 +80,15 @@ def attempt_plan(tokens: PlanTokens, train: TrainSpec, *, start: Position) -> Pl
     return summarize(tokens.plan_from(start), tokens.train_lengths, tokens.eval_lengths, train, padded_tokens)
 
 
-def attempt_prior(plan: PlanSummary, *, micro_batch: int, history: Sequence[Figures]) -> dict[str, Any] | None:
+def attempt_prior(plan: PlanSummary, *, micro_batch: int, history: Sequence[Figures],
+                  compiled: bool = False) -> dict[str, Any] | None:
     """The family's history (Launch.history) and the plan left to this attempt → the runtime model
-    (mtld.decide.runtime.launch_prior; its `predicted_s` is this attempt's expected duration, from
-    its start); {} when no earlier run has timings, None without history."""
+    (mtld.decide.runtime.launch_prior over the runs that compiled as this attempt does; its `predicted_s`
+    is this attempt's expected duration, from its start); {} when no earlier run has timings, None
+    without history."""
     if not history:
         return None
-    records = [r for r in map(run_record, history) if r is not None]
+    records = same_kind([r for r in map(run_record, history) if r is not None], compiled=compiled)
     return launch_prior(plan, records, micro_batch) or {}
 
 
@@ -140,8 +142,8 @@ class LiveEta:
         epochs_left = self.tokens.epochs - at.epoch
         evals_left = steps_left // self.eval_every if self.eval_every else epochs_left
         other = evals_left * self.tokens.eval_tokens * (prior.get("eval_s_per_token") or 0.0)
-        by_steps = steps_left // self.checkpoint_steps if self.checkpoint_steps else 0
-        saves_left = by_steps + epochs_left + 1  # checkpoints by step and at epoch ends, and the export
+        by_steps = (steps_left - 1) // self.checkpoint_steps if self.checkpoint_steps else 0
+        saves_left = by_steps + epochs_left  # checkpoints by step and at epoch ends but the last step, the export
         other += saves_left * (prior.get("save_s") or 0.0)
         a, b = float(size["a"]), float(size["b"])
         model_done = a * done.all.n + b * done.all.x + float(size.get("warmup_s", 0.0))
