@@ -143,7 +143,8 @@ def main() -> None:
     model.encoder.save_pretrained(args.out / "model")
     tokenizer.save_pretrained(args.out / "model")
     torch.save(model.heads.state_dict(), args.out / "model" / "heads.pt")
-    print(json.dumps({k.removeprefix("eval_"): v for k, v in final.items()}))
+    trained = [entry for entry in trainer.state.log_history if "train_runtime" in entry][-1]
+    print(json.dumps({**{k.removeprefix("eval_"): v for k, v in final.items()}, "train_runtime": trained["train_runtime"]}))
 
 
 if __name__ == "__main__":
