@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.real import real_model  # noqa: E402
-from bench.run import load, machine, ratio  # noqa: E402
+from bench.run import load, machine, measured_on, ratio  # noqa: E402
 
 DATA = ROOT / "examples" / "data"
 CONTENDERS = ("mtld", "mtld_next", "trainer")
@@ -189,12 +189,10 @@ def main() -> None:
 
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
-    lines = [f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), torch {m['torch']}, transformers "
-             f"{m['transformers']}; all-MiniLM-L6-v2, three tasks (sentiment, topic, similarity: 1,200 training and "
-             f"300 evaluation examples), {results['epochs']} epochs with an evaluation after each, effective batch 16, "
-             f"{results['precision']} ({results['precision_reason']}); each contender in fresh processes, "
-             f"{results['repeats']} rounds alternating, medians; load average {m['load_before']} before, "
-             f"{results['load_after']} after.", "",
+    lines = [measured_on(m, f"all-MiniLM-L6-v2, three tasks (sentiment, topic, similarity: 1,200 training and 300 "
+                            f"evaluation examples), {results['epochs']} epochs with an evaluation after each, effective "
+                            f"batch 16, {results['precision']} ({results['precision_reason']}); each contender in fresh "
+                            f"processes, {results['repeats']} rounds alternating, medians", results["load_after"]), "",
              "| | submit to model/ written | all processes ended | sentiment accuracy | topic micro-F1 | "
              "similarity Pearson |", "|---|---:|---:|---:|---:|---:|"]
     for kind in CONTENDERS:

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.real import real_model  # noqa: E402
-from bench.run import load, machine, ratio  # noqa: E402
+from bench.run import load, machine, measured_on, ratio  # noqa: E402
 
 WIDTH, BATCH, RATE = 192, 8, 5e-5
 # bare and trainer as users run them, with the checkpoint's attention dropout; bare_same: the bare loop with
@@ -149,11 +149,9 @@ def compare(work: Path, model: Path, precision: str, steps: int, threads: int, r
 
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
-    lines = [f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, torch threads {m['torch_threads']}), torch "
-             f"{m['torch']}, transformers {m['transformers']}; all-MiniLM-L6-v2, one task, every micro-batch "
-             f"{WIDTH} tokens wide, micro-batch {BATCH}, {results['steps']} steps, each contender a fresh process, "
-             f"{results['repeats']} rounds alternating, medians; load average {m['load_before']} before, "
-             f"{results['load_after']} after.", "",
+    lines = [measured_on(m, f"all-MiniLM-L6-v2, one task, every micro-batch {WIDTH} tokens wide, micro-batch {BATCH}, "
+                            f"{results['steps']} steps, each contender a fresh process, {results['repeats']} rounds "
+                            "alternating, medians", results["load_after"]), "",
              "| precision | mtld | bare loop, same maths | bare loop | Trainer | mtld / bare, same maths (target) | "
              "mtld / bare (target) | mtld / Trainer (target) | process s: mtld / bare / Trainer |",
              "|---|---|---|---|---|---|---|---|---|"]

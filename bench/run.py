@@ -282,6 +282,13 @@ def machine(threads: int) -> dict[str, Any]:
             "accelerate": acc, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "load_before": load()}
 
 
+def measured_on(m: dict[str, Any], detail: str, load_after: list[float] | None) -> str:
+    """A results page's first sentence: when, on what, what was run (`detail`), and the load around it."""
+    threads = f", torch threads {m['torch_threads']}" if m.get("torch_threads") else ""
+    return (f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores{threads}), torch {m['torch']}, transformers "
+            f"{m['transformers']}; {detail}; load average {m['load_before']} before, {load_after} after.")
+
+
 def load() -> list[float] | None:
     """The 1, 5 and 15 minute load averages: other work on the machine shows in every figure."""
     try:
