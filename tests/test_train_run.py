@@ -118,7 +118,7 @@ def test_events_carry_the_promised_fields(trained, read_events):
     assert progress[-1]["eta_s"] >= 0 and progress[0]["loss"] > progress[-1]["loss"]
     assert len(read_events(run_dir, "eval")) == 3
     saved = read_events(run_dir, "checkpoint.saved")
-    assert [e["step"] for e in saved] == [25, 50, 75, 100, 125, 150, 175, 200, 225, 250, 275, 300]
+    assert [e["step"] for e in saved] == [25, 50, 75, 100, 125, 150, 175, 200, 225, 250, 275]  # 300: the last step
     finished = events[-1]
     assert finished["outcome"] == "succeeded" and finished["peak_memory_bytes"] > 0 and finished["samples_per_s"] > 0
     assert not [e for e in events if e["event"] == "library.log" and e["level"] != "debug"]

@@ -269,14 +269,16 @@ def test_with_a_prior_the_eta_is_the_models_time_left_scaled_by_the_runs_pace_pl
     at = Position(1, 0, 2)
     model_left = 0.4 * 2 + 0.02 * (64 + 96)
     model_done = 0.4 * 2 + 0.02 * (96 + 96) + 1.0
-    other = 1 * 10 * 0.1 + (2 + 1 + 1) * 2.0  # an evaluation at the epoch end; saves: 2 by steps, the epoch end, the export
+    # an evaluation at the epoch end; saves: steps 3 and 4 are left, a checkpoint by steps at 3 (none at the last
+    # step: its epoch end and its step go straight to the export), the export
+    other = 1 * 10 * 0.1 + (1 + 1) * 2.0
     eta = LiveEta(hand_plan(), eval_every=0, checkpoint_steps=1, prior=prior)
     w = 0.5 / (0.5 + 0.05)  # half the attempt done: its own pace counts that much
     assert eta.eta_s(at, 4, timings) == round(model_left * ((1 - w) + w * 6.0 / model_done) + other, 1)
     resumed = LiveEta(hand_plan(), eval_every=0, checkpoint_steps=1, prior=prior, start_step=2)
     assert resumed.eta_s(at, 4, timings) == round(model_left + other, 1)  # nothing of this attempt done: the model
     every_step = LiveEta(hand_plan(), eval_every=1, checkpoint_steps=None, prior=prior, start_step=2)
-    assert every_step.eta_s(at, 4, timings) == round(model_left + 2 * 10 * 0.1 + (1 + 1) * 2.0, 1)
+    assert every_step.eta_s(at, 4, timings) == round(model_left + 2 * 10 * 0.1 + 1 * 2.0, 1)  # the export only
     no_prior_at_2 = timings_on_a_line(2, 0.5, 0.01, [32, 64, 128])
     assert eta.eta_s(at, 2, no_prior_at_2) == round(0.5 * 2 + 0.01 * (48 + 96), 1)  # the run's own line
 
