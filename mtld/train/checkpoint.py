@@ -65,12 +65,13 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], *, keep: 
             commit()
         os.replace(tmp, final)
     except BaseException as e:
-        free = free_bytes(directory) if is_disk_full(e) else 0  # at the refusal, before the partial file goes
+        if not is_disk_full(e):
+            tmp.unlink(missing_ok=True)
+            raise
+        free = free_bytes(directory)  # at the refusal, before the partial file gives its space back
         tmp.unlink(missing_ok=True)
-        if is_disk_full(e):
-            raise DiskFull(state_bytes(state), free, directory.parent,
-                           detail=f"writing {final.name} failed: no space left; the earlier checkpoints are intact") from e
-        raise
+        raise DiskFull(state_bytes(state), free, directory.parent,
+                       detail=f"writing {final.name} failed: no space left; the earlier checkpoints are intact") from e
     _fsync_dir(directory)
     prune(directory, keep, written=final, log=log)
     return final
@@ -87,19 +88,16 @@ def save_within_space(directory: Path, step: int, state: dict[str, Any], *, keep
     need = space_needed(checkpoint_bytes=size, export_bytes=export_bytes, keep=keep, checkpoints_on_disk=on_disk,
                         exports_on_disk=exports_on_disk, margin_bytes=margin_bytes)
     free = free_bytes(directory)
-    if free >= need:
-        try:
-            return save_checkpoint(directory, step, state, keep=keep, log=log, commit=commit)
-        except DiskFull as e:  # something else took the space meanwhile: the run still needs all of `need`
-            raise DiskFull(need, e.free, directory.parent, detail=e.detail) from e
-    saved = None
-    if free >= size + max(size // 50, 1 << 16):  # this one fits, with room for the file's own overhead
-        try:
-            saved = save_checkpoint(directory, step, state, keep=keep, log=log, commit=commit)
-        except DiskFull as e:
-            raise DiskFull(need, e.free, directory.parent, detail=e.detail) from e
-    raise DiskFull(need, free, directory.parent, saved=saved,
-                   detail=f"checkpoint at step {step} kept" if saved else "the earlier checkpoints are kept")
+    fits = free >= need
+    if not fits and free < size + max(size // 50, 1 << 16):  # not even this one, with the file's own overhead
+        raise DiskFull(need, free, directory.parent, detail="the earlier checkpoints are kept")
+    try:
+        saved = save_checkpoint(directory, step, state, keep=keep, log=log, commit=commit)
+    except DiskFull as e:  # refused for space (something else may have taken it meanwhile): the run needs all of it
+        raise DiskFull(need, e.free, directory.parent, detail=e.detail) from e
+    if fits:
+        return saved
+    raise DiskFull(need, free, directory.parent, saved=saved, detail=f"checkpoint at step {step} kept")
 
 
 def prune(directory: Path, keep: int, *, written: Path | None = None, log: Any = None) -> None:
