@@ -32,6 +32,16 @@ def job_file(tmp_path):
     return write_job(folder)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_a_command_gives_back_its_store_connection_and_its_log(home, job_file):
+    mtld("submit", str(job_file))  # the store and the log made, the modules loaded
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(10):
+        assert mtld("status", "--json")[0] == 0
+        assert mtld("submit", str(job_file))[0] == 0
+    assert len(os.listdir("/proc/self/fd")) == before  # a leak here once ran a test worker past select()'s 1,024
+
+
 def test_submit_status_cancel_and_the_log(home, job_file):
     code, stdout, _ = mtld("submit", str(job_file))
     assert code == 0

@@ -491,22 +491,33 @@ def test_a_usage_error_is_one_line_and_exit_2_never_a_box(home, capsys, argv, li
 
 def test_a_state_folder_on_a_full_disk_refuses_submit_set_and_every_in_one_line_with_the_disk_full_wording(
         tmp_path, monkeypatch, job_folder, small_fs):
-    """Item 4: with MTLD_HOME itself on a full disk, `submit` printed an internal error."""
+    """Item 4: with MTLD_HOME itself on a full disk, `submit` printed an internal error. Two cases: a daemon
+    holds the store open (its -wal and -shm exist), so a command opens it and its write is refused for room;
+    no process holds it, so opening it fails (SQLite cannot map its -shm: SQLITE_IOERR_SHMSIZE)."""
+    from mtld.store import Store
     from tests.conftest import fill
 
     disk = small_fs("4m")
     home = disk / "home"
     monkeypatch.setenv("MTLD_HOME", str(home))
     job = str(job_folder / "job.toml")
-    assert mtld("submit", job)[0] == 0  # the store exists; then the disk fills up
+    assert mtld("submit", job)[0] == 0  # the store exists, closed; then the disk fills up
     fill(disk, leave=0)
-    for argv, what in ((["submit", job], "nothing was queued"),
-                       (["submit", job, "--every", "0 1 * * *"], "no schedule was added"),
-                       (["set", "1", "--priority", "5"], "nothing was changed")):
+    for argv in (["submit", job], ["set", "1", "--priority", "5"], ["status"]):
         code, stdout, stderr = mtld(*argv)
         assert (code, stdout) == (2, ""), stderr
-        assert stderr == (f"{home / 'state.db'}: disk full: 0 B free on {home}: {what}; free some space and try "
-                          "again\n")
+        assert stderr == (f"{home / 'state.db'}: disk full: 0 B free on {home}: the job store cannot be opened, "
+                          "nothing was changed; free some space and try again\n")
+    (disk / "filler").unlink()
+    with Store(home / "state.db"):  # as a running daemon does
+        fill(disk, leave=0)
+        for argv, what in ((["submit", job], "nothing was queued"),
+                           (["submit", job, "--every", "0 1 * * *"], "no schedule was added"),
+                           (["set", "1", "--priority", "5"], "nothing was changed")):
+            code, stdout, stderr = mtld(*argv)
+            assert (code, stdout) == (2, ""), stderr
+            assert stderr == (f"{home / 'state.db'}: disk full: 0 B free on {home}: {what}; free some space and "
+                              "try again\n")
     (disk / "filler").unlink()
     [job_row] = queued(home)
     assert (job_row.id, job_row.priority) == (1, 0)

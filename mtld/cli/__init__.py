@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
         summary = " ".join(str(e).split())[:200]
         sys.stderr.write(f"mtld: internal error: {type(e).__name__}: {summary}{where}\n")
         sys.exit(1)
+    finally:
+        _contexts.clear()  # each call its own (tests call main again and again in one process)
     sys.exit(code if isinstance(code, int) else 0)
 
 

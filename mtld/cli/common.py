@@ -16,7 +16,8 @@ from mtld import __version__
 from mtld.logs.events import configure, get_logger
 from mtld.config.settings import Settings, SettingsError, load_settings, warn_unknown_variables
 from mtld.executor import registry
-from mtld.store import Job, Store, StoreDamaged, StoreError
+from mtld.disk import full_text, is_disk_full
+from mtld.store import Job, Store, StoreDamaged, StoreError, unavailable
 from mtld.store.schema import MAX_ID
 
 app = typer.Typer(
@@ -59,9 +60,18 @@ class Context:
                 self._store = Store(path)
             except StoreDamaged as e:  # its own line says what to do
                 fail(str(e), code=2)
-            except (sqlite3.DatabaseError, StoreError, OSError) as e:  # too new, locked, or not writable
+            except (sqlite3.DatabaseError, StoreError, OSError) as e:  # too new, locked, full or not writable
+                if unavailable(e, path) == "full" or is_disk_full(e):  # the wording of a write refused for room
+                    fail(f"{path}: {full_text(path)}: the job store cannot be opened, nothing was changed; free "
+                         "some space and try again", code=2)
                 fail(f"{path}: cannot use the job store ({e})", code=2)
         return self._store
+
+    def close(self) -> None:
+        """At the command's end (click's call_on_close): the store's connection goes back."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -86,6 +96,7 @@ def main_options(
     version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True)] = False,
 ) -> None:
     ctx.obj = Context(config)
+    ctx.call_on_close(ctx.obj.close)
     _contexts.append(ctx.obj)
 
 

@@ -56,21 +56,41 @@ class AppendWriter:
         self.dropped = 0
 
     def msg(self, message: str) -> None:
-        self._follow_rotation()
         data = (message + "\n").encode("utf-8")
+        if self.fd < 0:  # closed (configure moved the log elsewhere): a logger bound before still writes its line
+            try:
+                fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+            except OSError:
+                self.dropped += 1
+                return
+            try:
+                self._write(fd, data)
+            finally:
+                os.close(fd)
+            return
+        self._follow_rotation()
+        self._write(self.fd, data)
+
+    def close(self) -> None:
+        """Give the descriptor back; a later line opens the file for itself (never a reused descriptor)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _write(self, fd: int, data: bytes) -> None:
         written = 0
         try:
             while written < len(data):
-                written += os.write(self.fd, data[written:])
+                written += os.write(fd, data[written:])
         except OSError:
             self.dropped += 1
             if written:
-                self._take_back(written)
+                self._take_back(fd, written)
 
-    def _take_back(self, written: int) -> None:
+    def _take_back(self, fd: int, written: int) -> None:
         """Truncate the part of a line that made it (it is the file's end: O_APPEND, one writer at a time)."""
         try:
-            os.ftruncate(self.fd, os.fstat(self.fd).st_size - written)
+            os.ftruncate(fd, os.fstat(fd).st_size - written)
         except OSError:
             pass
 
@@ -91,6 +111,9 @@ class AppendWriter:
         self.fd, self.inode = fd, os.fstat(fd).st_ino
 
     log = debug = info = warning = warn = error = critical = exception = msg
+
+
+_writer: AppendWriter | None = None  # the file configure() sends lines to now
 
 
 class NullWriter:
@@ -124,7 +147,17 @@ def configure(
     if console is not None:
         processors.append(_ConsoleEcho(console))
     processors += [_first_keys_first, structlog.processors.JSONRenderer(serializer=_dumps)]
-    writer = AppendWriter(path) if path is not None else NullWriter()
+    global _writer
+    writer: AppendWriter | NullWriter
+    if path is None:
+        writer = NullWriter()
+    elif _writer is not None and _writer.path == path and _writer.fd >= 0:
+        writer = _writer  # configured again for the same file (a command, then the daemon it starts): one descriptor
+    else:
+        writer = AppendWriter(path)
+    if _writer is not None and writer is not _writer:
+        _writer.close()  # one open log per process, however often a process (a test, `mtld train`) configures
+    _writer = writer if isinstance(writer, AppendWriter) else None
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),

@@ -203,7 +203,7 @@ def _writing(settings: Settings, store: Store, what: str) -> Iterator[None]:
     try:
         yield
     except Exception as e:
-        why = unavailable(e)
+        why = unavailable(e, store.path)
         if why is None:
             raise
         if why == "full":
