@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import select
+import selectors
 import shutil
 import subprocess
 import time
@@ -58,6 +58,8 @@ class Browser:
                                      preexec_fn=on_fds_3_and_4, pass_fds=(3, 4))
         os.close(commands_r)
         os.close(replies_w)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._replies, selectors.EVENT_READ)
         self._buffer = b""
         self._next_id = 0
         self.events: list[dict[str, Any]] = []
@@ -88,7 +90,7 @@ class Browser:
     def _read(self, deadline: float) -> dict[str, Any]:
         while b"\0" not in self._buffer:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._replies], [], [], left)[0]:
+            if left <= 0 or not self._selector.select(left):  # poll/epoll: any descriptor number (select: < 1,024)
                 raise TimeoutError(f"chromium did not answer (its output: {self.log.name})")
             chunk = os.read(self._replies, 1 << 16)
             if not chunk:
@@ -158,6 +160,7 @@ class Browser:
             self.proc.kill()
             self.proc.wait()
         os.close(self._commands)
+        self._selector.close()
         os.close(self._replies)
         self.log.close()
 

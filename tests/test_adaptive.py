@@ -92,7 +92,9 @@ def test_a_warn_mid_run_scales_down_and_the_weights_match_a_fixed_size_run(home,
 
 
 def test_critical_mid_run_interrupts_defers_and_resumes_without_losing_a_step(home, data_dir):
-    job_id = home.submit(job_file(data_dir, epochs=4))
+    # 16 epochs (~6 s of steps here): critical acts after its dwell plus a sample (~0.6 s), which a 4-epoch
+    # run (1.5 s) could finish first on a loaded machine, leaving nothing to interrupt
+    job_id = home.submit(job_file(data_dir, epochs=16))
     daemon = home.daemon("--exit-when-idle")
     home.wait_for(lambda: home.run_events(job_id, "step.progress"))
     home.pressure.write_text("critical\n")
