@@ -179,8 +179,9 @@ def test_a_hung_run_is_stopped_retried_one_size_down_then_held_after_two_stalls(
 
 
 def test_a_run_that_ignores_the_stop_is_killed_after_the_stop_timeout(daemon):
-    d, store, _, settings = daemon
-    d.executor = d.ledger.executor = executor = FakeExecutor(ends_on_term=False)
+    _, store, _, settings = daemon
+    executor = FakeExecutor(ends_on_term=False)
+    d = Daemon(settings, store, executor=executor, probe=ScriptedProbe([reading("normal")]), clock=lambda: T0)
     submit(store, settings)
     d.tick(T0)
     executor.runs[0].hang()

@@ -2,7 +2,8 @@
 
 One plain loop: wait on the wake-up (a timeout of `poll_interval_s`), then
 `tick(now)`. A tick supervises the running runs (exit, cancel, pause --now,
-window end) and, while a slot is free, starts the next eligible job. The queue itself is the SQLite
+window end) and, while a slot is free, has the next eligible job started
+(mtld.daemon.starter: where it goes, and its launch). The queue itself is the SQLite
 store. Signal handlers only count stop signals; every signal (SIGTERM/SIGINT,
 SIGUSR1 from the CLI, SIGCHLD when a run ends) also ends the wait at once,
 through `signal.set_wakeup_fd` (no lock is ever taken in a handler). The
@@ -28,31 +29,26 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from mtld import __version__, disk
-from mtld.decide import policy, schedule
-from mtld.daemon.ledger import ActiveRun, RunLedger, describe
+from mtld.config.settings import FORCED_STOP_GRACE_S, Settings
 from mtld.daemon.awake import WindowAwake
 from mtld.daemon.diskguard import DiskGuard
-from mtld.executor import (PROBLEM_FLAG, CannotRun, ClusterRefused, ClusterUnreachable, Executor, ExitStatus,
-                           wait_for_exit)
-from mtld.executor.registry import make_executor
-from mtld.decide.family import pinned_size, start_size
-from mtld.estimate.history import earlier_runs, family_figures, family_history, job_family, probe_dir
-from mtld.config.jobspec import stored_spec
-from mtld.logs.events import format_event, get_logger, last_event
-from mtld.memory import Probe, Reading, make_probe
-from mtld.platform.pidfile import PidFile
-from mtld.platform.power import SleepInhibitor, notify, on_battery
-from mtld.report.nightly import NightReport
-from mtld.runs.rundir import RunDir
-from mtld.runs.files import launch_for
-from mtld.config.settings import FORCED_STOP_GRACE_S, Settings
-from mtld.store import InvalidTransition, Job, Run, Store
+from mtld.daemon.ledger import ActiveRun, RunLedger, describe
 from mtld.daemon.recurring import Recurring
+from mtld.daemon.starter import Deferral, Starter
 from mtld.daemon.wakeup import Wakeup
 from mtld.daemon.watchdog import Watchdog
+from mtld.decide import schedule
+from mtld.executor import PROBLEM_FLAG, Executor, ExitStatus, wait_for_exit
+from mtld.executor.registry import make_executor
+from mtld.logs.events import format_event, get_logger, last_event
+from mtld.memory import Probe, make_probe
+from mtld.platform.pidfile import PidFile
+from mtld.platform.power import notify, on_battery
+from mtld.report.nightly import NightReport
+from mtld.store import Store
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 NIGHT_PAGE_WAIT_S = 120.0  # --exit-when-idle waits this long for the night's page (a stop signal does not wait)
@@ -89,11 +85,9 @@ class Daemon:
         self.wakeup = Wakeup()
         self.finished = False
         self.exit_code = 0
-        self.deferred_because: str | None = None
-        self.executor_problem: str | None = None  # what the store's PROBLEM_FLAG flag says (None: unset)
+        self.defer = Deferral(self.log)
         self.windows = settings.schedule.parsed()
         self.schedules = Recurring(store, self.log)
-        self.calm_since: float | None = None  # since when the pressure level has read normal (policy.calm_since)
         self.disk = DiskGuard(settings, store, self.log, device=self.executor.device, free_bytes=free_bytes,
                               notify=notify if settings.daemon.notify else None)
         self.awake = WindowAwake(settings, self.log)
@@ -102,6 +96,8 @@ class Daemon:
         self.ledger = RunLedger(settings, store, self.executor, self.log,
                                 make_executor=lambda kind: make_executor(settings, kind), on_hold=self.disk.held,
                                 notify=notify if settings.daemon.notify else None)
+        self.starter = Starter(settings, store, self.executor, self.probe, disk=self.disk, watchdog=self.watchdog,
+                               ledger=self.ledger, defer=self.defer, log=self.log)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -216,7 +212,7 @@ class Daemon:
     def dispatch_one(self, now: float) -> float | None:
         """Start the next eligible job, if any (or: when the window opens that it waits for)."""
         if self.settings.daemon.hold_on_battery and on_battery():
-            self._defer("on_battery", "the machine runs on battery (daemon.hold_on_battery)")
+            self.defer("on_battery", "the machine runs on battery (daemon.hold_on_battery)")
             return None
         local = datetime.fromtimestamp(now).astimezone()
         if not schedule.inside(self.windows, local):
@@ -224,149 +220,26 @@ class Daemon:
                 return None
             opens = schedule.next_opening(self.windows, local)
             assert opens is not None  # outside every window: there are windows, so one opens next
-            self._defer("outside_window", f"outside the run windows; the next opens at {opens:%a %H:%M}",
+            self.defer("outside_window", f"outside the run windows; the next opens at {opens:%a %H:%M}",
                         opens_at=opens.isoformat())
             return opens.timestamp()
         job = self.store.next_eligible(now=now)
         if job is None:
-            self.deferred_because = None
+            self.defer.clear()
             return None
-        try:
-            planned = self._plan(job, now)
-        except sqlite3.OperationalError as e:  # the store is out (locked, full): the job waits for the next tick
-            self._defer("store_unavailable", describe(e), job_id=job.id)
-            return None
-        except Exception as e:
-            self._start_failed(job.id, "reading its stored spec and history", e, now)
-            return None
-        if planned is not None:
-            self._launch(job, *planned, now)
+        active = self.starter.start(job, now)
+        if active is not None:
+            self.active.append(active)
         return None
-
-    def _plan(self, job: Job, now: float) -> tuple[Any, str, int, str] | None:
-        """(spec, family, micro-batch, why) of the job's next attempt; None when it must wait (logged)."""
-        spec = stored_spec(job.spec_json, shown_as=f"job {job.id}")  # an older mtld may have let it through
-        fam = job_family(spec, self.executor.device)
-        if self.disk.hold_if_short(job, spec, fam, now):  # the next tick looks at the rest of the queue
-            return None
-        if self.executor.remote:  # this machine's memory says nothing of a worker's: the run's own guard decides
-            if not self._cluster_ready(job):
-                return None
-            reading = None
-        else:
-            reading = self._read_pressure()
-        self.calm_since = policy.calm_since(self.calm_since, reading.level.value if reading else None, now)
-        start = start_size(self.settings, family_history(self.store, fam), pinned=pinned_size(job.batch_size),
-                           effective_batch=spec.train.effective_batch_size,
-                           earlier=earlier_runs(self.store, job), reading=reading,
-                           calm_for_s=None if self.calm_since is None else now - self.calm_since)
-        if start.micro_batch is None:
-            self._defer(start.deferred or "deferred", start.reason, job_id=job.id)
-            return None
-        self.deferred_because = None
-        self.log.info("policy.decided", job_id=job.id, micro_batch=start.micro_batch, reason=start.reason, family=fam,
-                      pressure=reading.level.value if reading else None)
-        return spec, fam, start.micro_batch, start.reason
-
-    def _launch(self, job: Job, spec: Any, fam: str, micro_batch: int, reason: str, now: float) -> None:
-        """Record the attempt, write its run folder, start its child. A failure fails the job (the run folder
-        cannot be written, the child cannot start); once the child runs, nothing here stops it."""
-        log = self.log.bind(job_id=job.id)
-        try:
-            run = self.store.start_run(job.id, micro_batch=micro_batch, family=fam, reason=reason, now=now,
-                                       executor=self.executor.kind)  # who to ask about it, even if the start fails
-        except InvalidTransition:
-            return  # cancelled or changed since it was picked: the next tick picks again
-        except sqlite3.OperationalError as e:
-            self._defer("store_unavailable", describe(e), job_id=job.id)
-            return
-        except Exception as e:
-            self._start_failed(job.id, "recording its start", e, now)
-            return
-        log = log.bind(run_id=run.id)
-        run_dir = RunDir(job.run_dir)
-        step = "claiming the run folder"  # a folder mtld did not make for this job is never used: nothing in it is loaded
-        try:
-            run_dir.claim({"job_id": job.id, "store": str(self.settings.db_path)},
-                          adopt_unmarked=run.attempt > 1)  # an earlier attempt ran there (an older mtld)
-            step = "reading the family's figures"
-            history = family_figures(self.store, fam, probe_dir(self.settings))
-            step = "writing the run folder"
-            generation = run_dir.next_generation()  # this attempt owns the folder now: an older one stops writing
-            run_dir.write_job(spec)
-            run_dir.write_launch(launch_for(self.settings, micro_batch=micro_batch, job_id=job.id, run_id=run.id,
-                                            history=history,  # on a cluster: the device its family names
-                                            device=self.executor.device if self.executor.remote else None,
-                                            generation=generation))
-            step = "starting the child"
-            handle = self.executor.start(run, run_dir.path)
-        except ClusterUnreachable as e:  # the cluster, not the job: the run stays open until it can ask
-            self._cluster_lost(job, run, e, now)
-            return
-        except CannotRun as e:  # no node could ever start it as asked: retrying cannot help
-            log.warning("run.cannot_start", reason=str(e))
-            self.ledger.fail_job(job.id, str(e), now, outcome="cannot_run")
-            return
-        except Exception as e:
-            self._start_failed(job.id, step, e, now)
-            return
-        try:
-            self.store.set_run_handle(run.id, executor=self.executor.kind, ref=handle.ref, pid=handle.pid)
-        except Exception as e:  # only a restarted daemon needs it, to find the run: the run goes on
-            log.warning("run.pid_unrecorded", error=describe(e))
-        active = ActiveRun(job.id, run, handle, run_dir, watch=self.watchdog.watch(run_dir, micro_batch, history, now))
-        self.active.append(active)
-        if self.settings.daemon.prevent_sleep and handle.pid is not None:
-            inhibitor = SleepInhibitor()
-            if inhibitor.start(handle.pid, f"mtld: training job {job.id} ({job.name})"):
-                active.inhibitor = inhibitor
-        log.info("run.launched", pid=handle.pid, attempt=run.attempt, micro_batch=micro_batch,
-                 run_dir=str(run_dir.path), sleep_inhibited=active.inhibitor is not None,
-                 executor=self.executor.kind, ref=handle.ref)
-
-    def _start_failed(self, job_id: int, step: str, error: Exception, now: float) -> None:
-        self.log.error("run.start_failed", job_id=job_id, step=step, error=describe(error))
-        self.ledger.fail_job(job_id, f"could not start: {step}: {describe(error)}", now, outcome="start_failed")
-
-    def _cluster_ready(self, job: Job) -> bool:
-        """The cluster answers (checked before each start, so that an outage defers the queue, not fails it).
-        One that refuses mtld's credentials is a configuration error: the queue waits with the reason, which
-        `mtld status` shows until the cluster takes runs again."""
-        try:
-            self.executor.check()
-        except ClusterRefused as e:
-            self._defer("executor_refused", str(e), job_id=job.id)
-            self._executor_problem(str(e))
-            return False
-        except ClusterUnreachable as e:
-            self._defer("cluster_unreachable", str(e), job_id=job.id)
-            return False
-        self._executor_problem(None)
-        return True
-
-    def _executor_problem(self, problem: str | None) -> None:
-        if problem != self.executor_problem:
-            try:
-                self.store.set_flag(PROBLEM_FLAG, problem)
-            except sqlite3.OperationalError:  # status misses it until the next tick; the queue waits anyway
-                return
-            self.executor_problem = problem
-
-    def _cluster_lost(self, job: Job, run: Run, error: Exception, now: float) -> None:
-        """The cluster stopped answering while the run was being submitted: it may or may not have arrived.
-        The run stays open; `reconcile` finds it by its submission id once the cluster answers (and watches it),
-        or requeues the job if it never arrived. Nothing is submitted twice."""
-        self.log.warning("run.submit_unconfirmed", job_id=job.id, run_id=run.id, error=describe(error))
-        self._defer("cluster_unreachable", str(error), job_id=job.id)
 
     def record_exit(self, active: ActiveRun, status: ExitStatus, now: float, *, forced_stop: bool = False) -> None:
         """The run ended: stop watching it and have the ledger record it (after a pressure interrupt the next
-        start waits for the level to stay normal: `calm_since` starts again)."""
+        start waits for the level to stay normal: the starter's `calm_since` starts again)."""
         if active in self.active:
             self.active.remove(active)
         recorded = self.ledger.record_exit(active, status, now, forced_stop=forced_stop)
         if recorded.pressure_interrupt:
-            self.calm_since = None
+            self.starter.pressure_interrupted()
 
     def reconcile(self, now: float, *, at_start: bool = True) -> None:
         """Have the ledger settle jobs marked running with no live run here; watch again what it adopts."""
@@ -439,19 +312,6 @@ class Daemon:
         self.finish("signal")
 
     # ------------------------------------------------------------ helpers
-
-    def _defer(self, reason: str, message: str, **fields: Any) -> None:
-        if self.deferred_because != reason:  # log changes, not every tick
-            self.log.info("run.deferred", reason=reason, message=message, **fields)
-        self.deferred_because = reason
-
-    def _read_pressure(self) -> Reading | None:
-        """The probe's reading now; None (and a log line) if it cannot be read."""
-        try:
-            return self.probe.read()
-        except Exception as e:  # a broken probe must not stop the queue
-            self.log.warning("memory.sample_failed", what="probe", error=f"{type(e).__name__}: {e}")
-            return None
 
     def _echo_progress(self, active: ActiveRun) -> None:
         """For a person watching the daemon's terminal: the child's latest progress line."""
