@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO
 
-DAEMON = ["mtld.daemon.loop", "mtld.daemon.ledger", "mtld.executor.registry", "mtld.executor.local",
+DAEMON = ["mtld.daemon.loop", "mtld.daemon.ledger", "mtld.daemon.starter", "mtld.executor.registry", "mtld.executor.local",
           "mtld.executor.ray.plugin", "mtld.executor.ray.jobs", "mtld.executor.ray.workercheck"]
 CLI = ["mtld.cli", "mtld.queue.status", "mtld.doctor.diagnose", "mtld.estimate.history"]
 
@@ -48,3 +48,12 @@ print(json.dumps(sorted(m for m in ("torch", "transformers") if m in sys.modules
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+MODULE_MAX_LINES = 450  # the house rule: past this a module holds two topics; split it by topic
+
+
+def test_no_module_is_over_the_house_size():
+    sizes = {path.relative_to(REPO).as_posix(): len(path.read_text().splitlines())
+             for path in (REPO / "mtld").rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > MODULE_MAX_LINES} == {}

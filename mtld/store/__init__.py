@@ -35,8 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mtld.disk import free_bytes
-from mtld.store.database import Database
+from mtld.store.database import Database, unavailable
 from mtld.store.records import (
     InvalidTransition, Job, Run, Schedule, SchemaTooNew, StoreDamaged, StoreError, Transition, UnknownJob, UnknownRun,
     column_list, job_from_row, json_safe, run_from_row,
@@ -50,34 +49,6 @@ __all__ = [
     "InvalidTransition", "Job", "Run", "Schedule", "SchemaTooNew", "Store", "StoreDamaged", "StoreError", "Transition",
     "UnknownJob", "UnknownRun", "unavailable",
 ]
-
-
-def unavailable(error: BaseException, path: Path | None = None) -> str | None:
-    """Why a store operation failed when it is not the file's fault and a later one may succeed: "busy"
-    (another connection held the write lock past the busy timeout, schema.BUSY_TIMEOUT_S: SQLITE_BUSY,
-    "database is locked") or "full" (no room on its disk); None for any other error. The result codes:
-    sqlite.org/rescode.html. Room is not always SQLITE_FULL: opening a store in WAL mode maps its -shm file,
-    and a disk with no room left fails that as SQLITE_IOERR_SHMSIZE ("disk I/O error"), as it may fail a
-    write as SQLITE_IOERR_WRITE; with `path` (the store's), an I/O error with under NO_ROOM_BYTES free on
-    its disk is "full" too."""
-    if not isinstance(error, sqlite3.OperationalError):
-        return None
-    name = getattr(error, "sqlite_errorname", "")
-    if name.startswith("SQLITE_BUSY") or name.startswith("SQLITE_LOCKED"):
-        return "busy"
-    if name == "SQLITE_FULL" or (name.startswith("SQLITE_IOERR") and path is not None and _no_room(path)):
-        return "full"
-    return None
-
-
-NO_ROOM_BYTES = 1 << 20  # less free than this, and an I/O error is the disk's being full (unavailable)
-
-
-def _no_room(path: Path) -> bool:
-    try:
-        return free_bytes(path) < NO_ROOM_BYTES
-    except OSError:
-        return False
 
 
 class Store:

@@ -3,7 +3,9 @@
 The CLI and the daemon are separate processes that open the same file, so the file is in WAL mode (readers
 never wait for the writer) and every write is one short `BEGIN IMMEDIATE` transaction: the write lock is
 taken up front, so two writers never deadlock trying to upgrade a read lock, and the busy timeout makes the
-second one wait instead of failing. Safe to share between the threads of one process.
+second one wait instead of failing. Safe to share between the threads of one process. Whether a failure is
+the file's fault (damage: StoreDamaged) or one a later try may get past (busy, full: `unavailable`) is also
+decided here.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mtld.disk import open_private, private_dir
+from mtld.disk import free_bytes, open_private, private_dir
 from mtld.store.records import SchemaTooNew, StoreDamaged
 from mtld.store.schema import BUSY_TIMEOUT_S, MIGRATIONS, statements
 
@@ -150,3 +152,31 @@ def _damage(error: sqlite3.OperationalError) -> bool:
     """Whether SQLite's error says the file is not a sound database (not: locked, full, read-only)."""
     name = getattr(error, "sqlite_errorname", "")
     return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in str(error)
+
+
+def unavailable(error: BaseException, path: Path | None = None) -> str | None:
+    """Why a store operation failed when it is not the file's fault and a later one may succeed: "busy"
+    (another connection held the write lock past the busy timeout, schema.BUSY_TIMEOUT_S: SQLITE_BUSY,
+    "database is locked") or "full" (no room on its disk); None for any other error. The result codes:
+    sqlite.org/rescode.html. Room is not always SQLITE_FULL: opening a store in WAL mode maps its -shm file,
+    and a disk with no room left fails that as SQLITE_IOERR_SHMSIZE ("disk I/O error"), as it may fail a
+    write as SQLITE_IOERR_WRITE; with `path` (the store's), an I/O error with under NO_ROOM_BYTES free on
+    its disk is "full" too."""
+    if not isinstance(error, sqlite3.OperationalError):
+        return None
+    name = getattr(error, "sqlite_errorname", "")
+    if name.startswith("SQLITE_BUSY") or name.startswith("SQLITE_LOCKED"):
+        return "busy"
+    if name == "SQLITE_FULL" or (name.startswith("SQLITE_IOERR") and path is not None and _no_room(path)):
+        return "full"
+    return None
+
+
+NO_ROOM_BYTES = 1 << 20  # less free than this, and an I/O error is the disk's being full (unavailable)
+
+
+def _no_room(path: Path) -> bool:
+    try:
+        return free_bytes(path) < NO_ROOM_BYTES
+    except OSError:
+        return False
