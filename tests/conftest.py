@@ -519,6 +519,19 @@ def fill(folder: Path, leave: int) -> Path:
     return filler
 
 
+def open_under(folder: Path) -> list[str]:
+    """The files under `folder` this process holds open (Linux: /proc/self/fd)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        if target.startswith(str(folder)):
+            held.append(target)
+    return held
+
+
 # ------------------------------------------------------------------ the CLI in-process
 
 

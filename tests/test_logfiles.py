@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import mtld.logs.events
 from mtld.logs.events import AppendWriter, follow_files, read_events, tail_events
-from tests.conftest import fill
+from tests.conftest import fill, open_under
 
 
 def event(n: int, size: int = 0, **fields) -> str:
@@ -77,28 +77,26 @@ def test_the_daemon_log_rotates_and_every_writer_and_reader_follows(tmp_path):
     assert [e["n"] for e in tail_events(log, 3)] == [19, 20, 21]
 
 
-def open_descriptors() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc/self/fd")
 def test_configuring_again_keeps_one_log_open_and_a_logger_bound_before_still_writes_whole_lines(tmp_path):
     from mtld.logs.events import configure, get_logger
 
     first, second = tmp_path / "a" / "mtld.jsonl", tmp_path / "b" / "mtld.jsonl"
     configure(first)
     early = get_logger(job_id=1)  # bound to the first file's writer
-    before = open_descriptors()
     for _ in range(20):  # a test process, or `mtld train` after the CLI's own: configured again and again
         configure(second)
         configure(first)
-    assert open_descriptors() == before
+    assert open_under(tmp_path) == [str(first)]
     configure(second)
+    assert open_under(tmp_path) == [str(second)]
     get_logger().info("to.second")
     early.info("to.first")  # its writer was closed: the line still goes, whole, to its own file
     assert [e["event"] for e in parsed(second)] == ["to.second"]
     assert [(e["event"], e["job_id"]) for e in parsed(first)] == [("to.first", 1)]
+    assert open_under(tmp_path) == [str(second)]
     configure(None)
+    assert open_under(tmp_path) == []
 
 
 def test_following_reads_on_from_the_snapshot_across_a_rotation(tmp_path):
