@@ -53,6 +53,18 @@ def start(folder: Path, *, num_cpus: int = 4, timeout_s: float = 90, env: dict[s
     folder.mkdir(parents=True, exist_ok=True)
     gcs, dashboard = free_port(), free_port()
     (folder / "head.json").write_text(json.dumps({"gcs_port": gcs, "dashboard_port": dashboard}))
+    return _start_head(folder, gcs, dashboard, num_cpus=num_cpus, timeout_s=timeout_s, env=env, token=token)
+
+
+def restart(folder: Path, *, num_cpus: int = 4, timeout_s: float = 90) -> str:
+    """Start the head stopped in `folder` (`stop`) again on its ports: the same address, a new cluster (a head
+    without external storage for its GCS forgets its jobs when it goes: Ray's "GCS fault tolerance" page)."""
+    ports = json.loads((folder / "head.json").read_text())
+    return _start_head(folder, ports["gcs_port"], ports["dashboard_port"], num_cpus=num_cpus, timeout_s=timeout_s)
+
+
+def _start_head(folder: Path, gcs: int, dashboard: int, *, num_cpus: int, timeout_s: float,
+                env: dict[str, str] | None = None, token: str | None = None) -> str:
     subprocess.run(
         [*ray_command(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--num-cpus={num_cpus}",

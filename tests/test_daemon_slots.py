@@ -692,6 +692,7 @@ def test_the_ray_sdks_own_authentication_error_is_a_refusal():
     ({"a100": 1}, [{"CPU": 8, "t4": 1}],
      "no node of the Ray cluster has a100 1 (executor.ray.resources.a100; the most a node has: none) (1 node alive)"),
     ({}, [{"CPU": 1}], None),
+    ({"CPU": 1}, [], None),  # no node alive yet (a head just restarted): not up, not too small (test_ray's drill)
 ])
 def test_whether_any_node_could_ever_start_a_run(wanted, nodes, says):
     from mtld.executor.ray.resources import unsatisfiable

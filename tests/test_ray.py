@@ -416,3 +416,44 @@ def test_a_worker_killed_mid_run_is_lost_with_rays_reason_then_fails_for_the_res
     finally:
         raycluster.stop(folder / "head")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_head_restarted_mid_run_fails_nothing_and_the_run_resumes_from_its_checkpoint(tmp_path, data_dir):
+    """The drill: the cluster's head goes down after a checkpoint and comes back on the same address without
+    its state (no GCS storage: it forgot every job). Its going down sends the run SIGTERM: it checkpoints and
+    exits 75. While the head is down the run stays open (nothing fails, nothing is submitted); once it answers,
+    the daemon hears it no longer knows the job, records the run as interrupted (its result.json says so) and
+    the next attempt resumes from that checkpoint, even though the new head answers before its node registers
+    (this drill once failed the job there: "0 nodes alive" was taken for a cluster too small). Two Ray jobs
+    (one on each head), two attempts."""
+    from ray.job_submission import JobSubmissionClient
+
+    folder = Path(tempfile.mkdtemp(prefix="mtld-rh-", dir="/tmp"))  # short: Ray's socket paths must fit
+    try:
+        address = raycluster.start(folder / "head", num_cpus=2)
+        home = ray_home(tmp_path / "home", address)
+        home.env["MTLD_DAEMON__LOST_BACKOFF_S"] = "1"
+        job_id = home.submit(job_file(data_dir, epochs=20, checkpoint_every=5))
+        daemon = home.daemon("--exit-when-idle")
+        home.wait_for(lambda: home.run_events(job_id, "checkpoint.saved"), timeout=120)
+        down_at = time.monotonic()
+        raycluster.stop(folder / "head")
+        home.wait_for(lambda: home.daemon_events("executor.unreachable"), timeout=60)
+        assert home.job(job_id).state == "running" and len(home.runs(job_id)) == 1  # nothing failed meanwhile
+        assert raycluster.restart(folder / "head", num_cpus=2) == address
+        down_s = time.monotonic() - down_at
+        code, stderr = finish(daemon, timeout=240)
+        assert code == 0, stderr
+        assert home.job(job_id).state == "succeeded"
+        first, resumed = home.runs(job_id)
+        assert (first.outcome, first.exit_code, resumed.outcome) == ("interrupted", 75, "succeeded")
+        [exited] = [e for e in home.daemon_events("run.exited") if e["run_id"] == first.id]
+        assert "no longer knows this job" in exited["detail"]
+        saved = [e["step"] for e in home.run_events(job_id, "checkpoint.saved") if e["run_id"] == first.id]
+        [started] = [e for e in home.run_events(job_id, "run.started") if e["run_id"] == resumed.id]
+        assert started["resumed_from_step"] == max(saved)  # nothing lost: its last checkpoint is where it stopped
+        assert [j.status for j in ray_jobs_of(JobSubmissionClient(address), home)] == ["SUCCEEDED"]  # the new head's
+        print(f"drill: head down {down_s:.0f} s after step {max(saved)}; 2 Ray jobs (one per head), 2 attempts")
+    finally:
+        raycluster.stop(folder / "head")
+        shutil.rmtree(folder, ignore_errors=True)

@@ -40,7 +40,12 @@ def request_text(wanted: Mapping[str, float]) -> str:
 
 def unsatisfiable(wanted: Mapping[str, float], nodes: Sequence[Mapping[str, float]]) -> str | None:
     """Why no node of the cluster can ever start the run (one line naming the resource and its setting), or
-    None when one node has, in total, all it asks for. `nodes`: each live node's total resources."""
+    None when one node has, in total, all it asks for, or when no node is alive: a head that has just started
+    (or come back) answers the Jobs API before its own node registers, so an empty list says the cluster is
+    not up yet, not that it is too small (Ray holds the job pending meanwhile). `nodes`: each live node's
+    total resources."""
+    if not nodes:
+        return None
     if any(all(node.get(name, 0.0) >= amount for name, amount in wanted.items()) for node in nodes):
         return None
     alive = f"{len(nodes)} node{'s' if len(nodes) != 1 else ''} alive"
