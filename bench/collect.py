@@ -56,10 +56,16 @@ def dropout_rows(r: dict[str, Any]) -> list[str]:
 
 def compile_rows(r: dict[str, Any]) -> list[str]:
     """Item 4: what compiling pays once warm and costs up front: the figures `compile = "auto"` decides on."""
-    return [f"| compiled / eager, {row['label']}, {row['steps']} steps (`bench.compile`) | "
+    rows = [f"| compiled / eager, {row['label']}, {row['steps']} steps (`bench.compile`, one process) | "
             f"{row['compiled']['samples_per_s']} samples/s | whole run {row['whole_run_ratio']:.3f}, after warm-up "
             f"{row['after_warm_up_ratio']:.3f}, first step {row['compiled']['first_step_s']:.1f} s | {_when(r)} |"
             for row in r["rows"]]
+    if fresh := r.get("fresh"):
+        for name, cache in (("compiled_cold", "an empty"), ("compiled_warm", "a filled")):
+            rows.append(f"| compiled / eager, {fresh['label']}, {fresh['steps']} steps, {cache} inductor cache "
+                        f"(`bench.compile`, fresh processes) | {fresh[name]['step_s']:.3f} s a step | "
+                        f"{fresh[name]['speedup']:.3f}x once warm, {fresh[name]['cost_s']:.1f} s up front | {_when(r)} |")
+    return rows
 
 
 def e2e_rows(r: dict[str, Any]) -> list[str]:
@@ -75,7 +81,8 @@ SOURCES = (("fresh", fresh_rows), ("dropout", dropout_rows), ("compile", compile
 
 def table(out: Path) -> str:
     lines = [BEGIN, "", "Side by side in alternating rounds, medians (`bench.fresh`, `bench.dropout` and `bench.e2e` run "
-             "each contender in its own fresh process, `bench.compile` both in one; each benchmark's own page in "
+             "each contender in its own fresh process, `bench.compile` both in one and then in fresh processes; each "
+             "benchmark's own page in "
              "this folder has its full table, its rounds and its method):", "",
              "| comparison | mtld | ratio (mtld's side first) | measured |", "|---|---|---|---|"]
     for name, rows in SOURCES:

@@ -10,7 +10,18 @@ The compiled contender is the same model compiled as `compile = true` in a job
 does it (mtld.train.model.compile_encoder: inductor on CPU, dynamic shapes, in
 place, so state_dict keys and checkpoints do not change).
 Its first steps pay for compiling: the whole run's time counts them, and the
-time after warm-up (the second half of the run) shows the steady state. Writes
+time after warm-up (the second half of the run) shows the steady state.
+
+Then the figures `compile = "auto"` decides on (mtld.decide.compile: the cost
+up front and the speedup once warm), measured as every run is: `python -m
+mtld.train` in a fresh process each time, on bench.fresh's job (the real
+encoder, every micro-batch 192 tokens wide: one shape to compile), the job's
+default precision, a step.progress line per step. Three contenders alternate:
+eager, compiled with an empty inductor cache (TORCHINDUCTOR_CACHE_DIR: a
+family's first compiled run on a machine), and compiled with the cache such a
+run left (the runs after it). The speedup is the eager step over the compiled
+one in each run's second half; the cost, the compiled run's time to its last
+step over its steady pace, less the eager run's own warm-up excess. Writes
 OUT/compile.json and OUT/compile.md. mtld adopts compiling only if the whole
 run is at least 10 % faster; otherwise it stays behind the job setting, off by default.
 """
@@ -71,6 +82,81 @@ def compare(label: str, spec: Any, micro_batch: int, steps: int, repeats: int) -
     return row
 
 
+FRESH = ("eager", "compiled_cold", "compiled_warm")
+
+
+def fresh_run(work: Path, job: Path, threads: int, cache: Path) -> dict[str, float]:
+    """One `python -m mtld.train` of `job` in a fresh process: its steady step and its excess over that pace."""
+    import subprocess
+    import sys
+    from datetime import datetime
+
+    from bench.fresh import fresh_run_dir
+
+    run_dir = fresh_run_dir(work, job, threads, progress_every_s=0.0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MTLD_")} | {
+        "OMP_NUM_THREADS": str(threads), "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "mtld.train", str(run_dir)], env=env, cwd=ROOT, capture_output=True,
+                          text=True)
+    process_s = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"mtld.train exited {done.returncode}: {done.stderr[-2000:]}")
+    events = [json.loads(line) for line in (run_dir / "run.jsonl").read_text().splitlines()]
+    at = {e["event"] if e["event"] != "step.progress" else e["step"]: datetime.fromisoformat(e["ts"]).timestamp()
+          for e in events if e["event"] in ("run.started", "step.progress")}
+    steps = max(k for k in at if isinstance(k, int))
+    gaps = [at[k] - at[k - 1] for k in range(steps // 2 + 1, steps + 1)]
+    steady = statistics.median(gaps)
+    started_event = [e for e in events if e["event"] == "run.started"][0]
+    return {"step_s": steady, "excess_s": at[steps] - at["run.started"] - steps * steady,
+            "process_s": process_s, "compiled": bool(started_event.get("compile"))}
+
+
+def fresh_compare(model: Path, steps: int, threads: int, repeats: int) -> dict[str, Any]:
+    import tempfile
+
+    from bench.fresh import write_job
+
+    work = Path(tempfile.mkdtemp(prefix="bench-compile-"))
+    jobs = {}
+    for name in FRESH:
+        (work / name).mkdir()
+        jobs[name] = write_job(work / name, model, "auto", steps, extra=f"compile = {str(name != 'eager').lower()}")
+    warm_cache = work / "inductor-warm"
+    fresh_run(work / "compiled_warm", jobs["compiled_warm"], threads, warm_cache)  # fills it, not counted
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in FRESH}
+    for r in range(repeats):
+        for name in FRESH if r % 2 == 0 else tuple(reversed(FRESH)):
+            cache = work / f"inductor-cold-{r}" if name == "compiled_cold" else warm_cache
+            runs[name].append(fresh_run(work / name, jobs[name], threads, cache))
+            print(f"  fresh round {r + 1} {name:13} step {runs[name][-1]['step_s']:.3f} s, excess "
+                  f"{runs[name][-1]['excess_s']:5.1f} s, process {runs[name][-1]['process_s']:5.1f} s", flush=True)
+    row: dict[str, Any] = {"label": "all-MiniLM-L6-v2, one 192-token shape, micro-batch 8",
+                           "steps": steps, "runs": runs}
+    for name in FRESH:
+        row[name] = {k: round(statistics.median(x[k] for x in runs[name]), 3) for k in ("step_s", "excess_s", "process_s")}
+    for name in FRESH[1:]:  # within each round: the eager run of the same round is the reference
+        row[name]["speedup"] = round(statistics.median(e["step_s"] / c["step_s"] for e, c in zip(runs["eager"], runs[name])), 3)
+        row[name]["cost_s"] = round(statistics.median(c["excess_s"] - e["excess_s"] for e, c in zip(runs["eager"], runs[name])), 1)
+    row["all_compiled"] = all(x["compiled"] for name in FRESH[1:] for x in runs[name]) and not any(
+        x["compiled"] for x in runs["eager"])
+    return row
+
+
+def fresh_markdown(row: dict[str, Any]) -> list[str]:
+    lines = ["", f"Each run a fresh `python -m mtld.train` ({row['label']}, {row['steps']} steps; medians of "
+             f"{len(row['runs']['eager'])} rounds, each compiled run against the eager run of its round):", "",
+             "| contender | steady step | excess over its pace | process | speedup once warm | cost up front |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name in FRESH:
+        r = row[name]
+        extra = f"{r['speedup']:.3f}x | {r['cost_s']:.1f} s" if name != "eager" else "1 | 0"
+        lines.append(f"| {name.replace('_', ', ')} cache | {r['step_s']:.3f} s | {r['excess_s']:.1f} s | "
+                     f"{r['process_s']:.1f} s | {extra} |".replace("eager cache", "eager"))
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, torch threads {m['torch_threads']}), torch {m['torch']}; "
@@ -84,6 +170,8 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{e['first_step_s']:.2f} s / {c['first_step_s']:.1f} s |")
     lines += ["", f"On by default (whole run >= {ADOPT_AT:.2f}x on every row): {'yes' if results['adopt'] else 'no'}; "
               "a job can ask for it with `compile = true`."]
+    if results.get("fresh"):
+        lines += fresh_markdown(results["fresh"])
     return "\n".join(lines) + "\n"
 
 
@@ -94,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=300, help="tiny model: the demo's 300 steps")
     parser.add_argument("--real-steps", type=int, default=40)
+    parser.add_argument("--fresh-steps", type=int, default=40, help="the fresh-process runs (0: none)")
     args = parser.parse_args(argv)
     from mtld.config.jobspec import load_job
     from mtld.train.model import quiet_transformers
@@ -109,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if (model := real_model()) is not None:
         real = real_spec(spec, model).model_copy(update={"max_length": 128})
         results["rows"].append(compare("all-MiniLM-L6-v2, sentiment, bucketed", real, 8, args.real_steps, args.repeats))
+        if args.fresh_steps:
+            results["fresh"] = fresh_compare(model, args.fresh_steps, args.threads, args.repeats)
     results["adopt"] = all(row["whole_run_ratio"] >= ADOPT_AT for row in results["rows"])
     results["machine"]["load_after"] = load()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -75,7 +75,7 @@ mixed_precision = "{precision}"
     return job
 
 
-def fresh_run_dir(work: Path, job: Path, threads: int) -> Path:
+def fresh_run_dir(work: Path, job: Path, threads: int, **launch: Any) -> Path:
     from mtld.config.jobspec import load_job
     from mtld.config.settings import Settings
     from mtld.runs.files import launch_for
@@ -83,8 +83,8 @@ def fresh_run_dir(work: Path, job: Path, threads: int) -> Path:
 
     rd = RunDir(Path(tempfile.mkdtemp(prefix="run-", dir=work)))
     rd.write_job(load_job(job))
-    launch = launch_for(Settings(), micro_batch=BATCH, device="cpu").model_copy(update={"threads": threads})
-    rd.write_launch(launch)
+    rd.write_launch(launch_for(Settings(), micro_batch=BATCH, device="cpu").model_copy(update={"threads": threads,
+                                                                                           **launch}))
     return rd.path
 
 
