@@ -247,7 +247,7 @@ def test_estimate_probe_prints_the_table_and_json_carries_the_same_figures(home,
     assert [r["micro_batch"] for r in rows] == [2, 4, 8]
     assert all(r["basis"] == "probe" and r["seconds"] > 0 and r["peak_bytes"] > 0 for r in rows)
     assert sum(r["chosen"] for r in rows) == 1
-    assert json.loads(stdout)["compile"]["compile"] is False  # a probe's few steps: a short run
+    assert json.loads(stdout)["compile"]["compile"] is False  # no compiled run in the family: the default, no faster
 
     code, text, _ = mtld("estimate", str(path))  # the stored probe is now the family's history
     assert code == 0
@@ -256,7 +256,7 @@ def test_estimate_probe_prints_the_table_and_json_carries_the_same_figures(home,
         # --json rounds seconds to 0.1, the table rounds the exact figure to whole seconds
         assert any(f"{r['micro_batch']:>4}  {duration_text(r['seconds'] + d):>9}" in text for d in (-0.05, 0.0, 0.05))
         assert f"  probe{mark}\n" in text + "\n"
-    assert "\ntorch.compile: no (auto: a short run: " in text
+    assert "\ntorch.compile: no (auto: compiled steps were no faster (0.89x, bench/compile.md" in text
 
 
 # ---------------------------------------------------------------- issue 22: macOS privacy at submit

@@ -6,14 +6,16 @@ seconds up front, so "auto" compiles only when the run's training time is well p
     break-even = cost / (1 - 1/speedup)      (eager seconds after which the compiled run has caught up)
     compile when eager training time > MARGIN x break-even
 
-Why, and the figures (docs/benchmarks.md, "torch.compile"; bench/compile.md, measured 2026-12-01 on a
-2-core EPYC, torch 2.13.0+cpu): once warm a compiled step is 1.48x (all-MiniLM-L6-v2) to 1.65x (a 2x64
-tiny model) faster, but compiling costs 13-26 s at the first step with inductor's on-disk cache warm and
-52-84 s with it cold, and every new shape (micro-batches come in many widths) costs more again: a whole
-demo-length run compiled was 0.53-0.54x as fast. DEFAULT takes the worse end of each (the cold cache's
-84 s, MiniLM's 1.48x): a break-even of about 4.3 minutes, so "auto" compiles runs of about 13 minutes'
-eager training and more. MARGIN (3x) covers the recompilations for new shapes, which the first step's
-cost leaves out, and an estimate that is wrong by half.
+Why, and the figures (docs/benchmarks.md, "torch.compile"; bench/compile.md): whether compiling pays
+depends on the machine. On 2026-12-01 (a 2-core EPYC, torch 2.13.0+cpu, in one process) a compiled step
+was 1.48x (all-MiniLM-L6-v2) to 1.65x (a 2x64 tiny model) faster once warm; on 2026-12-04 (another
+2-core EPYC, the same torch) it was 0.89x (MiniLM, each run a fresh `python -m mtld.train`) to 0.94-0.95x (in
+one process, with the checkpoint's attention dropout or without): slower. Compiling costs 47 s up front
+with an empty inductor cache and 12 s with a filled one, and every new shape (micro-batches come in many
+widths) costs more again. DEFAULT is the fresh-process measurement: no faster, so "auto" compiles
+nothing until a family's own runs show it pays. `compile = true` on one long run gives the family that
+figure; from then on "auto" decides by it. MARGIN (3x) covers the recompilations for new shapes, which
+the first steps' cost leaves out, and an estimate that is wrong by half.
 
 A family's own figures replace the defaults once its history holds a compiled run and an eager one (a
 probe is eager) at the same micro-batch size (`family_figures`): the speedup is the eager step time over
@@ -64,7 +66,8 @@ class CompileFigures:
         return self.cost_s / (1.0 - 1.0 / self.speedup)
 
 
-DEFAULT = CompileFigures(cost_s=84.0, speedup=1.48, source="bench/compile.md: MiniLM, cold cache")
+# bench/compile.md, 2026-12-04: MiniLM in fresh processes, an empty inductor cache (the speedup is < 1: never on auto)
+DEFAULT = CompileFigures(cost_s=46.5, speedup=0.894, source="bench/compile.md: MiniLM, fresh processes")
 
 
 def decide_compile(setting: CompileSetting, *, device_type: str, eager_train_s: float | None,
