@@ -74,6 +74,34 @@ def test_without_the_tensorboard_package_the_run_goes_on_and_says_why(tmp_path, 
     assert (warning["event"], warning["advice"]) == ("tensorboard.unavailable", "pip install 'mtld[tensorboard]'")
 
 
+def test_an_attempt_a_newer_one_fenced_out_queues_no_more_points(tmp_path):
+    """One writer per run folder, tb/ included: once a newer attempt owns the folder, the older one's next
+    moment raises Superseded (which ends it, exit 73) and never reaches the event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mtld.runs.rundir import Fence, RunDir, Superseded
+
+    rd = RunDir(tmp_path / "run")
+    rd.claim({"job_id": 1, "store": "tests"})
+    fence = Fence(rd, rd.next_generation())
+    log, _ = capturing_log()
+    board = open_board(rd.path / "tb", spec(True), setting=False, micro_batch=4, resumed_from=None, log=log,
+                       fence=fence.check)
+    board.progress(1, {"loss": 0.5})
+    rd.next_generation()  # a newer attempt takes the folder
+    with pytest.raises(Superseded, match=r"did not write tb/ \(step 2\)"):
+        board.progress(2, {"loss": 0.4})
+    with pytest.raises(Superseded):
+        board.eval(2, {"score": 0.9})
+    board.close()
+    events = EventAccumulator(str(rd.path / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1] and "eval/score" not in events.Tags()["scalars"]
+    with pytest.raises(Superseded):  # and a later attempt of the old generation opens no board at all
+        open_board(rd.path / "tb", spec(True), setting=False, micro_batch=4, resumed_from=None, log=log,
+                   fence=fence.check)
+
+
 @pytest.mark.slow  # a whole (tiny) training run
 def test_a_runs_event_files_hold_its_metrics_and_progress(data_dir, tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -211,7 +211,7 @@ def _train(rd: RunDir, launch: Launch, log: Any, stop: StopFlag, guard: Guard, s
     summary.fields["total_steps"] = sum(len(p) for p in parts.plans)
     state = _resume(rd, parts.runner, parts.fingerprint, log)
     board = open_board(rd.path / "tb", spec, setting=launch.tensorboard, micro_batch=micro_batch,
-                       resumed_from=int(state["step"]) if state is not None else None, log=log)
+                       resumed_from=int(state["step"]) if state is not None else None, log=log, fence=fence.check)
     trainer = Trainer(
         runner=parts.runner, tasks=parts.tasks, plans=parts.plans, spec=spec.train, run_dir=rd, device=device, log=log,
         export=export, checkpoint_extra=lambda: {"fingerprint": parts.fingerprint, "micro_batch_start": micro_batch},

@@ -8,12 +8,14 @@ torch.utils.tensorboard's SummaryWriter (the `tensorboard` package: `mtld[tensor
 only queues it, and its own thread writes the queue out (every `max_queue` events or `flush_secs`;
 torch/utils/tensorboard/writer.py, FileWriter over tensorboard's EventFileWriter). The job's settings go in
 once, as hparams. A resumed attempt purges what its predecessor wrote after the checkpoint's
-step (SummaryWriter's `purge_step`), so the curves do not double back.
+step (SummaryWriter's `purge_step`), so the curves do not double back. One writer per run folder holds
+here too: each moment is queued only after the attempt's fence says the folder is still its own
+(mtld.runs.rundir.Fence; Superseded ends the attempt as any other write it may no longer make does).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +44,14 @@ class NoBoard:
 class Board(NoBoard):
     on = True
 
-    def __init__(self, folder: Path, *, hparams: dict[str, Any], purge_step: int | None = None) -> None:
+    def __init__(self, folder: Path, *, hparams: dict[str, Any], purge_step: int | None = None,
+                 fence: Callable[[str], None] = lambda what: None) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
         self.summary = Summary
+        self.fence = fence
         self.writer = SummaryWriter(log_dir=str(folder), purge_step=purge_step, max_queue=MAX_QUEUE,
                                     flush_secs=FLUSH_S)
         for summary in hparams_summaries(hparams, {"eval/score": 0.0}):  # the metric's name; its values: eval()
@@ -59,6 +63,7 @@ class Board(NoBoard):
         kept = [self.summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if kept:
+            self.fence(f"tb/ (step {step})")
             self.writer.file_writer.add_summary(self.summary(value=kept), step)
 
     def progress(self, step: int, fields: Mapping[str, Any], peak_bytes: int | None = None) -> None:
@@ -88,12 +93,14 @@ def hparams_of(spec: JobSpec, micro_batch: int) -> dict[str, Any]:
 
 
 def open_board(folder: Path, spec: JobSpec, *, setting: bool, micro_batch: int, resumed_from: int | None,
-               log: Any) -> NoBoard:
-    """The run's board: a Board writing to `folder` when TensorBoard is wanted and installed, else NoBoard."""
+               log: Any, fence: Callable[[str], None] = lambda what: None) -> NoBoard:
+    """The run's board: a Board writing to `folder` when TensorBoard is wanted and installed, else NoBoard.
+    `fence`: the attempt's Fence.check, asked before each moment is queued."""
     if not wanted(spec, setting):
         return NoBoard()
     try:
-        return Board(folder, hparams=hparams_of(spec, micro_batch), purge_step=resumed_from)
+        fence("tb/")
+        return Board(folder, hparams=hparams_of(spec, micro_batch), purge_step=resumed_from, fence=fence)
     except ImportError as e:  # torch.utils.tensorboard needs the tensorboard package: the run goes on without it
         log.warning("tensorboard.unavailable", error=str(e), advice="pip install 'mtld[tensorboard]'")
         return NoBoard()
