@@ -32,13 +32,18 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.contenders import first_steps, make_parts
+from bench.fresh import fresh_run_dir, write_job
 from bench.run import DEMO, ROOT, demo_model, load, machine, ratio, with_model
 from mtld.train.model import compile_encoder
 
@@ -87,11 +92,6 @@ FRESH = ("eager", "compiled_cold", "compiled_warm")
 
 def fresh_run(work: Path, job: Path, threads: int, cache: Path) -> dict[str, float]:
     """One `python -m mtld.train` of `job` in a fresh process: its steady step and its excess over that pace."""
-    import subprocess
-    import sys
-    from datetime import datetime
-
-    from bench.fresh import fresh_run_dir
 
     run_dir = fresh_run_dir(work, job, threads, progress_every_s=0.0)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MTLD_")} | {
@@ -114,9 +114,6 @@ def fresh_run(work: Path, job: Path, threads: int, cache: Path) -> dict[str, flo
 
 
 def fresh_compare(model: Path, steps: int, threads: int, repeats: int) -> dict[str, Any]:
-    import tempfile
-
-    from bench.fresh import write_job
 
     work = Path(tempfile.mkdtemp(prefix="bench-compile-"))
     jobs = {}

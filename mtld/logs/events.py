@@ -151,7 +151,7 @@ def configure(
     writer: AppendWriter | NullWriter
     if path is None:
         writer = NullWriter()
-    elif _writer is not None and _writer.path == path and _writer.fd >= 0:
+    elif _writer is not None and _writer.path == path:
         writer = _writer  # configured again for the same file (a command, then the daemon it starts): one descriptor
     else:
         writer = AppendWriter(path)
